@@ -1,0 +1,163 @@
+"""Training throughput of the library against plain PyTorch, in one run.
+
+The textbook network (784-400-50-400-784, softplus, Bernoulli likelihood, Adam 1e-3) on
+statically binarized MNIST. The library side is ``pyro-vae train``'s own loop
+(``Trainer.run_epoch``: SVI with Trace_ELBO); the reference is the same network and
+objective written in plain PyTorch below: the same single-sample Monte Carlo ELBO
+log p(x|z) + log p(z) - log q(z|x), scaled by N/B, with the same data on the same
+device, the same batch size and the same optimizer, reading the loss every step as
+the library does. Epochs alternate, so drifts in machine speed hit all sides; the
+figures are the median epoch time of each and the ratio library / plain.
+
+The reference uses ``torch.optim.Adam`` as plain PyTorch is usually written; the
+library steps a fused Adam. A second reference, plain PyTorch with the same fused
+Adam, isolates what Pyro's tracing and distributions cost on top of the network:
+``ratio_fused`` = library / that loop.
+
+    python benchmarks/train_throughput.py [--batch-sizes 128 256] [--epochs 5] [--device auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pyro_vae.data import Dataset
+from pyro_vae.infer.train import Trainer, resolve_device
+from pyro_vae.model import build_vae
+from pyro_vae.spec import Spec
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "binarized_mnist.npz"
+
+
+def textbook_spec(batch_size: int, device: str) -> Spec:
+    mlp = {"kind": "mlp", "hidden": [400], "activation": "softplus"}
+    return Spec.from_dict(
+        {
+            "model": {"latent_dim": 50, "encoder": mlp, "decoder": mlp},
+            "inference": {"schedule": {"batch_size": batch_size, "device": device, "epochs": 1000}},
+            "data": {"path": str(DATA)},
+        }
+    )
+
+
+class PlainVAE(nn.Module):
+    """The same network as the library's, in plain PyTorch."""
+
+    def __init__(self, features=784, hidden=400, latent=50):
+        super().__init__()
+        self.latent = latent
+        self.encoder = nn.Sequential(nn.Linear(features, hidden), nn.Softplus(), nn.Linear(hidden, 2 * latent))
+        self.decoder = nn.Sequential(nn.Linear(latent, hidden), nn.Softplus(), nn.Linear(hidden, features))
+
+    def loss(self, x, num_data):
+        h = self.encoder(x)
+        loc, scale = h[:, : self.latent], F.softplus(h[:, self.latent :]) + 1e-4
+        eps = torch.randn_like(loc)
+        z = loc + scale * eps
+        log_px_z = -F.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="none").sum(-1)
+        log_pz = -0.5 * (z.square() + math.log(2 * math.pi)).sum(-1)
+        log_qz = (-0.5 * (eps.square() + math.log(2 * math.pi)) - scale.log()).sum(-1)
+        return -(num_data / len(x)) * (log_px_z + log_pz - log_qz).sum()
+
+
+def plain_epoch(model, optimizer, train, batch_size, generator) -> float:
+    n = len(train)
+    start = time.perf_counter()
+    order = torch.randperm(n, generator=generator, device=train.device)
+    for i in range(math.ceil(n / batch_size)):
+        x = train[order[i * batch_size : (i + 1) * batch_size]]
+        loss = model.loss(x, n)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss.item()
+    if train.is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def library_epoch(trainer: Trainer) -> float:
+    trainer.state.step_in_epoch, trainer.state.epoch_seconds = 0, 0.0
+    start = time.perf_counter()
+    trainer.run_epoch()
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def measure(batch_size: int, epochs: int, device_choice: str) -> dict:
+    device = resolve_device(device_choice)
+    arrays = np.load(DATA)
+    train = torch.as_tensor(arrays["train"], dtype=torch.float32)
+    valid = torch.as_tensor(arrays["valid"], dtype=torch.float32)
+    data = Dataset({"train": train, "valid": valid}, {}, (784,), str(DATA)).to(device)
+    spec = textbook_spec(batch_size, device_choice)
+    torch.manual_seed(0)
+    vae = build_vae(spec.model, (784,), len(train)).to(device)
+    trainer = Trainer(vae, data, spec.inference, progress=False)
+    generator = torch.Generator(device=device).manual_seed(0)
+    train_on_device = data.split("train")
+    sides = {"library": lambda: library_epoch(trainer)}
+    for name, options in (("plain", {}), ("plain_fused", {"fused": True})):
+        torch.manual_seed(0)
+        model = PlainVAE().to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, **options)
+        sides[name] = lambda m=model, o=optimizer: plain_epoch(m, o, train_on_device, batch_size, generator)
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for run in sides.values():  # warm-up: first-step validation, allocator, caches
+        run()
+    for _ in range(epochs):
+        for name, run in sides.items():
+            times[name].append(run())
+    median = {name: statistics.median(t) for name, t in times.items()}
+    return {
+        "batch_size": batch_size,
+        "library_s": median["library"],
+        "plain_s": median["plain"],
+        "plain_fused_s": median["plain_fused"],
+        "ratio": median["library"] / median["plain"],
+        "ratio_fused": median["library"] / median["plain_fused"],
+        "library_examples_per_s": len(train) / median["library"],
+    }
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 256])
+    parser.add_argument("--epochs", type=int, default=5, help="timed epochs of each side (after one warm-up epoch)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    args = parser.parse_args(argv)
+    if not DATA.exists():
+        print(f"skipped: {DATA} is absent (the shared binarized MNIST)", file=sys.stderr)
+        return 0
+    device = resolve_device(args.device)
+    print(f"device: {device} ({machine(device)}), torch {torch.__version__}")
+    print(f"{'batch':>6} {'library s/epoch':>16} {'plain s/epoch':>14} {'ratio':>6} {'plain fused s/epoch':>20} {'ratio_fused':>11} {'library ex/s':>13}")
+    for batch_size in args.batch_sizes:
+        r = measure(batch_size, args.epochs, args.device)
+        print(
+            f"{r['batch_size']:>6} {r['library_s']:>16.3f} {r['plain_s']:>14.3f} {r['ratio']:>6.3f} "
+            f"{r['plain_fused_s']:>20.3f} {r['ratio_fused']:>11.3f} {r['library_examples_per_s']:>13.0f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""ArviZ conversion, diagnostics, figures and reports."""

@@ -1,0 +1,255 @@
+"""``pyro-vae``: train, sample, evaluate, compare and analyze VAEs from declarative specs.
+
+Bad input (a malformed spec, an unknown kind, unsupported data, a missing or corrupt
+file) prints one line naming the problem and the fix, and exits with status 2.
+Training that diverges exits with 3; an interrupted run exits with 128 + the signal
+number after writing a checkpoint it can be resumed from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+EXIT_USAGE, EXIT_DIVERGED = 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _spec_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="bernoulli_mlp", metavar="NAME|PATH",
+                   help="a shipped model spec (see `pyro-vae specs`) or a .toml file with a [model] table (default: %(default)s)")
+    p.add_argument("--inference", default="trace_elbo", metavar="NAME|PATH",
+                   help="a shipped inference spec or a .toml file with an [inference] table (default: %(default)s)")
+    p.add_argument("--data", default="digits", metavar="digits|PATH",
+                   help="a named data set or a file: .npz (arrays train, valid, test) or MNIST IDX (default: %(default)s)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any spec key; VALUE is read as TOML, else as a string "
+                   "(e.g. --set model.latent_dim=32 --set model.encoder.hidden=[400,400] --set model.prior.kind=vamp); repeatable")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pyro-vae", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("train", help="train a VAE and write a run directory",
+                       description="Train a VAE with SVI and write a run directory: spec.toml, metrics.csv, "
+                       "summary.json, checkpoint.pt and figures/.")
+    _spec_arguments(p)
+    p.add_argument("--spec", metavar="FILE", help="a resolved spec (e.g. RUN/spec.toml) to repeat; replaces --model/--inference/--data")
+    p.add_argument("--out", metavar="DIR", help="the run directory (default: runs/<model>-<date>-<time>)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its checkpoint (uses RUN/spec.toml)")
+    p.add_argument("--check", action="store_true", help="validate the spec, the data and the model, print the resolved spec, and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("sample", help="decode samples from the prior of a trained run",
+                       description="Draw z ~ p(z), decode E[x|z], and write RUN/samples/samples.png and samples.npz.")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--n", type=_positive, default=64, help="how many samples (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.set_defaults(handler=cmd_sample)
+
+    p = sub.add_parser("specs", help="list shipped specs and every registered kind",
+                       description="List the shipped model and inference specs, and every registered kind per slot with its parameters.")
+    p.set_defaults(handler=cmd_specs)
+
+    p = sub.add_parser("evaluate", help="importance-sampled held-out log-likelihood of a run",
+                       description="Estimate log p(x) by importance sampling with q(z|x) (K samples per example), with the "
+                       "ELBO, KL, reconstruction and active units; writes RUN/evaluation/<split>.json and <split>.npz.")
+    _heldout_arguments(p, samples=5000)
+    p.set_defaults(handler=cmd_evaluate)
+
+    return parser
+
+
+def _heldout_arguments(p: argparse.ArgumentParser, samples: int, limit: int | None = None) -> None:
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--data", metavar="digits|PATH", help="evaluate on other data prepared like the run's (default: the run's data)")
+    p.add_argument("--split", default="valid", choices=["valid", "test", "train"], help="which split (default: %(default)s)")
+    p.add_argument("--samples", type=_positive, default=samples, metavar="K", help="importance samples per example (default: %(default)s)")
+    p.add_argument("--limit", type=_positive, default=limit, metavar="N", help="a random subset of N examples (default: all)" if limit is None else "a random subset of N examples (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed for the samples and the subset (default: %(default)s)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(default: %(default)s)")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value}")
+    return value
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+# --- commands ------------------------------------------------------------------------
+
+
+def cmd_train(args) -> int:
+    from .infer.train import resume, train
+    from .spec import load_spec
+
+    if args.resume:
+        given = [flag for flag, value in (("--spec", args.spec), ("--out", args.out), ("--set", args.overrides)) if value]
+        if given:
+            raise_usage(f"--resume continues RUN with its own spec.toml; drop {', '.join(given)}")
+        trainer = resume(args.resume, progress=False if args.quiet else None, log=_quiet_log(args))
+        return _report_training(trainer, Path(args.resume))
+    spec = load_spec(args.model, args.inference, args.data, args.overrides, spec_file=args.spec)
+    if args.check:
+        from .infer.train import _prepare
+
+        vae, data = _prepare(spec)
+        print(spec.to_toml(), end="")
+        n = sum(p.numel() for p in vae.parameters())
+        _say(f"# ok: {data.source}, example shape {data.data_shape}, "
+             + ", ".join(f"{k} {len(v)}" for k, v in data.splits.items()) + f"; {n:,} parameters")
+        return 0
+    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.model).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    args.out = str(out)  # for the resume hint if interrupted
+    trainer = train(spec, out, force=args.force, progress=False if args.quiet else None, log=_quiet_log(args))
+    return _report_training(trainer, out)
+
+
+def _quiet_log(args):
+    return (lambda text: None) if args.quiet else None
+
+
+def _report_training(trainer, out: Path) -> int:
+    s = trainer.state
+    _say(f"run: {out}")
+    _say(f"best validation ELBO {s.best_val:.3f} nats/example at epoch {s.best_epoch} of {s.epoch}"
+         + (" (stopped early)" if s.stopped_early else "")
+         + f"; {s.train_seconds:.1f} s of training on {trainer.device}")
+    _say(f"figures: {out / 'figures'}; next: pyro-vae evaluate {out}  |  pyro-vae analyze {out}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    import numpy as np
+    import torch
+
+    from .analysis.figures import image_panel
+    from .runs import atomic_write, load_run
+
+    run = load_run(args.run)
+    torch.manual_seed(args.seed)
+    z, mean = run.vae.sample(args.n)
+    folder = run.path / "samples"
+    png = image_panel(folder / "samples.png", [("E[x|z], z ~ p(z)", mean)], run.vae.data_shape,
+                      f"{args.n} decoded samples from the prior (seed {args.seed})")
+
+    def write(f):
+        np.savez(f, z=z.numpy(), mean=mean.numpy())
+
+    atomic_write(folder / "samples.npz", write)
+    _say(f"samples: {png} and {folder / 'samples.npz'} (z, mean)")
+    return 0
+
+
+def cmd_specs(args) -> int:
+    import inspect
+
+    from .spec import _registries, shipped, spec_summary
+
+    for which, title in (("models", "Model specs"), ("inference", "Inference specs")):
+        _say(f"{title} ({which}/; use the name with --{'model' if which == 'models' else 'inference'}):")
+        for name, path in shipped(which).items():
+            _say(f"  {name:<24} {spec_summary(path)}")
+        _say("")
+    slots = dict(zip(("prior", "likelihood", "posterior", "network (encoder, decoder)", "estimator", "optimizer", "data set"), _registries()))
+    _say("Registered kinds, per slot (kind = NAME, or an import path package.module:Name for your own class):")
+    for slot, registry in slots.items():
+        _say(f"  {slot}:")
+        for info in registry.describe():
+            _say(f"    {info.name:<22} {info.summary}")
+            for p in info.parameters:
+                default = "required" if p.default is inspect.Parameter.empty else repr(p.default)
+                _say(f"      {p.name} ({p.type}) = {default}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .infer.evaluate import evaluate_run
+
+    result, paths = evaluate_run(args.run, data=args.data, split=args.split, num_samples=args.samples,
+                                 limit=args.limit, seed=args.seed, device=args.device)
+    _say(f"{'split':<16}{args.split} ({result['n']} examples, K = {result['samples']} samples each)")
+    rows = [
+        ("log p(x)", f"{result['log_likelihood']:.3f} +- {result['log_likelihood_se']:.3f}"),
+        ("ELBO", f"{result['elbo']:.3f} +- {result['elbo_se']:.3f}"),
+        ("reconstruction", f"{result['reconstruction']:.3f}"),
+        ("KL", f"{result['kl']:.3f}"),
+        ("active units", f"{result['active_units']} of {len(result['kl_per_dim']) if result['kl_per_dim'] else '?'}"),
+    ]
+    for name, value in rows:
+        _say(f"{name:<16}{value}")
+    _say(f"(nats per example, +- one standard error over examples; {result['seconds']:.1f} s on {result['device']})")
+    _say(f"written: {paths[0]} and {paths[1]}")
+    return 0
+
+
+class _Usage(Exception):
+    pass
+
+
+def raise_usage(message: str):
+    raise _Usage(message)
+
+
+# --- entry point ---------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .errors import Interrupted, TrainingDiverged, UserError
+
+    try:
+        return args.handler(args)
+    except _Usage as exc:
+        print(f"pyro-vae {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except UserError as exc:
+        print(f"pyro-vae {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except TrainingDiverged as exc:
+        print(f"pyro-vae {args.command}: {exc}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except Interrupted as exc:
+        where = getattr(args, "resume", None) or getattr(args, "out", None) or "RUN"
+        print(f"pyro-vae {args.command}: {exc}; checkpoint written. Resume with: pyro-vae train --resume {where}",
+              file=sys.stderr)
+        return 128 + exc.signum
+    except KeyboardInterrupt:
+        print(f"pyro-vae {args.command}: stopped", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `pyro-vae specs | head`
+        sys.stdout = open(os.devnull, "w")
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""ELBO estimators, each a ``pyro.infer.ELBO`` that ``SVI`` steps.
+
+Pyro's own classes serve where they are correct under mini-batching (``trace_elbo``,
+``trace_mean_field``, ``trace_graph``, ``tail_adaptive`` on full batches). The
+importance-weighted family is ours, on one base class: Pyro's ``RenyiELBO`` sums each
+particle's log-density over the whole mini-batch with the N/B subsampling scale
+inside the log-sum-exp, which bounds log p(x_1..x_B)^{N/B} rather than sum_n log p(x_n)
+and is biased for the full-data objective. Here the log importance weights are kept
+per example,
+
+    log w_{k,n} = log p(x_n|z_{k,n}) + beta [log p(z_{k,n}) - log q(z_{k,n}|x_n)],
+
+reduced over the K particles per example, and only then summed and scaled by N/B.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Optional
+
+import torch
+from pydantic import Field
+from pyro import poutine
+from pyro.infer import (
+    ELBO,
+    JitTrace_ELBO,
+    JitTraceGraph_ELBO,
+    JitTraceMeanField_ELBO,
+    Trace_ELBO,
+    TraceGraph_ELBO,
+    TraceMeanField_ELBO,
+    TraceTailAdaptive_ELBO,
+)
+from pyro.poutine.util import prune_subsample_sites
+from torch import Tensor, nn
+
+from ..registry import Registry
+
+ESTIMATORS = Registry("estimator")
+Particles = Annotated[int, Field(gt=0, le=10_000)]
+Samples = Annotated[int, Field(gt=0, le=10_000)]
+
+
+def _pyro_elbo(cls, jit_cls, num_particles, vectorize_particles, jit):
+    elbo = (jit_cls if jit else cls)(
+        num_particles=num_particles,
+        vectorize_particles=vectorize_particles,
+        max_plate_nesting=1,
+        **({"ignore_jit_warnings": True} if jit else {}),
+    )
+    elbo.supports_subsampling = True
+    return elbo
+
+
+@ESTIMATORS.register("trace_elbo")
+def trace_elbo(*, num_particles: Particles = 1, vectorize_particles: bool = False, jit: bool = False) -> ELBO:
+    """Trace_ELBO: E_q[log p(x,z) - log q(z|x)], reparameterized Monte Carlo (Pyro)."""
+    return _pyro_elbo(Trace_ELBO, JitTrace_ELBO, num_particles, vectorize_particles, jit)
+
+
+@ESTIMATORS.register("trace_mean_field")
+def trace_mean_field(*, num_particles: Particles = 1, vectorize_particles: bool = False, jit: bool = False) -> ELBO:
+    """TraceMeanField_ELBO: analytic KL(q||p) where registered, Monte Carlo otherwise (Pyro)."""
+    return _pyro_elbo(TraceMeanField_ELBO, JitTraceMeanField_ELBO, num_particles, vectorize_particles, jit)
+
+
+@ESTIMATORS.register("trace_graph")
+def trace_graph(*, num_particles: Particles = 1, vectorize_particles: bool = False, jit: bool = False) -> ELBO:
+    """TraceGraph_ELBO: Rao-Blackwellized score-function terms for non-reparameterized sites (Pyro)."""
+    return _pyro_elbo(TraceGraph_ELBO, JitTraceGraph_ELBO, num_particles, vectorize_particles, jit)
+
+
+@ESTIMATORS.register("tail_adaptive")
+def tail_adaptive(*, num_particles: Annotated[int, Field(ge=2, le=10_000)] = 5, tail_adaptive_beta: float = -1.0) -> ELBO:
+    """TraceTailAdaptive_ELBO: tail-adaptive f-divergence (Wang et al., 2018); full batches only."""
+    elbo = TraceTailAdaptive_ELBO(
+        num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1, tail_adaptive_beta=tail_adaptive_beta
+    )
+    elbo.supports_subsampling = False  # it pools each particle's weight over the batch
+    return elbo
+
+
+def _subsample_factor(site) -> float:
+    """N/B for a site in a subsampled plate (1 otherwise)."""
+    factor = 1.0
+    for frame in site["cond_indep_stack"]:
+        if frame.full_size is not None and frame.full_size != frame.size:
+            factor *= frame.full_size / frame.size
+    return factor
+
+
+class ImportanceWeightedELBO(ELBO):
+    """Base of the per-example importance-weighted objectives (see the module docstring).
+
+    Subclasses reduce the (K, B) log weights to one value per example in
+    :meth:`objective`. With ``stop_q``, log q is evaluated with the guide's parameters
+    detached, so their gradient flows through the samples z only (the path derivative).
+    """
+
+    supports_subsampling = True
+    stop_q = False
+
+    def __init__(self, num_particles: int):
+        super().__init__(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
+
+    def _get_trace(self, model, guide, args, kwargs):
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+        return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
+
+    def log_weights(self, model, guide, *args, **kwargs) -> tuple[Tensor, float, list[Tensor]]:
+        """(log w of shape (K, B), the N/B scale, the latent samples z)."""
+        model_trace, guide_trace = self._get_vectorized_trace(model, guide, args, kwargs)
+        log_w: Tensor | float = 0.0
+        factor = 1.0
+        latents = []
+        for sign, trace in ((1.0, model_trace), (-1.0, guide_trace)):
+            for name, site in trace.nodes.items():
+                if site["type"] != "sample":
+                    continue
+                if not any(f.dim == -1 for f in site["cond_indep_stack"]):
+                    raise NotImplementedError(
+                        f"{type(self).__name__} needs every latent variable inside the data plate; "
+                        f"site {name!r} is global"
+                    )
+                if sign < 0:
+                    if not site["fn"].has_rsample:
+                        raise NotImplementedError(f"{type(self).__name__} needs a reparameterized guide; site {name!r} is not")
+                    latents.append(site["value"])
+                factor = _subsample_factor(site)
+                fn = self._stopped_q(guide, args) if sign < 0 and self.stop_q else site["fn"]
+                log_p = fn.log_prob(site["value"])
+                log_w = log_w + sign * (site["scale"] / factor) * log_p
+        if log_w.dim() == 1:  # K = 1: Pyro adds no particle plate
+            log_w = log_w.unsqueeze(0)
+        return log_w, factor, latents
+
+    def _stopped_q(self, guide, args):
+        owner = getattr(guide, "__self__", None)
+        if not isinstance(owner, nn.Module):
+            raise NotImplementedError(
+                f"{type(self).__name__} re-evaluates q(z|x) with its parameters stopped and needs the "
+                "guide of a pyro_vae VAE (a module whose forward(x) returns q(z|x))"
+            )
+        detached = {name: p.detach() for name, p in owner.named_parameters()}
+        return torch.func.functional_call(owner, detached, (args[0],))
+
+    def objective(self, log_w: Tensor) -> Tensor:
+        """Per-example objective, shape (B,), from log weights of shape (K, B)."""
+        raise NotImplementedError
+
+    def surrogate(self, log_w: Tensor, latents: list[Tensor]) -> Tensor:
+        """What is differentiated; by default the objective itself."""
+        return self.objective(log_w)
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
+        log_w, factor, latents = self.log_weights(model, guide, *args, **kwargs)
+        return -factor * self.surrogate(log_w, latents).sum()
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        with torch.no_grad():
+            log_w, factor, _ = self.log_weights(model, guide, *args, **kwargs)
+            return -factor * self.objective(log_w).sum().item()
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        log_w, factor, latents = self.log_weights(model, guide, *args, **kwargs)
+        with torch.no_grad():
+            loss = -factor * self.objective(log_w.detach()).sum().item()
+        surrogate = -factor * self.surrogate(log_w, latents).sum()
+        if surrogate.requires_grad:
+            surrogate.backward()
+        return loss
+
+
+class RenyiBound(ImportanceWeightedELBO):
+    """The variational Renyi bound (Li & Turner, 2016), per example:
+
+        L_alpha(x) = 1/(1 - alpha) log 1/K sum_k w_k^(1 - alpha),
+
+    alpha = 0 is the IWAE bound, alpha -> 1 the ELBO (Monte Carlo mean of log w).
+    """
+
+    def __init__(self, num_particles: int, alpha: float):
+        super().__init__(num_particles)
+        self.alpha = alpha
+
+    def objective(self, log_w):
+        if self.alpha == 1:
+            return log_w.mean(0)
+        scaled = (1 - self.alpha) * log_w
+        return (torch.logsumexp(scaled, 0) - math.log(self.num_particles)) / (1 - self.alpha)
+
+
+class IWAE(RenyiBound):
+    """The importance-weighted bound (Burda et al., 2016): log 1/K sum_k w_k, per example."""
+
+    def __init__(self, num_particles: int):
+        super().__init__(num_particles, alpha=0.0)
+
+
+class DReG(IWAE):
+    """IWAE with doubly reparameterized gradients (Tucker et al., 2019).
+
+    The decoder's gradient is IWAE's, sum_k w~_k grad_theta log w_k. The encoder's is
+    sum_k w~_k^2 (d log w_k / d z_k)(d z_k / d phi) with log q's parameters stopped:
+    the same expectation as IWAE's, without the score term whose variance grows with K.
+    Implemented as IWAE's surrogate with log q stopped and a hook that multiplies each
+    sample's incoming gradient by its normalized weight w~_k once more.
+    """
+
+    stop_q = True
+
+    def surrogate(self, log_w, latents):
+        weights = torch.softmax(log_w.detach(), 0)
+        for z in latents:
+            if z.requires_grad:
+                w = weights.reshape(*z.shape[:-1], 1)
+                z.register_hook(lambda grad, w=w: grad * w)
+        return self.objective(log_w)
+
+
+class STL(RenyiBound):
+    """The ELBO with the 'sticking the landing' gradient (Roeder et al., 2017): the mean of
+    log w over K particles, log q's parameters stopped, so an exact posterior gives
+    zero-variance encoder gradients."""
+
+    stop_q = True
+
+    def __init__(self, num_particles: int):
+        super().__init__(num_particles, alpha=1.0)
+
+
+@ESTIMATORS.register("iwae")
+def iwae(*, k: Samples = 5) -> ELBO:
+    """IWAE bound with K importance samples per example, correct under mini-batching (Burda et al., 2016)."""
+    return IWAE(k)
+
+
+@ESTIMATORS.register("renyi")
+def renyi(*, alpha: Annotated[float, Field(ge=-100, le=100)] = 0.5, k: Samples = 5) -> ELBO:
+    """Renyi bound of order alpha with K samples per example; alpha = 0 is IWAE (Li & Turner, 2016)."""
+    return IWAE(k) if alpha == 0 else RenyiBound(k, alpha)
+
+
+@ESTIMATORS.register("iwae_dreg")
+def iwae_dreg(*, k: Samples = 5) -> ELBO:
+    """IWAE bound with doubly reparameterized encoder gradients (Tucker et al., 2019)."""
+    return DReG(k)
+
+
+@ESTIMATORS.register("stl")
+def stl(*, k: Samples = 1) -> ELBO:
+    """ELBO with 'sticking the landing' path-derivative encoder gradients (Roeder et al., 2017)."""
+    return STL(k)
+
+
+def supports_subsampling(elbo: ELBO) -> bool:
+    return getattr(elbo, "supports_subsampling", True)
+
+
+def num_samples(elbo: ELBO) -> Optional[int]:
+    return getattr(elbo, "num_particles", None)

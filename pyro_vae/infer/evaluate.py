@@ -1,0 +1,214 @@
+"""Held-out evaluation by importance sampling with q(z|x) as the proposal.
+
+For each example, S draws z_s ~ q(z|x) give log weights log w_s = log p(x, z_s) -
+log q(z_s|x) and
+
+    log p(x)   ~ log 1/S sum_s w_s           (Burda et al., 2016; S = 5000 as in the literature)
+    ELBO(x)    ~ 1/S sum_s log w_s
+    rec(x)     ~ 1/S sum_s log p(x|z_s),     KL(x) ~ 1/S sum_s [log q(z_s|x) - log p(z_s)].
+
+The work is chunked over examples and samples so that one decoder pass holds at most
+``budget`` output values: memory is bounded whatever S and the number of examples.
+Active units (Burda et al., 2016) are the latent dimensions d with
+Cov_x(E_q[z_d|x]) > 0.01.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+from pyro.distributions import Independent, Normal
+from torch.distributions import kl_divergence
+from torch import Tensor
+
+from ..model.vae import ImportanceTerms
+
+BUDGET = 2**23  # decoder output values per chunk
+ACTIVE_THRESHOLD = 0.01
+
+
+def chunk_plan(num_samples: int, num_examples: int, values_per_sample: int, budget: int = BUDGET) -> tuple[int, int]:
+    """(examples, samples) per chunk, with examples * samples * values_per_sample <= budget."""
+    rows = max(1, budget // max(values_per_sample, 1))
+    if num_samples >= rows:
+        return 1, rows
+    return max(1, min(num_examples, rows // num_samples)), num_samples
+
+
+def importance_chunks(vae, x: Tensor, num_samples: int, budget: int = BUDGET) -> Iterator[tuple[slice, object, Tensor, ImportanceTerms]]:
+    """(examples, q, z of shape (s, b, latent), the log-densities) chunk by chunk."""
+    values = vae.likelihood.outputs * math.prod(vae.data_shape) + vae.latent_dim
+    per_chunk, samples = chunk_plan(num_samples, len(x), values, budget)
+    for start in range(0, len(x), per_chunk):
+        xb = x[start : start + per_chunk]
+        q = vae.q(xb)
+        for drawn in range(0, num_samples, samples):
+            z = q.rsample((min(samples, num_samples - drawn),))
+            terms = ImportanceTerms(vae.p_x(z).log_prob(xb), vae.prior().log_prob(z), q.log_prob(z))
+            yield slice(start, start + len(xb)), q, z, terms
+
+
+def _closed_form_mean(q) -> Optional[Tensor]:
+    try:
+        return q.mean
+    except NotImplementedError:
+        return None
+
+
+def _kl_per_dim(q, prior) -> Optional[Tensor]:
+    """Analytic KL per latent dimension when q and p are both factorized normals."""
+    if not (isinstance(q, Independent) and isinstance(prior, Independent)):
+        return None
+    if not (isinstance(q.base_dist, Normal) and isinstance(prior.base_dist, Normal)):
+        return None
+    return kl_divergence(q.base_dist, prior.base_dist)
+
+
+@dataclass
+class PerExample:
+    """Per-example estimates (each of length n) and the posterior means (n, latent)."""
+
+    log_likelihood: Tensor
+    elbo: Tensor
+    reconstruction: Tensor
+    kl: Tensor
+    posterior_mean: Tensor
+    kl_per_dim: Optional[Tensor]  # (n, latent) when analytic
+
+
+@torch.no_grad()
+def importance_sample(vae, x: Tensor, num_samples: int, budget: int = BUDGET) -> PerExample:
+    n, S = len(x), num_samples
+    device = x.device
+    lse = torch.full((n,), -math.inf, device=device)
+    sums = {key: torch.zeros(n, device=device) for key in ("log_w", "log_px_z", "kl")}
+    mean = torch.zeros(n, vae.latent_dim, device=device)
+    kl_dims: Optional[Tensor] = torch.zeros(n, vae.latent_dim, device=device)
+    closed: dict[int, bool] = {}
+    prior = vae.prior()
+    for rows, q, z, terms in importance_chunks(vae, x, S, budget):
+        log_w = terms.log_weights
+        lse[rows] = torch.logaddexp(lse[rows], torch.logsumexp(log_w, 0))
+        sums["log_w"][rows] += log_w.sum(0)
+        sums["log_px_z"][rows] += terms.log_px_z.sum(0)
+        sums["kl"][rows] += (terms.log_qz - terms.log_pz).sum(0)
+        if rows.start not in closed:  # once per example chunk
+            exact = _closed_form_mean(q)
+            closed[rows.start] = exact is not None
+            if exact is not None:
+                mean[rows] = exact
+            per_dim = _kl_per_dim(q, prior) if kl_dims is not None else None
+            if per_dim is None:
+                kl_dims = None
+            else:
+                kl_dims[rows] = per_dim
+        if not closed[rows.start]:
+            mean[rows] += z.sum(0) / S
+    return PerExample(
+        log_likelihood=lse - math.log(S),
+        elbo=sums["log_w"] / S,
+        reconstruction=sums["log_px_z"] / S,
+        kl=sums["kl"] / S,
+        posterior_mean=mean,
+        kl_per_dim=kl_dims,
+    )
+
+
+@torch.no_grad()
+def elbo_terms(vae, x: Tensor, num_samples: int = 1) -> tuple[Tensor, Tensor]:
+    """Per-example Monte Carlo reconstruction and KL (the validation metrics)."""
+    result = importance_sample(vae, x, num_samples)
+    return result.reconstruction, result.kl
+
+
+def active_units(posterior_mean: Tensor, threshold: float = ACTIVE_THRESHOLD) -> int:
+    if len(posterior_mean) < 2:
+        return 0
+    return int((posterior_mean.var(0) > threshold).sum().item())
+
+
+def standard_error(values: Tensor | np.ndarray) -> float:
+    values = torch.as_tensor(values, dtype=torch.float64)
+    return (values.std() / math.sqrt(len(values))).item() if len(values) > 1 else math.nan
+
+
+def summarize(result: PerExample, num_samples: int) -> dict:
+    """The dataset-level figures of an evaluation (nats per example)."""
+    summary = {
+        "log_likelihood": result.log_likelihood.double().mean().item(),
+        "log_likelihood_se": standard_error(result.log_likelihood),
+        "elbo": result.elbo.double().mean().item(),
+        "elbo_se": standard_error(result.elbo),
+        "reconstruction": result.reconstruction.double().mean().item(),
+        "kl": result.kl.double().mean().item(),
+        "active_units": active_units(result.posterior_mean),
+        "kl_per_dim": None if result.kl_per_dim is None else result.kl_per_dim.double().mean(0).tolist(),
+        "samples": num_samples,
+        "n": len(result.log_likelihood),
+    }
+    return summary
+
+
+def heldout(run, data: Optional[str] = None, split: str = "valid", limit: Optional[int] = None, seed: int = 0, device="cpu"):
+    """(x, labels or None, source) of a split, prepared as the run's data were.
+
+    ``data`` names other data (a data set or a file) read with the run's data options;
+    a split with as many features as the run's data is reshaped to the run's shape.
+    ``limit`` takes a random subset (seeded, so every estimator of a comparison sees the
+    same examples); files can be sorted by class, so never the first N.
+    """
+    from ..data import load_data
+    from ..errors import DataError
+    from ..spec import DataSpec, data_table
+
+    spec = run.spec.data
+    if data is not None:
+        spec = DataSpec(**{**spec.model_dump(exclude={"name", "path"}), **data_table(data)})
+    dataset = load_data(spec, run.spec.inference.schedule.seed, likelihood=run.vae.likelihood, device=device)
+    x = dataset.split(split)
+    labels = dataset.labels.get(split)
+    if tuple(x.shape[1:]) != run.vae.data_shape:
+        if math.prod(x.shape[1:]) != math.prod(run.vae.data_shape):
+            raise DataError(
+                f"{dataset.source}: examples of shape {tuple(x.shape[1:])} do not fit the run's data shape "
+                f"{run.vae.data_shape}; evaluate on data like the training data"
+            )
+        x = x.reshape(len(x), *run.vae.data_shape)
+    if limit is not None and limit < len(x):
+        rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+        x = x[rows.to(x.device)]
+        labels = None if labels is None else labels[rows.to(labels.device)]
+    return x, labels, dataset.source
+
+
+def evaluate_run(path, data=None, split="valid", num_samples=5000, limit=None, seed=0, device="auto", budget=BUDGET):
+    """Evaluate a run directory; writes RUN/evaluation/<split>.json and <split>.npz."""
+    import time
+    from pathlib import Path
+
+    from ..runs import atomic_write, atomic_write_json, load_run
+    from .train import resolve_device
+
+    device = resolve_device(device)
+    run = load_run(path, device)
+    x, _, source = heldout(run, data, split, limit, seed, device)
+    torch.manual_seed(seed)
+    started = time.perf_counter()
+    result = importance_sample(run.vae, x, num_samples, budget)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    summary = summarize(result, num_samples)
+    summary.update(split=split, data=source, seconds=time.perf_counter() - started, device=str(device), seed=seed)
+    folder = Path(path) / "evaluation"
+    json_path, npz_path = folder / f"{split}.json", folder / f"{split}.npz"
+    atomic_write_json(json_path, summary)
+    arrays = {
+        name: getattr(result, name).cpu().numpy()
+        for name in ("log_likelihood", "elbo", "reconstruction", "kl", "posterior_mean")
+    }
+    atomic_write(npz_path, lambda f: np.savez(f, **arrays))
+    return summary, (json_path, npz_path)

@@ -1,0 +1,437 @@
+"""The SVI loop: epochs of mini-batch steps, validation, early stopping, checkpoints.
+
+Each step is ``SVI.step(x, index)`` with the spec's estimator (Trace_ELBO by default)
+and a :class:`~pyro_vae.infer.optim.SingleOptimizer`. Data stay on the device; each
+epoch draws a permutation from a generator of its own (seeded with the schedule's
+seed), so the data order does not depend on the estimator's use of random numbers.
+
+At the end of every epoch (and every ``checkpoint_every`` steps) the checkpoint holds
+all the state the next step depends on: weights, optimizer state, the torch, CUDA and
+data-order RNG states, the step counters (which fix the KL warm-up position), the
+early-stopping state and the metrics so far. A run killed at any moment and resumed
+from it continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional, Sequence
+
+import pyro
+import torch
+from pyro.infer import SVI
+from tqdm.auto import tqdm
+
+from ..errors import Interrupted, SpecError, TrainingDiverged
+from .estimators import ESTIMATORS, supports_subsampling
+from .evaluate import elbo_terms
+from .optim import OPTIMIZERS, SingleOptimizer
+
+
+def resolve_device(choice: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise SpecError("inference.schedule.device: 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(choice)
+
+
+@dataclass
+class TrainState:
+    """Counters and early-stopping state; with weights, optimizer and RNGs, all a resume needs."""
+
+    epoch: int = 0  # completed epochs
+    step_in_epoch: int = 0
+    global_step: int = 0
+    epoch_loss: float = 0.0
+    epoch_seconds: float = 0.0
+    train_seconds: float = 0.0
+    best_val: float = -math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    history: list = field(default_factory=list)
+
+
+def kl_weight(schedule, global_step: int, steps_per_epoch: int) -> float:
+    """beta, ramped linearly from ~0 over the first kl_warmup_epochs (Bowman et al., 2016)."""
+    warmup_steps = schedule.kl_warmup_epochs * steps_per_epoch
+    if warmup_steps <= 0:
+        return schedule.beta
+    return schedule.beta * min(1.0, (global_step + 1) / warmup_steps)
+
+
+@contextmanager
+def stop_requests():
+    """SIGINT/SIGTERM set a flag that the loop reads after each step; a second SIGINT
+    stops at once. Outside the main thread nothing is installed."""
+    requested: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+
+    def handler(signum, frame):
+        if requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        requested.append(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+class Trainer:
+    """Fits a VAE to a Dataset as an InferenceSpec says; ``save(checkpoint)`` and
+    ``report(row)`` are called by the loop to persist state (see runs.py)."""
+
+    def __init__(self, vae, data, inference, *, save: Optional[Callable] = None, progress: Optional[bool] = None, log=None):
+        self.vae, self.data, self.inference = vae, data, inference
+        self.schedule = inference.schedule
+        self.save = save
+        self.progress = progress
+        self.log = log or (lambda text: print(text, file=sys.stderr))
+        self.device = data.split("train").device
+        self.num_data = len(data.split("train"))
+        self.batch_size = min(self.schedule.batch_size, self.num_data)
+        # full batches only: with a fresh random order each epoch, every step is an unbiased
+        # estimate of the full-data objective, and shapes stay static (as Pyro's JIT needs)
+        self.steps_per_epoch = self.num_data // self.batch_size
+        self.estimator = ESTIMATORS.build(inference.estimator)
+        if inference.estimator.get("jit") and self.schedule.kl_warmup_epochs > 0:
+            raise SpecError(
+                "inference.estimator.jit = true compiles beta into the traced loss and cannot follow "
+                "a KL warm-up; set inference.schedule.kl_warmup_epochs = 0 or jit = false"
+            )
+        if not supports_subsampling(self.estimator) and self.batch_size < self.num_data:
+            raise SpecError(
+                f"inference.estimator: {inference.estimator['kind']} does not support mini-batching; "
+                f"set inference.schedule.batch_size >= {self.num_data} (the training set) or choose another estimator"
+            )
+        vae.num_data = self.num_data
+        pyro.clear_param_store()  # pyro.module finds this VAE's own parameters, not a previous one's
+        self.optim = SingleOptimizer(OPTIMIZERS.build(inference.optimizer, list(vae.parameters())), self.schedule.clip_norm)
+        self.svi = SVI(vae.model, vae.guide, self.optim, loss=self.estimator)
+        self.data_rng = torch.Generator(device=self.device).manual_seed(self.schedule.seed)
+        self.epoch_start_rng = self.data_rng.get_state()
+        self.state = TrainState()
+        self.best_weights: Optional[dict] = None
+        self._validated = False
+
+    # --- checkpoint state ------------------------------------------------------------
+
+    def checkpoint(self) -> dict:
+        """Everything the next step depends on, as tensors and plain containers."""
+        rng = {"torch": torch.get_rng_state(), "data": self.data_rng.get_state(), "data_epoch": self.epoch_start_rng}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        keep_best = self.schedule.patience > 0 and self.best_weights is not None
+        last = {k: v.detach().clone() for k, v in self.vae.state_dict().items()}
+        return {
+            "weights": self.best_weights if keep_best else last,
+            "training": {
+                "last_weights": last,
+                "optimizer": self.optim.get_state(),
+                "rng": rng,
+                "state": asdict(self.state),
+            },
+        }
+
+    def restore(self, checkpoint: dict) -> None:
+        training = checkpoint["training"]
+        self.vae.load_state_dict(training["last_weights"])
+        self.optim.set_state(training["optimizer"])
+        self.state = TrainState(**training["state"])
+        rng = training["rng"]
+        torch.set_rng_state(rng["torch"].cpu())
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
+        self.data_rng.set_state(rng["data"].cpu())
+        self.epoch_start_rng = rng["data_epoch"].cpu()
+        if self.schedule.patience > 0 and self.state.best_epoch > 0:
+            self.best_weights = checkpoint["weights"]
+
+    # --- the loop --------------------------------------------------------------------
+
+    def fit(self) -> TrainState:
+        s, state = self.schedule, self.state
+        total = s.epochs * self.steps_per_epoch
+        bar = tqdm(
+            total=total,
+            initial=min(state.global_step, total),
+            disable=(None if self.progress is None else not self.progress),
+            unit="step",
+            dynamic_ncols=True,
+            leave=False,
+            file=sys.stderr,
+        )
+        with bar, stop_requests() as requested:
+            while state.epoch < s.epochs and not state.stopped_early:
+                self.run_epoch(bar, requested)
+                row = self._validate()
+                self._end_epoch(row)
+                if bar.disable:
+                    self.log(
+                        f"epoch {row['epoch']:>4}/{s.epochs}  train_elbo {row['train_elbo']:.3f}  "
+                        f"val_elbo {row['val_elbo']:.3f}  kl {row['kl']:.3f}  ({row['seconds']:.2f} s)"
+                    )
+        if s.patience > 0 and self.best_weights is not None:
+            self.vae.load_state_dict(self.best_weights)
+        self.vae.eval()
+        return state
+
+    def run_epoch(self, bar=None, requested: Sequence[int] = ()) -> float:
+        """The remaining SVI steps of the current epoch; returns their seconds so far.
+
+        Pyro's argument validation is on for the trainer's first step (it catches shape
+        mistakes in a user's own component) and off afterwards: the data were checked
+        against the likelihood's support before training.
+        """
+        state, B = self.state, self.batch_size
+        if state.step_in_epoch == 0:
+            self.epoch_start_rng = self.data_rng.get_state()
+        current = self.data_rng.get_state()
+        self.data_rng.set_state(self.epoch_start_rng)
+        order = torch.randperm(self.num_data, generator=self.data_rng, device=self.device)
+        if state.step_in_epoch:  # resuming inside an epoch: same order, same draws from here on
+            self.data_rng.set_state(current)
+        self.vae.train()
+        started = time.perf_counter()
+        for i in range(state.step_in_epoch, self.steps_per_epoch):
+            index = order[i * B : (i + 1) * B]
+            x = self.data.batch(index, self.data_rng)
+            self.vae.beta = kl_weight(self.schedule, state.global_step, self.steps_per_epoch)
+            try:
+                with pyro.validation_enabled(not self._validated):
+                    loss = self.svi.step(x, index)
+            except TrainingDiverged as exc:
+                raise self._diverged(str(exc)) from None
+            self._validated = True
+            if not math.isfinite(loss):
+                raise self._diverged(f"loss is {loss}")
+            state.epoch_loss += loss
+            state.global_step += 1
+            state.step_in_epoch = i + 1
+            if bar is not None:
+                if i % 25 == 0 or i + 1 == self.steps_per_epoch:
+                    elbo = -state.epoch_loss / state.step_in_epoch / self.num_data
+                    bar.set_postfix_str(f"epoch {state.epoch + 1} elbo {elbo:.2f}", refresh=False)
+                bar.update()
+            every = self.schedule.checkpoint_every
+            if requested or (every and state.global_step % every == 0 and i + 1 < self.steps_per_epoch):
+                state.epoch_seconds += time.perf_counter() - started
+                started = time.perf_counter()
+                self._save()
+                if requested:
+                    raise Interrupted(requested[0], state.epoch + 1, state.step_in_epoch)
+        state.epoch_seconds += time.perf_counter() - started
+        return state.epoch_seconds
+
+    def _diverged(self, what: str) -> TrainingDiverged:
+        s = self.state
+        return TrainingDiverged(
+            f"training diverged at epoch {s.epoch + 1}, step {s.step_in_epoch + 1} ({what}); "
+            "likely causes: a learning rate too high (lower inference.optimizer.lr), exploding gradients "
+            "(set inference.schedule.clip_norm), or a likelihood scale too small (a larger "
+            "initial_scale/min_scale, or a learned scale)"
+        )
+
+    @torch.no_grad()
+    def _validate(self) -> dict:
+        state = self.state
+        x = self.data.split("valid")
+        self.vae.eval()
+        reconstruction, kl = elbo_terms(self.vae, x)
+        rec, kl_mean = reconstruction.mean().item(), kl.mean().item()
+        seconds = state.epoch_seconds
+        return {
+            "epoch": state.epoch + 1,
+            "train_elbo": -state.epoch_loss / self.steps_per_epoch / self.num_data,
+            "val_elbo": rec - kl_mean,
+            "kl": kl_mean,
+            "reconstruction": rec,
+            "beta": self.vae.beta,
+            "seconds": seconds,
+            "examples_per_second": self.steps_per_epoch * self.batch_size / seconds if seconds > 0 else math.nan,
+        }
+
+    def _end_epoch(self, row: dict) -> None:
+        state = self.state
+        state.history.append(row)
+        state.train_seconds += state.epoch_seconds
+        if row["val_elbo"] > state.best_val:
+            state.best_val, state.best_epoch, state.bad_epochs = row["val_elbo"], row["epoch"], 0
+            if self.schedule.patience > 0:
+                self.best_weights = {k: v.detach().clone() for k, v in self.vae.state_dict().items()}
+        else:
+            state.bad_epochs += 1
+            if self.schedule.patience and state.bad_epochs >= self.schedule.patience:
+                state.stopped_early = True
+        if not all(torch.isfinite(p).all() for p in self.vae.parameters()):
+            raise self._diverged("a parameter is not finite")
+        state.epoch += 1
+        state.step_in_epoch = 0
+        state.epoch_loss = 0.0
+        state.epoch_seconds = 0.0
+        self._save()
+
+    def _save(self) -> None:
+        if self.save is not None:
+            self.save(self.checkpoint())
+
+
+# --- a spec in, a run directory out -----------------------------------------------------
+
+
+def _versions() -> dict:
+    import platform
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "pyro": pyro.__version__}
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def _prepare(spec):
+    """Data and VAE for ``spec``, checked against each other, on the spec's device."""
+    from ..data import check_support, load_data
+    from ..errors import DataError
+    from ..model import build_vae
+
+    device = resolve_device(spec.inference.schedule.device)
+    seed = spec.inference.schedule.seed
+    pyro.set_rng_seed(seed)
+    data = load_data(spec.data, seed)
+    train = data.split("train")
+    if "valid" not in data.splits:
+        raise DataError(f"{data.source}: no validation split; add a 'valid' array or a 'train' array to split from")
+    vae = build_vae(spec.model, data.data_shape, num_data=len(train))
+    check_support(data, vae.likelihood)
+    return vae.to(device), data.to(device)
+
+
+def _summary(trainer: Trainer, status: str, message: str = "") -> dict:
+    state, data = trainer.state, trainer.data
+    total_examples = trainer.steps_per_epoch * trainer.batch_size * len(state.history)
+    seconds = sum(row["seconds"] for row in state.history)
+    summary = {
+        "status": status,
+        "best_val_elbo": state.best_val if math.isfinite(state.best_val) else None,
+        "best_epoch": state.best_epoch,
+        "epochs": state.epoch,
+        "train_seconds": state.train_seconds,
+        "examples_per_second": total_examples / seconds if seconds > 0 else None,
+        "device": str(trainer.device),
+        "device_name": _device_name(trainer.device),
+        "versions": _versions(),
+        "num_parameters": sum(p.numel() for p in trainer.vae.parameters()),
+        "data": {"source": data.source, "shape": list(data.data_shape), **{k: len(v) for k, v in data.splits.items()}},
+    }
+    if message:
+        summary["message"] = message
+    return summary
+
+
+class _RunWriter:
+    """Persists a Trainer's state into its run directory (see runs.py)."""
+
+    def __init__(self, path, trainer: Trainer):
+        self.path, self.trainer = path, trainer
+        trainer.save = self
+
+    def __call__(self, checkpoint: dict) -> None:
+        from .. import runs
+
+        trainer = self.trainer
+        checkpoint = {
+            "format": runs.CHECKPOINT_FORMAT,
+            "data_shape": list(trainer.data.data_shape),
+            "num_data": trainer.num_data,
+            **checkpoint,
+        }
+        runs.save_checkpoint(self.path / runs.CHECKPOINT, checkpoint)
+        runs.write_csv(self.path / runs.METRICS, trainer.state.history, runs.METRIC_COLUMNS)
+        runs.atomic_write_json(self.path / runs.SUMMARY, _summary(trainer, "running"))
+
+    def finish(self, status: str, message: str = "") -> None:
+        from .. import runs
+
+        trainer = self.trainer
+        runs.atomic_write_json(self.path / runs.SUMMARY, _summary(trainer, status, message))
+        if status in ("completed", "early_stopped") and trainer.state.history:
+            from ..analysis.figures import training_figures
+
+            training_figures(self.path / runs.FIGURES, trainer.vae, trainer.data.split("valid"), trainer.state.history)
+
+
+def _run(trainer: Trainer, writer: Optional[_RunWriter]):
+    try:
+        state = trainer.fit()
+    except TrainingDiverged as exc:
+        if writer:
+            writer.finish("diverged", str(exc))
+        raise
+    except Interrupted as exc:
+        if writer:
+            writer.finish("interrupted", str(exc))
+        raise
+    if writer:
+        writer.finish("early_stopped" if state.stopped_early else "completed")
+    return trainer
+
+
+def train(spec, out=None, *, force: bool = False, progress: Optional[bool] = None, log=None) -> Trainer:
+    """Train ``spec`` (a Spec); with ``out``, write a run directory there. Returns the Trainer,
+    whose ``vae`` holds the trained model (its best weights when early stopping is on)."""
+    from ..runs import SPEC, atomic_write_text, prepare_run_dir
+
+    vae, data = _prepare(spec)
+    trainer = Trainer(vae, data, spec.inference, progress=progress, log=log)
+    writer = None
+    if out is not None:
+        path = prepare_run_dir(out, force=force)  # only once spec, data and model are known good
+        atomic_write_text(path / SPEC, spec.to_toml())
+        writer = _RunWriter(path, trainer)
+    return _run(trainer, writer)
+
+
+def resume(path, *, progress: Optional[bool] = None, log=None) -> Trainer:
+    """Continue the run in ``path`` from its checkpoint, exactly where it stopped."""
+    from pathlib import Path
+
+    from ..errors import RunError
+    from ..runs import CHECKPOINT, load_checkpoint, read_spec
+
+    path = Path(path)
+    if not path.is_dir():
+        raise RunError(f"--resume {path}: no such run directory")
+    spec = read_spec(path)
+    checkpoint = load_checkpoint(path / CHECKPOINT)
+    if "training" not in checkpoint:
+        raise RunError(f"{path / CHECKPOINT}: holds weights only, no training state to resume from")
+    state = checkpoint["training"]["state"]
+    if state["epoch"] >= spec.inference.schedule.epochs or state["stopped_early"]:
+        raise RunError(
+            f"--resume {path}: the run already finished (epoch {state['epoch']} of "
+            f"{spec.inference.schedule.epochs}); start a new run to train longer"
+        )
+    vae, data = _prepare(spec)
+    if list(data.data_shape) != list(checkpoint["data_shape"]) or len(data.split("train")) != checkpoint["num_data"]:
+        raise RunError(f"--resume {path}: the data no longer match the checkpoint (shape or size changed)")
+    trainer = Trainer(vae, data, spec.inference, progress=progress, log=log)
+    writer = _RunWriter(path, trainer)
+    try:
+        trainer.restore(checkpoint)
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        raise RunError(f"{path / CHECKPOINT}: cannot restore training state ({str(exc).splitlines()[0][:160]})") from None
+    return _run(trainer, writer)

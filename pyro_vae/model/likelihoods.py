@@ -1,0 +1,380 @@
+"""Likelihoods p(x|z): the decoder's output -> a distribution over one example.
+
+Protocol: a :class:`Likelihood` is built as ``cls(data_shape, **params)``; it says how
+many decoder outputs it needs per feature (``outputs``), which values it supports
+(``domain``, checked against the data before training), and maps a decoder output of
+shape ``(*batch, outputs, *data_shape)`` to a distribution with batch shape ``batch``
+and event shape ``data_shape``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Annotated, Callable, Literal
+
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from pyro.distributions import constraints
+from torch import Tensor, nn
+
+from ..registry import Registry
+
+LIKELIHOODS = Registry("likelihood")
+PositiveFloat = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0, le=64)]
+LEVELS = 256  # 8-bit data
+
+
+@dataclass(frozen=True)
+class Domain:
+    """The values a likelihood accepts, how to test them, and what to do otherwise."""
+
+    description: str
+    contains: Callable[[Tensor], Tensor]
+    fix: str
+
+
+def _is_integer(x: Tensor) -> Tensor:
+    return x == torch.round(x)
+
+
+UNIT = Domain(
+    "values in [0, 1]",
+    lambda x: (x >= 0) & (x <= 1),
+    "set data.normalize = true (8-bit data is divided by its largest level) or "
+    "data.binarize = \"static\" or \"dynamic\", or choose a likelihood for real values (gaussian) "
+    "or for counts (poisson, negative_binomial)",
+)
+OPEN_UNIT = Domain(
+    "values strictly inside (0, 1)",
+    lambda x: (x > 0) & (x < 1),
+    "use continuous_bernoulli for data that touches 0 or 1, or squeeze the data into (0, 1)",
+)
+REAL = Domain("finite real values", lambda x: torch.ones_like(x, dtype=torch.bool), "")
+LEVELS_8BIT = Domain(
+    "integer levels 0..255",
+    lambda x: (x >= 0) & (x <= LEVELS - 1) & _is_integer(x),
+    "set data.normalize = false to keep 8-bit data as levels, and data.binarize = \"none\"",
+)
+COUNTS = Domain(
+    "non-negative integer counts",
+    lambda x: (x >= 0) & _is_integer(x),
+    "set data.normalize = false so counts are not divided, or choose a likelihood for "
+    "real values (gaussian) or for [0, 1] (bernoulli)",
+)
+
+
+class Likelihood(nn.Module):
+    """p(x|z) from the decoder's output; see the module docstring for the protocol."""
+
+    outputs: int = 1
+    domain: Domain = REAL
+
+    def __init__(self, data_shape: tuple[int, ...]):
+        super().__init__()
+        self.data_shape = tuple(data_shape)
+
+    @property
+    def event_dim(self) -> int:
+        return len(self.data_shape)
+
+    def split(self, out: Tensor) -> tuple[Tensor, ...]:
+        """``(*batch, outputs, *data_shape)`` -> ``outputs`` tensors of ``(*batch, *data_shape)``."""
+        return out.unbind(-self.event_dim - 1)
+
+    def forward(self, out: Tensor) -> dist.Distribution:
+        raise NotImplementedError
+
+    def encoder_input(self, x: Tensor) -> Tensor:
+        """What the encoder sees of x (counts and 8-bit levels are rescaled)."""
+        return x
+
+    def check(self, x: Tensor, where: str) -> str | None:
+        """A one-line problem with data ``x`` for this likelihood, or None."""
+        if not torch.isfinite(x).all():
+            return f"{where} contains NaN or infinite values; clean the data before training"
+        inside = self.domain.contains(x)
+        if inside.all():
+            return None
+        outside = int((~inside).sum())
+        return (
+            f"{where} has values outside the support of the {self.kind} likelihood "
+            f"({self.domain.description}; the data span {x.min().item():g}..{x.max().item():g}, "
+            f"{outside} values outside): {self.domain.fix}"
+        )
+
+    def mean(self, out: Tensor) -> Tensor:
+        """E[x|z], for reconstructions and decoded samples."""
+        return self(out).mean
+
+
+def _raw(scale: float) -> float:
+    """The inverse of softplus, so a learned scale starts at ``scale``."""
+    return scale + math.log(-math.expm1(-scale))
+
+
+@LIKELIHOODS.register("bernoulli")
+class BernoulliLikelihood(Likelihood):
+    """Bernoulli from logits; values in [0, 1] that are not 0/1 act as soft targets (cross-entropy)."""
+
+    domain = UNIT
+
+    def forward(self, out):
+        # validate_args=False: grayscale values in [0, 1] are allowed as soft targets
+        (logits,) = self.split(out)
+        return dist.Bernoulli(logits=logits, validate_args=False).to_event(self.event_dim)
+
+    def mean(self, out):
+        return torch.sigmoid(self.split(out)[0])
+
+
+@LIKELIHOODS.register("continuous_bernoulli")
+class ContinuousBernoulliLikelihood(Likelihood):
+    """Continuous Bernoulli (Loaiza-Ganem & Cunningham, 2019): a normalized density on [0, 1]."""
+
+    domain = UNIT
+
+    def forward(self, out):
+        (logits,) = self.split(out)
+        return dist.ContinuousBernoulli(logits=logits).to_event(self.event_dim)
+
+
+ScaleMode = Literal["fixed", "shared", "per_feature", "decoder"]
+
+
+class _LocationScale(Likelihood):
+    """A location-scale family whose scale is fixed, one learned value, learned per
+    feature, or predicted by the decoder (heteroscedastic)."""
+
+    def __init__(
+        self,
+        data_shape,
+        *,
+        scale: ScaleMode = "per_feature",
+        initial_scale: PositiveFloat = 0.1,
+        min_scale: Annotated[float, Field(ge=0)] = 1e-3,
+    ):
+        super().__init__(data_shape)
+        self.scale_mode = scale
+        self.min_scale = min_scale
+        self.outputs = 2 if scale == "decoder" else 1
+        raw = torch.full(() if scale in ("fixed", "shared") else self.data_shape, _raw(initial_scale))
+        if scale == "fixed":
+            self.register_buffer("raw_scale", raw)
+        elif scale != "decoder":
+            self.raw_scale = nn.Parameter(raw)
+
+    def loc_scale(self, out: Tensor) -> tuple[Tensor, Tensor]:
+        parts = self.split(out)
+        raw = parts[1] if self.scale_mode == "decoder" else self.raw_scale
+        return parts[0], F.softplus(raw) + self.min_scale
+
+    def forward(self, out):
+        loc, scale = self.loc_scale(out)
+        return self.family(loc, scale).to_event(self.event_dim)
+
+    def mean(self, out):
+        return self.loc_scale(out)[0]
+
+
+@LIKELIHOODS.register("gaussian")
+class GaussianLikelihood(_LocationScale):
+    """Gaussian N(mu(z), s^2), s fixed, shared, per feature or from the decoder."""
+
+    @staticmethod
+    def family(loc, scale):
+        return dist.Normal(loc, scale)
+
+
+@LIKELIHOODS.register("laplace")
+class LaplaceLikelihood(_LocationScale):
+    """Laplace(mu(z), b): heavier tails than the Gaussian, robust to outlying pixels."""
+
+    @staticmethod
+    def family(loc, scale):
+        return dist.Laplace(loc, scale)
+
+
+@LIKELIHOODS.register("student_t")
+class StudentTLikelihood(_LocationScale):
+    """Student-t with ``df`` degrees of freedom around mu(z), scale s."""
+
+    def __init__(
+        self,
+        data_shape,
+        *,
+        df: PositiveFloat = 3.0,
+        scale: ScaleMode = "per_feature",
+        initial_scale: PositiveFloat = 0.1,
+        min_scale: Annotated[float, Field(ge=0)] = 1e-3,
+    ):
+        super().__init__(data_shape, scale=scale, initial_scale=initial_scale, min_scale=min_scale)
+        self.df = df
+
+    def family(self, loc, scale):
+        return dist.StudentT(self.df, loc, scale)
+
+
+@LIKELIHOODS.register("beta")
+class BetaLikelihood(Likelihood):
+    """Beta(a(z), b(z)) for data strictly inside (0, 1)."""
+
+    outputs = 2
+    domain = OPEN_UNIT
+
+    def forward(self, out):
+        a, b = (F.softplus(p) + 1e-4 for p in self.split(out))
+        return dist.Beta(a, b).to_event(self.event_dim)
+
+
+class _EightBit(Likelihood):
+    domain = LEVELS_8BIT
+
+    def encoder_input(self, x):
+        return x / (LEVELS - 1)
+
+
+@LIKELIHOODS.register("categorical")
+class CategoricalLikelihood(_EightBit):
+    """A 256-way categorical per feature for 8-bit data (levels 0..255)."""
+
+    outputs = LEVELS
+
+    def logits(self, out: Tensor) -> Tensor:
+        return out.movedim(-self.event_dim - 1, -1)
+
+    def forward(self, out):
+        return dist.Categorical(logits=self.logits(out)).to_event(self.event_dim)
+
+    def mean(self, out):
+        probs = torch.softmax(self.logits(out), -1)
+        return probs @ torch.arange(LEVELS, dtype=probs.dtype, device=probs.device)
+
+
+class DiscretizedLogisticMixture(dist.TorchDistribution):
+    """Mixture of logistics discretized to 256 levels (Salimans et al., 2017, PixelCNN++).
+
+    x in {0..255} is rescaled to x' in [-1, 1] with bin half-width 1/255;
+    P(x) = sum_k pi_k [sigma((x' + 1/255 - mu_k)/s_k) - sigma((x' - 1/255 - mu_k)/s_k)],
+    with the edge bins x = 0 and x = 255 taking all mass below and above.
+    Components are on the last dimension of the parameters.
+    """
+
+    arg_constraints = {"logits": constraints.real, "loc": constraints.real, "scale": constraints.positive}
+    support = constraints.integer_interval(0, LEVELS - 1)
+
+    def __init__(self, logits, loc, scale, validate_args=None):
+        self.logits, self.loc, self.scale = torch.broadcast_tensors(logits, loc, scale)
+        super().__init__(self.loc.shape[:-1], validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        shape = torch.Size(batch_shape) + self.loc.shape[-1:]
+        return DiscretizedLogisticMixture(
+            self.logits.expand(shape), self.loc.expand(shape), self.scale.expand(shape)
+        )
+
+    def log_prob(self, value):
+        x = (2 * value / (LEVELS - 1) - 1).unsqueeze(-1)
+        half_bin = 1.0 / (LEVELS - 1)
+        inv_s = 1 / self.scale
+        upper = (x + half_bin - self.loc) * inv_s
+        lower = (x - half_bin - self.loc) * inv_s
+        log_cdf_upper = F.logsigmoid(upper)  # log P(X <= upper edge): the bin at 0
+        log_sf_lower = -F.softplus(lower)  # log P(X >= lower edge): the bin at 255
+        # log(sigma(u) - sigma(l)) = log sigma(u) + log(1 - exp(log sigma(l) - log sigma(u)))
+        log_mass = log_cdf_upper + torch.log(
+            -torch.expm1((F.logsigmoid(lower) - log_cdf_upper).clamp(max=-1e-12))
+        )
+        # far in the tails the difference underflows: use the density times the bin width
+        mid = (x - self.loc) * inv_s
+        log_density = mid - 2 * F.softplus(mid) - torch.log(self.scale) + math.log(2 * half_bin)
+        log_mass = torch.where(log_mass > -12.0, log_mass, log_density)
+        log_p = torch.where(x < -1 + half_bin, log_cdf_upper, torch.where(x > 1 - half_bin, log_sf_lower, log_mass))
+        return torch.logsumexp(log_p + torch.log_softmax(self.logits, -1), -1)
+
+    def sample(self, sample_shape=torch.Size()):
+        shape = self._extended_shape(sample_shape)
+        with torch.no_grad():
+            k = dist.Categorical(logits=self.logits).sample(sample_shape).unsqueeze(-1)
+            loc = self.loc.expand(shape + self.loc.shape[-1:]).gather(-1, k).squeeze(-1)
+            scale = self.scale.expand(shape + self.scale.shape[-1:]).gather(-1, k).squeeze(-1)
+            u = torch.rand(shape, device=loc.device).clamp(1e-5, 1 - 1e-5)
+            x = loc + scale * (torch.log(u) - torch.log1p(-u))
+            return torch.round((x.clamp(-1, 1) + 1) * (LEVELS - 1) / 2)
+
+    @property
+    def mean(self):
+        weights = torch.softmax(self.logits, -1)
+        return ((weights * self.loc).sum(-1).clamp(-1, 1) + 1) * (LEVELS - 1) / 2
+
+
+@LIKELIHOODS.register("discretized_logistic")
+class DiscretizedLogisticLikelihood(_EightBit):
+    """A mixture of discretized logistics per feature for 8-bit data, as in PixelCNN++."""
+
+    def __init__(self, data_shape, *, components: PositiveInt = 5):
+        super().__init__(data_shape)
+        self.components = components
+        self.outputs = 3 * components
+
+    def forward(self, out):
+        k = self.components
+        params = out.movedim(-self.event_dim - 1, -1)
+        logits, loc, raw_scale = params[..., :k], params[..., k : 2 * k], params[..., 2 * k :]
+        scale = F.softplus(raw_scale) + 1e-3
+        return DiscretizedLogisticMixture(logits, torch.tanh(loc), scale).to_event(self.event_dim)
+
+
+class _Counts(Likelihood):
+    domain = COUNTS
+
+    def encoder_input(self, x):
+        return torch.log1p(x)
+
+
+@LIKELIHOODS.register("poisson")
+class PoissonLikelihood(_Counts):
+    """Poisson counts with rate softplus(decoder output)."""
+
+    def forward(self, out):
+        (raw,) = self.split(out)
+        return dist.Poisson(F.softplus(raw) + 1e-8).to_event(self.event_dim)
+
+
+class _Dispersed(_Counts):
+    """Counts with mean from the decoder and a learned inverse dispersion theta per feature."""
+
+    def __init__(self, data_shape, *, initial_dispersion: PositiveFloat = 1.0):
+        super().__init__(data_shape)
+        self.raw_theta = nn.Parameter(torch.full(self.data_shape, _raw(initial_dispersion)))
+
+    def mean_theta(self, raw_mean: Tensor) -> tuple[Tensor, Tensor]:
+        return F.softplus(raw_mean) + 1e-8, F.softplus(self.raw_theta) + 1e-8
+
+
+@LIKELIHOODS.register("negative_binomial")
+class NegativeBinomialLikelihood(_Dispersed):
+    """Negative binomial NB(mean mu(z), inverse dispersion theta): Var = mu + mu^2 / theta."""
+
+    def forward(self, out):
+        (raw_mean,) = self.split(out)
+        mu, theta = self.mean_theta(raw_mean)
+        return dist.NegativeBinomial(total_count=theta, logits=mu.log() - theta.log()).to_event(self.event_dim)
+
+
+@LIKELIHOODS.register("zinb")
+class ZeroInflatedNegativeBinomialLikelihood(_Dispersed):
+    """Zero-inflated negative binomial (as in scVI): a structural zero with probability
+    sigma(g(z)), else NB(mu(z), theta)."""
+
+    outputs = 2
+
+    def forward(self, out):
+        raw_mean, gate_logits = self.split(out)
+        mu, theta = self.mean_theta(raw_mean)
+        return dist.ZeroInflatedNegativeBinomial(
+            total_count=theta, logits=mu.log() - theta.log(), gate_logits=gate_logits
+        ).to_event(self.event_dim)

@@ -1,0 +1,108 @@
+"""Posterior families q(z|x): the encoder's output -> a distribution over z.
+
+Protocol: a :class:`Posterior` is built as ``cls(latent_dim, **params)``, says how many
+encoder outputs it needs (``encoder_outputs``), and maps an encoder output of shape
+``(*batch, encoder_outputs)`` to a reparameterized distribution with batch shape
+``batch`` and event shape ``(latent_dim,)``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from pyro.distributions.transforms import ConditionalAffineAutoregressive
+from pyro.nn import ConditionalAutoRegressiveNN
+from torch import Tensor, nn
+
+from ..registry import Registry
+
+POSTERIORS = Registry("posterior")
+MIN_SCALE = 1e-4
+
+
+class Posterior(nn.Module):
+    """q(z|x) from the encoder's output; see the module docstring for the protocol."""
+
+    def __init__(self, latent_dim: int):
+        super().__init__()
+        self.latent_dim = latent_dim
+
+    encoder_outputs: int
+
+    def forward(self, h: Tensor) -> dist.Distribution:
+        raise NotImplementedError
+
+    def loc_scale(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """The diagonal Gaussian read off the first 2 * latent_dim encoder outputs."""
+        d = self.latent_dim
+        return h[..., :d], F.softplus(h[..., d : 2 * d]) + MIN_SCALE
+
+
+@POSTERIORS.register("diagonal_normal")
+class DiagonalNormalPosterior(Posterior):
+    """N(mu(x), diag sigma(x)^2), sigma = softplus(.) (Kingma & Welling, 2014)."""
+
+    def __init__(self, latent_dim):
+        super().__init__(latent_dim)
+        self.encoder_outputs = 2 * latent_dim
+
+    def forward(self, h):
+        loc, scale = self.loc_scale(h)
+        return dist.Normal(loc, scale).to_event(1)
+
+
+@POSTERIORS.register("low_rank_normal")
+class LowRankNormalPosterior(Posterior):
+    """N(mu(x), W(x) W(x)^T + diag d(x)): a diagonal plus a rank-r factor."""
+
+    def __init__(self, latent_dim, *, rank: Annotated[int, Field(gt=0, le=64)] = 2):
+        super().__init__(latent_dim)
+        self.rank = rank
+        self.encoder_outputs = latent_dim * (2 + rank)
+
+    def forward(self, h):
+        d = self.latent_dim
+        loc, scale = self.loc_scale(h)
+        factor = h[..., 2 * d :].reshape(*h.shape[:-1], d, self.rank)
+        return dist.LowRankMultivariateNormal(loc, factor, scale.square())
+
+
+@POSTERIORS.register("iaf")
+class IAFPosterior(Posterior):
+    """A diagonal normal followed by ``steps`` inverse autoregressive flow steps
+    conditioned on an encoder context c(x) (Kingma et al., 2016).
+
+    z_0 = mu + sigma * eps; z_t = s_t * z_{t-1} + (1 - s_t) * m_t with
+    (m_t, logit s_t) = AR-NN_t(z_{t-1}, c) (the numerically stable form);
+    log q(z_T|x) = log N(z_0; mu, sigma) - sum_t sum_i log s_t,i.
+    Each step's autoregressive network orders the dimensions by its own permutation.
+    """
+
+    def __init__(
+        self,
+        latent_dim,
+        *,
+        steps: Annotated[int, Field(gt=0, le=32)] = 2,
+        context: Annotated[int, Field(gt=0, le=4096)] = 32,
+        hidden: list[Annotated[int, Field(gt=0, le=8192)]] = [128],
+    ):
+        super().__init__(latent_dim)
+        self.context = context
+        self.encoder_outputs = 2 * latent_dim + context
+        width = [max(w, latent_dim) for w in hidden] or [latent_dim]
+        self.flows = nn.ModuleList(
+            ConditionalAffineAutoregressive(
+                ConditionalAutoRegressiveNN(latent_dim, context, width), stable=True
+            )
+            for _ in range(steps)
+        )
+
+    def forward(self, h):
+        loc, scale = self.loc_scale(h)
+        c = h[..., 2 * self.latent_dim :]
+        base = dist.Normal(loc, scale).to_event(1)
+        return dist.TransformedDistribution(base, [flow.condition(c) for flow in self.flows])

@@ -1,0 +1,171 @@
+"""Priors p(z).
+
+Protocol: a :class:`Prior` is built as ``cls(latent_dim, **params)`` and ``prior()``
+returns a distribution with event shape ``(latent_dim,)`` and empty batch shape (the
+data plate broadcasts it). A prior defined through other parts of the VAE (the
+VampPrior uses the encoder) takes what it needs in :meth:`Prior.bind`, which the VAE
+calls once with itself.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from pyro.distributions import transforms as T
+from torch import nn
+
+from ..registry import Registry
+
+PRIORS = Registry("prior")
+Components = Annotated[int, Field(gt=0, le=10_000)]
+
+
+class Prior(nn.Module):
+    """p(z); see the module docstring for the protocol."""
+
+    def __init__(self, latent_dim: int):
+        super().__init__()
+        self.latent_dim = latent_dim
+
+    def bind(self, vae) -> None:
+        """Called once by the VAE that owns this prior, before training."""
+
+    def forward(self) -> dist.Distribution:
+        raise NotImplementedError
+
+
+def _softplus_inverse(x: float) -> float:
+    return x + math.log(-math.expm1(-x))
+
+
+@PRIORS.register("standard_normal")
+class StandardNormalPrior(Prior):
+    """N(0, I)."""
+
+    def __init__(self, latent_dim):
+        super().__init__(latent_dim)
+        self.register_buffer("loc", torch.zeros(latent_dim))
+        self.register_buffer("scale", torch.ones(latent_dim))
+
+    def forward(self):
+        return dist.Normal(self.loc, self.scale).to_event(1)
+
+
+@PRIORS.register("learned_normal")
+class LearnedNormalPrior(Prior):
+    """N(m, diag s^2) with learned mean m and scale s (starting at N(0, I))."""
+
+    def __init__(self, latent_dim):
+        super().__init__(latent_dim)
+        self.loc = nn.Parameter(torch.zeros(latent_dim))
+        self.raw_scale = nn.Parameter(torch.full((latent_dim,), _softplus_inverse(1.0)))
+
+    def forward(self):
+        return dist.Normal(self.loc, F.softplus(self.raw_scale)).to_event(1)
+
+
+@PRIORS.register("mixture")
+class MixturePrior(Prior):
+    """sum_k pi_k N(m_k, diag s_k^2): K diagonal Gaussians with learned weights, means, scales."""
+
+    def __init__(self, latent_dim, *, components: Components = 10):
+        super().__init__(latent_dim)
+        self.logits = nn.Parameter(torch.zeros(components))
+        self.locs = nn.Parameter(torch.randn(components, latent_dim))
+        self.raw_scales = nn.Parameter(torch.full((components, latent_dim), _softplus_inverse(1.0)))
+
+    def forward(self):
+        components = dist.Normal(self.locs, F.softplus(self.raw_scales)).to_event(1)
+        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
+
+
+class _BroadcastMixture(dist.MixtureSameFamily):
+    """MixtureSameFamily that expands the value to the components' batch shape before
+    scoring it, for components (such as flows conditioned on a context) that do not
+    broadcast a size-1 dimension against their own batch."""
+
+    def _pad(self, x):
+        x = super()._pad(x)
+        event = x.shape[x.dim() - self._event_ndims :]
+        batch = torch.broadcast_shapes(x.shape[: x.dim() - self._event_ndims - 1], self.batch_shape)
+        return x.expand(batch + self.component_distribution.batch_shape[-1:] + event)
+
+
+@PRIORS.register("vamp")
+class VampPrior(Prior):
+    """The VampPrior (Tomczak & Welling, 2018): p(z) = 1/K sum_k q(z|u_k), with K learned
+    pseudo-inputs u_k passed through the VAE's own encoder and posterior."""
+
+    def __init__(self, latent_dim, *, components: Components = 500):
+        super().__init__(latent_dim)
+        self.components = components
+
+    def bind(self, vae):
+        self._posterior_of = vae.posterior_from_encoder_input  # not a submodule: no double registration
+        self.pseudo_inputs = nn.Parameter(0.05 + 0.01 * torch.randn(self.components, *vae.data_shape))
+
+    def forward(self):
+        q = self._posterior_of(self.pseudo_inputs)
+        weights = dist.Categorical(logits=torch.zeros(self.components, device=self.pseudo_inputs.device))
+        return _BroadcastMixture(weights, q)
+
+
+@PRIORS.register("flow")
+class FlowPrior(Prior):
+    """N(0, I) pushed through ``layers`` learned autoregressive transforms.
+
+    Each layer is used in its inverse (masked autoregressive) direction, so the density
+    log p(z) = log N(T^-1(z)) + log|det dT^-1/dz| at any z is one parallel pass;
+    sampling is the sequential direction.
+    """
+
+    def __init__(
+        self,
+        latent_dim,
+        *,
+        transform: Literal["affine_autoregressive", "spline_autoregressive"] = "affine_autoregressive",
+        layers: Annotated[int, Field(gt=0, le=32)] = 2,
+        hidden: list[Annotated[int, Field(gt=0, le=8192)]] = [64],
+    ):
+        super().__init__(latent_dim)
+        self.register_buffer("loc", torch.zeros(latent_dim))
+        self.register_buffer("scale", torch.ones(latent_dim))
+        width = [max(w, latent_dim) for w in hidden] or [latent_dim]
+        make = T.affine_autoregressive if transform == "affine_autoregressive" else T.spline_autoregressive
+        self.flows = nn.ModuleList(make(latent_dim, hidden_dims=width) for _ in range(layers))
+
+    def forward(self):
+        base = dist.Normal(self.loc, self.scale).to_event(1)
+        return dist.TransformedDistribution(base, [flow.inv for flow in self.flows])
+
+
+@PRIORS.register("student_t")
+class StudentTPrior(Prior):
+    """A factorized Student-t with ``df`` degrees of freedom: heavy-tailed."""
+
+    def __init__(self, latent_dim, *, df: Annotated[float, Field(gt=0)] = 3.0):
+        super().__init__(latent_dim)
+        self.register_buffer("df", torch.full((latent_dim,), float(df)))
+        self.register_buffer("loc", torch.zeros(latent_dim))
+        self.register_buffer("scale", torch.ones(latent_dim))
+
+    def forward(self):
+        return dist.StudentT(self.df, self.loc, self.scale).to_event(1)
+
+
+@PRIORS.register("laplace")
+class LaplacePrior(Prior):
+    """A factorized Laplace(0, 1): heavy-tailed and sparsity-inducing."""
+
+    def __init__(self, latent_dim):
+        super().__init__(latent_dim)
+        self.register_buffer("loc", torch.zeros(latent_dim))
+        self.register_buffer("scale", torch.ones(latent_dim))
+
+    def forward(self):
+        return dist.Laplace(self.loc, self.scale).to_event(1)

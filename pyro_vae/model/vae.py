@@ -1,0 +1,175 @@
+"""The VAE: p(z) p(x|z) as a Pyro model, q(z|x) as a Pyro guide.
+
+Both run inside one ``pyro.plate("data", N, subsample=index)``: with a mini-batch of B
+of the N training examples every log-density is scaled by N/B, so an ELBO estimator
+sees an unbiased estimate of the full-data ELBO (Hoffman et al., 2013). The latent
+site ``z`` is scaled by ``beta`` with ``poutine.scale`` in both model and guide, so
+Trace_ELBO optimizes E_q[log p(x|z)] - beta KL(q(z|x) || p(z)) (Higgins et al., 2017;
+linear KL warm-up as in Bowman et al., 2016). Reported figures are nats per example.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import pyro
+import torch
+from pyro import poutine
+from torch import Tensor, nn
+
+from ..errors import SpecError
+from .likelihoods import LIKELIHOODS, Likelihood
+from .networks import NETWORKS
+from .posteriors import POSTERIORS, Posterior
+from .priors import PRIORS, Prior
+
+MAX_PARAMETERS = 100_000_000
+
+
+class ImportanceTerms(NamedTuple):
+    """log p(x|z_s), log p(z_s), log q(z_s|x) for S samples z_s ~ q(z|x): each (S, B)."""
+
+    log_px_z: Tensor
+    log_pz: Tensor
+    log_qz: Tensor
+
+    @property
+    def log_weights(self) -> Tensor:
+        return self.log_px_z + self.log_pz - self.log_qz
+
+
+class VAE(nn.Module):
+    """A variational autoencoder made of five swappable parts.
+
+    ``model(x, index)`` and ``guide(x, index)`` are Pyro functions for ``SVI``;
+    ``num_data`` is N, the size of the training set the data plate scales to
+    (None: the batch is the whole data set); ``beta`` weights the KL term; ``name``
+    prefixes the parameters in Pyro's global param store (give two VAEs trained in one
+    process different names, or call ``pyro.clear_param_store()`` in between).
+
+    The model registers the generative parts (prior, likelihood, decoder) with
+    ``pyro.module`` and the guide the inference parts (encoder, posterior), as in
+    Pyro's VAE example: every parameter is registered once per step.
+    """
+
+    def __init__(
+        self,
+        prior: Prior,
+        likelihood: Likelihood,
+        posterior: Posterior,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        num_data: Optional[int] = None,
+        name: str = "vae",
+    ):
+        super().__init__()
+        self.name = name
+        self.prior = prior
+        self.likelihood = likelihood
+        self.posterior = posterior
+        self.encoder = encoder
+        self.decoder = decoder
+        self.num_data = num_data
+        self.beta = 1.0
+        prior.bind(self)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.posterior.latent_dim
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        return self.likelihood.data_shape
+
+    # --- the distributions -----------------------------------------------------------
+
+    def posterior_from_encoder_input(self, u: Tensor):
+        return self.posterior(self.encoder(u))
+
+    def q(self, x: Tensor):
+        """q(z|x), event shape (latent_dim,), batch shape x.shape[:-len(data_shape)]."""
+        return self.posterior_from_encoder_input(self.likelihood.encoder_input(x))
+
+    def p_x(self, z: Tensor):
+        """p(x|z), event shape data_shape."""
+        return self.likelihood(self.decoder(z))
+
+    def forward(self, x: Tensor):
+        return self.q(x)
+
+    # --- Pyro model and guide --------------------------------------------------------
+
+    def _plate(self, x: Tensor, index: Optional[Tensor]):
+        return pyro.plate("data", self.num_data or len(x), subsample_size=len(x), subsample=index)
+
+    def model(self, x: Tensor, index: Optional[Tensor] = None):
+        """p(z) p(x|z) over a batch x (rows ``index`` of the N training examples)."""
+        for part in ("prior", "likelihood", "decoder"):
+            pyro.module(f"{self.name}_{part}", getattr(self, part))
+        with self._plate(x, index):
+            with poutine.scale(scale=self.beta):
+                z = pyro.sample("z", self.prior())
+            pyro.sample("x", self.p_x(z), obs=x)
+
+    def guide(self, x: Tensor, index: Optional[Tensor] = None):
+        """q(z|x) = posterior(encoder(x)), reparameterized."""
+        for part in ("encoder", "posterior"):
+            pyro.module(f"{self.name}_{part}", getattr(self, part))
+        with self._plate(x, index):
+            with poutine.scale(scale=self.beta):
+                pyro.sample("z", self.q(x))
+
+    # --- direct evaluation (no tracing) ----------------------------------------------
+
+    def importance_terms(self, x: Tensor, num_samples: int) -> ImportanceTerms:
+        """The three log-densities at ``num_samples`` draws z_s ~ q(z|x), unscaled."""
+        q = self.q(x)
+        z = q.rsample((num_samples,))
+        return ImportanceTerms(self.p_x(z).log_prob(x), self.prior().log_prob(z), q.log_prob(z))
+
+    @torch.no_grad()
+    def sample(self, n: int) -> tuple[Tensor, Tensor]:
+        """(z, E[x|z]) for n draws z ~ p(z)."""
+        z = self.prior().sample((n,))
+        return z, self.likelihood.mean(self.decoder(z))
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """E[x|z] at one draw z ~ q(z|x)."""
+        return self.likelihood.mean(self.decoder(self.q(x).sample()))
+
+
+def build_vae(spec, data_shape: tuple[int, ...], num_data: Optional[int] = None) -> VAE:
+    """A VAE from a ModelSpec, sized from the data shape: data -> likelihood -> decoder
+    outputs; posterior -> encoder outputs. Refuses models over MAX_PARAMETERS before
+    allocating them."""
+    data_shape = tuple(data_shape)
+
+    def build():
+        def part(slot, registry, *sizes):
+            try:
+                return registry.build(getattr(spec, slot), *sizes)
+            except SpecError as exc:
+                raise SpecError(f"model.{slot}: {exc}") from None
+
+        likelihood = part("likelihood", LIKELIHOODS, data_shape)
+        posterior = part("posterior", POSTERIORS, spec.latent_dim)
+        encoder = part("encoder", NETWORKS, data_shape, (posterior.encoder_outputs,))
+        decoder = part("decoder", NETWORKS, (spec.latent_dim,), (likelihood.outputs, *data_shape))
+        prior = part("prior", PRIORS, spec.latent_dim)
+        return VAE(prior, likelihood, posterior, encoder, decoder, num_data)
+
+    with torch.device("meta"):
+        count = sum(p.numel() for p in build().parameters())
+    if count > MAX_PARAMETERS:
+        raise SpecError(
+            f"model: {count:,} parameters for data of shape {data_shape} is over the limit of "
+            f"{MAX_PARAMETERS:,}; use smaller hidden widths or latent_dim"
+        )
+    return build()
+
+
+def num_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+

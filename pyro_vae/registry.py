@@ -1,0 +1,217 @@
+"""One registry pattern for every swappable slot.
+
+A slot (prior, likelihood, posterior, network, estimator, optimizer, data set) is a
+:class:`Registry` of classes chosen by ``kind``. A ``kind`` is either a registered
+name or an import path ``package.module:Name``, so a user's own class plugs in
+without touching the library.
+
+A class declares its spec parameters as the keyword-only arguments of its
+``__init__`` (annotation and default); its positional arguments are the sizes the
+library passes in (latent dimension, data shape, ...). From that one signature the
+registry derives the pydantic model that validates a spec table, the defaults
+written into a resolved spec, and the listing printed by ``pyro-vae specs``::
+
+    @PRIORS.register("mixture")
+    class MixturePrior(Prior):
+        def __init__(self, latent_dim: int, *, components: PositiveInt = 10): ...
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import typing
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, Mapping
+
+import pydantic
+
+from .errors import SpecError
+
+
+class SlotError(ValueError):
+    """A slot table failed validation; ``loc`` is the key path inside the table."""
+
+    def __init__(self, loc: tuple, message: str):
+        super().__init__(message)
+        self.loc = loc
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Parameter:
+    name: str
+    type: str
+    default: Any  # inspect.Parameter.empty when required
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    name: str
+    summary: str
+    parameters: tuple[Parameter, ...]
+
+
+class Registry:
+    """Names -> classes for one slot; validates and builds spec tables of that slot."""
+
+    def __init__(self, slot: str):
+        self.slot = slot
+        self._classes: dict[str, type] = {}
+
+    def register(self, name: str):
+        def decorator(cls: type) -> type:
+            if name in self._classes:
+                raise ValueError(f"{self.slot} kind {name!r} is registered twice")
+            self._classes[name] = cls
+            cls.kind = name
+            return cls
+
+        return decorator
+
+    def names(self) -> list[str]:
+        return sorted(self._classes)
+
+    def resolve(self, kind: str) -> type:
+        """The class for ``kind``: a registered name or ``package.module:Name``."""
+        if kind in self._classes:
+            return self._classes[kind]
+        if ":" in kind:
+            module_name, _, attr = kind.partition(":")
+            try:
+                return getattr(importlib.import_module(module_name), attr)
+            except (ImportError, AttributeError, ValueError) as exc:
+                raise SlotError(
+                    ("kind",), f"cannot import {self.slot} class {kind!r} ({exc})"
+                ) from None
+        raise SlotError(
+            ("kind",),
+            f"unknown {self.slot} kind {kind!r}; registered: {', '.join(self.names())} "
+            "(or an import path package.module:Name)",
+        )
+
+    def validate(self, table: Mapping[str, Any]) -> dict[str, Any]:
+        """``{"kind": ..., **params}`` with every parameter checked and defaults filled in."""
+        if not isinstance(table, Mapping):
+            raise SlotError((), f"must be a table with a 'kind' key, got {table!r}")
+        kind = table.get("kind")
+        if not isinstance(kind, str):
+            raise SlotError(
+                ("kind",), f"missing or not a string; registered: {', '.join(self.names())}"
+            )
+        params = {k: v for k, v in table.items() if k != "kind"}
+        model = parameter_model(self.resolve(kind))
+        try:
+            validated = model.model_validate(params)
+        except pydantic.ValidationError as exc:
+            error = exc.errors()[0]
+            loc = tuple(error["loc"])
+            message = describe_error(error)
+            if error["type"] == "extra_forbidden":
+                allowed = ", ".join(model.model_fields) or "none"
+                message = f"is not a parameter of {self.slot} kind {kind!r} (its parameters: {allowed})"
+            raise SlotError(loc, message) from None
+        return {"kind": kind, **validated.model_dump()}
+
+    def build(self, table: Mapping[str, Any], *sizes):
+        """Instantiate ``table['kind']`` with the library's sizes and the table's parameters."""
+        resolved = self.validate(table)
+        kind = resolved.pop("kind")
+        return self.resolve(kind)(*sizes, **resolved)
+
+    def describe(self) -> list[KindInfo]:
+        return [describe_class(name, cls) for name, cls in sorted(self._classes.items())]
+
+
+def _keyword_parameters(cls) -> list[tuple[inspect.Parameter, Any]]:
+    init = cls.__init__ if isinstance(cls, type) else cls  # a class, or a factory function
+    try:
+        hints = typing.get_type_hints(init, include_extras=True)
+    except Exception:  # unresolved forward references in a user's class
+        hints = {}
+    return [
+        (p, hints.get(p.name, Any if p.annotation is p.empty else p.annotation))
+        for p in inspect.signature(init).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+
+
+@cache
+def parameter_model(cls: type) -> type[pydantic.BaseModel]:
+    """The strict pydantic model of ``cls``'s keyword-only ``__init__`` arguments."""
+    fields = {
+        p.name: (annotation, ... if p.default is p.empty else p.default)
+        for p, annotation in _keyword_parameters(cls)
+    }
+    config = pydantic.ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=True)
+    return pydantic.create_model(f"{cls.__name__}Parameters", __config__=config, **fields)
+
+
+def _type_name(annotation: Any) -> str:
+    if getattr(annotation, "__metadata__", None) is not None:  # Annotated[T, ...]
+        base = _type_name(typing.get_args(annotation)[0])
+        constraints = [c for m in annotation.__metadata__ for c in getattr(m, "metadata", [m])]
+        bounds = ", ".join(
+            f"{op} {getattr(c, attr)}"
+            for c in constraints
+            for op, attr in ((">", "gt"), (">=", "ge"), ("<", "lt"), ("<=", "le"))
+            if getattr(c, attr, None) is not None
+        )
+        return f"{base} {bounds}".strip()
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return "|".join(str(a) for a in typing.get_args(annotation))
+    if origin is not None and typing.get_args(annotation):
+        inner = ", ".join(_type_name(a) for a in typing.get_args(annotation) if a is not type(None))
+        name = getattr(origin, "__name__", str(origin).replace("typing.", ""))
+        return f"{inner} or none" if name == "Union" and type(None) in typing.get_args(annotation) else f"{name}[{inner}]"
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def describe_class(name: str, cls: type) -> KindInfo:
+    doc = (inspect.getdoc(cls) or "").strip()
+    summary = " ".join(doc.split("\n\n")[0].split())  # the first paragraph, on one line
+    params = tuple(
+        Parameter(p.name, _type_name(annotation), p.default)
+        for p, annotation in _keyword_parameters(cls)
+    )
+    return KindInfo(name, summary, params)
+
+
+def describe_error(error: Mapping[str, Any]) -> str:
+    """One pydantic error as 'message (got value)'."""
+    message = error["msg"]
+    if error["type"] == "value_error":
+        message = str(error.get("ctx", {}).get("error", message))
+    value = error.get("input")
+    if error["type"] in ("missing", "extra_forbidden") or isinstance(value, Mapping):
+        return message
+    shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return f"{message} (got {shown})"
+
+
+def format_validation_error(exc: pydantic.ValidationError, prefix: tuple = ()) -> str:
+    """A pydantic error as one line: ``key.path: what is wrong (got value)``."""
+    errors = exc.errors()
+    error = errors[0]
+    loc = prefix + tuple(error["loc"])
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, SlotError):
+        loc += cause.loc
+        message = cause.message
+    elif error["type"] == "extra_forbidden":
+        message = "unknown key (check its spelling and the spec reference in the README)"
+    else:
+        message = describe_error(error)
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    path = ".".join(str(part) for part in loc)
+    return f"{path}: {message}{more}" if path else f"{message}{more}"
+
+
+def as_spec_error(exc: pydantic.ValidationError, prefix: tuple = ()) -> SpecError:
+    return SpecError(format_validation_error(exc, prefix))

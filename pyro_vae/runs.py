@@ -1,0 +1,207 @@
+"""The run directory: everything a training run leaves, written atomically.
+
+::
+
+    RUN/spec.toml        the fully resolved spec (pyro-vae train --spec RUN/spec.toml repeats it)
+    RUN/metrics.csv      one row per epoch
+    RUN/summary.json     best validation ELBO and epoch, timings, device, versions, status
+    RUN/checkpoint.pt    weights and plain tensors only: the trained weights, and the state
+                         that --resume needs (optimizer, RNGs, counters, metrics so far)
+    RUN/figures/         elbo.png, reconstructions.png, samples.png
+
+Every file is written to a temporary name in the same folder and renamed over the old
+one, so a crash or a full disk never leaves a half-written file. Checkpoints load with
+``torch.load(..., weights_only=True)``: a file holding anything but tensors and plain
+containers is refused, never unpickled.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .errors import RunError, SpecError, UserError
+from .spec import Spec, read_toml
+
+SPEC, METRICS, SUMMARY, CHECKPOINT, FIGURES = "spec.toml", "metrics.csv", "summary.json", "checkpoint.pt", "figures"
+METRIC_COLUMNS = [
+    "epoch",
+    "train_elbo",
+    "val_elbo",
+    "kl",
+    "reconstruction",
+    "beta",
+    "seconds",
+    "examples_per_second",
+]
+CHECKPOINT_FORMAT = 1
+
+
+def atomic_write(path: Path, write: Callable[[io.BufferedWriter], Any]) -> None:
+    """Write ``path`` through ``write(file)`` into a temporary file, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise RunError(f"could not write {path} ({exc.strerror or exc}); the previous file, if any, is kept") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def read_csv(path: Path) -> list[dict[str, float]]:
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    except FileNotFoundError:
+        raise RunError(f"{path}: missing; the run directory is incomplete") from None
+    except (ValueError, TypeError, csv.Error) as exc:
+        raise RunError(f"{path}: unreadable ({exc})") from None
+
+
+def save_checkpoint(path: Path, checkpoint: dict) -> None:
+    atomic_write(path, lambda f: torch.save(checkpoint, f))
+
+
+def load_checkpoint(path: Path, map_location="cpu") -> dict:
+    """A checkpoint's tensors and plain containers; anything else is refused, not run."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"{path}: missing; the run has no checkpoint (was it trained to the end of an epoch?)")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise RunError(
+            f"{path}: refused to load: it holds objects other than tensors and plain containers "
+            f"({str(exc).splitlines()[0][:120]}); only load checkpoints written by pyro-vae"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
+        raise RunError(
+            f"{path}: corrupt or truncated checkpoint ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}); "
+            "re-run training or restore the file"
+        ) from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT or "weights" not in checkpoint:
+        raise RunError(f"{path}: not a pyro-vae checkpoint (format {CHECKPOINT_FORMAT})")
+    return checkpoint
+
+
+def prepare_run_dir(path: Path, *, force: bool) -> Path:
+    """Refuse to overwrite an existing run unless ``force``; then clear what it left."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RunError(f"--out {path}: exists and is not a folder; choose another path")
+    if path.is_dir() and any(path.iterdir()):
+        if not force:
+            raise RunError(
+                f"--out {path}: already holds files; pass --force to overwrite, "
+                f"or --resume {path} to continue that run"
+            )
+        _clear_run(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _clear_run(path: Path) -> None:
+    """Remove what a previous run wrote (its known files and folders), nothing else."""
+    import shutil
+
+    for name in (SPEC, METRICS, SUMMARY, CHECKPOINT):
+        (path / name).unlink(missing_ok=True)
+    for name in (FIGURES, "evaluation", "analysis", "samples"):
+        if (path / name).is_dir():
+            shutil.rmtree(path / name)
+
+
+def read_spec(run: Path) -> Spec:
+    path = Path(run) / SPEC
+    if not path.is_file():
+        raise RunError(f"{path}: missing; {run} is not a complete run directory")
+    try:
+        return Spec.from_dict(read_toml(path))
+    except SpecError as exc:
+        raise RunError(f"{path}: {exc}") from None
+
+
+@dataclass
+class Run:
+    """A trained run, rebuilt from its directory alone."""
+
+    path: Path
+    spec: Spec
+    vae: Any
+    checkpoint: dict
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        return tuple(self.checkpoint["data_shape"])
+
+    @property
+    def summary(self) -> dict:
+        try:
+            return json.loads((self.path / SUMMARY).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    @property
+    def metrics(self) -> list[dict[str, float]]:
+        return read_csv(self.path / METRICS)
+
+
+def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run:
+    """Rebuild the trained VAE of a run directory (its best weights when early stopping
+    was on, else its last), on ``device``, in evaluation mode."""
+    from .model import build_vae
+
+    path = Path(path)
+    if not path.is_dir():
+        raise RunError(f"{path}: no such run directory")
+    spec = read_spec(path)
+    checkpoint = load_checkpoint(path / CHECKPOINT)
+    try:
+        vae = build_vae(spec.model, tuple(checkpoint["data_shape"]), int(checkpoint["num_data"]))
+        vae.load_state_dict(checkpoint["weights"])
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise RunError(f"{path / CHECKPOINT}: does not match {path / SPEC} ({str(exc).splitlines()[0][:160]})") from None
+    except UserError:
+        raise
+    return Run(path, spec, vae.to(device).eval(), checkpoint)

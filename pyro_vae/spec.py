@@ -1,0 +1,263 @@
+"""The declarative spec: TOML in, typed and validated objects out.
+
+A spec has three tables. ``[model]`` says what is fit (latent size and the five
+swappable slots), ``[inference]`` how it is fit (estimator, optimizer, schedule),
+``[data]`` on what. Model files (``models/*.toml``) hold only ``[model]``, inference
+files (``inference/*.toml``) only ``[inference]``, so any model runs with any
+inference spec. Every slot table has a ``kind`` and that kind's parameters, checked
+by the slot's :class:`~pyro_vae.registry.Registry`; unknown keys are errors. The
+resolved spec, with every default filled in, is what a run directory stores.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping, Optional, Sequence
+
+import pydantic
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .errors import SpecError
+from .registry import Registry, as_spec_error
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+MAX_LATENT = 4096
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=False)
+
+
+def _registries():
+    # imported here: the component modules import torch and pyro
+    from .data import DATASETS
+    from .infer.estimators import ESTIMATORS
+    from .infer.optim import OPTIMIZERS
+    from .model.likelihoods import LIKELIHOODS
+    from .model.networks import NETWORKS
+    from .model.posteriors import POSTERIORS
+    from .model.priors import PRIORS
+
+    return PRIORS, LIKELIHOODS, POSTERIORS, NETWORKS, ESTIMATORS, OPTIMIZERS, DATASETS
+
+
+class ModelSpec(_Strict):
+    """What is fit: p(z), p(x|z), q(z|x) and the two networks."""
+
+    latent_dim: Annotated[int, Field(gt=0, le=MAX_LATENT)] = 16
+    prior: dict[str, Any] = {"kind": "standard_normal"}
+    likelihood: dict[str, Any] = {"kind": "bernoulli"}
+    posterior: dict[str, Any] = {"kind": "diagonal_normal"}
+    encoder: dict[str, Any] = {"kind": "mlp"}
+    decoder: dict[str, Any] = {"kind": "mlp"}
+
+    @model_validator(mode="after")
+    def _resolve_slots(self):
+        priors, likelihoods, posteriors, networks, *_ = _registries()
+        for name, registry in (
+            ("prior", priors),
+            ("likelihood", likelihoods),
+            ("posterior", posteriors),
+            ("encoder", networks),
+            ("decoder", networks),
+        ):
+            setattr(self, name, _in_slot(name, registry, getattr(self, name)))
+        return self
+
+
+class Schedule(_Strict):
+    """How long and in what order: epochs, batches, KL weighting, stopping, seed, device."""
+
+    epochs: Annotated[int, Field(gt=0, le=1_000_000)] = 50
+    batch_size: Annotated[int, Field(gt=0, le=1_000_000)] = 128
+    kl_warmup_epochs: Annotated[float, Field(ge=0)] = 0.0
+    beta: Annotated[float, Field(ge=0, le=1e6)] = 1.0
+    patience: NonNegativeInt = 0
+    seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    clip_norm: Annotated[float, Field(ge=0)] = 0.0
+    checkpoint_every: NonNegativeInt = 0
+
+
+class InferenceSpec(_Strict):
+    """How it is fit: the ELBO estimator, the optimizer and the schedule."""
+
+    estimator: dict[str, Any] = {"kind": "trace_elbo"}
+    optimizer: dict[str, Any] = {"kind": "adam"}
+    schedule: Schedule = Field(default_factory=Schedule)
+
+    @model_validator(mode="after")
+    def _resolve_slots(self):
+        _, _, _, _, estimators, optimizers, _ = _registries()
+        self.estimator = _in_slot("estimator", estimators, self.estimator)
+        self.optimizer = _in_slot("optimizer", optimizers, self.optimizer)
+        return self
+
+
+class DataSpec(_Strict):
+    """On what: a named data set or a file, and how its values are prepared."""
+
+    name: Optional[str] = None
+    path: Optional[str] = None
+    binarize: Literal["none", "static", "dynamic"] = "none"
+    normalize: bool = True
+    valid_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
+
+    @model_validator(mode="after")
+    def _name_or_path(self):
+        if (self.name is None) == (self.path is None):
+            raise ValueError("give exactly one of data.name (a named data set) or data.path (a file)")
+        if self.name is not None:
+            datasets = _registries()[-1]
+            if self.name not in datasets.names():
+                raise ValueError(
+                    f"unknown data set {self.name!r}; named data sets: {', '.join(datasets.names())} "
+                    "(or give data.path)"
+                )
+        return self
+
+
+class Spec(_Strict):
+    """The whole, resolved spec: what is fit, how, and on what."""
+
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    inference: InferenceSpec = Field(default_factory=InferenceSpec)
+    data: DataSpec = Field(default_factory=lambda: DataSpec(name="digits"))
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "Spec":
+        try:
+            return cls.model_validate(raw)
+        except pydantic.ValidationError as exc:
+            raise as_spec_error(exc) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="python", exclude_none=True)
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+
+def _in_slot(name: str, registry: Registry, table: Mapping[str, Any]) -> dict[str, Any]:
+    from .registry import SlotError
+
+    try:
+        return registry.validate(table)
+    except SlotError as exc:
+        raise SlotError((name,) + exc.loc, exc.message) from None
+
+
+# --- files, names and overrides ------------------------------------------------------
+
+
+def catalog_dir(which: str) -> Path:
+    """The folder of shipped ``models`` or ``inference`` specs (wheel, else checkout)."""
+    packaged = Path(__file__).parent / "catalog" / which
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / which
+
+
+def shipped(which: str) -> dict[str, Path]:
+    """Shipped spec names -> files, for ``which`` in ('models', 'inference')."""
+    return {p.stem: p for p in sorted(catalog_dir(which).glob("*.toml"))}
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such spec file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: cannot read spec file ({exc})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{path}: malformed TOML ({exc}); fix the file's syntax") from None
+
+
+def _table_from(ref: str, which: str, table: str) -> dict[str, Any]:
+    """The ``[table]`` of a shipped spec name or a spec file path."""
+    names = shipped(which)
+    if ref in names:
+        path = names[ref]
+    elif ref.endswith(".toml") or "/" in ref or Path(ref).exists():
+        path = Path(ref)
+    else:
+        raise SpecError(
+            f"unknown {which} spec {ref!r}; shipped: {', '.join(names)} (or give a .toml path)"
+        )
+    raw = read_toml(path)
+    extra = sorted(set(raw) - {table})
+    if extra:
+        raise SpecError(f"{path}: unexpected top-level key {extra[0]!r} (a {which} spec holds only [{table}])")
+    if table not in raw or not isinstance(raw[table], dict):
+        raise SpecError(f"{path}: no [{table}] table")
+    return raw[table]
+
+
+def data_table(ref: str) -> dict[str, Any]:
+    """``--data``: a named data set or a file path."""
+    return {"name": ref} if ref in _registries()[-1].names() else {"path": str(Path(ref).resolve())}
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``KEY=VALUE`` -> (key path, value): VALUE as a TOML value, else as a plain string."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise SpecError(f"--set {text!r}: expected KEY=VALUE, e.g. --set model.latent_dim=32")
+    parts = key.split(".")
+    if any(not p.strip() for p in parts):
+        raise SpecError(f"--set {text!r}: empty part in key {key!r}")
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    return [p.strip() for p in parts], parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = raw
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise SpecError(f"--set {text!r}: {where} is a value, not a table")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def load_spec(
+    model: str = "bernoulli_mlp",
+    inference: str = "trace_elbo",
+    data: str = "digits",
+    overrides: Sequence[str] = (),
+    spec_file: str | None = None,
+) -> Spec:
+    """Resolve shipped names or paths, apply ``--set`` overrides, validate.
+
+    With ``spec_file`` (a resolved ``spec.toml``), its three tables are the start and
+    ``model``, ``inference`` and ``data`` are ignored.
+    """
+    if spec_file is not None:
+        raw = read_toml(Path(spec_file))
+    else:
+        raw = {
+            "model": _table_from(model, "models", "model"),
+            "inference": _table_from(inference, "inference", "inference"),
+            "data": data_table(data),
+        }
+    return Spec.from_dict(apply_overrides(raw, overrides))
+
+
+def spec_summary(path: Path) -> str:
+    """The first comment line of a shipped spec file: its one-line description."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""

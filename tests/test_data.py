@@ -1,0 +1,157 @@
+"""Data sources, preparation, and refusal of data outside the likelihood's support."""
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import MNIST, MNIST_IDX, needs_idx, needs_mnist, write_npz
+from pyro_vae.data import check_support, load_data, prepare, read_source
+from pyro_vae.errors import DataError
+from pyro_vae.model.likelihoods import LIKELIHOODS
+from pyro_vae.spec import DataSpec
+
+
+def spec(**kw):
+    return DataSpec(**{"name": "digits", **kw}) if "path" not in kw else DataSpec(**kw)
+
+
+def test_digits_is_embedded_normalized_and_split_at_random():
+    data = load_data(spec(), seed=0)
+    assert data.data_shape == (64,)
+    assert len(data.splits["train"]) + len(data.splits["valid"]) == 1797
+    assert len(data.splits["valid"]) == round(0.1 * 1797)
+    assert 0 <= data.splits["train"].min() and data.splits["train"].max() == 1.0  # levels 0..16 / 16
+    assert set(data.labels) == {"train", "valid"}
+    # the validation rows are spread over the file, not its tail
+    raw = read_source("digits", None).splits["train"] / 16
+    rows = [int(np.flatnonzero((raw == v.numpy()).all(1))[0]) for v in data.splits["valid"]]
+    assert min(rows) < 100 and max(rows) > 1700 and len(set(rows)) > 170
+    # the same seed draws the same split, another seed another
+    assert torch.equal(load_data(spec(), seed=0).splits["valid"], data.splits["valid"])
+    assert not torch.equal(load_data(spec(), seed=1).splits["valid"], data.splits["valid"])
+
+
+def test_npz_with_own_splits_and_labels(tmp_path):
+    rng = np.random.default_rng(0)
+    path = write_npz(tmp_path / "d.npz", train=rng.integers(0, 256, (30, 4, 5), dtype=np.uint8),
+                     valid=rng.integers(0, 256, (10, 4, 5), dtype=np.uint8),
+                     test=rng.integers(0, 256, (7, 4, 5), dtype=np.uint8), test_labels=np.arange(7))
+    data = load_data(spec(path=str(path)), seed=0)
+    assert data.data_shape == (4, 5)
+    assert {k: len(v) for k, v in data.splits.items()} == {"train": 30, "valid": 10, "test": 7}
+    assert data.splits["test"].max() <= 1.0  # uint8 divided by 255
+    assert torch.equal(data.labels["test"], torch.arange(7))
+    raw = load_data(spec(path=str(path), normalize=False), seed=0)
+    assert raw.splits["train"].max() > 1 and torch.equal(raw.splits["train"], raw.splits["train"].round())
+
+
+def test_static_and_dynamic_binarization():
+    static = load_data(spec(binarize="static"), seed=0)
+    assert set(static.splits["train"].unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(static.splits["train"], load_data(spec(binarize="static"), seed=0).splits["train"])
+    dynamic = load_data(spec(binarize="dynamic"), seed=0)
+    assert not set(dynamic.splits["train"].unique().tolist()) <= {0.0, 1.0}  # intensities kept
+    assert set(dynamic.splits["valid"].unique().tolist()) == {0.0, 1.0}  # held-out drawn once
+    g = torch.Generator().manual_seed(0)
+    index = torch.arange(64)
+    a, b = dynamic.batch(index, g), dynamic.batch(index, g)
+    assert set(a.unique().tolist()) == {0.0, 1.0} and not torch.equal(a, b)  # redrawn per batch
+    # mean of many draws approaches the intensities
+    draws = torch.stack([dynamic.batch(index, g) for _ in range(400)]).mean(0)
+    assert torch.allclose(draws, dynamic.splits["train"][index], atol=0.12)
+
+
+def test_binarize_needs_intensities(tmp_path):
+    path = write_npz(tmp_path / "counts.npz", train=np.arange(40.0).reshape(10, 4))
+    with pytest.raises(DataError, match="binarize = 'static' needs intensities in \\[0, 1\\].*normalize"):
+        load_data(spec(path=str(path), binarize="static"), seed=0)
+
+
+@pytest.mark.parametrize(
+    "kind, values, fragments",
+    [
+        ("bernoulli", np.arange(40.0).reshape(10, 4), ["outside the support of the bernoulli", "..39", "binarize"]),
+        ("beta", np.tile([0.0, 0.5, 1.0, 0.25], (10, 1)), ["beta", "strictly inside (0, 1)", "continuous_bernoulli"]),
+        ("poisson", np.full((10, 4), 0.5), ["poisson", "non-negative integer counts", "normalize = false"]),
+        ("categorical", np.full((10, 4), 300.0), ["categorical", "integer levels 0..255"]),
+        ("gaussian", np.where(np.eye(10, 4) > 0, np.nan, 1.0), ["NaN or infinite"]),
+    ],
+)
+def test_support_is_checked_with_the_fix(tmp_path, kind, values, fragments):
+    path = write_npz(tmp_path / "d.npz", train=values)
+    data = load_data(spec(path=str(path)), seed=0)
+    likelihood = LIKELIHOODS.build({"kind": kind}, data.data_shape)
+    with pytest.raises(DataError) as info:
+        check_support(data, likelihood)
+    for fragment in fragments:
+        assert fragment in str(info.value)
+
+
+def test_in_support_data_passes(tmp_path):
+    path = write_npz(tmp_path / "c.npz", train=np.random.default_rng(0).poisson(3.0, (20, 5)).astype(np.int64))
+    data = load_data(spec(path=str(path)), seed=0)
+    check_support(data, LIKELIHOODS.build({"kind": "negative_binomial"}, data.data_shape))
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(DataError, match="no such data file"):
+        read_source(None, str(tmp_path / "nope.npz"))
+    fake = tmp_path / "fake.npz"
+    fake.write_text("not a zip")
+    with pytest.raises(DataError, match="not a readable .npz archive"):
+        read_source(None, str(fake))
+    empty = write_npz(tmp_path / "e.npz", images=np.zeros((3, 2)))
+    with pytest.raises(DataError, match="no 'train', 'valid' or 'test' array \\(found images\\)"):
+        read_source(None, str(empty))
+    obj = tmp_path / "o.npz"
+    np.savez(obj, train=np.array([{"a": 1}, None], dtype=object))
+    with pytest.raises(DataError, match="not a readable .npz"):  # object arrays are never unpickled
+        read_source(None, str(obj))
+    flat = write_npz(tmp_path / "f.npz", train=np.zeros(5))
+    with pytest.raises(DataError, match="one row per example"):
+        read_source(None, str(flat))
+    csv = tmp_path / "x.csv"
+    csv.write_text("1,2\n")
+    with pytest.raises(DataError, match="unsupported data file"):
+        read_source(None, str(csv))
+
+
+def _write_idx(path, array, magic_type=0x08):
+    header = bytes([0, 0, magic_type, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_idx_files(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (20, 6, 6), dtype=np.uint8)
+    _write_idx(tmp_path / "x-images-idx3-ubyte.gz", images)
+    _write_idx(tmp_path / "x-labels-idx1-ubyte.gz", np.arange(20) % 10)
+    raw = read_source(None, str(tmp_path / "x-images-idx3-ubyte.gz"))
+    assert np.array_equal(raw.splits["train"], images)
+    assert np.array_equal(raw.labels["train"], np.arange(20) % 10)
+    truncated = tmp_path / "t-images-idx3-ubyte.gz"
+    with gzip.open(truncated, "wb") as f:
+        f.write(bytes([0, 0, 8, 3]) + struct.pack(">3I", 20, 6, 6) + images.tobytes()[:100])
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        read_source(None, str(truncated))
+    wrong = tmp_path / "w-images-idx3-ubyte.gz"
+    _write_idx(wrong, images, magic_type=0x0D)
+    with pytest.raises(DataError, match="bad magic number"):
+        read_source(None, str(wrong))
+
+
+@needs_idx
+def test_official_mnist_idx():
+    raw = read_source(None, str(MNIST_IDX))
+    assert raw.splits["train"].shape == (10000, 28, 28) and raw.max_level == 255
+    assert np.bincount(raw.labels["train"]).tolist()[:3] == [980, 1135, 1032]
+
+
+@needs_mnist
+def test_shared_binarized_mnist():
+    data = prepare(read_source(None, str(MNIST)), spec(path=str(MNIST)), seed=0)
+    assert {k: tuple(v.shape) for k, v in data.splits.items()} == {"train": (50000, 784), "valid": (10000, 784)}
+    assert set(data.splits["valid"].unique().tolist()) == {0.0, 1.0}

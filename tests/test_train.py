@@ -1,0 +1,178 @@
+"""Training end to end: the CLI, the run directory, determinism, load_run, errors."""
+
+import csv
+import json
+import tomllib
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import QUICK, assert_one_line_error, run_cli, write_npz
+from pyro_vae import load_run
+from pyro_vae.cli import main
+from pyro_vae.infer.train import kl_weight, resolve_device
+from pyro_vae.runs import METRIC_COLUMNS
+from pyro_vae.spec import Schedule
+
+
+def read_metrics(run):
+    with open(run / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_cli_train_writes_a_complete_run(digits_run):
+    files = {p.name for p in digits_run.iterdir()}
+    assert {"spec.toml", "metrics.csv", "summary.json", "checkpoint.pt", "figures"} <= files
+    assert {p.name for p in (digits_run / "figures").iterdir()} == {"elbo.png", "reconstructions.png", "samples.png"}
+    assert all((digits_run / "figures" / n).stat().st_size > 5000 for n in ("elbo.png", "samples.png"))
+    rows = read_metrics(digits_run)
+    assert list(rows[0]) == METRIC_COLUMNS and [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    for r in rows:
+        assert float(r["val_elbo"]) == pytest.approx(float(r["reconstruction"]) - float(r["kl"]))
+        assert float(r["seconds"]) > 0 and float(r["examples_per_second"]) > 0
+    summary = json.loads((digits_run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs"] == 3
+    assert summary["best_val_elbo"] == pytest.approx(max(float(r["val_elbo"]) for r in rows))
+    assert summary["device"] == "cpu" and set(summary["versions"]) == {"python", "torch", "pyro"}
+    spec = tomllib.loads((digits_run / "spec.toml").read_text())
+    assert spec["inference"]["schedule"]["epochs"] == 3 and spec["data"]["name"] == "digits"
+    # weights only: loads without unpickling arbitrary objects
+    checkpoint = torch.load(digits_run / "checkpoint.pt", weights_only=True)
+    assert checkpoint["format"] == 1 and checkpoint["data_shape"] == [64]
+
+
+def test_load_run_rebuilds_the_trained_vae(digits_run):
+    run = load_run(digits_run)
+    checkpoint = torch.load(digits_run / "checkpoint.pt", weights_only=True)
+    for name, tensor in run.vae.state_dict().items():
+        assert torch.equal(tensor, checkpoint["weights"][name])
+    x = torch.rand(5, 64)
+    again = load_run(digits_run)
+    q1, q2 = run.vae.q(x), again.vae.q(x)
+    assert torch.equal(q1.base_dist.loc, q2.base_dist.loc) and torch.equal(q1.base_dist.scale, q2.base_dist.scale)
+    z = torch.randn(3, 16)
+    assert torch.equal(run.vae.decoder(z), again.vae.decoder(z))
+
+
+def test_same_seed_same_numbers_and_weights(tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        assert main(["train", "--out", str(tmp_path / name), *QUICK]) == 0
+        runs.append(tmp_path / name)
+    a, b = (read_metrics(r) for r in runs)
+    for ra, rb in zip(a, b):
+        for column in ("train_elbo", "val_elbo", "kl", "reconstruction", "beta"):
+            assert ra[column] == rb[column]
+    wa, wb = (torch.load(r / "checkpoint.pt", weights_only=True)["weights"] for r in runs)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert main(["train", "--out", str(tmp_path / "c"), *QUICK, "--set", "inference.schedule.seed=1"]) == 0
+    assert read_metrics(tmp_path / "c")[0]["train_elbo"] != a[0]["train_elbo"]
+
+
+def test_early_stopping_keeps_the_best_weights(tmp_path):
+    out = tmp_path / "es"
+    # a learning rate so large that validation gets worse after the first epoch
+    assert main(["train", "--out", str(out), "--quiet", "--set", "inference.schedule.epochs=30",
+                 "--set", "inference.schedule.patience=2", "--set", "inference.optimizer.lr=0.05"]) == 0
+    rows = read_metrics(out)
+    summary = json.loads((out / "summary.json").read_text())
+    best = max(rows, key=lambda r: float(r["val_elbo"]))
+    assert summary["status"] == "early_stopped" and len(rows) < 30
+    assert summary["best_epoch"] == int(best["epoch"]) and len(rows) == summary["best_epoch"] + 2
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    last, kept = checkpoint["training"]["last_weights"], checkpoint["weights"]
+    assert any(not torch.equal(last[k], kept[k]) for k in kept)  # kept = best, not last
+
+
+def test_kl_warmup_is_linear():
+    s = Schedule(kl_warmup_epochs=2, beta=0.5)
+    assert kl_weight(s, 0, 10) == pytest.approx(0.5 / 20)
+    assert kl_weight(s, 9, 10) == pytest.approx(0.25)
+    assert kl_weight(s, 19, 10) == pytest.approx(0.5) and kl_weight(s, 500, 10) == 0.5
+    assert kl_weight(Schedule(beta=2.0), 0, 10) == 2.0
+
+
+def test_warmup_reaches_the_metrics(tmp_path):
+    out = tmp_path / "w"
+    assert main(["train", "--out", str(out), *QUICK, "--set", "inference.schedule.kl_warmup_epochs=4"]) == 0
+    betas = [float(r["beta"]) for r in read_metrics(out)]
+    assert betas == pytest.approx([0.25, 0.5])
+
+
+def test_device_choice(monkeypatch):
+    assert resolve_device("cpu").type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto").type == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto").type == "cpu"
+    from pyro_vae.errors import SpecError
+
+    with pytest.raises(SpecError, match="no CUDA device is available; use 'auto' or 'cpu'"):
+        resolve_device("cuda")
+
+
+def test_sample_command(digits_run, capsys):
+    assert main(["sample", str(digits_run), "--n", "9"]) == 0
+    assert "samples.png" in capsys.readouterr().out
+    arrays = np.load(digits_run / "samples" / "samples.npz")
+    assert arrays["z"].shape == (9, 16) and arrays["mean"].shape == (9, 64)
+    assert ((arrays["mean"] >= 0) & (arrays["mean"] <= 1)).all()
+
+
+def test_check_validates_without_training(tmp_path, capsys):
+    assert main(["train", "--check", "--set", "model.latent_dim=8", "--out", str(tmp_path / "never")]) == 0
+    out = capsys.readouterr().out
+    assert "latent_dim = 8" in out and "# ok: digits" in out
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["--set", "model.latent_dims=3"], ["model.latent_dims", "unknown key"]),
+        (["--set", "model.prior.kind=nope"], ["unknown prior kind 'nope'", "standard_normal"]),
+        (["--set", "model.latent_dim=-3"], ["model.latent_dim", "greater than 0"]),
+        (["--set", "inference.schedule.epochs=lots"], ["inference.schedule.epochs", "integer"]),
+        (["--data", "no/such/file.npz"], ["no such data file"]),
+        (["--model", "nonesuch"], ["unknown models spec 'nonesuch'"]),
+        (["--set", "inference.schedule.device=cuda"] if not torch.cuda.is_available() else ["--set", "x=1"],
+         ["no CUDA device"] if not torch.cuda.is_available() else ["x"]),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragments):
+    out = tmp_path / "run"
+    code, _, stderr = run_cli("train", "--out", out, *args)
+    assert_one_line_error(code, stderr, *fragments)
+    assert not out.exists()
+
+
+def test_data_outside_support_through_the_cli(tmp_path):
+    counts = write_npz(tmp_path / "counts.npz", train=np.random.default_rng(0).poisson(4, (50, 6)).astype(np.int64))
+    code, _, stderr = run_cli("train", "--data", counts, "--out", tmp_path / "r")
+    assert_one_line_error(code, stderr, "bernoulli", "binarize")
+
+
+def test_out_refuses_to_overwrite_without_force(digits_run, tmp_path):
+    before = (digits_run / "metrics.csv").read_bytes()
+    code, _, stderr = run_cli("train", "--out", digits_run, *QUICK)
+    assert_one_line_error(code, stderr, "already holds files", "--force", "--resume")
+    assert (digits_run / "metrics.csv").read_bytes() == before
+    target = tmp_path / "forced"
+    assert main(["train", "--out", str(target), *QUICK]) == 0
+    (target / "evaluation").mkdir()
+    (target / "notes.txt").write_text("mine")
+    assert main(["train", "--out", str(target), "--force", *QUICK, "--set", "inference.schedule.epochs=1"]) == 0
+    assert len(read_metrics(target)) == 1
+    assert not (target / "evaluation").exists() and (target / "notes.txt").read_text() == "mine"
+
+
+def test_force_keeps_the_old_run_when_the_new_spec_is_bad(digits_run):
+    before = (digits_run / "checkpoint.pt").read_bytes()
+    code, _, stderr = run_cli("train", "--out", digits_run, "--force", "--set", "model.latent_dim=0")
+    assert code == 2 and (digits_run / "checkpoint.pt").read_bytes() == before
+
+
+def test_help_explains():
+    code, out, _ = run_cli("train", "--help")
+    assert code == 0 and "--set KEY=VALUE" in out and "--resume RUN" in out
