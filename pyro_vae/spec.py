@@ -24,7 +24,7 @@ from .registry import Registry, as_spec_error
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
-MAX_LATENT = 4096
+MAX_LATENT = 1024
 
 
 class _Strict(BaseModel):
@@ -71,7 +71,7 @@ class ModelSpec(_Strict):
 class Schedule(_Strict):
     """How long and in what order: epochs, batches, KL weighting, stopping, seed, device."""
 
-    epochs: Annotated[int, Field(gt=0, le=1_000_000)] = 50
+    epochs: Annotated[int, Field(gt=0, le=1_000_000)] = 200
     batch_size: Annotated[int, Field(gt=0, le=1_000_000)] = 128
     kl_warmup_epochs: Annotated[float, Field(ge=0)] = 0.0
     beta: Annotated[float, Field(ge=0, le=1e6)] = 1.0
@@ -219,8 +219,19 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    for text in overrides:
-        parts, value = parse_override(text)
+    """Set each ``KEY=VALUE`` in the raw tables.
+
+    ``SLOT.kind=NEW`` with a kind other than the file's replaces the slot's table: the
+    file's parameters belong to the old kind. Parameters given with ``--set`` are kept,
+    whatever their order on the command line.
+    """
+    parsed = [(text, *parse_override(text)) for text in overrides]
+    kinds = [item for item in parsed if item[1][-1] == "kind"]
+    for text, parts, value in kinds + [item for item in parsed if item[1][-1] != "kind"]:
+        if parts[-1] == "kind" and len(parts) > 1:
+            table = _lookup(raw, parts[:-1])
+            if isinstance(table, dict) and table.get("kind") != value:
+                table.clear()
         node = raw
         for depth, part in enumerate(parts[:-1]):
             child = node.setdefault(part, {})
@@ -230,6 +241,15 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
             node = child
         node[parts[-1]] = value
     return raw
+
+
+def _lookup(raw: dict[str, Any], parts: Sequence[str]) -> Any:
+    node: Any = raw
+    for part in parts:
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def load_spec(

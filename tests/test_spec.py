@@ -90,6 +90,18 @@ def test_bad_overrides_name_the_key(override, fragments):
         assert fragment in message, message
 
 
+def test_switching_a_kind_replaces_the_old_kinds_parameters():
+    # iaf_posterior.toml sets steps/context/hidden for kind "iaf"; they do not apply to a diagonal normal
+    spec = load_spec(model="iaf_posterior", overrides=["model.posterior.kind=diagonal_normal"])
+    assert spec.model.posterior == {"kind": "diagonal_normal"}
+    # parameters given with --set survive, in either order
+    for order in (["model.prior.components=7", "model.prior.kind=mixture"], ["model.prior.kind=mixture", "model.prior.components=7"]):
+        assert load_spec(overrides=order).model.prior == {"kind": "mixture", "components": 7}
+    # the same kind keeps the file's parameters
+    assert load_spec(model="iaf_posterior", overrides=["model.posterior.kind=iaf"]).model.posterior["steps"] == 2
+    assert load_spec(overrides=["inference.estimator.kind=tail_adaptive"]).inference.estimator["num_particles"] == 5
+
+
 def test_model_file_errors(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[model\nlatent_dim = 3\n")

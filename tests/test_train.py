@@ -176,3 +176,14 @@ def test_force_keeps_the_old_run_when_the_new_spec_is_bad(digits_run):
 def test_help_explains():
     code, out, _ = run_cli("train", "--help")
     assert code == 0 and "--set KEY=VALUE" in out and "--resume RUN" in out
+
+
+def test_example_script_trains_with_plain_svi():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "svi_custom_prior.py"
+    result = subprocess.run([sys.executable, str(script), "--epochs", "2"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "validation log p(x)" in result.stdout and "learned prior scales" in result.stdout

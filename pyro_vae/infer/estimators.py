@@ -70,14 +70,28 @@ def trace_graph(*, num_particles: Particles = 1, vectorize_particles: bool = Fal
     return _pyro_elbo(TraceGraph_ELBO, JitTraceGraph_ELBO, num_particles, vectorize_particles, jit)
 
 
+class TailAdaptive(TraceTailAdaptive_ELBO):
+    """Pyro's TraceTailAdaptive_ELBO, which reports no loss (``inf``): this one reports the
+    ELBO estimate 1/K sum_k log w_k from the same traces, so training can be followed
+    and a diverging loss detected. The gradient is Pyro's. It pools each particle's
+    weight over the whole batch, so it is valid on full batches only."""
+
+    supports_subsampling = False
+
+    def _differentiable_loss_particle(self, model_trace, guide_trace):
+        _, surrogate = super()._differentiable_loss_particle(model_trace, guide_trace)
+        elbo = (model_trace.log_prob_sum() - guide_trace.log_prob_sum()).item() / self.num_particles
+        return -elbo, surrogate
+
+
 @ESTIMATORS.register("tail_adaptive")
-def tail_adaptive(*, num_particles: Annotated[int, Field(ge=2, le=10_000)] = 5, tail_adaptive_beta: float = -1.0) -> ELBO:
+def tail_adaptive(
+    *, num_particles: Annotated[int, Field(ge=2, le=10_000)] = 5, tail_adaptive_beta: Annotated[float, Field(ge=-1, lt=0)] = -1.0
+) -> ELBO:
     """TraceTailAdaptive_ELBO: tail-adaptive f-divergence (Wang et al., 2018); full batches only."""
-    elbo = TraceTailAdaptive_ELBO(
+    return TailAdaptive(
         num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1, tail_adaptive_beta=tail_adaptive_beta
     )
-    elbo.supports_subsampling = False  # it pools each particle's weight over the batch
-    return elbo
 
 
 def _subsample_factor(site) -> float:

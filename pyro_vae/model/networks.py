@@ -21,6 +21,7 @@ from ..registry import Registry
 
 NETWORKS = Registry("network")
 Width = Annotated[int, Field(gt=0, le=16384)]
+Widths = Annotated[list[Width], Field(max_length=16)]
 Activation = Literal["softplus", "relu", "tanh", "elu", "gelu", "silu", "leaky_relu"]
 ACTIVATIONS = {
     "softplus": nn.Softplus,
@@ -58,7 +59,7 @@ class MLP(Network):
         in_shape,
         out_shape,
         *,
-        hidden: list[Width] = [400],
+        hidden: Widths = [400],
         activation: Activation = "softplus",
         dropout: Dropout = 0.0,
     ):
@@ -94,7 +95,7 @@ class GatedLinear(nn.Module):
 class GatedMLP(Network):
     """Gated dense layers h * sigmoid(g) of the given widths, then a linear map to the output."""
 
-    def __init__(self, in_shape, out_shape, *, hidden: list[Width] = [300, 300], dropout: Dropout = 0.0):
+    def __init__(self, in_shape, out_shape, *, hidden: Widths = [300, 300], dropout: Dropout = 0.0):
         super().__init__(in_shape, out_shape)
         layers: list[nn.Module] = []
         width = math.prod(self.in_shape)

@@ -22,6 +22,7 @@ from ..registry import Registry
 
 POSTERIORS = Registry("posterior")
 MIN_SCALE = 1e-4
+FlowWidths = Annotated[list[Annotated[int, Field(gt=0, le=1024)]], Field(max_length=3)]
 
 
 class Posterior(nn.Module):
@@ -86,20 +87,21 @@ class IAFPosterior(Posterior):
         self,
         latent_dim,
         *,
-        steps: Annotated[int, Field(gt=0, le=32)] = 2,
-        context: Annotated[int, Field(gt=0, le=4096)] = 32,
-        hidden: list[Annotated[int, Field(gt=0, le=8192)]] = [128],
+        steps: Annotated[int, Field(gt=0, le=8)] = 2,
+        context: Annotated[int, Field(gt=0, le=1024)] = 32,
+        hidden: FlowWidths = [128],
     ):
         super().__init__(latent_dim)
         self.context = context
         self.encoder_outputs = 2 * latent_dim + context
         width = [max(w, latent_dim) for w in hidden] or [latent_dim]
-        self.flows = nn.ModuleList(
-            ConditionalAffineAutoregressive(
-                ConditionalAutoRegressiveNN(latent_dim, context, width), stable=True
+        with torch.device("cpu"):  # Pyro builds its masks with .item(): not on the meta device
+            self.flows = nn.ModuleList(
+                ConditionalAffineAutoregressive(
+                    ConditionalAutoRegressiveNN(latent_dim, context, width), stable=True
+                )
+                for _ in range(steps)
             )
-            for _ in range(steps)
-        )
 
     def forward(self, h):
         loc, scale = self.loc_scale(h)

@@ -20,6 +20,7 @@ from pyro.distributions import transforms as T
 from torch import nn
 
 from ..registry import Registry
+from .posteriors import FlowWidths
 
 PRIORS = Registry("prior")
 Components = Annotated[int, Field(gt=0, le=10_000)]
@@ -129,15 +130,16 @@ class FlowPrior(Prior):
         latent_dim,
         *,
         transform: Literal["affine_autoregressive", "spline_autoregressive"] = "affine_autoregressive",
-        layers: Annotated[int, Field(gt=0, le=32)] = 2,
-        hidden: list[Annotated[int, Field(gt=0, le=8192)]] = [64],
+        layers: Annotated[int, Field(gt=0, le=8)] = 2,
+        hidden: FlowWidths = [64],
     ):
         super().__init__(latent_dim)
         self.register_buffer("loc", torch.zeros(latent_dim))
         self.register_buffer("scale", torch.ones(latent_dim))
         width = [max(w, latent_dim) for w in hidden] or [latent_dim]
         make = T.affine_autoregressive if transform == "affine_autoregressive" else T.spline_autoregressive
-        self.flows = nn.ModuleList(make(latent_dim, hidden_dims=width) for _ in range(layers))
+        with torch.device("cpu"):  # Pyro builds its masks with .item(): not on the meta device
+            self.flows = nn.ModuleList(make(latent_dim, hidden_dims=width) for _ in range(layers))
 
     def forward(self):
         base = dist.Normal(self.loc, self.scale).to_event(1)

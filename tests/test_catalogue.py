@@ -1,0 +1,287 @@
+"""The catalogue: every likelihood, prior and posterior against an independent computation."""
+
+import math
+
+import mpmath
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import special, stats
+
+from pyro_vae.model import build_vae
+from pyro_vae.model.likelihoods import LIKELIHOODS
+from pyro_vae.model.posteriors import POSTERIORS
+from pyro_vae.model.priors import PRIORS
+from pyro_vae.spec import Spec
+
+torch.set_default_dtype(torch.float32)
+F_ = 6  # features
+
+
+def softplus(v):
+    return np.logaddexp(0, v)
+
+
+def likelihood(kind, outputs_fn=None, **params):
+    lik = LIKELIHOODS.build({"kind": kind, **params}, (F_,))
+    out = torch.randn(4, lik.outputs, F_, dtype=torch.float64)
+    return lik.double(), out
+
+
+def per_feature(log_prob_fn, x):
+    """Sum over features of an elementwise scipy log-density."""
+    return log_prob_fn(x).sum(-1)
+
+
+# --- likelihoods ------------------------------------------------------------------------
+
+
+def test_bernoulli_binary_and_soft_targets():
+    lik, out = likelihood("bernoulli")
+    p = special.expit(out[:, 0].numpy())
+    x = torch.bernoulli(torch.full((4, F_), 0.5, dtype=torch.float64))
+    expected = stats.bernoulli.logpmf(x.numpy(), p).sum(-1)
+    assert np.allclose(lik(out).log_prob(x).numpy(), expected)
+    soft = torch.rand(4, F_, dtype=torch.float64)
+    cross_entropy = (soft.numpy() * np.log(p) + (1 - soft.numpy()) * np.log1p(-p)).sum(-1)
+    assert np.allclose(lik(out).log_prob(soft).numpy(), cross_entropy)
+
+
+def _cb_log_normalizer(lam):
+    """log C(lambda), C = 2 artanh(1 - 2 lambda) / (1 - 2 lambda), C(1/2) = 2, in 50-digit arithmetic."""
+    mpmath.mp.dps = 50
+    lam = mpmath.mpf(lam)
+    if lam == mpmath.mpf("0.5"):
+        return float(mpmath.log(2))
+    return float(mpmath.log(2 * mpmath.atanh(1 - 2 * lam) / (1 - 2 * lam)))
+
+
+@pytest.mark.parametrize("lam", [0.05, 0.3, 0.499, 0.4999999, 0.5, 0.5000001, 0.501, 0.7, 0.97])
+def test_continuous_bernoulli_with_its_normalizer(lam):
+    lik = LIKELIHOODS.build({"kind": "continuous_bernoulli"}, (1,)).double()
+    logit = math.log(lam) - math.log1p(-lam)
+    out = torch.full((1, 1, 1), logit, dtype=torch.float64)
+    for x in (0.0, 0.25, 0.9, 1.0):
+        expected = x * math.log(lam) + (1 - x) * math.log1p(-lam) + _cb_log_normalizer(lam)
+        got = lik(out).log_prob(torch.tensor([[x]], dtype=torch.float64)).item()
+        assert got == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["fixed", "shared", "per_feature", "decoder"])
+@pytest.mark.parametrize("kind, scipy_dist", [("gaussian", stats.norm), ("laplace", stats.laplace), ("student_t", None)])
+def test_location_scale_likelihoods(kind, scipy_dist, mode):
+    lik, out = likelihood(kind, scale=mode, initial_scale=0.3, min_scale=0.01)
+    with torch.no_grad():
+        if mode in ("shared", "per_feature"):
+            lik.raw_scale.normal_()  # a learned value other than the initial one
+    raw = out[:, 1].numpy() if mode == "decoder" else lik.raw_scale.detach().numpy()
+    scale = softplus(raw) + 0.01
+    loc = out[:, 0].numpy()
+    x = torch.randn(4, F_, dtype=torch.float64)
+    if kind == "student_t":
+        expected = stats.t.logpdf(x.numpy(), 3.0, loc, scale).sum(-1)
+    else:
+        expected = scipy_dist.logpdf(x.numpy(), loc, scale).sum(-1)
+    assert np.allclose(lik(out).log_prob(x).detach().numpy(), expected)
+    if mode == "fixed":
+        assert np.allclose(scale, 0.31) and not list(lik.parameters())
+
+
+def test_beta_likelihood():
+    lik, out = likelihood("beta")
+    a, b = softplus(out[:, 0].numpy()) + 1e-4, softplus(out[:, 1].numpy()) + 1e-4
+    x = torch.rand(4, F_, dtype=torch.float64) * 0.98 + 0.01
+    assert np.allclose(lik(out).log_prob(x).numpy(), stats.beta.logpdf(x.numpy(), a, b).sum(-1))
+
+
+def test_categorical_likelihood():
+    lik, out = likelihood("categorical")
+    assert out.shape == (4, 256, F_)
+    x = torch.randint(0, 256, (4, F_)).double()
+    logp = special.log_softmax(out.numpy(), axis=1)
+    expected = np.take_along_axis(logp, x.long().numpy()[:, None, :], 1)[:, 0].sum(-1)
+    assert np.allclose(lik(out).log_prob(x).numpy(), expected)
+    # the 256 levels of one feature sum to one
+    levels = torch.arange(256, dtype=torch.float64)[:, None].expand(256, F_)
+    total = torch.logsumexp(lik(out[:1].expand(256, -1, -1)).base_dist.log_prob(levels), 0)
+    assert torch.allclose(total, torch.zeros(F_, dtype=torch.float64), atol=1e-9)
+
+
+def _discretized_logistic_reference(x, logits, loc, scale):
+    """P(x) for x in 0..255 as differences of logistic CDFs, in float64 with scipy."""
+    xs = 2 * x / 255 - 1
+    upper = np.where(x == 255, np.inf, xs + 1 / 255)
+    lower = np.where(x == 0, -np.inf, xs - 1 / 255)
+    mass = stats.logistic.cdf(upper[..., None], loc, scale) - stats.logistic.cdf(lower[..., None], loc, scale)
+    return np.log((special.softmax(logits, -1) * mass).sum(-1))
+
+
+def test_discretized_logistic_likelihood():
+    lik, out = likelihood("discretized_logistic", components=3)
+    assert lik.outputs == 9
+    params = out.movedim(1, -1).numpy()
+    logits, loc, scale = params[..., :3], np.tanh(params[..., 3:6]), softplus(params[..., 6:]) + 1e-3
+    x = np.array([0, 1, 17, 128, 254, 255], dtype=np.float64)[None].repeat(4, 0)
+    expected = _discretized_logistic_reference(x, logits, loc, scale).sum(-1)
+    got = lik(out).log_prob(torch.tensor(x)).numpy()
+    assert np.allclose(got, expected, atol=1e-6)
+    # normalized over the 256 levels, also with sharp components deep in the tails
+    sharp = out.clone()
+    sharp[:, 6:] = -8.0
+    levels = torch.arange(256, dtype=torch.float64)[:, None].expand(256, F_)
+    dist = lik(sharp[:1].expand(256, -1, -1)).base_dist
+    assert torch.allclose(torch.logsumexp(dist.log_prob(levels), 0), torch.zeros(F_, dtype=torch.float64), atol=1e-4)
+
+
+def test_count_likelihoods():
+    x = torch.tensor(np.random.default_rng(0).poisson(3.0, (4, F_)), dtype=torch.float64)
+    x[0, :3] = 0
+    lik, out = likelihood("poisson")
+    rate = softplus(out[:, 0].numpy()) + 1e-8
+    assert np.allclose(lik(out).log_prob(x).numpy(), stats.poisson.logpmf(x.numpy(), rate).sum(-1))
+
+    lik, out = likelihood("negative_binomial", initial_dispersion=2.0)
+    mu, theta = softplus(out[:, 0].numpy()) + 1e-8, softplus(lik.raw_theta.detach().numpy()) + 1e-8
+    assert np.allclose(theta, 2.0 + 1e-8)
+    nb = stats.nbinom.logpmf(x.numpy(), theta, theta / (theta + mu))
+    assert np.allclose(lik(out).log_prob(x).detach().numpy(), nb.sum(-1))
+
+    lik, out = likelihood("zinb", initial_dispersion=2.0)
+    mu, gate = softplus(out[:, 0].numpy()) + 1e-8, special.expit(out[:, 1].numpy())
+    nb_pmf = stats.nbinom.pmf(x.numpy(), theta, theta / (theta + mu))
+    zinb = np.where(x.numpy() == 0, np.log(gate + (1 - gate) * nb_pmf), np.log1p(-gate) + np.log(nb_pmf))
+    assert np.allclose(lik(out).log_prob(x).detach().numpy(), zinb.sum(-1))
+    assert (x.numpy() == 0).any() and (x.numpy() > 0).any()
+
+
+def test_decoder_is_sized_from_the_likelihood():
+    for kind, outputs in (("bernoulli", 1), ("beta", 2), ("categorical", 256), ("zinb", 2)):
+        spec = Spec.from_dict({"model": {"latent_dim": 2, "likelihood": {"kind": kind}}}).model
+        vae = build_vae(spec, (3, 4))
+        assert vae.decoder.out_shape == (outputs, 3, 4)
+        assert vae.decoder(torch.randn(5, 2)).shape == (5, outputs, 3, 4)
+    spec = Spec.from_dict({"model": {"latent_dim": 2, "likelihood": {"kind": "discretized_logistic", "components": 4}}}).model
+    assert build_vae(spec, (7,)).decoder.out_shape == (12, 7)
+
+
+# --- priors -----------------------------------------------------------------------------
+
+
+def vae_with(prior=None, posterior=None, latent_dim=2, data_shape=(3,)):
+    model = {"latent_dim": latent_dim, "likelihood": {"kind": "gaussian"}}
+    if prior:
+        model["prior"] = prior
+    if posterior:
+        model["posterior"] = posterior
+    torch.manual_seed(0)
+    return build_vae(Spec.from_dict({"model": model}).model, data_shape)
+
+
+PRIOR_TABLES = [
+    {"kind": "standard_normal"},
+    {"kind": "learned_normal"},
+    {"kind": "mixture", "components": 3},
+    {"kind": "vamp", "components": 4},
+    {"kind": "flow", "layers": 2, "hidden": [8]},
+    {"kind": "flow", "transform": "spline_autoregressive", "layers": 1, "hidden": [8]},
+    {"kind": "student_t", "df": 3.0},
+    {"kind": "laplace"},
+]
+
+
+@pytest.mark.parametrize("table", PRIOR_TABLES, ids=lambda t: t["kind"] + ("_spline" if "transform" in t else ""))
+def test_every_prior_is_normalized(table):
+    """Quadrature on a 2-D grid: the density integrates to 1 (heavy tails: up to their mass outside)."""
+    vae = vae_with(prior=table)
+    if table["kind"] == "learned_normal":
+        with torch.no_grad():
+            vae.prior.loc.copy_(torch.tensor([0.5, -1.0]))
+            vae.prior.raw_scale.copy_(torch.tensor([0.2, -0.3]))
+    half, step = 16.0, 0.04
+    axis = torch.arange(-half + step / 2, half, step)
+    grid = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2)
+    with torch.no_grad():
+        log_p = vae.prior().log_prob(grid)
+    mass = (log_p.double().exp().sum() * step**2).item()
+    outside = 2 * stats.t.sf(half, 3.0) * 2 if table["kind"] == "student_t" else 0.0
+    assert mass == pytest.approx(1.0 - outside, abs=2e-3)
+
+
+@pytest.mark.parametrize("posterior", [{"kind": "diagonal_normal"}, {"kind": "iaf", "steps": 1, "hidden": [8], "context": 3}])
+def test_vamp_is_the_average_of_the_encoders_posteriors(posterior):
+    vae = vae_with(prior={"kind": "vamp", "components": 5}, posterior=posterior)
+    z = torch.randn(7, 2)
+    with torch.no_grad():
+        p = vae.prior().log_prob(z)
+        per_component = torch.stack(
+            [vae.posterior(vae.encoder(u[None])).log_prob(z.clone()) for u in vae.prior.pseudo_inputs], -1
+        )
+    assert torch.allclose(p, torch.logsumexp(per_component, -1) - math.log(5), atol=1e-4)
+
+
+def test_vamp_pseudo_inputs_are_trained():
+    vae = vae_with(prior={"kind": "vamp", "components": 5})
+    names = {n for n, _ in vae.named_parameters()}
+    assert "prior.pseudo_inputs" in names
+    assert not any(n.startswith("prior.encoder") for n in names)  # the encoder is not registered twice
+
+
+# --- posteriors ---------------------------------------------------------------------------
+
+
+def test_iaf_log_density_matches_change_of_variables():
+    """log q(z|x) = log N(z0; mu, sigma) - log|det dT/dz0|, with the Jacobian by finite differences."""
+    torch.manual_seed(0)
+    L = 3
+    posterior = POSTERIORS.build({"kind": "iaf", "steps": 2, "hidden": [16], "context": 4}, L).double()
+    h = torch.randn(posterior.encoder_outputs, dtype=torch.float64)
+    with torch.no_grad():
+        for flow in posterior.flows:  # move the flows away from the identity
+            for p in flow.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+    q = posterior(h)
+    loc, scale = posterior.loc_scale(h)
+    z0 = loc + scale * torch.randn(L, dtype=torch.float64)
+    transforms = q.transforms
+
+    def flow(v):
+        for t in transforms:
+            v = t(v)
+        return v
+
+    with torch.no_grad():
+        z = flow(z0)
+        eps = 1e-6
+        jacobian = torch.stack([(flow(z0 + eps * e) - flow(z0 - eps * e)) / (2 * eps) for e in torch.eye(L, dtype=torch.float64)], -1)
+        expected = (stats.norm.logpdf(z0.numpy(), loc.numpy(), scale.numpy()).sum() - np.log(abs(np.linalg.det(jacobian.numpy()))))
+        fresh = z.clone()  # not the cached sample: exercises the inverse
+        assert q.log_prob(fresh).item() == pytest.approx(expected, abs=1e-6)
+        sample = q.rsample()
+        assert torch.isfinite(q.log_prob(sample))
+
+
+def test_low_rank_posterior_covariance():
+    posterior = POSTERIORS.build({"kind": "low_rank_normal", "rank": 2}, 3).double()
+    h = torch.randn(2, posterior.encoder_outputs, dtype=torch.float64)
+    q = posterior(h)
+    loc, scale = posterior.loc_scale(h)
+    W = h[:, 6:].reshape(2, 3, 2)
+    cov = W @ W.transpose(-1, -2) + torch.diag_embed(scale**2)
+    z = torch.randn(2, 3, dtype=torch.float64)
+    expected = [stats.multivariate_normal.logpdf(z[i].numpy(), loc[i].numpy(), cov[i].numpy()) for i in range(2)]
+    assert np.allclose(q.log_prob(z).numpy(), expected)
+
+
+def test_mismatched_data_and_likelihood_through_the_cli(tmp_path):
+    from conftest import assert_one_line_error, run_cli
+
+    zeros = tmp_path / "zeros.npz"
+    np.savez(zeros, train=np.tile([0.0, 0.2, 0.7, 1.0], (40, 1)))
+    code, _, stderr = run_cli("train", "--data", zeros, "--set", "model.likelihood.kind=beta", "--out", tmp_path / "r")
+    assert_one_line_error(code, stderr, "beta", "strictly inside (0, 1)", "continuous_bernoulli")
+    counts = tmp_path / "counts.npz"
+    np.savez(counts, train=np.random.default_rng(0).poisson(5.0, (40, 4)))
+    code, _, stderr = run_cli("train", "--data", counts, "--model", "continuous_bernoulli", "--out", tmp_path / "r")
+    assert_one_line_error(code, stderr, "continuous_bernoulli", "[0, 1]", "poisson")
+    assert not (tmp_path / "r").exists()
