@@ -71,6 +71,24 @@ def build_parser() -> argparse.ArgumentParser:
     _heldout_arguments(p, samples=5000)
     p.set_defaults(handler=cmd_evaluate)
 
+    p = sub.add_parser("compare", help="train and compare ELBO estimators on equal terms",
+                       description="Train every estimator with every seed from the same initialization and data order, "
+                       "evaluate all on the same held-out examples with the same K, and write comparison.csv, "
+                       "comparison.json and figures: held-out log p(x) with paired standard errors, ELBO, KL, active "
+                       "units, time per step, gradient SNR during training and against K.")
+    _spec_arguments(p)
+    p.add_argument("--estimators", required=True, metavar="LIST",
+                   help="comma-separated estimators, each kind[:key=value...], e.g. trace_elbo,trace_mean_field,iwae:k=5,iwae_dreg:k=5")
+    p.add_argument("--seeds", type=_positive, default=3, help="seeds 0..N-1 per estimator (default: %(default)s)")
+    p.add_argument("--reference", help="the estimator differences are taken against (default: the first)")
+    p.add_argument("--out", required=True, metavar="DIR", help="the comparison directory (one run directory per estimator and seed inside)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing comparison directory")
+    p.add_argument("--split", default="valid", choices=["valid", "test", "train"], help="held-out split (default: %(default)s)")
+    p.add_argument("--samples", type=_positive, default=1000, metavar="K", help="importance samples per example (default: %(default)s)")
+    p.add_argument("--limit", type=_positive, default=2000, metavar="N", help="a random subset of N held-out examples, the same for all (default: %(default)s)")
+    p.add_argument("--snr-repeats", type=_positive, default=50, metavar="M", help="gradient estimates per SNR measurement (default: %(default)s)")
+    p.add_argument("--snr-k", default="1,5,20", metavar="K,K,...", help="K values for SNR against K (default: %(default)s; empty: skip)")
+    p.set_defaults(handler=cmd_compare)
     return parser
 
 
@@ -194,7 +212,7 @@ def cmd_specs(args) -> int:
 def cmd_evaluate(args) -> int:
     from .infer.evaluate import evaluate_run
 
-    result, paths = evaluate_run(args.run, data=args.data, split=args.split, num_samples=args.samples,
+    result, paths, _ = evaluate_run(args.run, data=args.data, split=args.split, num_samples=args.samples,
                                  limit=args.limit, seed=args.seed, device=args.device)
     _say(f"{'split':<16}{args.split} ({result['n']} examples, K = {result['samples']} samples each)")
     rows = [
@@ -208,6 +226,31 @@ def cmd_evaluate(args) -> int:
         _say(f"{name:<16}{value}")
     _say(f"(nats per example, +- one standard error over examples; {result['seconds']:.1f} s on {result['device']})")
     _say(f"written: {paths[0]} and {paths[1]}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .infer.compare import compare
+
+    try:
+        snr_k = [int(k) for k in args.snr_k.split(",") if k.strip()]
+    except ValueError:
+        raise_usage(f"--snr-k {args.snr_k!r}: expected comma-separated whole numbers, e.g. 1,5,20")
+    if any(k <= 0 for k in snr_k):
+        raise_usage(f"--snr-k {args.snr_k!r}: K must be positive")
+    report = compare(model=args.model, inference=args.inference, data=args.data, estimators=args.estimators,
+                     seeds=args.seeds, overrides=args.overrides, out=Path(args.out), force=args.force,
+                     reference=args.reference, split=args.split, samples=args.samples, limit=args.limit,
+                     snr_repeats=args.snr_repeats, snr_k=snr_k, log=_say)
+    reference = report["settings"]["reference"]
+    _say(f"\n{'estimator':<22}{'log p(x)':>10}{'diff vs ' + reference:>26}{'ELBO':>10}{'KL':>8}{'AU':>5}{'ms/step':>9}{'SNR enc':>9}{'SNR dec':>9}")
+    for label, s in report["summary"].items():
+        diff = f"{s['diff_vs_reference']:+.3f} +- {s['diff_se_paired']:.3f}"
+        _say(f"{label:<22}{s['log_likelihood']:>10.3f}{diff:>26}{s['elbo']:>10.3f}{s['kl']:>8.2f}"
+             f"{s['active_units']:>5.0f}{1000 * s['seconds_per_step']:>9.2f}{s['snr_encoder']:>9.3f}{s['snr_decoder']:>9.3f}")
+    _say(f"(means over {report['settings']['seeds']} seed(s); log p(x) with K = {report['settings']['samples']} on "
+         f"{report['settings']['split']}; differences paired by example, +- their standard error)")
+    _say(f"written: {Path(args.out) / 'comparison.csv'}, comparison.json and comparison_*.png")
     return 0
 
 

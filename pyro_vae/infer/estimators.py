@@ -2,11 +2,12 @@
 
 Pyro's own classes serve where they are correct under mini-batching (``trace_elbo``,
 ``trace_mean_field``, ``trace_graph``, ``tail_adaptive`` on full batches). The
-importance-weighted family is ours, on one base class: Pyro's ``RenyiELBO`` sums each
-particle's log-density over the whole mini-batch with the N/B subsampling scale
-inside the log-sum-exp, which bounds log p(x_1..x_B)^{N/B} rather than sum_n log p(x_n)
-and is biased for the full-data objective. Here the log importance weights are kept
-per example,
+importance-weighted family is ours, on one base class: Pyro's ``RenyiELBO`` reduces
+the particles per example, but its log-densities already carry the N/B subsampling
+scale, which thus lands inside the log-sum-exp: it computes
+sum_n log 1/K sum_k w_kn^(N/B) where the full-data objective needs
+(N/B) sum_n log 1/K sum_k w_kn, so every mini-batch estimate is biased (it is right
+only on full batches). Here the log importance weights are kept per example,
 
     log w_{k,n} = log p(x_n|z_{k,n}) + beta [log p(z_{k,n}) - log q(z_{k,n}|x_n)],
 
@@ -32,7 +33,7 @@ from pyro.infer import (
     TraceTailAdaptive_ELBO,
 )
 from pyro.poutine.util import prune_subsample_sites
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..registry import Registry
 
@@ -142,22 +143,22 @@ class ImportanceWeightedELBO(ELBO):
                         raise NotImplementedError(f"{type(self).__name__} needs a reparameterized guide; site {name!r} is not")
                     latents.append(site["value"])
                 factor = _subsample_factor(site)
-                fn = self._stopped_q(guide, args) if sign < 0 and self.stop_q else site["fn"]
+                fn = self._stopped_q(name, site) if sign < 0 and self.stop_q else site["fn"]
                 log_p = fn.log_prob(site["value"])
                 log_w = log_w + sign * (site["scale"] / factor) * log_p
         if log_w.dim() == 1:  # K = 1: Pyro adds no particle plate
             log_w = log_w.unsqueeze(0)
         return log_w, factor, latents
 
-    def _stopped_q(self, guide, args):
-        owner = getattr(guide, "__self__", None)
-        if not isinstance(owner, nn.Module):
+    def _stopped_q(self, name, site):
+        rebuild = site["infer"].get("stopped_q")
+        if rebuild is None:
             raise NotImplementedError(
-                f"{type(self).__name__} re-evaluates q(z|x) with its parameters stopped and needs the "
-                "guide of a pyro_vae VAE (a module whose forward(x) returns q(z|x))"
+                f"{type(self).__name__} evaluates log q with its parameters stopped: guide site {name!r} needs "
+                "infer={'stopped_q': callable returning q with detached parameters}, as VAE.guide gives"
             )
-        detached = {name: p.detach() for name, p in owner.named_parameters()}
-        return torch.func.functional_call(owner, detached, (args[0],))
+        q = rebuild()
+        return q.expand(site["fn"].batch_shape) if q.batch_shape != site["fn"].batch_shape else q
 
     def objective(self, log_w: Tensor) -> Tensor:
         """Per-example objective, shape (B,), from log weights of shape (K, B)."""

@@ -83,11 +83,11 @@ class PerExample:
 @torch.no_grad()
 def importance_sample(vae, x: Tensor, num_samples: int, budget: int = BUDGET) -> PerExample:
     n, S = len(x), num_samples
-    device = x.device
-    lse = torch.full((n,), -math.inf, device=device)
-    sums = {key: torch.zeros(n, device=device) for key in ("log_w", "log_px_z", "kl")}
-    mean = torch.zeros(n, vae.latent_dim, device=device)
-    kl_dims: Optional[Tensor] = torch.zeros(n, vae.latent_dim, device=device)
+    like = {"device": x.device, "dtype": x.dtype}
+    lse = torch.full((n,), -math.inf, **like)
+    sums = {key: torch.zeros(n, **like) for key in ("log_w", "log_px_z", "kl")}
+    mean = torch.zeros(n, vae.latent_dim, **like)
+    kl_dims: Optional[Tensor] = torch.zeros(n, vae.latent_dim, **like)
     closed: dict[int, bool] = {}
     prior = vae.prior()
     for rows, q, z, terms in importance_chunks(vae, x, S, budget):
@@ -186,7 +186,9 @@ def heldout(run, data: Optional[str] = None, split: str = "valid", limit: Option
 
 
 def evaluate_run(path, data=None, split="valid", num_samples=5000, limit=None, seed=0, device="auto", budget=BUDGET):
-    """Evaluate a run directory; writes RUN/evaluation/<split>.json and <split>.npz."""
+    """Evaluate a run directory; writes RUN/evaluation/<split>.json and <split>.npz.
+
+    Returns (summary, (json path, npz path), per-example estimates)."""
     import time
     from pathlib import Path
 
@@ -211,4 +213,4 @@ def evaluate_run(path, data=None, split="valid", num_samples=5000, limit=None, s
         for name in ("log_likelihood", "elbo", "reconstruction", "kl", "posterior_mean")
     }
     atomic_write(npz_path, lambda f: np.savez(f, **arrays))
-    return summary, (json_path, npz_path)
+    return summary, (json_path, npz_path), result

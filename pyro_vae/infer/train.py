@@ -94,8 +94,19 @@ class Trainer:
     """Fits a VAE to a Dataset as an InferenceSpec says; ``save(checkpoint)`` and
     ``report(row)`` are called by the loop to persist state (see runs.py)."""
 
-    def __init__(self, vae, data, inference, *, save: Optional[Callable] = None, progress: Optional[bool] = None, log=None):
+    def __init__(
+        self,
+        vae,
+        data,
+        inference,
+        *,
+        save: Optional[Callable] = None,
+        progress: Optional[bool] = None,
+        log=None,
+        on_epoch: Optional[Callable[["Trainer"], None]] = None,
+    ):
         self.vae, self.data, self.inference = vae, data, inference
+        self.on_epoch = on_epoch  # called after each completed epoch (e.g. to measure gradients)
         self.schedule = inference.schedule
         self.save = save
         self.progress = progress
@@ -179,6 +190,8 @@ class Trainer:
                 self.run_epoch(bar, requested)
                 row = self._validate()
                 self._end_epoch(row)
+                if self.on_epoch is not None:
+                    self.on_epoch(self)
                 if bar.disable:
                     self.log(
                         f"epoch {row['epoch']:>4}/{s.epochs}  train_elbo {row['train_elbo']:.3f}  "
@@ -390,13 +403,16 @@ def _run(trainer: Trainer, writer: Optional[_RunWriter]):
     return trainer
 
 
-def train(spec, out=None, *, force: bool = False, progress: Optional[bool] = None, log=None) -> Trainer:
+def train(spec, out=None, *, force: bool = False, progress: Optional[bool] = None, log=None, on_epoch=None, before=None) -> Trainer:
     """Train ``spec`` (a Spec); with ``out``, write a run directory there. Returns the Trainer,
-    whose ``vae`` holds the trained model (its best weights when early stopping is on)."""
+    whose ``vae`` holds the trained model (its best weights when early stopping is on).
+    ``before(trainer)`` runs once before the first step, ``on_epoch(trainer)`` after each epoch."""
     from ..runs import SPEC, atomic_write_text, prepare_run_dir
 
     vae, data = _prepare(spec)
-    trainer = Trainer(vae, data, spec.inference, progress=progress, log=log)
+    trainer = Trainer(vae, data, spec.inference, progress=progress, log=log, on_epoch=on_epoch)
+    if before is not None:
+        before(trainer)
     writer = None
     if out is not None:
         path = prepare_run_dir(out, force=force)  # only once spec, data and model are known good

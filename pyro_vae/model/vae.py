@@ -10,7 +10,7 @@ linear KL warm-up as in Bowman et al., 2016). Reported figures are nats per exam
 
 from __future__ import annotations
 
-import math
+from functools import partial
 from typing import NamedTuple, Optional
 
 import pyro
@@ -98,6 +98,12 @@ class VAE(nn.Module):
     def forward(self, x: Tensor):
         return self.q(x)
 
+    def stopped_q(self, x: Tensor):
+        """q(z|x) with every parameter detached: its log-density passes gradients to z only
+        (the path derivative that STL and DReG need)."""
+        detached = {name: p.detach() for name, p in self.named_parameters()}
+        return torch.func.functional_call(self, detached, (x,))
+
     # --- Pyro model and guide --------------------------------------------------------
 
     def _plate(self, x: Tensor, index: Optional[Tensor]):
@@ -118,7 +124,7 @@ class VAE(nn.Module):
             pyro.module(f"{self.name}_{part}", getattr(self, part))
         with self._plate(x, index):
             with poutine.scale(scale=self.beta):
-                pyro.sample("z", self.q(x))
+                pyro.sample("z", self.q(x), infer={"stopped_q": partial(self.stopped_q, x)})
 
     # --- direct evaluation (no tracing) ----------------------------------------------
 

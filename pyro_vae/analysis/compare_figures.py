@@ -1,0 +1,102 @@
+"""Figures of an estimator comparison (see pyro_vae.infer.compare)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from .figures import save_figure
+
+
+def _by_estimator(rows, labels, key):
+    return [np.array([r[key] for r in rows if r["estimator"] == label], dtype=float) for label in labels]
+
+
+def comparison_figures(out: Path, report: dict) -> list[Path]:
+    labels = report["settings"]["estimators"]
+    reference = report["settings"]["reference"]
+    rows = report["rows"]
+    settings = report["settings"]
+    paths = []
+
+    # held-out log-likelihood per seed, and the paired difference to the reference
+    fig = Figure(figsize=(9.5, 4.2))
+    left, right = fig.subplots(1, 2)
+    positions = np.arange(len(labels))
+    for i, values in enumerate(_by_estimator(rows, labels, "log_likelihood")):
+        left.scatter(np.full(len(values), i), values, color="0.6", s=14, zorder=2, label="one seed" if i == 0 else None)
+        se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0
+        left.errorbar(i, values.mean(), yerr=se, fmt="o", color="C0", capsize=4, zorder=3, label="mean +- SE over seeds" if i == 0 else None)
+    left.set_xticks(positions, labels, rotation=20, ha="right")
+    left.set_ylabel("held-out log p(x) (nats per example)")
+    left.set_title(f"Importance-sampled log-likelihood (K = {settings['samples']})")
+    left.legend(fontsize=8)
+    left.grid(axis="y", alpha=0.3)
+    diffs = _by_estimator(rows, labels, "diff_vs_reference")
+    ses = _by_estimator(rows, labels, "diff_se")
+    for i, (d, se) in enumerate(zip(diffs, ses)):
+        for j, (value, err) in enumerate(zip(d, se)):
+            right.errorbar(i + (j - (len(d) - 1) / 2) * 0.12, value, yerr=err, fmt="o", ms=4, capsize=3, color=f"C{j}",
+                           label=f"seed {j}" if i == 0 else None)
+    right.axhline(0, color="k", lw=0.8)
+    right.set_xticks(positions, labels, rotation=20, ha="right")
+    right.set_ylabel(f"log p(x) minus {reference}'s (nats per example)")
+    right.set_title("Paired difference to the reference (+- paired SE)")
+    right.legend(fontsize=8)
+    right.grid(axis="y", alpha=0.3)
+    paths.append(save_figure(fig, out / "comparison_loglik.png"))
+
+    # learning curves with a band over seeds
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.subplots()
+    for i, label in enumerate(labels):
+        curves = [c["val_elbo"] for c in report["learning_curves"] if c["estimator"] == label]
+        length = min(len(c) for c in curves)
+        values = np.array([c[:length] for c in curves])
+        epochs = np.arange(1, length + 1)
+        mean = values.mean(0)
+        ax.plot(epochs, mean, color=f"C{i}", label=label)
+        if len(values) > 1:
+            se = values.std(0, ddof=1) / np.sqrt(len(values))
+            ax.fill_between(epochs, mean - se, mean + se, color=f"C{i}", alpha=0.25, lw=0)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation ELBO (nats per example)")
+    ax.set_title(f"Learning curves: mean over {settings['seeds']} seed(s), band +- SE")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    paths.append(save_figure(fig, out / "comparison_curves.png"))
+
+    # gradient SNR during training, and against K
+    has_k = bool(report["snr_vs_k"])
+    fig = Figure(figsize=(9.5, 4.0 * (2 if has_k else 1)))
+    axes = fig.subplots(2 if has_k else 1, 2, squeeze=False)
+    for col, group in enumerate(("encoder", "decoder")):
+        ax = axes[0, col]
+        for i, label in enumerate(labels):
+            series = [p["points"] for p in report["snr_points"] if p["estimator"] == label]
+            epochs = [pt["epoch"] for pt in series[0]]
+            values = np.array([[pt.get(f"snr_{group}", np.nan) for pt in s] for s in series])
+            ax.plot(epochs, values.mean(0), marker="o", color=f"C{i}", label=label)
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch (0 = before training)")
+        ax.set_ylabel("gradient SNR, mean |E g| / std g")
+        ax.set_title(f"{group} gradients, {settings['snr_repeats']} estimates of one batch")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+        if has_k:
+            ax = axes[1, col]
+            for i, kind in enumerate(sorted({r["estimator"] for r in report["snr_vs_k"]})):
+                mine = [r for r in report["snr_vs_k"] if r["estimator"] == kind]
+                ax.plot([r["k"] for r in mine], [r[f"snr_{group}"] for r in mine], marker="o", color=f"C{i}", label=kind)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("K (samples per example)")
+            ax.set_ylabel("gradient SNR")
+            ax.set_title(f"{group} SNR against K\n(all at {reference}'s trained weights, seed 0)")
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(save_figure(fig, out / "comparison_snr.png"))
+    return paths

@@ -1,0 +1,294 @@
+"""Estimators compared on equal terms.
+
+Every estimator is trained with every seed from the same initialization and the same
+data order (both fixed by the seed), then evaluated on the same held-out examples
+with the same number K of importance samples. Reported per estimator and seed:
+
+* held-out log p(x) (importance sampled) with its standard error over examples, and
+  the paired difference to a reference estimator: the mean over examples of
+  log p(x_n | estimator) - log p(x_n | reference), same seed, with the standard error
+  of those differences (the pairing removes the between-example variance);
+* final ELBO, KL, active units; wall-clock seconds per step and per epoch;
+* the gradient signal-to-noise ratio of encoder and decoder parameters (Rainforth et
+  al., 2018), SNR = mean over parameters of |E[g]| / std[g], and the gradient variance,
+  from repeated estimates on one fixed batch at fixed points of training (before the
+  first step, half way, at the end);
+* SNR against K for the estimators that take K, at one common set of weights.
+
+The standard errors are over per-example held-out estimates; nothing here is
+leave-one-out cross-validation (with local latents and fitted networks it would not be).
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import SpecError
+from ..runs import atomic_write_json, prepare_run_dir, write_csv
+from ..spec import Spec, load_spec
+from .estimators import ESTIMATORS
+from .evaluate import evaluate_run, standard_error
+
+COLUMNS = [
+    "estimator",
+    "seed",
+    "log_likelihood",
+    "log_likelihood_se",
+    "diff_vs_reference",
+    "diff_se",
+    "elbo",
+    "kl",
+    "active_units",
+    "seconds_per_step",
+    "seconds_per_epoch",
+    "snr_encoder",
+    "snr_decoder",
+    "grad_var_encoder",
+    "grad_var_decoder",
+    "run",
+]
+ENCODER_PARTS, DECODER_PARTS = ("encoder", "posterior"), ("decoder", "likelihood", "prior")
+
+
+def parse_estimators(text: str) -> list[tuple[str, dict]]:
+    """``trace_elbo,iwae:k=5,renyi:alpha=0.5:k=5`` -> [(label, estimator table), ...]."""
+    entries = []
+    for label in (part.strip() for part in text.split(",")):
+        if not label:
+            continue
+        kind, *settings = label.split(":")
+        table: dict = {"kind": kind}
+        for setting in settings:
+            key, sep, value = setting.partition("=")
+            if not sep or not key:
+                raise SpecError(f"--estimators {label!r}: expected kind:key=value, e.g. iwae:k=5")
+            try:
+                table[key] = tomllib.loads(f"v = {value}")["v"]
+            except tomllib.TOMLDecodeError:
+                table[key] = value
+        entries.append((label, table))
+    labels = [label for label, _ in entries]
+    if len(entries) < 1 or len(set(labels)) != len(labels):
+        raise SpecError(f"--estimators {text!r}: give one or more distinct estimators, comma-separated")
+    return entries
+
+
+def _parts(vae, parts: Sequence[str]) -> list[torch.Tensor]:
+    return [p for part in parts for p in getattr(vae, part).parameters()]
+
+
+@dataclass
+class GradientStats:
+    snr: float
+    variance: float
+
+
+def gradient_snr(vae, estimator, x, index, repeats: int) -> dict[str, GradientStats]:
+    """SNR and variance of the encoder's and the decoder's gradients over ``repeats``
+    estimates on the batch (x, index), per example (the loss is divided by N).
+    Random-number states are restored afterwards, so training continues unchanged."""
+    rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if x.is_cuda else None
+    groups = {"encoder": _parts(vae, ENCODER_PARTS), "decoder": _parts(vae, DECODER_PARTS)}
+    stats: dict[str, list] = {}
+    scale = 1.0 / (vae.num_data or len(x))
+    for _ in range(repeats):
+        for p in vae.parameters():
+            p.grad = None
+        estimator.loss_and_grads(vae.model, vae.guide, x, index)
+        for name, params in groups.items():
+            if not params:
+                continue
+            g = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params]).double() * scale
+            count, mean, m2 = stats.get(name, (0, torch.zeros_like(g), torch.zeros_like(g)))
+            count += 1
+            delta = g - mean
+            mean = mean + delta / count
+            m2 = m2 + delta * (g - mean)  # Welford: memory O(parameters), not O(repeats x parameters)
+            stats[name] = (count, mean, m2)
+    for p in vae.parameters():
+        p.grad = None
+    torch.set_rng_state(rng)
+    if cuda_rng is not None:
+        torch.cuda.set_rng_state_all(cuda_rng)
+    result = {}
+    for name, (count, mean, m2) in stats.items():
+        var = m2 / max(count - 1, 1)
+        std = var.sqrt()
+        moving = std > 0
+        snr = (mean.abs()[moving] / std[moving]).mean().item() if moving.any() else math.inf
+        result[name] = GradientStats(snr=snr, variance=var.mean().item())
+    return result
+
+
+class _SNRProbe:
+    """Measures gradient SNR on one fixed batch before training, half way and at the end."""
+
+    def __init__(self, repeats: int, batch_size: int):
+        self.repeats, self.batch_size = repeats, batch_size
+        self.points: list[dict] = []
+
+    def batch(self, trainer):
+        n = min(self.batch_size, trainer.num_data)
+        index = torch.arange(n, device=trainer.device)
+        x = trainer.data.batch(index, torch.Generator(device=trainer.device).manual_seed(0))
+        return x, index
+
+    def measure(self, trainer) -> None:
+        x, index = self.batch(trainer)
+        stats = gradient_snr(trainer.vae, trainer.estimator, x, index, self.repeats)
+        self.points.append({"epoch": trainer.state.epoch, **{f"snr_{k}": v.snr for k, v in stats.items()},
+                            **{f"grad_var_{k}": v.variance for k, v in stats.items()}})
+
+    def on_epoch(self, trainer) -> None:
+        epochs = trainer.schedule.epochs
+        if trainer.state.epoch in (math.ceil(epochs / 2), epochs) or trainer.state.stopped_early:
+            self.measure(trainer)
+
+
+def snr_against_k(vae, data, kinds: Sequence[str], ks: Sequence[int], repeats: int, batch_size: int) -> list[dict]:
+    """SNR of each K-sample estimator kind at K in ``ks``, all at the same weights."""
+    device = next(vae.parameters()).device
+    n = min(batch_size, len(data.split("train")))
+    index = torch.arange(n, device=device)
+    x = data.batch(index, torch.Generator(device=device).manual_seed(0))
+    rows = []
+    vae.train()
+    for kind in kinds:
+        for k in ks:
+            stats = gradient_snr(vae, ESTIMATORS.build({"kind": kind, "k": k}), x, index, repeats)
+            rows.append({"estimator": kind, "k": k, **{f"snr_{g}": s.snr for g, s in stats.items()}})
+    return rows
+
+
+def compare(
+    *,
+    model: str = "bernoulli_mlp",
+    inference: str = "trace_elbo",
+    data: str = "digits",
+    estimators: str,
+    seeds: int = 3,
+    overrides: Sequence[str] = (),
+    out: Path,
+    force: bool = False,
+    reference: Optional[str] = None,
+    split: str = "valid",
+    samples: int = 1000,
+    limit: Optional[int] = 2000,
+    snr_repeats: int = 50,
+    snr_k: Sequence[int] = (1, 5, 20),
+    log=print,
+) -> dict:
+    """Train, evaluate and compare estimators; write comparison.csv/.json and figures to ``out``."""
+    from .train import train
+
+    entries = parse_estimators(estimators)
+    labels = [label for label, _ in entries]
+    reference = reference or labels[0]
+    if reference not in labels:
+        raise SpecError(f"--reference {reference!r} is not among --estimators ({', '.join(labels)})")
+    base = load_spec(model, inference, data, overrides)
+    specs = {}
+    for label, table in entries:  # validate everything before training anything
+        raw = base.to_dict()
+        raw["inference"]["estimator"] = table
+        try:
+            specs[label] = Spec.from_dict(raw)
+        except SpecError as exc:
+            raise SpecError(f"--estimators {label}: {exc}") from None
+    out = prepare_run_dir(out, force=force)
+    rows, curves, snr_points, evaluations = [], {}, {}, {}
+    reference_weights = None
+    for seed in range(seeds):
+        for label, _ in entries:
+            spec = specs[label].model_copy(deep=True)
+            spec.inference.schedule.seed = seed
+            run_dir = out / "runs" / f"{_slug(label)}-seed{seed}"
+            log(f"training {label} (seed {seed}) -> {run_dir}")
+            probe = _SNRProbe(snr_repeats, spec.inference.schedule.batch_size)
+            trainer = train(spec, run_dir, force=True, progress=False, log=lambda _: None,
+                            on_epoch=probe.on_epoch, before=probe.measure)
+            summary, _, result = evaluate_run(run_dir, split=split, num_samples=samples, limit=limit, seed=0,
+                                              device=str(trainer.device))
+            evaluations[(label, seed)] = result.log_likelihood.double().cpu()
+            history = trainer.state.history
+            steps = trainer.steps_per_epoch * len(history)
+            seconds = sum(r["seconds"] for r in history)
+            final = probe.points[-1]
+            rows.append({
+                "estimator": label,
+                "seed": seed,
+                "log_likelihood": summary["log_likelihood"],
+                "log_likelihood_se": summary["log_likelihood_se"],
+                "elbo": summary["elbo"],
+                "kl": summary["kl"],
+                "active_units": summary["active_units"],
+                "seconds_per_step": seconds / steps if steps else math.nan,
+                "seconds_per_epoch": seconds / len(history) if history else math.nan,
+                "snr_encoder": final.get("snr_encoder", math.nan),
+                "snr_decoder": final.get("snr_decoder", math.nan),
+                "grad_var_encoder": final.get("grad_var_encoder", math.nan),
+                "grad_var_decoder": final.get("grad_var_decoder", math.nan),
+                "run": str(run_dir.relative_to(out)),
+            })
+            curves[(label, seed)] = [r["val_elbo"] for r in history]
+            snr_points[(label, seed)] = probe.points
+            if label == reference and seed == 0:
+                reference_weights = (trainer.vae, trainer.data)
+    for row in rows:
+        diff = evaluations[(row["estimator"], row["seed"])] - evaluations[(reference, row["seed"])]
+        row["diff_vs_reference"] = diff.mean().item()
+        row["diff_se"] = standard_error(diff) if row["estimator"] != reference else 0.0
+    k_kinds = [t["kind"] for _, t in entries if "k" in t]
+    snr_k_rows = []
+    if k_kinds and snr_k and reference_weights is not None:
+        vae, dataset = reference_weights
+        snr_k_rows = snr_against_k(vae, dataset, sorted(set(k_kinds)), snr_k, snr_repeats, base.inference.schedule.batch_size)
+    summary = _aggregate(rows, labels)
+    report = {
+        "settings": {
+            "model": model, "inference": inference, "data": data, "overrides": list(overrides), "estimators": labels,
+            "reference": reference, "seeds": seeds, "split": split, "samples": samples, "limit": limit,
+            "snr_repeats": snr_repeats, "snr_k": list(snr_k),
+        },
+        "rows": rows,
+        "summary": summary,
+        "snr_points": [{"estimator": l, "seed": s, "points": p} for (l, s), p in snr_points.items()],
+        "snr_vs_k": snr_k_rows,
+        "learning_curves": [{"estimator": l, "seed": s, "val_elbo": c} for (l, s), c in curves.items()],
+        "note": "standard errors are over per-example held-out estimates (paired across estimators for the "
+                "differences); this is not leave-one-out cross-validation",
+    }
+    write_csv(out / "comparison.csv", rows, COLUMNS)
+    atomic_write_json(out / "comparison.json", report)
+    from ..analysis.compare_figures import comparison_figures
+
+    comparison_figures(out, report)
+    return report
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in label.replace(":", "_").replace("=", ""))
+
+
+def _aggregate(rows: list[dict], labels: list[str]) -> dict:
+    """Mean over seeds of each figure, with the standard error over seeds."""
+    summary = {}
+    for label in labels:
+        mine = [r for r in rows if r["estimator"] == label]
+        entry = {}
+        for key in ("log_likelihood", "diff_vs_reference", "elbo", "kl", "active_units", "seconds_per_step",
+                    "seconds_per_epoch", "snr_encoder", "snr_decoder"):
+            values = np.array([r[key] for r in mine], dtype=float)
+            entry[key] = float(values.mean())
+            entry[f"{key}_se_seeds"] = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
+        entry["diff_se_paired"] = float(np.sqrt(np.mean([r["diff_se"] ** 2 for r in mine])) / math.sqrt(len(mine)))
+        summary[label] = entry
+    return summary

@@ -1,0 +1,124 @@
+"""`pyro-vae evaluate` and `pyro-vae compare` through the CLI, checked against the files they write."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from conftest import assert_one_line_error, run_cli, write_npz
+from pyro_vae.cli import main
+from pyro_vae.infer.compare import COLUMNS, parse_estimators
+
+
+def test_evaluate_writes_summary_and_per_example_values(digits_run, capsys):
+    assert main(["evaluate", str(digits_run), "--samples", "300", "--limit", "120"]) == 0
+    out = capsys.readouterr().out
+    assert "log p(x)" in out and "active units" in out
+    summary = json.loads((digits_run / "evaluation" / "valid.json").read_text())
+    per = np.load(digits_run / "evaluation" / "valid.npz")
+    assert summary["n"] == 120 and summary["samples"] == 300 and len(per["log_likelihood"]) == 120
+    ll = per["log_likelihood"].astype(np.float64)
+    assert summary["log_likelihood"] == pytest.approx(ll.mean(), rel=1e-6)
+    assert summary["log_likelihood_se"] == pytest.approx(ll.std(ddof=1) / math.sqrt(120), rel=1e-4)
+    assert summary["elbo"] == pytest.approx(per["elbo"].mean(), rel=1e-5)
+    assert summary["elbo"] == pytest.approx(summary["reconstruction"] - summary["kl"], abs=1e-4)
+    assert (per["log_likelihood"] >= per["elbo"] - 1e-4).all()  # Jensen, example by example
+    active = int((per["posterior_mean"].var(0, ddof=1) > 0.01).sum())
+    assert summary["active_units"] == active
+    # analytic KL per dimension (Gaussian posterior and prior) against the Monte Carlo total
+    assert sum(summary["kl_per_dim"]) == pytest.approx(summary["kl"], abs=0.05 + 0.05 * abs(summary["kl"]))
+
+
+def test_evaluate_on_a_file_with_only_a_test_split(digits_run, tmp_path, capsys):
+    from sklearn.datasets import load_digits
+
+    path = write_npz(tmp_path / "test_only.npz", test=load_digits().data[:40].astype(np.float32) / 16)
+    code, _, stderr = run_cli("evaluate", digits_run, "--data", path, "--samples", "10")
+    assert_one_line_error(code, stderr, "no 'valid' split", "test")
+    assert main(["evaluate", str(digits_run), "--data", str(path), "--split", "test", "--samples", "50"]) == 0
+    assert json.loads((digits_run / "evaluation" / "test.json").read_text())["n"] == 40
+
+
+def test_evaluate_errors(tmp_path, digits_run):
+    code, _, stderr = run_cli("evaluate", tmp_path / "nope")
+    assert_one_line_error(code, stderr, "no such run directory")
+    code, _, stderr = run_cli("evaluate", digits_run, "--samples", "0")
+    assert code == 2 and "positive whole number" in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_parse_estimators():
+    assert parse_estimators("trace_elbo, iwae:k=5,renyi:alpha=0.5:k=3") == [
+        ("trace_elbo", {"kind": "trace_elbo"}),
+        ("iwae:k=5", {"kind": "iwae", "k": 5}),
+        ("renyi:alpha=0.5:k=3", {"kind": "renyi", "alpha": 0.5, "k": 3}),
+    ]
+
+
+def test_compare_end_to_end(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = ["compare", "--estimators", "trace_elbo,iwae:k=3", "--seeds", "2", "--out", str(out), "--samples", "40",
+            "--limit", "60", "--snr-repeats", "5", "--snr-k", "1,4", "--set", "inference.schedule.epochs=2"]
+    assert main(args) == 0
+    assert "diff vs trace_elbo" in capsys.readouterr().out
+    with open(out / "comparison.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == COLUMNS
+    assert [(r["estimator"], r["seed"]) for r in rows] == [("trace_elbo", "0"), ("iwae:k=3", "0"), ("trace_elbo", "1"), ("iwae:k=3", "1")]
+    for row in rows:
+        if row["estimator"] == "trace_elbo":
+            assert float(row["diff_vs_reference"]) == 0.0
+            continue
+        # the paired difference, recomputed from the two runs' per-example files
+        mine = np.load(out / row["run"] / "evaluation" / "valid.npz")["log_likelihood"].astype(np.float64)
+        ref_run = next(r["run"] for r in rows if r["estimator"] == "trace_elbo" and r["seed"] == row["seed"])
+        ref = np.load(out / ref_run / "evaluation" / "valid.npz")["log_likelihood"].astype(np.float64)
+        diff = mine - ref
+        assert float(row["diff_vs_reference"]) == pytest.approx(diff.mean(), rel=1e-6, abs=1e-9)
+        assert float(row["diff_se"]) == pytest.approx(diff.std(ddof=1) / math.sqrt(len(diff)), rel=1e-5)
+        assert float(row["log_likelihood"]) == pytest.approx(mine.mean(), rel=1e-6)
+        assert len(diff) == 60
+    for row in rows:
+        assert float(row["seconds_per_step"]) > 0 and float(row["snr_encoder"]) > 0 and float(row["snr_decoder"]) > 0
+    report = json.loads((out / "comparison.json").read_text())
+    assert report["settings"]["reference"] == "trace_elbo" and "not leave-one-out" in report["note"]
+    assert {(r["estimator"], r["k"]) for r in report["snr_vs_k"]} == {("iwae", 1), ("iwae", 4)}
+    assert [p["epoch"] for p in report["snr_points"][0]["points"]] == [0, 1, 2]
+    for name in ("comparison_loglik.png", "comparison_curves.png", "comparison_snr.png"):
+        assert (out / name).stat().st_size > 10_000
+
+
+def test_estimators_start_from_the_same_weights_and_data_order():
+    import torch
+
+    from pyro_vae.infer.train import train
+    from pyro_vae.spec import load_spec
+
+    seen = {}
+    for kind in ("trace_elbo", "iwae_dreg"):
+        spec = load_spec(overrides=[f"inference.estimator.kind={kind}", "inference.schedule.epochs=1", "inference.schedule.seed=7"])
+        state = {}
+
+        def before(trainer, state=state):
+            state["weights"] = {k: v.clone() for k, v in trainer.vae.state_dict().items()}
+            generator = torch.Generator()
+            generator.set_state(trainer.data_rng.get_state())  # the first epoch's order, drawn ahead
+            state["order"] = torch.randperm(trainer.num_data, generator=generator)
+
+        train(spec, progress=False, log=lambda _: None, before=before)
+        seen[kind] = state
+    a, b = seen["trace_elbo"], seen["iwae_dreg"]
+    assert all(torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"])
+    assert torch.equal(a["order"], b["order"])
+
+
+@pytest.mark.parametrize(
+    "estimators, fragment",
+    [("trace_elbo,iwae:k", "expected kind:key=value"), ("trace_elbo,nope", "unknown estimator kind 'nope'"),
+     ("iwae:k=0", "--estimators iwae:k=0"), ("trace_elbo,trace_elbo", "distinct")],
+)
+def test_compare_bad_estimators(tmp_path, estimators, fragment):
+    code, _, stderr = run_cli("compare", "--estimators", estimators, "--out", tmp_path / "c")
+    assert_one_line_error(code, stderr, fragment)
+    assert not (tmp_path / "c").exists()
