@@ -89,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snr-repeats", type=_positive, default=50, metavar="M", help="gradient estimates per SNR measurement (default: %(default)s)")
     p.add_argument("--snr-k", default="1,5,20", metavar="K,K,...", help="K values for SNR against K (default: %(default)s; empty: skip)")
     p.set_defaults(handler=cmd_compare)
+    p = sub.add_parser("analyze", help="ArviZ analysis of a run: PSIS diagnostics, figures, report",
+                       description="Draw S samples from q(z|x) per example, build ArviZ InferenceData, diagnose q(z|x) "
+                       "with PSIS k-hat, and write RUN/analysis/: posterior.nc, diagnostics.json, figures and report.md.")
+    _heldout_arguments(p, samples=1000, limit=1000)
+    p.add_argument("--draws", type=_positive, default=200, help="draws per example stored in posterior.nc (default: %(default)s)")
+    p.set_defaults(handler=cmd_analyze)
     return parser
 
 
@@ -226,6 +232,22 @@ def cmd_evaluate(args) -> int:
         _say(f"{name:<16}{value}")
     _say(f"(nats per example, +- one standard error over examples; {result['seconds']:.1f} s on {result['device']})")
     _say(f"written: {paths[0]} and {paths[1]}")
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    from .analysis.analyze import analyze_run
+
+    result = analyze_run(args.run, data=args.data, split=args.split, num_samples=args.samples, limit=args.limit,
+                         draws=args.draws, seed=args.seed, device=args.device)
+    d = result["diagnostics"]
+    bands = d["khat_bands"]
+    _say(f"{d['n']} examples of {d['split']}, {d['samples']} draws each")
+    _say(f"log p(x): IS {d['is_log_likelihood']['mean']:.3f} +- {d['is_log_likelihood']['se']:.3f}, "
+         f"PSIS {d['psis_log_likelihood']['mean']:.3f} +- {d['psis_log_likelihood']['se']:.3f} nats/example")
+    _say(f"k-hat: good (<0.5) {bands['good']['share']:.1%}, usable (0.5-0.7) {bands['ok']['share']:.1%}, "
+         f"unreliable (>=0.7) {bands['bad']['share']:.1%}")
+    _say(f"report: {result['folder'] / 'report.md'}")
     return 0
 
 

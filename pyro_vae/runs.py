@@ -23,9 +23,10 @@ import json
 import os
 import pickle
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -46,15 +47,16 @@ METRIC_COLUMNS = [
 CHECKPOINT_FORMAT = 1
 
 
-def atomic_write(path: Path, write: Callable[[io.BufferedWriter], Any]) -> None:
-    """Write ``path`` through ``write(file)`` into a temporary file, fsync, rename."""
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary name beside ``path`` to write to; renamed over ``path`` on success,
+    removed on failure, so ``path`` is either the old file or the complete new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
@@ -63,6 +65,12 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], Any]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write(path: Path, write: Callable[[io.BufferedWriter], Any]) -> None:
+    """Write ``path`` through ``write(file)``, atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -1,0 +1,190 @@
+"""``pyro-vae analyze``: InferenceData, PSIS diagnostics, figures and a one-page report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..infer.evaluate import BUDGET, active_units, heldout, standard_error
+from ..runs import atomic_path, atomic_write_json, atomic_write_text, load_run
+from .figures import elbo_curves, image_panel
+from .inference_data import arviz, khat_bands, quiet_arviz, to_inference_data
+from .plots import example_posteriors, interpolation, khat_plot, latent_space, traversals
+
+FOLDER = "analysis"
+
+
+def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optional[int] = 1000, draws: int = 200,
+                seed: int = 0, device="auto", budget: int = BUDGET) -> dict:
+    """Write RUN/analysis/: posterior.nc, diagnostics.json, figures and report.md."""
+    from ..infer.train import resolve_device
+
+    device = resolve_device(device)
+    run = load_run(path, device)
+    x, labels, source = heldout(run, data, split, limit, seed, device)
+    torch.manual_seed(seed)
+    idata = to_inference_data(run.vae, x, num_samples, labels, keep_draws=draws, budget=budget)
+    folder = Path(path) / FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / "posterior.nc") as tmp:
+        idata.to_netcdf(str(tmp), engine="h5netcdf")
+
+    stats = idata.sample_stats
+    khat = stats["pareto_k"].values
+    draws_z = idata.posterior["z"].values[0]  # (draws, n, latent)
+    means = draws_z.mean(0)
+    spread = means.std(0)
+    order = np.argsort(-means.var(0))
+    top = [int(d) for d in order[: min(4, run.vae.latent_dim)]]
+    pair = top[:2] if len(top) >= 2 else [top[0], top[0]]
+    examples = _chosen_examples(khat)
+    az = arviz()
+    with quiet_arviz():
+        summary = az.summary(idata, var_names=["z"], coords={"obs": examples, "latent": top}, kind="stats", hdi_prob=0.9)
+    psis_ll = _psis_loglik(stats)
+    diagnostics = {
+        "split": split,
+        "data": source,
+        "n": len(x),
+        "samples": num_samples,
+        "draws_stored": int(draws_z.shape[0]),
+        "khat_bands": khat_bands(khat),
+        "khat_max": float(khat.max()),
+        "psis_log_likelihood": psis_ll["psis"],
+        "is_log_likelihood": psis_ll["is"],
+        "active_units": active_units(torch.as_tensor(means)),
+        "most_active_dimensions": top,
+        "latent_summary": {"examples": examples, "table": summary.reset_index().rename(columns={"index": "variable"}).to_dict("records")},
+        "note": "k-hat and PSIS log p(x) diagnose q(z|x) as an importance-sampling proposal per example "
+                "(Yao et al., 2018); they are not leave-one-out cross-validation",
+    }
+    atomic_write_json(folder / "diagnostics.json", diagnostics)
+
+    figures = {"khat": khat_plot(folder / "khat.png", idata)}
+    figures["latent_space"] = latent_space(folder / "latent_space.png", means,
+                                           None if labels is None else labels.cpu().numpy(), pair)
+    figures["posterior"], figures["pair"] = example_posteriors(folder / "posterior_examples.png", folder / "pair_examples.png",
+                                                               idata, examples, top[:2] if len(top) > 1 else top)
+    metrics = run.metrics
+    figures["elbo"] = elbo_curves(folder / "elbo.png", metrics)
+    vae = run.vae
+    figures["reconstructions"] = image_panel(
+        folder / "reconstructions.png",
+        [("inputs x", x[:16]), ("reconstructions E[x|z], z ~ q(z|x)", vae.reconstruct(x[:16]))],
+        vae.data_shape, f"{split} inputs and their reconstructions")
+    figures["samples"] = image_panel(folder / "samples.png", [("E[x|z], z ~ p(z)", vae.sample(32)[1])], vae.data_shape,
+                                     "Decoded samples from the prior")
+    means_t = torch.as_tensor(means, device=x.device, dtype=x.dtype)
+    a, b = _distinct_pair(labels, len(x))
+    figures["interpolation"] = interpolation(folder / "interpolation.png", vae, means_t[a], means_t[b])
+    figures["traversals"] = traversals(folder / "traversals.png", vae, means_t.mean(0), top,
+                                       torch.as_tensor(spread, device=x.device, dtype=x.dtype).clamp_min(1e-3))
+    atomic_write_text(folder / "report.md", _report(run, diagnostics, figures, folder, (a, b)))
+    return {"diagnostics": diagnostics, "figures": figures, "folder": folder}
+
+
+def _chosen_examples(khat: np.ndarray) -> list[int]:
+    """Three examples: the best, the median and the worst k-hat."""
+    order = np.argsort(khat)
+    picks = [int(order[0]), int(order[len(order) // 2]), int(order[-1])]
+    return list(dict.fromkeys(picks))
+
+
+def _distinct_pair(labels, n: int) -> tuple[int, int]:
+    """Two examples to interpolate between: of different labels when there are labels."""
+    if labels is not None:
+        values = labels.cpu().numpy()
+        for j in range(1, n):
+            if values[j] != values[0]:
+                return 0, j
+    return 0, min(1, n - 1)
+
+
+def _psis_loglik(stats) -> dict:
+    """Dataset means (+- SE over examples) of the PSIS and plain IS estimates of log p(x)."""
+    return {
+        kind: {"mean": float(values.mean()), "se": standard_error(values)}
+        for kind, values in (("psis", stats["psis_log_likelihood"].values), ("is", stats["is_log_likelihood"].values))
+    }
+
+
+def _fmt(entry) -> str:
+    return f"{entry['mean']:.3f} +- {entry['se']:.3f}" if entry else "n/a"
+
+
+def _report(run, diagnostics: dict, figures: dict, folder: Path, pair) -> str:
+    s = run.summary
+    spec = run.spec
+    bands = diagnostics["khat_bands"]
+    rel = lambda p: Path(p).relative_to(folder).as_posix()  # noqa: E731
+    rows = [
+        ("model", f"prior {spec.model.prior['kind']}, likelihood {spec.model.likelihood['kind']}, posterior "
+                  f"{spec.model.posterior['kind']}, networks {spec.model.encoder['kind']}/{spec.model.decoder['kind']}, "
+                  f"latent_dim {spec.model.latent_dim}"),
+        ("estimator", f"{spec.inference.estimator['kind']}, {s.get('epochs', '?')} epochs on {s.get('device', '?')}"),
+        ("best validation ELBO (training)", f"{s.get('best_val_elbo', float('nan')):.3f} at epoch {s.get('best_epoch', '?')}"),
+        (f"log p(x), importance sampling, S = {diagnostics['samples']}", _fmt(diagnostics["is_log_likelihood"])),
+        ("log p(x), PSIS", _fmt(diagnostics["psis_log_likelihood"])),
+        ("k-hat < 0.5 (good)", f"{bands['good']['share']:.1%} ({bands['good']['count']})"),
+        ("0.5 <= k-hat < 0.7 (usable)", f"{bands['ok']['share']:.1%} ({bands['ok']['count']})"),
+        ("k-hat >= 0.7 (unreliable)", f"{bands['bad']['share']:.1%} ({bands['bad']['count']})"),
+        ("active units", f"{diagnostics['active_units']} of {spec.model.latent_dim}"),
+    ]
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    latent = diagnostics["latent_summary"]
+    summary_rows = "\n".join(
+        f"| {r['variable']} | {r['mean']:.3f} | {r['sd']:.3f} | {r['hdi_5%']:.3f} | {r['hdi_95%']:.3f} |"
+        for r in latent["table"]
+    )
+    return f"""# Analysis of `{run.path.name}`
+
+{diagnostics['n']} examples of the `{diagnostics['split']}` split of {diagnostics['data']}, {diagnostics['samples']} draws
+from q(z|x) per example ({diagnostics['draws_stored']} stored in `posterior.nc`). Log-likelihoods are in nats per
+example, +- one standard error over examples.
+
+| quantity | value |
+| --- | --- |
+{table}
+
+k-hat is the Pareto shape of the largest importance weights p(x, z)/q(z|x) (PSIS, Vehtari et al., 2024): it says
+how trustworthy q(z|x) is as a proposal for p(z|x) for each example (Yao et al., 2018). These are per-example
+diagnostics of the amortized posterior, not leave-one-out cross-validation.
+
+## Diagnostics
+
+![k-hat per example]({rel(figures['khat'])})
+
+## Training
+
+![ELBO per epoch]({rel(figures['elbo'])})
+
+## Latent space
+
+![posterior means of the two most active dimensions]({rel(figures['latent_space'])})
+
+Latent posterior of three examples (lowest, median and highest k-hat: {', '.join(map(str, latent['examples']))}), most
+active dimensions:
+
+| variable | mean | sd | 5% HDI | 95% HDI |
+| --- | --- | --- | --- | --- |
+{summary_rows}
+
+![marginal posteriors]({rel(figures['posterior'])})
+
+![joint posteriors]({rel(figures['pair'])})
+
+## What the model does
+
+![reconstructions]({rel(figures['reconstructions'])})
+
+![samples from the prior]({rel(figures['samples'])})
+
+Interpolation between examples {pair[0]} and {pair[1]}:
+
+![interpolation]({rel(figures['interpolation'])})
+
+![traversals]({rel(figures['traversals'])})
+"""

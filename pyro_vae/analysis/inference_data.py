@@ -1,0 +1,163 @@
+"""The amortized posterior as ArviZ InferenceData, and PSIS diagnostics of q(z|x).
+
+For each example x_n, S draws z_s ~ q(z|x_n) with log importance weights
+log w_ns = log p(x_n, z_s) - log q(z_s|x_n). Pareto-smoothed importance sampling
+(Vehtari et al., 2024) fits a generalized Pareto distribution to the largest weights;
+its shape k-hat says how trustworthy q(z|x_n) is as a proposal for p(z|x_n)
+(Yao et al., 2018): k < 0.5 good, 0.5-0.7 usable, > 0.7 unreliable. The PSIS estimate
+log p(x_n) ~ log 1/S sum_s w~_ns uses the smoothed weights.
+
+These are per-example diagnostics of an importance sampler, not leave-one-out
+cross-validation: with local latents and point-estimated networks, ``az.loo`` on these
+values would not be LOO, and nothing here presents it as such.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..infer.evaluate import BUDGET, importance_chunks
+
+BANDS = (("good", -math.inf, 0.5), ("ok", 0.5, 0.7), ("bad", 0.7, math.inf))
+
+
+@contextmanager
+def quiet_arviz():
+    """ArviZ's notices that would flood a terminal, filtered where ArviZ is called: the
+    0.x refactor notice at import, the 'arrays will be deprecated' notes of plot_khat
+    (we pass k-hat as a DataArray on purpose: an ELPDData would claim LOO), the
+    per-call Pareto-k warning (k-hat is reported in diagnostics.json instead), and
+    arviz 0.23's use of a matplotlib API deprecated in matplotlib 3.11 (once per panel)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Passing a dict or None as alias_mapping", module=r"arviz\.")
+        warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing a major refactor", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=r"support for (arrays|DataArrays) will be deprecated", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=r".*[Ee]stimated shape parameter of Pareto distribution", category=UserWarning)
+        yield
+
+
+def arviz():
+    with quiet_arviz():
+        import arviz as az
+    return az
+
+
+def psis(log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(k-hat, PSIS log p(x), plain IS log p(x)) per row of log weights (n, S)."""
+    az = arviz()
+    log_weights = np.asarray(log_weights, dtype=np.float64)
+    S = log_weights.shape[-1]
+    with quiet_arviz():
+        smoothed, khat = az.psislw(log_weights, reff=1.0, normalize=False)
+    lse = lambda a: np.logaddexp.reduce(a, axis=-1)  # noqa: E731
+    return np.asarray(khat, dtype=np.float64), lse(smoothed) - math.log(S), lse(log_weights) - math.log(S)
+
+
+def khat_bands(khat: np.ndarray) -> dict:
+    """Share and count of examples per k-hat band."""
+    n = len(khat)
+    return {
+        name: {"range": f"[{lo}, {hi})", "count": int(((khat >= lo) & (khat < hi)).sum()),
+               "share": float(((khat >= lo) & (khat < hi)).mean()) if n else math.nan}
+        for name, lo, hi in BANDS
+    }
+
+
+@dataclass
+class PosteriorDraws:
+    """Draws and per-example diagnostics, as numpy arrays."""
+
+    z: np.ndarray  # (draws, n, latent): the first ``draws`` of the S draws
+    log_likelihood: np.ndarray  # (draws, n): log p(x_n | z_s)
+    log_weight: np.ndarray  # (draws, n)
+    pareto_k: np.ndarray  # (n,), from all S draws
+    psis_log_likelihood: np.ndarray  # (n,)
+    is_log_likelihood: np.ndarray  # (n,)
+    num_samples: int
+
+
+@torch.no_grad()
+def posterior_draws(vae, x: torch.Tensor, num_samples: int, keep_draws: Optional[int] = None, budget: int = BUDGET) -> PosteriorDraws:
+    """S draws per example, streamed in chunks: the PSIS diagnostics use all S, and only
+    the first ``keep_draws`` (default: all) are kept, so memory is bounded whatever S is."""
+    n, keep = len(x), num_samples if keep_draws is None else min(keep_draws, num_samples)
+    z = np.empty((keep, n, vae.latent_dim), dtype=np.float32)
+    log_lik = np.empty((keep, n), dtype=np.float32)
+    log_w = np.empty((keep, n), dtype=np.float32)
+    khat, psis_ll, is_ll = (np.empty(n) for _ in range(3))
+    pending: list[np.ndarray] = []
+    current: Optional[slice] = None
+
+    def finish(rows: slice, pieces: list[np.ndarray]) -> None:
+        k, p, i = psis(np.concatenate(pieces, 0).T)
+        khat[rows], psis_ll[rows], is_ll[rows] = k, p, i
+
+    drawn = 0
+    for rows, _, zs, terms in importance_chunks(vae, x, num_samples, budget):
+        if rows != current:
+            if current is not None:
+                finish(current, pending)
+            current, pending, drawn = rows, [], 0
+        weights = terms.log_weights.double().cpu().numpy()
+        pending.append(weights)
+        take = max(0, min(keep - drawn, len(weights)))
+        if take:
+            z[drawn : drawn + take, rows] = zs[:take].cpu().numpy()
+            log_lik[drawn : drawn + take, rows] = terms.log_px_z[:take].cpu().numpy()
+            log_w[drawn : drawn + take, rows] = weights[:take]
+        drawn += len(weights)
+    if current is not None:
+        finish(current, pending)
+    return PosteriorDraws(z, log_lik, log_w, khat, psis_ll, is_ll, num_samples)
+
+
+def _data_dims(data_shape: tuple[int, ...]) -> list[str]:
+    names = {1: ["feature"], 2: ["row", "column"], 3: ["channel", "row", "column"]}
+    return ["obs"] + names.get(len(data_shape), [f"x_dim_{i}" for i in range(len(data_shape))])
+
+
+def to_inference_data(vae, x: torch.Tensor, num_samples: int = 1000, labels=None, keep_draws: Optional[int] = None,
+                      budget: int = BUDGET):
+    """The amortized posterior of ``vae`` at the examples ``x`` as ArviZ InferenceData.
+
+    * posterior: ``z`` (chain, draw, obs, latent), draws from q(z|x_n);
+    * log_likelihood: ``x`` (chain, draw, obs), log p(x_n | z_s);
+    * sample_stats: ``log_importance_weight`` (chain, draw, obs), and per example (obs)
+      ``pareto_k`` and the PSIS and plain importance-sampling estimates of log p(x_n)
+      (``psis_log_likelihood``, ``is_log_likelihood``);
+    * observed_data: ``x``; constant_data: ``label`` when ``labels`` are given.
+
+    The draws are independent (one chain). ``pareto_k`` uses all ``num_samples`` draws;
+    the groups keep the first ``keep_draws`` (default: all).
+    """
+    az = arviz()
+    vae.eval()
+    draws = posterior_draws(vae, x, num_samples, keep_draws, budget)
+    n = len(x)
+    coords = {"obs": np.arange(n), "latent": np.arange(vae.latent_dim)}
+    observed = x.detach().cpu().numpy()
+    with quiet_arviz():
+        idata = az.from_dict(
+            posterior={"z": draws.z[None]},
+            log_likelihood={"x": draws.log_likelihood[None]},
+            sample_stats={"log_importance_weight": draws.log_weight[None]},
+            observed_data={"x": observed},
+            constant_data={"label": labels.detach().cpu().numpy()} if labels is not None else None,
+            coords=coords,
+            dims={"z": ["obs", "latent"], "x": _data_dims(tuple(x.shape[1:])), "log_importance_weight": ["obs"],
+                  "label": ["obs"]},
+        )
+    idata.sample_stats["pareto_k"] = ("obs", draws.pareto_k)
+    idata.sample_stats["psis_log_likelihood"] = ("obs", draws.psis_log_likelihood)
+    idata.sample_stats["is_log_likelihood"] = ("obs", draws.is_log_likelihood)
+    for group in ("posterior", "log_likelihood", "sample_stats"):
+        idata[group].attrs.update({"inference_library": "pyro_vae", "num_samples": num_samples,
+                                   "draws_kept": int(draws.z.shape[0]), "source": "amortized posterior q(z|x)"})
+    return idata

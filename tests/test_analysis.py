@@ -1,0 +1,103 @@
+"""ArviZ analysis: InferenceData round trip, PSIS k-hat on a model with a known posterior,
+and `pyro-vae analyze` end to end."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+import linear_gaussian as lg
+from conftest import run_cli
+from pyro_vae.analysis.inference_data import khat_bands, psis, to_inference_data
+
+
+def test_netcdf_round_trip_keeps_every_group(tmp_path):
+    import arviz as az
+
+    vae, x, _ = lg.make(N=12)
+    idata = to_inference_data(vae.float(), x.float(), num_samples=60, labels=torch.arange(12) % 3)
+    assert set(idata.groups()) == {"posterior", "log_likelihood", "sample_stats", "observed_data", "constant_data"}
+    assert idata.posterior["z"].dims == ("chain", "draw", "obs", "latent") and idata.posterior["z"].shape == (1, 60, 12, 2)
+    assert idata.log_likelihood["x"].dims == ("chain", "draw", "obs")
+    assert idata.sample_stats["pareto_k"].dims == ("obs",)
+    path = tmp_path / "posterior.nc"
+    idata.to_netcdf(str(path), engine="h5netcdf")
+    loaded = az.from_netcdf(str(path), engine="h5netcdf")
+    for group in idata.groups():
+        xr.testing.assert_identical(idata[group], loaded[group])
+
+
+def test_log_weights_are_log_joint_minus_log_q():
+    vae, x, _ = lg.make(N=5)
+    vae, x = vae.float(), x.float()
+    torch.manual_seed(0)
+    idata = to_inference_data(vae, x, num_samples=20)
+    z = torch.as_tensor(idata.posterior["z"].values[0])
+    q = vae.q(x)
+    with torch.no_grad():
+        expected = vae.p_x(z).log_prob(x) + vae.prior().log_prob(z) - q.log_prob(z)
+        log_lik = vae.p_x(z).log_prob(x)
+    assert np.allclose(idata.sample_stats["log_importance_weight"].values[0], expected.numpy(), atol=1e-4)
+    assert np.allclose(idata.log_likelihood["x"].values[0], log_lik.numpy(), atol=1e-4)
+
+
+def test_khat_is_low_for_the_exact_posterior_and_high_for_a_narrow_one():
+    exact_vae, x, _ = lg.make(N=40, exact_posterior=True)
+    narrow_vae, _, _ = lg.make(N=40, proposal="narrow")
+    torch.manual_seed(0)
+    exact = to_inference_data(exact_vae, x, num_samples=2000).sample_stats["pareto_k"].values
+    narrow = to_inference_data(narrow_vae, x, num_samples=2000).sample_stats["pareto_k"].values
+    assert np.median(exact) < 0.3 and (exact < 0.5).mean() >= 0.9, exact
+    assert np.median(narrow) > 0.7 and (narrow >= 0.7).mean() >= 0.8, narrow
+    assert khat_bands(narrow)["bad"]["share"] >= 0.8
+    shares = khat_bands(np.array([-0.2, 0.1, 0.55, 0.9]))
+    assert [shares[b]["count"] for b in ("good", "ok", "bad")] == [2, 1, 1]
+
+
+def test_psis_log_likelihood_matches_the_exact_value():
+    vae, x, exact = lg.make(N=30)  # a proposal wider than the posterior and shifted
+    torch.manual_seed(0)
+    stats = to_inference_data(vae, x, num_samples=4000).sample_stats
+    psis_ll, is_ll = stats["psis_log_likelihood"].values, stats["is_log_likelihood"].values
+    assert np.abs(psis_ll - exact).max() < 0.05
+    assert abs(psis_ll.mean() - exact.mean()) < 0.01
+    assert np.abs(psis_ll - is_ll).max() < 0.05
+
+
+def test_psis_on_known_weights():
+    rng = np.random.default_rng(0)
+    k_light, psis_light, is_light = psis(rng.normal(0, 0.1, (3, 4000)))  # nearly equal weights
+    assert (k_light < 0.2).all() and np.allclose(psis_light, is_light, atol=1e-3)
+    # weights with a Pareto tail of shape k = 0.8 (tail index 1 / 0.8)
+    k_heavy, _, _ = psis(np.log1p(rng.pareto(1 / 0.8, (3, 4000))))
+    assert (np.abs(k_heavy - 0.8) < 0.15).all(), k_heavy
+
+
+def test_analyze_writes_every_file_and_a_readable_report(digits_run):
+    code, out, stderr = run_cli("analyze", digits_run, "--samples", "200", "--limit", "60", "--draws", "50",
+                                env={"PYTHONWARNINGS": "default"})
+    assert code == 0, stderr
+    assert "Warning" not in stderr, stderr  # ArviZ's notices are filtered where ArviZ is called
+    folder = digits_run / "analysis"
+    expected = {"posterior.nc", "diagnostics.json", "report.md", "khat.png", "latent_space.png", "posterior_examples.png",
+                "pair_examples.png", "elbo.png", "reconstructions.png", "samples.png", "interpolation.png", "traversals.png"}
+    assert expected <= {p.name for p in folder.iterdir()}
+    assert all((folder / name).stat().st_size > 1000 for name in expected)
+    diagnostics = json.loads((folder / "diagnostics.json").read_text())
+    assert diagnostics["n"] == 60 and diagnostics["samples"] == 200 and diagnostics["draws_stored"] == 50
+    assert sum(b["count"] for b in diagnostics["khat_bands"].values()) == 60
+    assert abs(sum(b["share"] for b in diagnostics["khat_bands"].values()) - 1) < 1e-9
+    assert "not leave-one-out" in diagnostics["note"]
+    report = (folder / "report.md").read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert len(links) >= 9 and all((folder / link).is_file() for link in links)
+    assert "| log p(x), PSIS |" in report and "not leave-one-out" in report
+    import arviz as az
+
+    idata = az.from_netcdf(str(folder / "posterior.nc"), engine="h5netcdf")
+    assert idata.posterior["z"].shape == (1, 50, 60, 16)
+    assert np.array_equal(idata.sample_stats["pareto_k"].values.argsort()[[0, -1]][[0]], [diagnostics["latent_summary"]["examples"][0]])
+    assert "label" in idata.constant_data
