@@ -22,7 +22,12 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors."""
 
     def error(self, message):
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def one_line(message) -> str:
+    """A message on one line, whatever user text (a path, a --set value) it quotes."""
+    return str(message).replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _spec_arguments(p: argparse.ArgumentParser) -> None:
@@ -294,18 +299,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return args.handler(args)
-    except _Usage as exc:
-        print(f"pyro-vae {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except UserError as exc:
-        print(f"pyro-vae {args.command}: error: {exc}", file=sys.stderr)
+    except (_Usage, UserError) as exc:
+        print(f"pyro-vae {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except TrainingDiverged as exc:
-        print(f"pyro-vae {args.command}: {exc}", file=sys.stderr)
+        print(f"pyro-vae {args.command}: {one_line(exc)}", file=sys.stderr)
         return EXIT_DIVERGED
     except Interrupted as exc:
         where = getattr(args, "resume", None) or getattr(args, "out", None) or "RUN"
-        print(f"pyro-vae {args.command}: {exc}; checkpoint written. Resume with: pyro-vae train --resume {where}",
+        print(f"pyro-vae {args.command}: {exc}; checkpoint written. Resume with: pyro-vae train --resume {one_line(where)}",
               file=sys.stderr)
         return 128 + exc.signum
     except KeyboardInterrupt:

@@ -144,7 +144,7 @@ def parameter_model(cls: type) -> type[pydantic.BaseModel]:
         p.name: (annotation, ... if p.default is p.empty else p.default)
         for p, annotation in _keyword_parameters(cls)
     }
-    config = pydantic.ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=True)
+    config = pydantic.ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=True, allow_inf_nan=False)
     return pydantic.create_model(f"{cls.__name__}Parameters", __config__=config, **fields)
 
 

@@ -149,10 +149,17 @@ def prepare_run_dir(path: Path, *, force: bool) -> Path:
     return path
 
 
+def remove_partial_writes(path: Path) -> None:
+    """Delete the temporary files a killed process can leave beside the files it was writing."""
+    for tmp in Path(path).glob(".*.tmp*"):
+        tmp.unlink(missing_ok=True)
+
+
 def _clear_run(path: Path) -> None:
     """Remove what a previous run wrote (its known files and folders), nothing else."""
     import shutil
 
+    remove_partial_writes(path)
     for name in (SPEC, METRICS, SUMMARY, CHECKPOINT):
         (path / name).unlink(missing_ok=True)
     for name in (FIGURES, "evaluation", "analysis", "samples"):

@@ -28,12 +28,14 @@ from torch import Tensor
 from ..model.vae import ImportanceTerms
 
 BUDGET = 2**23  # decoder output values per chunk
+MAX_ROWS = 2**16  # latent draws per chunk: bounds the networks' hidden layers when outputs are few
 ACTIVE_THRESHOLD = 0.01
 
 
 def chunk_plan(num_samples: int, num_examples: int, values_per_sample: int, budget: int = BUDGET) -> tuple[int, int]:
-    """(examples, samples) per chunk, with examples * samples * values_per_sample <= budget."""
-    rows = max(1, budget // max(values_per_sample, 1))
+    """(examples, samples) per chunk: examples * samples draws, each with values_per_sample
+    decoder outputs, within ``budget`` values and MAX_ROWS draws."""
+    rows = max(1, min(MAX_ROWS, budget // max(values_per_sample, 1)))
     if num_samples >= rows:
         return 1, rows
     return max(1, min(num_examples, rows // num_samples)), num_samples

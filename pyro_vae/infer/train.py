@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional, Sequence
@@ -185,7 +186,9 @@ class Trainer:
             leave=False,
             file=sys.stderr,
         )
-        with bar, stop_requests() as requested:
+        with bar, stop_requests() as requested, warnings.catch_warnings():
+            # a non-finite loss stops training with our own one-line message; Pyro's warning would repeat it
+            warnings.filterwarnings("ignore", message=r"Encountered (NaN|[+-]?inf)", category=UserWarning)
             while state.epoch < s.epochs and not state.stopped_early:
                 self.run_epoch(bar, requested)
                 row = self._validate()
@@ -373,8 +376,13 @@ class _RunWriter:
             **checkpoint,
         }
         runs.save_checkpoint(self.path / runs.CHECKPOINT, checkpoint)
-        runs.write_csv(self.path / runs.METRICS, trainer.state.history, runs.METRIC_COLUMNS)
+        self.metrics()
         runs.atomic_write_json(self.path / runs.SUMMARY, _summary(trainer, "running"))
+
+    def metrics(self) -> None:
+        from .. import runs
+
+        runs.write_csv(self.path / runs.METRICS, self.trainer.state.history, runs.METRIC_COLUMNS)
 
     def finish(self, status: str, message: str = "") -> None:
         from .. import runs
@@ -426,12 +434,17 @@ def resume(path, *, progress: Optional[bool] = None, log=None) -> Trainer:
     from pathlib import Path
 
     from ..errors import RunError
-    from ..runs import CHECKPOINT, load_checkpoint, read_spec
+    from ..runs import CHECKPOINT, load_checkpoint, read_spec, remove_partial_writes
 
     path = Path(path)
     if not path.is_dir():
         raise RunError(f"--resume {path}: no such run directory")
     spec = read_spec(path)
+    remove_partial_writes(path)
+    if not (path / CHECKPOINT).exists():  # stopped before its first checkpoint: start it again, same seed
+        vae, data = _prepare(spec)
+        trainer = Trainer(vae, data, spec.inference, progress=progress, log=log)
+        return _run(trainer, _RunWriter(path, trainer))
     checkpoint = load_checkpoint(path / CHECKPOINT)
     if "training" not in checkpoint:
         raise RunError(f"{path / CHECKPOINT}: holds weights only, no training state to resume from")
@@ -450,4 +463,5 @@ def resume(path, *, progress: Optional[bool] = None, log=None) -> Trainer:
         trainer.restore(checkpoint)
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:
         raise RunError(f"{path / CHECKPOINT}: cannot restore training state ({str(exc).splitlines()[0][:160]})") from None
+    writer.metrics()  # metrics.csv as of the checkpoint, whatever a kill left behind
     return _run(trainer, writer)

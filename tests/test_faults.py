@@ -1,0 +1,234 @@
+"""What a run leaves behind when it is killed, interrupted, diverges, or meets bad files."""
+
+import csv
+import errno
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, assert_one_line_error, run_cli
+from pyro_vae.errors import RunError
+from pyro_vae.runs import atomic_write, load_checkpoint, load_run
+
+TESTS = Path(__file__).parent
+LONG = ["--set", "inference.schedule.epochs=12", "--set", "inference.schedule.batch_size=16",
+        "--set", "inference.schedule.checkpoint_every=37", "--quiet"]
+TIMING = {"seconds", "examples_per_second"}
+
+
+def spawn(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "pyro_vae.cli", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(TESTS)}, **kw)
+
+
+def metrics_without_timing(run):
+    with open(run / "metrics.csv") as f:
+        return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(f)]
+
+
+def assert_same_weights(a, b):
+    ca, cb = (torch.load(r / "checkpoint.pt", weights_only=True) for r in (a, b))
+    for key in ("weights",):
+        assert ca[key].keys() == cb[key].keys()
+        for name in ca[key]:
+            assert torch.equal(ca[key][name], cb[key][name]), name  # bit for bit
+    for name, tensor in ca["training"]["last_weights"].items():
+        assert torch.equal(tensor, cb["training"]["last_weights"][name]), name
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    code, _, stderr = run_cli("train", "--out", out, *LONG)
+    assert code == 0, stderr
+    return out
+
+
+def test_sigkill_at_random_points_then_resume_reproduces_the_run(reference, tmp_path):
+    out = tmp_path / "killed"
+    rng = random.Random(1)
+    total_steps = 12 * (1617 // 16)
+    mid_run_kills = 0
+    proc = spawn("train", "--out", out, *LONG)
+    for attempt in range(6):
+        time.sleep(rng.uniform(1.5, 5.0))
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if (out / "checkpoint.pt").exists():
+            step = load_checkpoint(out / "checkpoint.pt")["training"]["state"]["global_step"]
+            mid_run_kills += 0 < step < total_steps
+        if (out / "spec.toml").exists():
+            proc = spawn("train", "--resume", out, "--quiet")
+        else:  # killed during start-up, before the run existed: start it again, as a user would
+            proc = spawn("train", "--out", out, "--force", *LONG)
+    code = proc.wait(timeout=300)
+    assert code == 0, proc.stderr.read()
+    assert mid_run_kills >= 2, "the kills should land inside training, not only at start-up"
+    assert metrics_without_timing(out) == metrics_without_timing(reference)
+    assert_same_weights(out, reference)
+    assert json.loads((out / "summary.json").read_text())["status"] == "completed"
+    assert not list(out.glob(".*.tmp*"))
+
+
+def test_sigterm_finishes_the_step_checkpoints_and_says_how_to_resume(reference, tmp_path):
+    out = tmp_path / "term"
+    proc = spawn("train", "--out", out, *LONG)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert f"pyro-vae train --resume {out}" in stderr and "Traceback" not in stderr
+    state = load_checkpoint(out / "checkpoint.pt")["training"]["state"]
+    assert state["global_step"] > 0
+    assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
+    code, _, stderr = run_cli("train", "--resume", out, "--quiet")
+    assert code == 0, stderr
+    assert metrics_without_timing(out) == metrics_without_timing(reference)
+    assert_same_weights(out, reference)
+
+
+def test_resume_of_a_finished_run_and_bad_combinations(reference):
+    code, _, stderr = run_cli("train", "--resume", reference)
+    assert_one_line_error(code, stderr, "already finished")
+    code, _, stderr = run_cli("train", "--resume", reference, "--set", "model.latent_dim=3")
+    assert_one_line_error(code, stderr, "--resume continues RUN with its own spec.toml")
+
+
+def test_a_nan_stops_training_naming_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    out = tmp_path / "nan"
+    # 1617 training examples in batches of 128: 12 steps per epoch; NaN from step 31 = epoch 3, step 7
+    code, _, stderr = run_cli("train", "--out", out, "--set", "model.likelihood.kind=faulty:NaNAfter",
+                              "--set", "model.likelihood.after=30", "--set", "inference.schedule.epochs=6", "--quiet",
+                              env={"PYTHONPATH": str(TESTS)})
+    assert code == 3, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "epoch 3, step 7" in lines[0] and "learning rate" in lines[0]
+    assert load_checkpoint(out / "checkpoint.pt")["training"]["state"]["epoch"] == 2
+    assert [row["epoch"] for row in metrics_without_timing(out)] == ["1", "2"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "diverged" and "epoch 3, step 7" in summary["message"]
+    assert all(torch.isfinite(t).all() for t in load_run(out).vae.state_dict().values())
+
+
+def test_gradient_clipping_bounds_the_step():
+    from pyro_vae.infer.optim import SingleOptimizer
+
+    w = torch.nn.Parameter(torch.zeros(3))
+    opt = SingleOptimizer(torch.optim.SGD([w], lr=1.0), clip_norm=0.5)
+    w.grad = torch.tensor([3.0, 4.0, 0.0])  # norm 5
+    opt([w])
+    assert torch.allclose(w.detach(), torch.tensor([-0.3, -0.4, 0.0])) and w.grad is None
+    w.grad = torch.tensor([float("inf"), 0.0, 0.0])
+    from pyro_vae.errors import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match="gradient norm is inf"):
+        opt([w])
+
+
+def copy_run(src, dst):
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("analysis", "evaluation", "samples"))
+    return dst
+
+
+def test_a_planted_pickle_is_refused_and_runs_nothing(digits_run, tmp_path):
+    run = copy_run(digits_run, tmp_path / "evil")
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"format": 1, "weights": Payload(), "data_shape": [64], "num_data": 1}, run / "checkpoint.pt")
+    before = (run / "checkpoint.pt").read_bytes()
+    code, _, stderr = run_cli("evaluate", run, "--samples", "5")
+    assert_one_line_error(code, stderr, "refused to load", "only load checkpoints written by pyro-vae")
+    with pytest.raises(RunError, match="refused to load"):
+        load_run(run)
+    assert not marker.exists()
+    assert (run / "checkpoint.pt").read_bytes() == before
+
+
+def test_truncated_checkpoint_missing_files_and_misnamed_data(digits_run, tmp_path):
+    run = copy_run(digits_run, tmp_path / "cut")
+    data = (run / "checkpoint.pt").read_bytes()
+    (run / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    for args in (("evaluate", run, "--samples", "5"), ("analyze", run, "--samples", "5"), ("sample", run)):
+        code, _, stderr = run_cli(*args)
+        assert_one_line_error(code, stderr, "corrupt or truncated checkpoint")
+    assert (run / "checkpoint.pt").read_bytes() == data[: len(data) // 2]  # nothing overwritten
+    (run / "spec.toml").unlink()
+    code, _, stderr = run_cli("evaluate", run)
+    assert_one_line_error(code, stderr, "spec.toml: missing")
+    fake = tmp_path / "images-idx3-ubyte.gz"
+    fake.write_text("not gzip at all")
+    code, _, stderr = run_cli("train", "--data", fake, "--out", tmp_path / "x")
+    assert_one_line_error(code, stderr, "cannot read IDX file")
+    text = tmp_path / "data.npz"
+    text.write_text("a,b\n1,2\n")
+    code, _, stderr = run_cli("train", "--data", text, "--out", tmp_path / "y")
+    assert_one_line_error(code, stderr, "not a readable .npz archive")
+
+
+def test_atomic_write_keeps_the_previous_file_when_the_disk_is_full(tmp_path):
+    target = tmp_path / "metrics.csv"
+    target.write_text("previous\n")
+
+    def write(f):
+        f.write(b"half of the new ")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(RunError, match=r"\(No space left on device\); the previous file, if any, is kept"):
+        atomic_write(target, write)
+    assert target.read_text() == "previous\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]
+
+
+def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path):
+    """A real write failure: the resumed process may not write files larger than the checkpoint."""
+    import resource
+
+    out = tmp_path / "full"
+    code, _, stderr = run_cli("train", "--out", out, "--set", "inference.schedule.epochs=2", "--quiet")
+    assert code == 0, stderr
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)  # make it look stopped after epoch 1
+    checkpoint["training"]["state"]["epoch"] = 1
+    checkpoint["training"]["state"]["history"] = checkpoint["training"]["state"]["history"][:1]
+    torch.save(checkpoint, out / "checkpoint.pt")
+    before = (out / "checkpoint.pt").read_bytes()
+    limit = len(before) - 1000
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = subprocess.run([sys.executable, "-m", "pyro_vae.cli", "train", "--resume", str(out), "--quiet"],
+                            capture_output=True, text=True, preexec_fn=small_files, timeout=300)
+    assert_one_line_error(result.returncode, result.stderr, "could not write", "checkpoint.pt", "previous file")
+    assert (out / "checkpoint.pt").read_bytes() == before
+    assert not list(out.glob(".*.tmp*"))
+    assert load_checkpoint(out / "checkpoint.pt")["training"]["state"]["epoch"] == 1
+
+
+def test_resume_before_the_first_checkpoint_starts_again(tmp_path, reference):
+    out = tmp_path / "early"
+    out.mkdir()
+    shutil.copy(reference / "spec.toml", out / "spec.toml")
+    (out / ".checkpoint.pt.tmp999").write_bytes(b"half a checkpoint")  # what a kill mid-write leaves
+    code, _, stderr = run_cli("train", "--resume", out, "--quiet")
+    assert code == 0, stderr
+    assert not (out / ".checkpoint.pt.tmp999").exists()
+    assert metrics_without_timing(out) == metrics_without_timing(reference)
