@@ -195,7 +195,8 @@ class Trainer:
                 self._end_epoch(row)
                 if self.on_epoch is not None:
                     self.on_epoch(self)
-                if bar.disable:
+                every = max(1, s.epochs // 20)  # without a progress bar: about 20 lines per run
+                if bar.disable and (row["epoch"] % every == 0 or row["epoch"] in (1, s.epochs) or state.stopped_early):
                     self.log(
                         f"epoch {row['epoch']:>4}/{s.epochs}  train_elbo {row['train_elbo']:.3f}  "
                         f"val_elbo {row['val_elbo']:.3f}  kl {row['kl']:.3f}  ({row['seconds']:.2f} s)"
