@@ -61,7 +61,7 @@ def test_static_and_dynamic_binarization():
     assert set(a.unique().tolist()) == {0.0, 1.0} and not torch.equal(a, b)  # redrawn per batch
     # mean of many draws approaches the intensities
     draws = torch.stack([dynamic.batch(index, g) for _ in range(400)]).mean(0)
-    assert torch.allclose(draws, dynamic.splits["train"][index], atol=0.12)
+    assert torch.allclose(draws, dynamic.splits["train"][index], atol=0.15)  # 6 SE of a mean of 400 draws
 
 
 def test_binarize_needs_intensities(tmp_path):

@@ -27,7 +27,11 @@ def test_importance_sampled_loglik_converges_to_exact():
         estimate = importance_sample(vae, x, k).log_likelihood.numpy()
         errors.append(np.abs(estimate - exact).mean())
     assert all(a > b for a, b in zip(errors, errors[1:])), errors
-    assert errors[-1] < 0.01, errors
+    with torch.no_grad():  # per-example Monte Carlo standard error of the K = 5000 estimate
+        log_w = vae.importance_terms(x, 5000).log_weights.double()
+        w = (log_w - log_w.max(0).values).exp()
+        se = (w.std(0) / (w.mean(0) * math.sqrt(5000))).numpy()
+    assert errors[-1] < 2 * se.mean(), (errors, se.mean())  # the mean |error| of a Gaussian error is 0.8 SE
 
 
 def test_iwae_bound_rises_with_k_and_equals_the_elbo_at_one():
