@@ -12,7 +12,8 @@ figures are the median epoch time of each and the ratio library / plain.
 The reference uses ``torch.optim.Adam`` as plain PyTorch is usually written; the
 library steps a fused Adam. A second reference, plain PyTorch with the same fused
 Adam, isolates what Pyro's tracing and distributions cost on top of the network:
-``ratio_fused`` = library / that loop.
+``ratio_fused`` = library / that loop. ``ratio_jit`` is the library with Pyro's JIT
+(``[inference.estimator] jit = true``) against the usual plain loop.
 
     python benchmarks/train_throughput.py [--batch-sizes 128 256] [--epochs 5] [--device auto]
 """
@@ -25,6 +26,7 @@ import platform
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +42,15 @@ from pyro_vae.spec import Spec
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "binarized_mnist.npz"
 
 
-def textbook_spec(batch_size: int, device: str) -> Spec:
+def textbook_spec(batch_size: int, device: str, jit: bool = False) -> Spec:
     mlp = {"kind": "mlp", "hidden": [400], "activation": "softplus"}
     return Spec.from_dict(
         {
             "model": {"latent_dim": 50, "encoder": mlp, "decoder": mlp},
-            "inference": {"schedule": {"batch_size": batch_size, "device": device, "epochs": 1000}},
+            "inference": {
+                "estimator": {"kind": "trace_elbo", "jit": jit},
+                "schedule": {"batch_size": batch_size, "device": device, "epochs": 1000},
+            },
             "data": {"path": str(DATA)},
         }
     )
@@ -102,32 +107,39 @@ def measure(batch_size: int, epochs: int, device_choice: str) -> dict:
     train = torch.as_tensor(arrays["train"], dtype=torch.float32)
     valid = torch.as_tensor(arrays["valid"], dtype=torch.float32)
     data = Dataset({"train": train, "valid": valid}, {}, (784,), str(DATA)).to(device)
-    spec = textbook_spec(batch_size, device_choice)
-    torch.manual_seed(0)
-    vae = build_vae(spec.model, (784,), len(train)).to(device)
-    trainer = Trainer(vae, data, spec.inference, progress=False)
+    sides = {}
+    for name, jit in (("library", False), ("library_jit", True)):
+        spec = textbook_spec(batch_size, device_choice, jit)
+        torch.manual_seed(0)
+        vae = build_vae(spec.model, (784,), len(train)).to(device)
+        vae.name = name  # two VAEs in one process: their own names in Pyro's param store
+        trainer = Trainer(vae, data, spec.inference, progress=False)
+        sides[name] = lambda t=trainer: library_epoch(t)
     generator = torch.Generator(device=device).manual_seed(0)
     train_on_device = data.split("train")
-    sides = {"library": lambda: library_epoch(trainer)}
     for name, options in (("plain", {}), ("plain_fused", {"fused": True})):
         torch.manual_seed(0)
         model = PlainVAE().to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, **options)
         sides[name] = lambda m=model, o=optimizer: plain_epoch(m, o, train_on_device, batch_size, generator)
     times: dict[str, list[float]] = {name: [] for name in sides}
-    for run in sides.values():  # warm-up: first-step validation, allocator, caches
-        run()
-    for _ in range(epochs):
-        for name, run in sides.items():
-            times[name].append(run())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`torch.jit.trace` is deprecated")
+        for run in sides.values():  # warm-up: first-step validation, JIT compilation, allocator, caches
+            run()
+        for _ in range(epochs):
+            for name, run in sides.items():
+                times[name].append(run())
     median = {name: statistics.median(t) for name, t in times.items()}
     return {
         "batch_size": batch_size,
         "library_s": median["library"],
         "plain_s": median["plain"],
         "plain_fused_s": median["plain_fused"],
+        "library_jit_s": median["library_jit"],
         "ratio": median["library"] / median["plain"],
         "ratio_fused": median["library"] / median["plain_fused"],
+        "ratio_jit": median["library_jit"] / median["plain"],
         "library_examples_per_s": len(train) / median["library"],
     }
 
@@ -138,23 +150,36 @@ def machine(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 256])
-    parser.add_argument("--epochs", type=int, default=5, help="timed epochs of each side (after one warm-up epoch)")
+def parse_arguments(doc: str, argv, add) -> argparse.Namespace | None:
+    """A benchmark's arguments (``add`` adds its own, --device is common); None, with a
+    note, when the shared data are absent."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add(parser)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     args = parser.parse_args(argv)
     if not DATA.exists():
         print(f"skipped: {DATA} is absent (the shared binarized MNIST)", file=sys.stderr)
+        return None
+    return args
+
+
+def main(argv=None) -> int:
+    def add(parser):
+        parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 256])
+        parser.add_argument("--epochs", type=int, default=5, help="timed epochs of each side (after one warm-up epoch)")
+
+    args = parse_arguments(__doc__, argv, add)
+    if args is None:
         return 0
     device = resolve_device(args.device)
     print(f"device: {device} ({machine(device)}), torch {torch.__version__}")
-    print(f"{'batch':>6} {'library s/epoch':>16} {'plain s/epoch':>14} {'ratio':>6} {'plain fused s/epoch':>20} {'ratio_fused':>11} {'library ex/s':>13}")
+    print(f"{'batch':>6} {'library':>9} {'plain':>9} {'ratio':>6}   {'plain fused':>11} {'ratio_fused':>11}   "
+          f"{'library jit':>11} {'ratio_jit':>9}   (seconds per epoch, medians)")
     for batch_size in args.batch_sizes:
         r = measure(batch_size, args.epochs, args.device)
         print(
-            f"{r['batch_size']:>6} {r['library_s']:>16.3f} {r['plain_s']:>14.3f} {r['ratio']:>6.3f} "
-            f"{r['plain_fused_s']:>20.3f} {r['ratio_fused']:>11.3f} {r['library_examples_per_s']:>13.0f}"
+            f"{r['batch_size']:>6} {r['library_s']:>9.3f} {r['plain_s']:>9.3f} {r['ratio']:>6.3f}   "
+            f"{r['plain_fused_s']:>11.3f} {r['ratio_fused']:>11.3f}   {r['library_jit_s']:>11.3f} {r['ratio_jit']:>9.3f}"
         )
     return 0
 

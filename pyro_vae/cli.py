@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="decode samples from the prior of a trained run",
                        description="Draw z ~ p(z), decode E[x|z], and write RUN/samples/samples.png and samples.npz.")
-    p.add_argument("run", metavar="RUN")
+    p.add_argument("run", metavar="RUN", help="a run directory written by pyro-vae train")
     p.add_argument("--n", type=_positive, default=64, help="how many samples (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.set_defaults(handler=cmd_sample)
@@ -104,13 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _heldout_arguments(p: argparse.ArgumentParser, samples: int, limit: int | None = None) -> None:
-    p.add_argument("run", metavar="RUN")
-    p.add_argument("--data", metavar="digits|PATH", help="evaluate on other data prepared like the run's (default: the run's data)")
+    p.add_argument("run", metavar="RUN", help="a run directory written by pyro-vae train")
+    p.add_argument("--data", metavar="digits|PATH", help="other data, prepared as the run's were (default: the run's own data)")
     p.add_argument("--split", default="valid", choices=["valid", "test", "train"], help="which split (default: %(default)s)")
     p.add_argument("--samples", type=_positive, default=samples, metavar="K", help="importance samples per example (default: %(default)s)")
     p.add_argument("--limit", type=_positive, default=limit, metavar="N", help="a random subset of N examples (default: all)" if limit is None else "a random subset of N examples (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed for the samples and the subset (default: %(default)s)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(default: %(default)s)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when available (default: %(default)s)")
 
 
 def _positive(text: str) -> int:

@@ -10,6 +10,17 @@ from matplotlib.figure import Figure
 from .figures import save_figure
 
 
+def _log_axes(ax, xlabel: str, ylabel: str, title: str, x_log: bool) -> None:
+    if x_log:
+        ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+
+
 def _by_estimator(rows, labels, key):
     return [np.array([r[key] for r in rows if r["estimator"] == label], dtype=float) for label in labels]
 
@@ -79,24 +90,15 @@ def comparison_figures(out: Path, report: dict) -> list[Path]:
             epochs = [pt["epoch"] for pt in series[0]]
             values = np.array([[pt.get(f"snr_{group}", np.nan) for pt in s] for s in series])
             ax.plot(epochs, values.mean(0), marker="o", color=f"C{i}", label=label)
-        ax.set_yscale("log")
-        ax.set_xlabel("epoch (0 = before training)")
-        ax.set_ylabel("gradient SNR, mean |E g| / std g")
-        ax.set_title(f"{group} gradients, {settings['snr_repeats']} estimates of one batch")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
+        _log_axes(ax, "epoch (0 = before training)", "gradient SNR, mean |E g| / std g",
+                  f"{group} gradients, {settings['snr_repeats']} estimates of one batch", x_log=False)
         if has_k:
             ax = axes[1, col]
             for i, kind in enumerate(sorted({r["estimator"] for r in report["snr_vs_k"]})):
                 mine = [r for r in report["snr_vs_k"] if r["estimator"] == kind]
                 ax.plot([r["k"] for r in mine], [r[f"snr_{group}"] for r in mine], marker="o", color=f"C{i}", label=kind)
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlabel("K (samples per example)")
-            ax.set_ylabel("gradient SNR")
-            ax.set_title(f"{group} SNR against K\n(all at {reference}'s trained weights, seed 0)")
-            ax.grid(alpha=0.3, which="both")
-            ax.legend(fontsize=8)
+            _log_axes(ax, "K (samples per example)", "gradient SNR",
+                      f"{group} SNR against K\n(all at {reference}'s trained weights, seed 0)", x_log=True)
     fig.tight_layout()
     paths.append(save_figure(fig, out / "comparison_snr.png"))
     return paths

@@ -33,24 +33,29 @@ ACTIVE_THRESHOLD = 0.01
 
 
 def chunk_plan(num_samples: int, num_examples: int, values_per_sample: int, budget: int = BUDGET) -> tuple[int, int]:
-    """(examples, samples) per chunk: examples * samples draws, each with values_per_sample
-    decoder outputs, within ``budget`` values and MAX_ROWS draws."""
+    """(examples, samples) per chunk: examples * samples draws, each holding values_per_sample
+    values (decoder outputs, and what scoring z under the prior and the posterior holds),
+    within ``budget`` values and MAX_ROWS draws."""
     rows = max(1, min(MAX_ROWS, budget // max(values_per_sample, 1)))
     if num_samples >= rows:
         return 1, rows
     return max(1, min(num_examples, rows // num_samples)), num_samples
 
 
-def importance_chunks(vae, x: Tensor, num_samples: int, budget: int = BUDGET) -> Iterator[tuple[slice, object, Tensor, ImportanceTerms]]:
-    """(examples, q, z of shape (s, b, latent), the log-densities) chunk by chunk."""
-    values = vae.likelihood.outputs * math.prod(vae.data_shape) + vae.latent_dim
+def importance_chunks(vae, x: Tensor, num_samples: int, budget: int = BUDGET, prior=None) -> Iterator[tuple[slice, object, Tensor, ImportanceTerms]]:
+    """(examples, q, z of shape (s, b, latent), the log-densities) chunk by chunk.
+
+    p(z) is built once (``prior``, or ``vae.prior()``): a VampPrior runs the encoder on
+    all its pseudo-inputs to build it."""
+    values = vae.likelihood.outputs * math.prod(vae.data_shape) + vae.prior.values_per_draw + vae.posterior.values_per_draw
     per_chunk, samples = chunk_plan(num_samples, len(x), values, budget)
+    prior = vae.prior() if prior is None else prior
     for start in range(0, len(x), per_chunk):
         xb = x[start : start + per_chunk]
         q = vae.q(xb)
         for drawn in range(0, num_samples, samples):
             z = q.rsample((min(samples, num_samples - drawn),))
-            terms = ImportanceTerms(vae.p_x(z).log_prob(xb), vae.prior().log_prob(z), q.log_prob(z))
+            terms = ImportanceTerms(vae.p_x(z).log_prob(xb), prior.log_prob(z), q.log_prob(z))
             yield slice(start, start + len(xb)), q, z, terms
 
 
@@ -92,7 +97,7 @@ def importance_sample(vae, x: Tensor, num_samples: int, budget: int = BUDGET) ->
     kl_dims: Optional[Tensor] = torch.zeros(n, vae.latent_dim, **like)
     closed: dict[int, bool] = {}
     prior = vae.prior()
-    for rows, q, z, terms in importance_chunks(vae, x, S, budget):
+    for rows, q, z, terms in importance_chunks(vae, x, S, budget, prior):
         log_w = terms.log_weights
         lse[rows] = torch.logaddexp(lse[rows], torch.logsumexp(log_w, 0))
         sums["log_w"][rows] += log_w.sum(0)

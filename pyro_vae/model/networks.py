@@ -49,8 +49,28 @@ class Network(nn.Module):
         return y.reshape(*batch, *self.out_shape)
 
 
+class _Stacked(Network):
+    """Hidden layers made by ``layer(width_in, width_out)``, each followed by dropout when
+    asked, then a linear map to the output."""
+
+    def stack(self, hidden, dropout, layer) -> None:
+        layers: list[nn.Module] = []
+        width = math.prod(self.in_shape)
+        for h in hidden:
+            layers += layer(width, h)
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            width = h
+        layers.append(nn.Linear(width, math.prod(self.out_shape)))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        batch = x.shape[: x.dim() - len(self.in_shape)]
+        return self.shaped_out(self.net(self.flat_in(x)), batch)
+
+
 @NETWORKS.register("mlp")
-class MLP(Network):
+class MLP(_Stacked):
     """Fully connected layers of the given widths, each followed by the activation
     (and dropout), then a linear map to the output."""
 
@@ -64,19 +84,7 @@ class MLP(Network):
         dropout: Dropout = 0.0,
     ):
         super().__init__(in_shape, out_shape)
-        layers: list[nn.Module] = []
-        width = math.prod(self.in_shape)
-        for h in hidden:
-            layers += [nn.Linear(width, h), ACTIVATIONS[activation]()]
-            if dropout:
-                layers.append(nn.Dropout(dropout))
-            width = h
-        layers.append(nn.Linear(width, math.prod(self.out_shape)))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x):
-        batch = x.shape[: x.dim() - len(self.in_shape)]
-        return self.shaped_out(self.net(self.flat_in(x)), batch)
+        self.stack(hidden, dropout, lambda a, b: [nn.Linear(a, b), ACTIVATIONS[activation]()])
 
 
 class GatedLinear(nn.Module):
@@ -92,24 +100,12 @@ class GatedLinear(nn.Module):
 
 
 @NETWORKS.register("gated_mlp")
-class GatedMLP(Network):
+class GatedMLP(_Stacked):
     """Gated dense layers h * sigmoid(g) of the given widths, then a linear map to the output."""
 
     def __init__(self, in_shape, out_shape, *, hidden: Widths = [300, 300], dropout: Dropout = 0.0):
         super().__init__(in_shape, out_shape)
-        layers: list[nn.Module] = []
-        width = math.prod(self.in_shape)
-        for h in hidden:
-            layers.append(GatedLinear(width, h))
-            if dropout:
-                layers.append(nn.Dropout(dropout))
-            width = h
-        layers.append(nn.Linear(width, math.prod(self.out_shape)))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x):
-        batch = x.shape[: x.dim() - len(self.in_shape)]
-        return self.shaped_out(self.net(self.flat_in(x)), batch)
+        self.stack(hidden, dropout, lambda a, b: [GatedLinear(a, b)])
 
 
 def image_shape(shape: tuple[int, ...]) -> Optional[tuple[int, int, int]]:

@@ -34,6 +34,11 @@ class Posterior(nn.Module):
 
     encoder_outputs: int
 
+    @property
+    def values_per_draw(self) -> int:
+        """Values held in memory to draw and score one z (for chunked evaluation)."""
+        return 2 * self.latent_dim
+
     def forward(self, h: Tensor) -> dist.Distribution:
         raise NotImplementedError
 
@@ -64,6 +69,10 @@ class LowRankNormalPosterior(Posterior):
         super().__init__(latent_dim)
         self.rank = rank
         self.encoder_outputs = latent_dim * (2 + rank)
+
+    @property
+    def values_per_draw(self) -> int:
+        return self.latent_dim * (2 + self.rank)
 
     def forward(self, h):
         d = self.latent_dim
@@ -102,6 +111,11 @@ class IAFPosterior(Posterior):
                 )
                 for _ in range(steps)
             )
+        self.hidden_values = 2 * steps * (sum(width) + context + 3 * latent_dim)
+
+    @property
+    def values_per_draw(self) -> int:
+        return 2 * self.latent_dim + self.hidden_values
 
     def forward(self, h):
         loc, scale = self.loc_scale(h)

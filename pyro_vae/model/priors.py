@@ -36,6 +36,11 @@ class Prior(nn.Module):
     def bind(self, vae) -> None:
         """Called once by the VAE that owns this prior, before training."""
 
+    @property
+    def values_per_draw(self) -> int:
+        """Values held in memory to score one draw of z (for chunked evaluation)."""
+        return self.latent_dim
+
     def forward(self) -> dist.Distribution:
         raise NotImplementedError
 
@@ -44,9 +49,8 @@ def _softplus_inverse(x: float) -> float:
     return x + math.log(-math.expm1(-x))
 
 
-@PRIORS.register("standard_normal")
-class StandardNormalPrior(Prior):
-    """N(0, I)."""
+class _Factorized(Prior):
+    """A fixed prior, independent across dimensions, centred at 0 with unit scale."""
 
     def __init__(self, latent_dim):
         super().__init__(latent_dim)
@@ -54,7 +58,14 @@ class StandardNormalPrior(Prior):
         self.register_buffer("scale", torch.ones(latent_dim))
 
     def forward(self):
-        return dist.Normal(self.loc, self.scale).to_event(1)
+        return self.family(self.loc, self.scale).to_event(1)
+
+
+@PRIORS.register("standard_normal")
+class StandardNormalPrior(_Factorized):
+    """N(0, I)."""
+
+    family = dist.Normal
 
 
 @PRIORS.register("learned_normal")
@@ -76,9 +87,14 @@ class MixturePrior(Prior):
 
     def __init__(self, latent_dim, *, components: Components = 10):
         super().__init__(latent_dim)
+        self.components = components
         self.logits = nn.Parameter(torch.zeros(components))
         self.locs = nn.Parameter(torch.randn(components, latent_dim))
         self.raw_scales = nn.Parameter(torch.full((components, latent_dim), _softplus_inverse(1.0)))
+
+    @property
+    def values_per_draw(self) -> int:
+        return self.components * self.latent_dim * 4  # the value against every component, and temporaries
 
     def forward(self):
         components = dist.Normal(self.locs, F.softplus(self.raw_scales)).to_event(1)
@@ -108,7 +124,12 @@ class VampPrior(Prior):
 
     def bind(self, vae):
         self._posterior_of = vae.posterior_from_encoder_input  # not a submodule: no double registration
+        self._component_values = 4 * vae.posterior.values_per_draw
         self.pseudo_inputs = nn.Parameter(0.05 + 0.01 * torch.randn(self.components, *vae.data_shape))
+
+    @property
+    def values_per_draw(self) -> int:
+        return self.components * self._component_values  # each draw is scored under every q(z|u_k)
 
     def forward(self):
         q = self._posterior_of(self.pseudo_inputs)
@@ -140,6 +161,11 @@ class FlowPrior(Prior):
         make = T.affine_autoregressive if transform == "affine_autoregressive" else T.spline_autoregressive
         with torch.device("cpu"):  # Pyro builds its masks with .item(): not on the meta device
             self.flows = nn.ModuleList(make(latent_dim, hidden_dims=width) for _ in range(layers))
+        self.hidden_values = 2 * layers * (sum(width) + 3 * latent_dim)
+
+    @property
+    def values_per_draw(self) -> int:
+        return self.latent_dim + self.hidden_values
 
     def forward(self):
         base = dist.Normal(self.loc, self.scale).to_event(1)
@@ -147,27 +173,19 @@ class FlowPrior(Prior):
 
 
 @PRIORS.register("student_t")
-class StudentTPrior(Prior):
+class StudentTPrior(_Factorized):
     """A factorized Student-t with ``df`` degrees of freedom: heavy-tailed."""
 
     def __init__(self, latent_dim, *, df: Annotated[float, Field(gt=0)] = 3.0):
         super().__init__(latent_dim)
         self.register_buffer("df", torch.full((latent_dim,), float(df)))
-        self.register_buffer("loc", torch.zeros(latent_dim))
-        self.register_buffer("scale", torch.ones(latent_dim))
 
-    def forward(self):
-        return dist.StudentT(self.df, self.loc, self.scale).to_event(1)
+    def family(self, loc, scale):
+        return dist.StudentT(self.df, loc, scale)
 
 
 @PRIORS.register("laplace")
-class LaplacePrior(Prior):
+class LaplacePrior(_Factorized):
     """A factorized Laplace(0, 1): heavy-tailed and sparsity-inducing."""
 
-    def __init__(self, latent_dim):
-        super().__init__(latent_dim)
-        self.register_buffer("loc", torch.zeros(latent_dim))
-        self.register_buffer("scale", torch.ones(latent_dim))
-
-    def forward(self):
-        return dist.Laplace(self.loc, self.scale).to_event(1)
+    family = dist.Laplace
