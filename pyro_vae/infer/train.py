@@ -92,8 +92,8 @@ def stop_requests():
 
 
 class Trainer:
-    """Fits a VAE to a Dataset as an InferenceSpec says; ``save(checkpoint)`` and
-    ``report(row)`` are called by the loop to persist state (see runs.py)."""
+    """Fits a VAE to a Dataset as an InferenceSpec says. ``save(checkpoint)``, when given,
+    is called with the full training state at every checkpoint (see ``_RunWriter``)."""
 
     def __init__(
         self,
@@ -130,7 +130,7 @@ class Trainer:
                 f"set inference.schedule.batch_size >= {self.num_data} (the training set) or choose another estimator"
             )
         vae.num_data = self.num_data
-        pyro.clear_param_store()  # pyro.module finds this VAE's own parameters, not a previous one's
+        pyro.clear_param_store()  # pyro.module then registers this VAE's parameters, not an earlier VAE's of the same name
         self.optim = SingleOptimizer(OPTIMIZERS.build(inference.optimizer, list(vae.parameters())), self.schedule.clip_norm)
         self.svi = SVI(vae.model, vae.guide, self.optim, loss=self.estimator)
         self.data_rng = torch.Generator(device=self.device).manual_seed(self.schedule.seed)
