@@ -20,7 +20,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .errors import SpecError
-from .registry import Registry, as_spec_error
+from .registry import Registry, SlotError, as_spec_error
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -142,8 +142,6 @@ class Spec(_Strict):
 
 
 def _in_slot(name: str, registry: Registry, table: Mapping[str, Any]) -> dict[str, Any]:
-    from .registry import SlotError
-
     try:
         return registry.validate(table)
     except SlotError as exc:

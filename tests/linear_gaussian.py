@@ -7,7 +7,6 @@ so S is diagonal and the library's diagonal normal posterior can represent it ex
 
 import math
 
-import numpy as np
 import torch
 from scipy import stats
 

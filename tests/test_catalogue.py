@@ -6,16 +6,13 @@ import mpmath
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from scipy import special, stats
 
 from pyro_vae.model import build_vae
 from pyro_vae.model.likelihoods import LIKELIHOODS
 from pyro_vae.model.posteriors import POSTERIORS
-from pyro_vae.model.priors import PRIORS
 from pyro_vae.spec import Spec
 
-torch.set_default_dtype(torch.float32)
 F_ = 6  # features
 
 
@@ -23,15 +20,10 @@ def softplus(v):
     return np.logaddexp(0, v)
 
 
-def likelihood(kind, outputs_fn=None, **params):
+def likelihood(kind, **params):
     lik = LIKELIHOODS.build({"kind": kind, **params}, (F_,))
     out = torch.randn(4, lik.outputs, F_, dtype=torch.float64)
     return lik.double(), out
-
-
-def per_feature(log_prob_fn, x):
-    """Sum over features of an elementwise scipy log-density."""
-    return log_prob_fn(x).sum(-1)
 
 
 # --- likelihoods ------------------------------------------------------------------------

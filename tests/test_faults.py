@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, assert_one_line_error, run_cli
+from conftest import assert_one_line_error, run_cli
 from pyro_vae.errors import RunError
 from pyro_vae.runs import atomic_write, load_checkpoint, load_run
 

@@ -8,7 +8,6 @@ beyond the per-example results themselves (a few floats per example).
 import subprocess
 import sys
 
-import pytest
 
 BOUND_MB = 256  # measured here: evaluation about 40 MB, analysis about 170 MB (ArviZ), whatever the size
 SCRIPT = """

@@ -6,7 +6,7 @@ import pytest
 
 from pyro_vae.errors import SpecError
 from pyro_vae.model.priors import PRIORS
-from pyro_vae.spec import Spec, apply_overrides, load_spec, parse_override, shipped
+from pyro_vae.spec import Spec, load_spec, parse_override, shipped
 
 
 def test_default_spec_is_fully_resolved():

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from .figures import as_images, image_panel, save_figure
+from .figures import image_panel, save_figure
 from .inference_data import BANDS, arviz, quiet_arviz
 
 
@@ -108,7 +108,3 @@ def traversals(path: Path, vae, centre: torch.Tensor, dims: Sequence[int], sprea
                      vae.likelihood.mean(vae.decoder(z))))
     return image_panel(path, rows, vae.data_shape, "Traversals of the most active latent dimensions "
                        "(others at the mean posterior mean)", columns=steps)
-
-
-def is_image(data_shape) -> bool:
-    return as_images(np.zeros((1, *data_shape)), data_shape) is not None

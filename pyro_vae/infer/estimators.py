@@ -17,7 +17,7 @@ reduced over the K particles per example, and only then summed and scaled by N/B
 from __future__ import annotations
 
 import math
-from typing import Annotated, Optional
+from typing import Annotated
 
 import torch
 from pydantic import Field
@@ -271,7 +271,3 @@ def stl(*, k: Samples = 1) -> ELBO:
 
 def supports_subsampling(elbo: ELBO) -> bool:
     return getattr(elbo, "supports_subsampling", True)
-
-
-def num_samples(elbo: ELBO) -> Optional[int]:
-    return getattr(elbo, "num_particles", None)

@@ -174,8 +174,3 @@ def build_vae(spec, data_shape: tuple[int, ...], num_data: Optional[int] = None)
             f"{MAX_PARAMETERS:,}; use smaller hidden widths or latent_dim"
         )
     return build()
-
-
-def num_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
