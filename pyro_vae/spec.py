@@ -224,8 +224,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     whatever their order on the command line.
     """
     parsed = [(text, *parse_override(text)) for text in overrides]
-    kinds = [item for item in parsed if item[1][-1] == "kind"]
-    for text, parts, value in kinds + [item for item in parsed if item[1][-1] != "kind"]:
+    for text, parts, value in sorted(parsed, key=lambda item: item[1][-1] != "kind"):  # kinds first, else in order
         if parts[-1] == "kind" and len(parts) > 1:
             table = _lookup(raw, parts[:-1])
             if isinstance(table, dict) and table.get("kind") != value:

@@ -135,14 +135,8 @@ class _SNRProbe:
         self.repeats, self.batch_size = repeats, batch_size
         self.points: list[dict] = []
 
-    def batch(self, trainer):
-        n = min(self.batch_size, trainer.num_data)
-        index = torch.arange(n, device=trainer.device)
-        x = trainer.data.batch(index, torch.Generator(device=trainer.device).manual_seed(0))
-        return x, index
-
     def measure(self, trainer) -> None:
-        x, index = self.batch(trainer)
+        x, index = fixed_batch(trainer.data, self.batch_size)
         stats = gradient_snr(trainer.vae, trainer.estimator, x, index, self.repeats)
         self.points.append({"epoch": trainer.state.epoch, **{f"snr_{k}": v.snr for k, v in stats.items()},
                             **{f"grad_var_{k}": v.variance for k, v in stats.items()}})
@@ -153,12 +147,17 @@ class _SNRProbe:
             self.measure(trainer)
 
 
+def fixed_batch(data, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``batch_size`` training examples (binarized with a fixed seed when dynamic):
+    the one batch every gradient estimate of a comparison is taken on."""
+    train = data.split("train")
+    index = torch.arange(min(batch_size, len(train)), device=train.device)
+    return data.batch(index, torch.Generator(device=train.device).manual_seed(0)), index
+
+
 def snr_against_k(vae, data, kinds: Sequence[str], ks: Sequence[int], repeats: int, batch_size: int) -> list[dict]:
     """SNR of each K-sample estimator kind at K in ``ks``, all at the same weights."""
-    device = next(vae.parameters()).device
-    n = min(batch_size, len(data.split("train")))
-    index = torch.arange(n, device=device)
-    x = data.batch(index, torch.Generator(device=device).manual_seed(0))
+    x, index = fixed_batch(data, batch_size)
     rows = []
     vae.train()
     for kind in kinds:
@@ -246,7 +245,7 @@ def compare(
         diff = evaluations[(row["estimator"], row["seed"])] - evaluations[(reference, row["seed"])]
         row["diff_vs_reference"] = diff.mean().item()
         row["diff_se"] = standard_error(diff) if row["estimator"] != reference else 0.0
-    k_kinds = [t["kind"] for _, t in entries if "k" in t]
+    k_kinds = [spec.inference.estimator["kind"] for spec in specs.values() if "k" in spec.inference.estimator]
     snr_k_rows = []
     if k_kinds and snr_k and reference_weights is not None:
         vae, dataset = reference_weights

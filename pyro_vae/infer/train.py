@@ -442,27 +442,26 @@ def resume(path, *, progress: Optional[bool] = None, log=None) -> Trainer:
         raise RunError(f"--resume {path}: no such run directory")
     spec = read_spec(path)
     remove_partial_writes(path)
-    if not (path / CHECKPOINT).exists():  # stopped before its first checkpoint: start it again, same seed
-        vae, data = _prepare(spec)
-        trainer = Trainer(vae, data, spec.inference, progress=progress, log=log)
-        return _run(trainer, _RunWriter(path, trainer))
-    checkpoint = load_checkpoint(path / CHECKPOINT)
-    if "training" not in checkpoint:
-        raise RunError(f"{path / CHECKPOINT}: holds weights only, no training state to resume from")
-    state = checkpoint["training"]["state"]
-    if state["epoch"] >= spec.inference.schedule.epochs or state["stopped_early"]:
-        raise RunError(
-            f"--resume {path}: the run already finished (epoch {state['epoch']} of "
-            f"{spec.inference.schedule.epochs}); start a new run to train longer"
-        )
+    # no checkpoint: stopped before the first one was written, so it starts again (same seed)
+    checkpoint = load_checkpoint(path / CHECKPOINT) if (path / CHECKPOINT).exists() else None
+    if checkpoint is not None:
+        if "training" not in checkpoint:
+            raise RunError(f"{path / CHECKPOINT}: holds weights only, no training state to resume from")
+        state = checkpoint["training"]["state"]
+        if state["epoch"] >= spec.inference.schedule.epochs or state["stopped_early"]:
+            raise RunError(
+                f"--resume {path}: the run already finished (epoch {state['epoch']} of "
+                f"{spec.inference.schedule.epochs}); start a new run to train longer"
+            )
     vae, data = _prepare(spec)
-    if list(data.data_shape) != list(checkpoint["data_shape"]) or len(data.split("train")) != checkpoint["num_data"]:
-        raise RunError(f"--resume {path}: the data no longer match the checkpoint (shape or size changed)")
     trainer = Trainer(vae, data, spec.inference, progress=progress, log=log)
     writer = _RunWriter(path, trainer)
-    try:
-        trainer.restore(checkpoint)
-    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
-        raise RunError(f"{path / CHECKPOINT}: cannot restore training state ({str(exc).splitlines()[0][:160]})") from None
-    writer.metrics()  # metrics.csv as of the checkpoint, whatever a kill left behind
+    if checkpoint is not None:
+        if list(data.data_shape) != list(checkpoint["data_shape"]) or trainer.num_data != checkpoint["num_data"]:
+            raise RunError(f"--resume {path}: the data no longer match the checkpoint (shape or size changed)")
+        try:
+            trainer.restore(checkpoint)
+        except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+            raise RunError(f"{path / CHECKPOINT}: cannot restore training state ({str(exc).splitlines()[0][:160]})") from None
+        writer.metrics()  # metrics.csv as of the checkpoint, whatever a kill left behind
     return _run(trainer, writer)
