@@ -8,7 +8,7 @@ same number of epochs, then evaluates each on the same validation images with th
 K. Published after full training (thousands of epochs, K = 5000, test split):
 standard normal about -88.6, VampPrior -85.57 nats (Tomczak & Welling, 2018).
 
-    python benchmarks/priors.py [--epochs 10] [--samples 1000] [--limit 2000] [--out runs/bench_priors]
+    python benchmarks/priors.py [--epochs 10] [--samples 1000] [--limit 2000] [--variants vamp,iaf] [--out runs/bench_priors]
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ def main(argv=None) -> int:
         parser.add_argument("--samples", type=int, default=1000, help="importance samples per example")
         parser.add_argument("--limit", type=int, default=2000, help="validation images evaluated (same subset for all)")
         parser.add_argument("--out", default="runs/bench_priors")
+        parser.add_argument("--variants", default=",".join(v.split(" ")[0] for v in VARIANTS),
+                            help="comma-separated first words of the variants to run (default: all)")
 
     args = parse_arguments(__doc__, argv, add)
     if args is None:
@@ -43,7 +45,15 @@ def main(argv=None) -> int:
     common = ["model.latent_dim=40", "model.encoder.hidden=[300,300]", "model.decoder.hidden=[300,300]",
               f"inference.schedule.epochs={args.epochs}", f"inference.schedule.device={args.device}"]
     rows = []
+    chosen = {v.strip() for v in args.variants.split(",")}
+    unknown = chosen - {v.split(" ")[0] for v in VARIANTS}
+    if unknown:
+        print(f"--variants: unknown {', '.join(sorted(unknown))}; choose from "
+              f"{', '.join(v.split(' ')[0] for v in VARIANTS)}", file=sys.stderr)
+        return 2
     for name, overrides in VARIANTS.items():
+        if name.split(" ")[0] not in chosen:
+            continue
         spec = load_spec(model="bernoulli_mlp", inference="trace_elbo", data=str(DATA), overrides=[*common, *overrides])
         out = Path(args.out) / name.split(" ")[0]
         trainer = train(spec, out, force=True, progress=False, log=lambda _: None)

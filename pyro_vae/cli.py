@@ -221,7 +221,7 @@ def cmd_specs(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .infer.evaluate import evaluate_run
+    from .infer.evaluate import describe_active_units, evaluate_run
 
     result, paths, _ = evaluate_run(args.run, data=args.data, split=args.split, num_samples=args.samples,
                                  limit=args.limit, seed=args.seed, device=args.device)
@@ -231,7 +231,7 @@ def cmd_evaluate(args) -> int:
         ("ELBO", f"{result['elbo']:.3f} +- {result['elbo_se']:.3f}"),
         ("reconstruction", f"{result['reconstruction']:.3f}"),
         ("KL", f"{result['kl']:.3f}"),
-        ("active units", f"{result['active_units']} of {len(result['kl_per_dim']) if result['kl_per_dim'] else '?'}"),
+        ("active units", describe_active_units(result)),
     ]
     for name, value in rows:
         _say(f"{name:<16}{value}")

@@ -7,8 +7,8 @@ read from the sibling ``*-idx1-ubyte[.gz]`` file when it is there).
 
 Preparation, in order: a validation split drawn at random with the seed when the
 source has none (files can be sorted by class, so never the tail); integer levels
-divided by their maximum (``normalize``: 255 for 8-bit data, 16 for digits; bytes
-that are all 0/1 are binary data and stay as they are);
+divided by their maximum (``normalize``: 16 for digits; for files, one rule whatever
+the format and integer dtype, see :func:`integer_levels`);
 ``binarize`` = ``static`` (x ~ Bernoulli(intensity), drawn once) or ``dynamic`` (the
 training set redrawn at every batch; held-out splits drawn once); then a check of
 every split against the likelihood's support.
@@ -69,6 +69,19 @@ def _check_array(name: str, array: np.ndarray, source: str) -> np.ndarray:
     return array
 
 
+def integer_levels(arrays) -> Optional[int]:
+    """The number ``normalize`` divides a file's arrays by, the same for every format:
+    255 when every array is of an integer dtype (uint8, int64, ...) with values in
+    0..255 and some above 1 (8-bit levels); None otherwise: integers that are all 0/1
+    are binary data and stay as they are, larger integers are counts, floats are
+    taken as they are."""
+    arrays = list(arrays)
+    if not arrays or not all(np.issubdtype(a.dtype, np.integer) for a in arrays):
+        return None
+    lowest, highest = min(int(a.min()) for a in arrays), max(int(a.max()) for a in arrays)
+    return 255 if lowest >= 0 and 1 < highest <= 255 else None
+
+
 def read_npz(path: Path) -> RawData:
     source = str(path)
     try:
@@ -92,10 +105,7 @@ def read_npz(path: Path) -> RawData:
             if len(arrays[key]) != len(splits[split]):
                 raise DataError(f"{source}: {key} has {len(arrays[key])} rows but {split} has {len(splits[split])}")
             labels[split] = arrays[key]
-    # 8-bit levels are divided by 255; bytes that are all 0/1 are binary data, not levels
-    eight_bit = all(a.dtype == np.uint8 for a in splits.values()) and any(a.max() > 1 for a in splits.values())
-    max_level = 255 if eight_bit else None
-    return RawData(splits, labels, max_level, source)
+    return RawData(splits, labels, integer_levels(splits.values()), source)
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -129,7 +139,7 @@ def read_idx(path: Path) -> RawData:
         values = _read_idx(label_path)
         if len(values) == len(images):
             labels["train"] = values.astype(np.int64)
-    return RawData({"train": images}, labels, 255, str(path))
+    return RawData({"train": images}, labels, integer_levels([images]), str(path))
 
 
 def read_source(name: str | None, path: str | None) -> RawData:
@@ -167,6 +177,15 @@ class Dataset:
             raise DataError(f"{self.source}: no {name!r} split (this data has: {have}); choose another split")
         return self.splits[name]
 
+    def scored(self, name: str, seed: int) -> Tensor:
+        """A split as held-out scoring sees it: a dynamically binarized training split is
+        binarized once with ``seed`` (the model was trained on binary draws, not on the
+        intensities), as the other splits were when prepared."""
+        x = self.split(name)
+        if self.dynamic and name == "train":
+            return torch.bernoulli(x, generator=torch.Generator(device=x.device).manual_seed(seed))
+        return x
+
     def batch(self, index: Tensor, generator: torch.Generator | None = None) -> Tensor:
         x = self.splits["train"][index]
         return torch.bernoulli(x, generator=generator) if self.dynamic else x
@@ -195,13 +214,25 @@ def _draw_validation(raw: RawData, fraction: float, seed: int) -> RawData:
     return replace(raw, splits=splits, labels=labels)
 
 
-def prepare(raw: RawData, spec, seed: int) -> Dataset:
-    """Split, normalize and binarize ``raw`` as ``spec`` (a DataSpec) says, on the CPU."""
+def divides_levels(normalize, likelihood=None) -> bool:
+    """Whether integer levels are divided by their maximum: ``normalize = "auto"`` keeps
+    them for a likelihood of integer values (``raw_integers``: categorical, discretized
+    logistic, counts) and divides them for every other (values in [0, 1], reals);
+    ``true`` and ``false`` force either. ``likelihood`` is a Likelihood or its class."""
+    if normalize == "auto":
+        return not getattr(likelihood, "raw_integers", False)
+    return bool(normalize)
+
+
+def prepare(raw: RawData, spec, seed: int, likelihood=None) -> Dataset:
+    """Split, normalize and binarize ``raw`` as ``spec`` (a DataSpec) says, on the CPU
+    (``likelihood``, a Likelihood or its class, decides ``normalize = "auto"``)."""
     raw = _draw_validation(raw, spec.valid_fraction, seed)
     splits = {}
+    divide = divides_levels(spec.normalize, likelihood)
     for name, array in raw.splits.items():
         x = torch.as_tensor(np.asarray(array, dtype=np.float32))
-        if spec.normalize and raw.max_level:
+        if divide and raw.max_level:
             x = x / raw.max_level
         splits[name] = x
     dynamic = spec.binarize == "dynamic"
@@ -223,17 +254,17 @@ def prepare(raw: RawData, spec, seed: int) -> Dataset:
 
 def check_support(data: Dataset, likelihood) -> None:
     """Refuse data outside the likelihood's support, naming the fix."""
-    for name, x in data.splits.items():
-        if data.dynamic and name == "train":
-            x = torch.bernoulli(x, generator=torch.Generator(device=x.device).manual_seed(0))
-        problem = likelihood.check(x, f"{data.source} ({name} split)")
+    for name in data.splits:
+        problem = likelihood.check(data.scored(name, seed=0), f"{data.source} ({name} split)")
         if problem:
             raise DataError(problem)
 
 
 def load_data(spec, seed: int, likelihood=None, device="cpu") -> Dataset:
-    """Read, prepare, check against ``likelihood`` (when given) and move to ``device``."""
-    data = prepare(read_source(spec.name, spec.path), spec, seed)
-    if likelihood is not None:
+    """Read, prepare, check against ``likelihood`` (when given) and move to ``device``.
+    ``likelihood`` is a Likelihood (then the data are checked against its support) or a
+    Likelihood class (which only decides ``normalize = "auto"``)."""
+    data = prepare(read_source(spec.name, spec.path), spec, seed, likelihood)
+    if likelihood is not None and not isinstance(likelihood, type):
         check_support(data, likelihood)
     return data.to(device)

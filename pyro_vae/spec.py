@@ -103,7 +103,7 @@ class DataSpec(_Strict):
     name: Optional[str] = None
     path: Optional[str] = None
     binarize: Literal["none", "static", "dynamic"] = "none"
-    normalize: bool = True
+    normalize: Literal["auto"] | bool = "auto"
     valid_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
 
     @model_validator(mode="after")

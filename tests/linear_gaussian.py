@@ -7,7 +7,9 @@ so S is diagonal and the library's diagonal normal posterior can represent it ex
 
 import math
 
+import pyro
 import torch
+from pyro import poutine
 from scipy import stats
 
 from pyro_vae.model import build_vae
@@ -64,3 +66,16 @@ def exact_posterior(vae, x):
     s = torch.nn.functional.softplus(vae.likelihood.raw_scale)
     S = 1.0 / (1.0 + (W**2).sum(0) / s**2)
     return ((x - b) @ W) * S / s**2, S.sqrt().expand(len(x), -1)
+
+
+def replayed(vae, z, x, index, k):
+    """The guide with z fixed to ``z`` (K, B, L), under the estimator's particle plate."""
+    def guide_in_plate(*args):
+        if k == 1:
+            return vae.guide(*args)
+        with pyro.plate("num_particles_vectorized", k, dim=-2):
+            return vae.guide(*args)
+
+    trace = poutine.trace(guide_in_plate).get_trace(x, index)
+    trace.nodes["z"]["value"] = z if k > 1 else z[0]
+    return poutine.replay(vae.guide, trace=trace)

@@ -5,6 +5,7 @@ import json
 import re
 
 import numpy as np
+import pytest
 import torch
 import xarray as xr
 
@@ -18,9 +19,10 @@ def test_netcdf_round_trip_keeps_every_group(tmp_path):
 
     vae, x, _ = lg.make(N=12)
     idata = to_inference_data(vae.float(), x.float(), num_samples=60, labels=torch.arange(12) % 3)
-    assert set(idata.groups()) == {"posterior", "log_likelihood", "sample_stats", "observed_data", "constant_data"}
+    # no log_likelihood group: az.loo must not pick up log p(x|z) and call it leave-one-out
+    assert set(idata.groups()) == {"posterior", "sample_stats", "observed_data", "constant_data"}
     assert idata.posterior["z"].dims == ("chain", "draw", "obs", "latent") and idata.posterior["z"].shape == (1, 60, 12, 2)
-    assert idata.log_likelihood["x"].dims == ("chain", "draw", "obs")
+    assert idata.sample_stats["log_likelihood_x"].dims == ("chain", "draw", "obs")
     assert idata.sample_stats["pareto_k"].dims == ("obs",)
     path = tmp_path / "posterior.nc"
     idata.to_netcdf(str(path), engine="h5netcdf")
@@ -40,7 +42,7 @@ def test_log_weights_are_log_joint_minus_log_q():
         expected = vae.p_x(z).log_prob(x) + vae.prior().log_prob(z) - q.log_prob(z)
         log_lik = vae.p_x(z).log_prob(x)
     assert np.allclose(idata.sample_stats["log_importance_weight"].values[0], expected.numpy(), atol=1e-4)
-    assert np.allclose(idata.log_likelihood["x"].values[0], log_lik.numpy(), atol=1e-4)
+    assert np.allclose(idata.sample_stats["log_likelihood_x"].values[0], log_lik.numpy(), atol=1e-4)
 
 
 def test_khat_is_low_for_the_exact_posterior_and_high_for_a_narrow_one():
@@ -104,3 +106,15 @@ def test_analyze_writes_every_file_and_a_readable_report(digits_run):
     assert idata.posterior["z"].shape == (1, 50, 60, 16)
     assert np.array_equal(idata.sample_stats["pareto_k"].values.argsort()[[0, -1]][[0]], [diagnostics["latent_summary"]["examples"][0]])
     assert "label" in idata.constant_data
+
+
+def test_loo_and_waic_do_not_pick_up_log_p_x_given_z():
+    """Regression: log p(x_n|z_s) sat in a log_likelihood group, so az.loo printed an elpd
+    (-4291, 57% of k > 1) that is not leave-one-out. Now LOO and WAIC find nothing."""
+    import arviz as az
+
+    vae, x, _ = lg.make(N=10)
+    idata = to_inference_data(vae.float(), x.float(), num_samples=40)
+    for function in (az.loo, az.waic):
+        with pytest.raises(TypeError, match="log likelihood"):
+            function(idata)

@@ -7,10 +7,10 @@ import numpy as np
 import pyro
 import pytest
 import torch
-from pyro import poutine
 from pyro.infer import RenyiELBO
 
 import linear_gaussian as lg
+from linear_gaussian import replayed
 from pyro_vae.infer.estimators import ESTIMATORS
 from pyro_vae.infer.evaluate import importance_sample
 
@@ -50,19 +50,6 @@ def test_iwae_bound_rises_with_k_and_equals_the_elbo_at_one():
         pyro.set_rng_seed(seed)
         b = build({"kind": "trace_elbo"}).loss(vae.model, vae.guide, x)
         assert a == pytest.approx(b, rel=1e-10)
-
-
-def replayed(vae, z, x, index, k):
-    """The guide with z fixed to ``z`` (K, B, L), under the estimator's particle plate."""
-    def guide_in_plate(*args):
-        if k == 1:
-            return vae.guide(*args)
-        with pyro.plate("num_particles_vectorized", k, dim=-2):
-            return vae.guide(*args)
-
-    trace = poutine.trace(guide_in_plate).get_trace(x, index)
-    trace.nodes["z"]["value"] = z if k > 1 else z[0]
-    return poutine.replay(vae.guide, trace=trace)
 
 
 TABLES = [

@@ -16,7 +16,7 @@ def test_default_spec_is_fully_resolved():
     assert raw["model"]["encoder"] == {"kind": "mlp", "hidden": [400], "activation": "softplus", "dropout": 0.0}
     assert raw["inference"]["estimator"]["kind"] == "trace_elbo"
     assert raw["inference"]["optimizer"]["lr"] == 1e-3
-    assert raw["data"] == {"name": "digits", "binarize": "none", "normalize": True, "valid_fraction": 0.1}
+    assert raw["data"] == {"name": "digits", "binarize": "none", "normalize": "auto", "valid_fraction": 0.1}
     # the resolved form reads back to the same spec
     assert Spec.from_dict(raw) == spec
 
@@ -51,7 +51,7 @@ def test_overrides_reach_the_resolved_spec():
                                 "inference.schedule.epochs=5"])
     assert spec.model.latent_dim == 50
     assert spec.model.encoder["hidden"] == [400, 400]
-    assert spec.model.prior == {"kind": "vamp", "components": 500}  # the new kind's defaults filled in
+    assert spec.model.prior == {"kind": "vamp", "components": 500, "pseudo_inputs": "constrained"}  # defaults filled in
     assert spec.inference.schedule.epochs == 5
 
 

@@ -8,10 +8,10 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..infer.evaluate import BUDGET, active_units, heldout, standard_error
+from ..infer.evaluate import BUDGET, active_unit_summary, describe_active_units, heldout, posterior_mean_covariance, standard_error
 from ..runs import atomic_path, atomic_write_json, atomic_write_text, load_run
 from .figures import elbo_curves, image_panel
-from .inference_data import arviz, khat_bands, quiet_arviz, to_inference_data
+from .inference_data import arviz, draws_to_inference_data, khat_bands, posterior_draws, quiet_arviz
 from .plots import example_posteriors, interpolation, khat_plot, latent_space, traversals
 
 FOLDER = "analysis"
@@ -26,7 +26,9 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
     run = load_run(path, device)
     x, labels, source = heldout(run, data, split, limit, seed, device)
     torch.manual_seed(seed)
-    idata = to_inference_data(run.vae, x, num_samples, labels, keep_draws=draws, budget=budget)
+    run.vae.eval()
+    posterior = posterior_draws(run.vae, x, num_samples, keep_draws=draws, budget=budget)
+    idata = draws_to_inference_data(posterior, x, labels)
     folder = Path(path) / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / "posterior.nc") as tmp:
@@ -35,9 +37,12 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
     stats = idata.sample_stats
     khat = stats["pareto_k"].values
     draws_z = idata.posterior["z"].values[0]  # (draws, n, latent)
-    means = draws_z.mean(0)
+    # E_q[z|x_n] as evaluate takes it: exact where q has a mean, else from all S draws
+    moments = posterior.moments
+    covariance, _ = posterior_mean_covariance(moments.mean, moments.mc_variance)
+    means = moments.mean.cpu().numpy()
     spread = means.std(0)
-    order = np.argsort(-means.var(0))
+    order = np.argsort(-covariance.cpu().numpy())
     top = [int(d) for d in order[: min(4, run.vae.latent_dim)]]
     pair = top[:2] if len(top) >= 2 else [top[0], top[0]]
     examples = _chosen_examples(khat)
@@ -55,7 +60,7 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
         "khat_max": float(khat.max()),
         "psis_log_likelihood": psis_ll["psis"],
         "is_log_likelihood": psis_ll["is"],
-        "active_units": active_units(torch.as_tensor(means)),
+        **active_unit_summary(moments.mean, moments.mc_variance),
         "most_active_dimensions": top,
         "latent_summary": {"examples": examples, "table": summary.reset_index().rename(columns={"index": "variable"}).to_dict("records")},
         "note": "k-hat and PSIS log p(x) diagnose q(z|x) as an importance-sampling proposal per example "
@@ -131,7 +136,7 @@ def _report(run, diagnostics: dict, figures: dict, folder: Path, pair) -> str:
         ("k-hat < 0.5 (good)", f"{bands['good']['share']:.1%} ({bands['good']['count']})"),
         ("0.5 <= k-hat < 0.7 (usable)", f"{bands['ok']['share']:.1%} ({bands['ok']['count']})"),
         ("k-hat >= 0.7 (unreliable)", f"{bands['bad']['share']:.1%} ({bands['bad']['count']})"),
-        ("active units", f"{diagnostics['active_units']} of {spec.model.latent_dim}"),
+        ("active units", describe_active_units(diagnostics)),
     ]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     latent = diagnostics["latent_summary"]

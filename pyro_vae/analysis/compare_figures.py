@@ -94,9 +94,11 @@ def comparison_figures(out: Path, report: dict) -> list[Path]:
                   f"{group} gradients, {settings['snr_repeats']} estimates of one batch", x_log=False)
         if has_k:
             ax = axes[1, col]
-            for i, kind in enumerate(sorted({r["estimator"] for r in report["snr_vs_k"]})):
-                mine = [r for r in report["snr_vs_k"] if r["estimator"] == kind]
-                ax.plot([r["k"] for r in mine], [r[f"snr_{group}"] for r in mine], marker="o", color=f"C{i}", label=kind)
+            for i, label in enumerate(labels):  # the same colour per estimator label as above
+                mine = [r for r in report["snr_vs_k"] if r["estimator"] == label]
+                if mine:
+                    ax.plot([r["k"] for r in mine], [r[f"snr_{group}"] for r in mine], marker="o", color=f"C{i}",
+                            label=label)
             _log_axes(ax, "K (samples per example)", "gradient SNR",
                       f"{group} SNR against K\n(all at {reference}'s trained weights, seed 0)", x_log=True)
     fig.tight_layout()

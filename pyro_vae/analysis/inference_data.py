@@ -9,7 +9,9 @@ log p(x_n) ~ log 1/S sum_s w~_ns uses the smoothed weights.
 
 These are per-example diagnostics of an importance sampler, not leave-one-out
 cross-validation: with local latents and point-estimated networks, ``az.loo`` on these
-values would not be LOO, and nothing here presents it as such.
+values would not be LOO. So log p(x_n|z_s) is stored in ``sample_stats`` (as
+``log_likelihood_x``), not in a ``log_likelihood`` group where ``az.loo`` and
+``az.waic`` would pick it up by default and print an elpd that means nothing here.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..infer.evaluate import BUDGET, importance_chunks
+from ..infer.evaluate import BUDGET, PosteriorMoments, importance_chunks
 
 BANDS = (("good", -math.inf, 0.5), ("ok", 0.5, 0.7), ("bad", 0.7, math.inf))
 
@@ -81,6 +83,7 @@ class PosteriorDraws:
     psis_log_likelihood: np.ndarray  # (n,)
     is_log_likelihood: np.ndarray  # (n,)
     num_samples: int
+    moments: PosteriorMoments  # E_q[z|x_n] from all S draws (exact where q has a mean)
 
 
 @torch.no_grad()
@@ -94,13 +97,15 @@ def posterior_draws(vae, x: torch.Tensor, num_samples: int, keep_draws: Optional
     khat, psis_ll, is_ll = (np.empty(n) for _ in range(3))
     pending: list[np.ndarray] = []
     current: Optional[slice] = None
+    moments = PosteriorMoments(n, vae.latent_dim, num_samples, {"device": x.device, "dtype": x.dtype})
 
     def finish(rows: slice, pieces: list[np.ndarray]) -> None:
         k, p, i = psis(np.concatenate(pieces, 0).T)
         khat[rows], psis_ll[rows], is_ll[rows] = k, p, i
 
     drawn = 0
-    for rows, _, zs, terms in importance_chunks(vae, x, num_samples, budget):
+    for rows, q, zs, terms in importance_chunks(vae, x, num_samples, budget):
+        moments.add(rows, q, zs)
         if rows != current:
             if current is not None:
                 finish(current, pending)
@@ -115,7 +120,7 @@ def posterior_draws(vae, x: torch.Tensor, num_samples: int, keep_draws: Optional
         drawn += len(weights)
     if current is not None:
         finish(current, pending)
-    return PosteriorDraws(z, log_lik, log_w, khat, psis_ll, is_ll, num_samples)
+    return PosteriorDraws(z, log_lik, log_w, khat, psis_ll, is_ll, num_samples, moments)
 
 
 def _data_dims(data_shape: tuple[int, ...]) -> list[str]:
@@ -128,36 +133,42 @@ def to_inference_data(vae, x: torch.Tensor, num_samples: int = 1000, labels=None
     """The amortized posterior of ``vae`` at the examples ``x`` as ArviZ InferenceData.
 
     * posterior: ``z`` (chain, draw, obs, latent), draws from q(z|x_n);
-    * log_likelihood: ``x`` (chain, draw, obs), log p(x_n | z_s);
-    * sample_stats: ``log_importance_weight`` (chain, draw, obs), and per example (obs)
-      ``pareto_k`` and the PSIS and plain importance-sampling estimates of log p(x_n)
-      (``psis_log_likelihood``, ``is_log_likelihood``);
+    * sample_stats: ``log_likelihood_x`` (chain, draw, obs), log p(x_n | z_s), and
+      ``log_importance_weight`` (chain, draw, obs); per example (obs) ``pareto_k`` and
+      the PSIS and plain importance-sampling estimates of log p(x_n)
+      (``psis_log_likelihood``, ``is_log_likelihood``). There is no ``log_likelihood``
+      group: ``az.loo`` on these values would not be leave-one-out (module docstring);
     * observed_data: ``x``; constant_data: ``label`` when ``labels`` are given.
 
     The draws are independent (one chain). ``pareto_k`` uses all ``num_samples`` draws;
     the groups keep the first ``keep_draws`` (default: all).
     """
-    az = arviz()
     vae.eval()
     draws = posterior_draws(vae, x, num_samples, keep_draws, budget)
+    return draws_to_inference_data(draws, x, labels)
+
+
+def draws_to_inference_data(draws: PosteriorDraws, x: torch.Tensor, labels=None):
+    """InferenceData from :func:`posterior_draws` (see :func:`to_inference_data`)."""
+    az = arviz()
+    num_samples = draws.num_samples
     n = len(x)
-    coords = {"obs": np.arange(n), "latent": np.arange(vae.latent_dim)}
+    coords = {"obs": np.arange(n), "latent": np.arange(draws.z.shape[-1])}
     observed = x.detach().cpu().numpy()
     with quiet_arviz():
         idata = az.from_dict(
             posterior={"z": draws.z[None]},
-            log_likelihood={"x": draws.log_likelihood[None]},
-            sample_stats={"log_importance_weight": draws.log_weight[None]},
+            sample_stats={"log_likelihood_x": draws.log_likelihood[None], "log_importance_weight": draws.log_weight[None]},
             observed_data={"x": observed},
             constant_data={"label": labels.detach().cpu().numpy()} if labels is not None else None,
             coords=coords,
             dims={"z": ["obs", "latent"], "x": _data_dims(tuple(x.shape[1:])), "log_importance_weight": ["obs"],
-                  "label": ["obs"]},
+                  "log_likelihood_x": ["obs"], "label": ["obs"]},
         )
     idata.sample_stats["pareto_k"] = ("obs", draws.pareto_k)
     idata.sample_stats["psis_log_likelihood"] = ("obs", draws.psis_log_likelihood)
     idata.sample_stats["is_log_likelihood"] = ("obs", draws.is_log_likelihood)
-    for group in ("posterior", "log_likelihood", "sample_stats"):
+    for group in ("posterior", "sample_stats"):
         idata[group].attrs.update({"inference_library": "pyro_vae", "num_samples": num_samples,
                                    "draws_kept": int(draws.z.shape[0]), "source": "amortized posterior q(z|x)"})
     return idata

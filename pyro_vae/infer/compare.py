@@ -90,12 +90,19 @@ class GradientStats:
     variance: float
 
 
-def gradient_snr(vae, estimator, x, index, repeats: int) -> dict[str, GradientStats]:
+def gradient_snr(vae, estimator, x, index, repeats: int, beta: float = 1.0) -> dict[str, GradientStats]:
     """SNR and variance of the encoder's and the decoder's gradients over ``repeats``
     estimates on the batch (x, index), per example (the loss is divided by N).
-    Random-number states are restored afterwards, so training continues unchanged."""
+
+    Every probe is taken alike: in training mode (as the gradients that train the model
+    are) and at KL weight ``beta`` (the schedule's target, not the warm-up's current
+    value). Random-number states, the mode and the VAE's beta are restored afterwards,
+    so training continues unchanged."""
     rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if x.is_cuda else None
+    was_training, previous_beta = vae.training, vae.beta
+    vae.train()
+    vae.beta = beta
     groups = {"encoder": _parts(vae, ENCODER_PARTS), "decoder": _parts(vae, DECODER_PARTS)}
     stats: dict[str, list] = {}
     scale = 1.0 / (vae.num_data or len(x))
@@ -115,6 +122,8 @@ def gradient_snr(vae, estimator, x, index, repeats: int) -> dict[str, GradientSt
             stats[name] = (count, mean, m2)
     for p in vae.parameters():
         p.grad = None
+    vae.train(was_training)
+    vae.beta = previous_beta
     torch.set_rng_state(rng)
     if cuda_rng is not None:
         torch.cuda.set_rng_state_all(cuda_rng)
@@ -137,7 +146,7 @@ class _SNRProbe:
 
     def measure(self, trainer) -> None:
         x, index = fixed_batch(trainer.data, self.batch_size)
-        stats = gradient_snr(trainer.vae, trainer.estimator, x, index, self.repeats)
+        stats = gradient_snr(trainer.vae, trainer.estimator, x, index, self.repeats, trainer.schedule.beta)
         self.points.append({"epoch": trainer.state.epoch, **{f"snr_{k}": v.snr for k, v in stats.items()},
                             **{f"grad_var_{k}": v.variance for k, v in stats.items()}})
 
@@ -155,15 +164,18 @@ def fixed_batch(data, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return data.batch(index, torch.Generator(device=train.device).manual_seed(0)), index
 
 
-def snr_against_k(vae, data, kinds: Sequence[str], ks: Sequence[int], repeats: int, batch_size: int) -> list[dict]:
-    """SNR of each K-sample estimator kind at K in ``ks``, all at the same weights."""
+def snr_against_k(vae, data, estimators: Sequence[tuple[str, dict]], ks: Sequence[int], repeats: int,
+                  batch_size: int, beta: float = 1.0) -> list[dict]:
+    """SNR of each K-sample estimator at K in ``ks``, all at the same weights.
+
+    ``estimators`` are (label, resolved estimator table) pairs: only K is replaced, so
+    every other setting (renyi's alpha, ...) is kept, and rows carry the full label."""
     x, index = fixed_batch(data, batch_size)
     rows = []
-    vae.train()
-    for kind in kinds:
+    for label, table in estimators:
         for k in ks:
-            stats = gradient_snr(vae, ESTIMATORS.build({"kind": kind, "k": k}), x, index, repeats)
-            rows.append({"estimator": kind, "k": k, **{f"snr_{g}": s.snr for g, s in stats.items()}})
+            stats = gradient_snr(vae, ESTIMATORS.build({**table, "k": k}), x, index, repeats, beta)
+            rows.append({"estimator": label, "k": k, **{f"snr_{g}": s.snr for g, s in stats.items()}})
     return rows
 
 
@@ -245,11 +257,12 @@ def compare(
         diff = evaluations[(row["estimator"], row["seed"])] - evaluations[(reference, row["seed"])]
         row["diff_vs_reference"] = diff.mean().item()
         row["diff_se"] = standard_error(diff) if row["estimator"] != reference else 0.0
-    k_kinds = [spec.inference.estimator["kind"] for spec in specs.values() if "k" in spec.inference.estimator]
+    k_estimators = [(label, spec.inference.estimator) for label, spec in specs.items() if "k" in spec.inference.estimator]
     snr_k_rows = []
-    if k_kinds and snr_k and reference_weights is not None:
+    if k_estimators and snr_k and reference_weights is not None:
         vae, dataset = reference_weights
-        snr_k_rows = snr_against_k(vae, dataset, sorted(set(k_kinds)), snr_k, snr_repeats, base.inference.schedule.batch_size)
+        snr_k_rows = snr_against_k(vae, dataset, k_estimators, snr_k, snr_repeats, base.inference.schedule.batch_size,
+                                   base.inference.schedule.beta)
     summary = _aggregate(rows, labels)
     report = {
         "settings": {

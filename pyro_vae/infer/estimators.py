@@ -30,7 +30,6 @@ from pyro.infer import (
     Trace_ELBO,
     TraceGraph_ELBO,
     TraceMeanField_ELBO,
-    TraceTailAdaptive_ELBO,
 )
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
@@ -71,28 +70,74 @@ def trace_graph(*, num_particles: Particles = 1, vectorize_particles: bool = Fal
     return _pyro_elbo(TraceGraph_ELBO, JitTraceGraph_ELBO, num_particles, vectorize_particles, jit)
 
 
-class TailAdaptive(TraceTailAdaptive_ELBO):
-    """Pyro's TraceTailAdaptive_ELBO, which reports no loss (``inf``): this one reports the
-    ELBO estimate 1/K sum_k log w_k from the same traces, so training can be followed
-    and a diverging loss detected. The gradient is Pyro's. It pools each particle's
-    weight over the whole batch, so it is valid on full batches only."""
+class TailAdaptive(Trace_ELBO):
+    """The tail-adaptive f-divergence gradient (Wang et al., 2018, Algorithm 1), with the
+    ELBO reported as its loss.
+
+    With K particles z_k ~ q and log weights log w_k = log p(x, z_k) - log q(z_k|x)
+    (pooled over the batch: one weight per particle of all latents, so full batches
+    only), each particle is weighted by the empirical tail probability of its weight,
+
+        gamma_k = F_bar(w_k)^beta,  F_bar(w_k) = 1/K #{j : w_j >= w_k},  beta < 0,
+
+    and the gradient is that of -sum_k gamma~_k log w_k with gamma~ = gamma / sum(gamma)
+    held fixed: the largest weight gets the largest gamma (mass-covering, as an
+    alpha-divergence with alpha adapted to the weights' tail). The reported loss is
+    -1/K sum_k log w_k, the ELBO estimate from the same draws.
+
+    Pyro's ``TraceTailAdaptive_ELBO`` is not used: its ranks are ``argsort`` without
+    the inverse permutation (pyro-ppl/pyro#3170: for log weights [3, 1, 2] it gives
+    ranks [2, 3, 1]), it reports no loss (``inf``), and its surrogate is divided by K
+    once more than the weights' normalization needs.
+    """
 
     supports_subsampling = False
 
-    def _differentiable_loss_particle(self, model_trace, guide_trace):
-        _, surrogate = super()._differentiable_loss_particle(model_trace, guide_trace)
-        elbo = (model_trace.log_prob_sum() - guide_trace.log_prob_sum()).item() / self.num_particles
-        return -elbo, surrogate
+    def __init__(self, num_particles: int, tail_adaptive_beta: float = -1.0):
+        super().__init__(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
+        self.tail_adaptive_beta = tail_adaptive_beta
+
+    def particle_log_weights(self, model, guide, *args, **kwargs) -> Tensor:
+        """log w_k of shape (K,): log p(x, z_k) - log q(z_k|x), each site scaled (beta)."""
+        model_trace, guide_trace = self._get_vectorized_trace(model, guide, args, kwargs)
+        log_w: Tensor | float = 0.0
+        for sign, trace in ((1.0, model_trace), (-1.0, guide_trace)):
+            for name, site in trace.nodes.items():
+                if site["type"] != "sample":
+                    continue
+                if sign < 0 and not site["fn"].has_rsample:
+                    raise NotImplementedError(f"tail_adaptive needs a reparameterized guide; site {name!r} is not")
+                log_w = log_w + sign * site["log_prob"].reshape(self.num_particles, -1).sum(-1)
+        return log_w
+
+    def tail_weights(self, log_w: Tensor) -> Tensor:
+        """gamma~_k: F_bar(w_k)^beta normalized to sum to 1 (ties share their tail count)."""
+        tail_count = (log_w.unsqueeze(0) >= log_w.unsqueeze(1)).sum(1).to(log_w.dtype)
+        gamma = (tail_count / len(log_w)) ** self.tail_adaptive_beta
+        return gamma / gamma.sum()
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        with torch.no_grad():
+            return -self.particle_log_weights(model, guide, *args, **kwargs).mean().item()
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
+        log_w = self.particle_log_weights(model, guide, *args, **kwargs)
+        return -(self.tail_weights(log_w.detach()) * log_w).sum()
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        log_w = self.particle_log_weights(model, guide, *args, **kwargs)
+        surrogate = -(self.tail_weights(log_w.detach()) * log_w).sum()
+        if surrogate.requires_grad:
+            surrogate.backward()
+        return -log_w.detach().mean().item()
 
 
 @ESTIMATORS.register("tail_adaptive")
 def tail_adaptive(
     *, num_particles: Annotated[int, Field(ge=2, le=10_000)] = 5, tail_adaptive_beta: Annotated[float, Field(ge=-1, lt=0)] = -1.0
 ) -> ELBO:
-    """TraceTailAdaptive_ELBO: tail-adaptive f-divergence (Wang et al., 2018); full batches only."""
-    return TailAdaptive(
-        num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1, tail_adaptive_beta=tail_adaptive_beta
-    )
+    """Tail-adaptive f-divergence (Wang et al., 2018); full batches only."""
+    return TailAdaptive(num_particles, tail_adaptive_beta)
 
 
 def _subsample_factor(site) -> float:
@@ -109,11 +154,15 @@ class ImportanceWeightedELBO(ELBO):
 
     Subclasses reduce the (K, B) log weights to one value per example in
     :meth:`objective`. With ``stop_q``, log q is evaluated with the guide's parameters
-    detached, so their gradient flows through the samples z only (the path derivative).
+    detached, so their gradient flows through the samples z only (the path derivative):
+    the guide site gives ``infer["stopped_log_prob"]``, z -> that log-density, as
+    ``VAE.guide`` does (see ``Posterior.stopped_log_prob``). ``single_latent`` refuses
+    guides with several latent sites.
     """
 
     supports_subsampling = True
     stop_q = False
+    single_latent = False
 
     def __init__(self, num_particles: int):
         super().__init__(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
@@ -143,22 +192,28 @@ class ImportanceWeightedELBO(ELBO):
                         raise NotImplementedError(f"{type(self).__name__} needs a reparameterized guide; site {name!r} is not")
                     latents.append(site["value"])
                 factor = _subsample_factor(site)
-                fn = self._stopped_q(name, site) if sign < 0 and self.stop_q else site["fn"]
-                log_p = fn.log_prob(site["value"])
+                if sign < 0 and self.stop_q:
+                    log_p = self._stopped_log_prob(name, site)
+                else:
+                    log_p = site["fn"].log_prob(site["value"])
                 log_w = log_w + sign * (site["scale"] / factor) * log_p
+        if self.single_latent and len(latents) > 1:
+            raise NotImplementedError(
+                f"{type(self).__name__} supports one latent site; this guide has {len(latents)}, whose gradient "
+                "hooks would compound through dependent sites: use iwae, or a guide with one latent site"
+            )
         if log_w.dim() == 1:  # K = 1: Pyro adds no particle plate
             log_w = log_w.unsqueeze(0)
         return log_w, factor, latents
 
-    def _stopped_q(self, name, site):
-        rebuild = site["infer"].get("stopped_q")
-        if rebuild is None:
+    def _stopped_log_prob(self, name, site) -> Tensor:
+        stopped = site["infer"].get("stopped_log_prob")
+        if stopped is None:
             raise NotImplementedError(
                 f"{type(self).__name__} evaluates log q with its parameters stopped: guide site {name!r} needs "
-                "infer={'stopped_q': callable returning q with detached parameters}, as VAE.guide gives"
+                "infer={'stopped_log_prob': z -> log q(z|x) with every parameter detached}, as VAE.guide gives"
             )
-        q = rebuild()
-        return q.expand(site["fn"].batch_shape) if q.batch_shape != site["fn"].batch_shape else q
+        return stopped(site["value"])
 
     def objective(self, log_w: Tensor) -> Tensor:
         """Per-example objective, shape (B,), from log weights of shape (K, B)."""
@@ -220,10 +275,13 @@ class DReG(IWAE):
     sum_k w~_k^2 (d log w_k / d z_k)(d z_k / d phi) with log q's parameters stopped:
     the same expectation as IWAE's, without the score term whose variance grows with K.
     Implemented as IWAE's surrogate with log q stopped and a hook that multiplies each
-    sample's incoming gradient by its normalized weight w~_k once more.
+    sample's incoming gradient by its normalized weight w~_k once more. With several
+    dependent latent sites the hooks would compound (the gradient reaching z1 through
+    z2 would be multiplied twice), so such guides are refused.
     """
 
     stop_q = True
+    single_latent = True
 
     def surrogate(self, log_w, latents):
         weights = torch.softmax(log_w.detach(), 0)

@@ -10,7 +10,7 @@ log q(z_s|x) and
 The work is chunked over examples and samples so that one decoder pass holds at most
 ``budget`` output values: memory is bounded whatever S and the number of examples.
 Active units (Burda et al., 2016) are the latent dimensions d with
-Cov_x(E_q[z_d|x]) > 0.01.
+Cov_x(E_q[z_d|x]) > 0.01; see :class:`PosteriorMoments` for how E_q[z|x] is taken.
 """
 
 from __future__ import annotations
@@ -66,6 +66,50 @@ def _closed_form_mean(q) -> Optional[Tensor]:
         return None
 
 
+class PosteriorMoments:
+    """Per-example posterior means m_n = E_q[z|x_n], accumulated chunk by chunk.
+
+    Where q has a closed-form mean it is used. Otherwise m_n is the Monte Carlo mean of
+    all S draws, and its Monte Carlo variance Var_q[z|x_n]/S is kept: the variance over
+    examples of the estimated means is Cov_x(m) plus the average of those, which
+    :func:`active_units` subtracts (with S = 50 draws from q = N(0, I) the raw variance
+    is 0.02, over the 0.01 threshold, for units that are all inactive).
+    """
+
+    def __init__(self, n: int, latent_dim: int, num_samples: int, like: dict):
+        self.num_samples = num_samples
+        self.sum = torch.zeros(n, latent_dim, **like)
+        self.sum_squares = torch.zeros(n, latent_dim, **like)
+        self.exact = torch.zeros(n, dtype=torch.bool, device=like["device"])
+        self._seen: set[int] = set()
+
+    def add(self, rows: slice, q, z: Tensor) -> None:
+        """One chunk: q for the examples ``rows``, z of shape (s, b, latent) drawn from it."""
+        if rows.start not in self._seen:  # once per example chunk
+            self._seen.add(rows.start)
+            mean = _closed_form_mean(q)
+            if mean is not None:
+                self.exact[rows] = True
+                self.sum[rows] = mean * self.num_samples
+        if not self.exact[rows.start]:
+            self.sum[rows] += z.sum(0)
+            self.sum_squares[rows] += z.square().sum(0)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.sum / self.num_samples
+
+    @property
+    def mc_variance(self) -> Tensor:
+        """Var of each estimated mean over the draws (n, latent): 0 where exact."""
+        S = self.num_samples
+        if S < 2:
+            spread = torch.full_like(self.sum, math.inf)
+        else:
+            spread = (self.sum_squares - self.sum.square() / S).clamp_min(0) / (S - 1)
+        return torch.where(self.exact.unsqueeze(-1), torch.zeros_like(spread), spread / S)
+
+
 def _kl_per_dim(q, prior) -> Optional[Tensor]:
     """Analytic KL per latent dimension when q and p are both factorized normals."""
     if not (isinstance(q, Independent) and isinstance(prior, Independent)):
@@ -85,6 +129,7 @@ class PerExample:
     kl: Tensor
     posterior_mean: Tensor
     kl_per_dim: Optional[Tensor]  # (n, latent) when analytic
+    posterior_mean_mc_variance: Optional[Tensor] = None  # (n, latent): 0 where the mean is exact
 
 
 @torch.no_grad()
@@ -93,9 +138,9 @@ def importance_sample(vae, x: Tensor, num_samples: int, budget: int = BUDGET) ->
     like = {"device": x.device, "dtype": x.dtype}
     lse = torch.full((n,), -math.inf, **like)
     sums = {key: torch.zeros(n, **like) for key in ("log_w", "log_px_z", "kl")}
-    mean = torch.zeros(n, vae.latent_dim, **like)
+    moments = PosteriorMoments(n, vae.latent_dim, S, like)
     kl_dims: Optional[Tensor] = torch.zeros(n, vae.latent_dim, **like)
-    closed: dict[int, bool] = {}
+    first_chunk: set[int] = set()
     prior = vae.prior()
     for rows, q, z, terms in importance_chunks(vae, x, S, budget, prior):
         log_w = terms.log_weights
@@ -103,25 +148,22 @@ def importance_sample(vae, x: Tensor, num_samples: int, budget: int = BUDGET) ->
         sums["log_w"][rows] += log_w.sum(0)
         sums["log_px_z"][rows] += terms.log_px_z.sum(0)
         sums["kl"][rows] += (terms.log_qz - terms.log_pz).sum(0)
-        if rows.start not in closed:  # once per example chunk
-            exact = _closed_form_mean(q)
-            closed[rows.start] = exact is not None
-            if exact is not None:
-                mean[rows] = exact
-            per_dim = _kl_per_dim(q, prior) if kl_dims is not None else None
+        moments.add(rows, q, z)
+        if rows.start not in first_chunk and kl_dims is not None:  # once per example chunk
+            first_chunk.add(rows.start)
+            per_dim = _kl_per_dim(q, prior)
             if per_dim is None:
                 kl_dims = None
             else:
                 kl_dims[rows] = per_dim
-        if not closed[rows.start]:
-            mean[rows] += z.sum(0) / S
     return PerExample(
         log_likelihood=lse - math.log(S),
         elbo=sums["log_w"] / S,
         reconstruction=sums["log_px_z"] / S,
         kl=sums["kl"] / S,
-        posterior_mean=mean,
+        posterior_mean=moments.mean,
         kl_per_dim=kl_dims,
+        posterior_mean_mc_variance=moments.mc_variance,
     )
 
 
@@ -132,10 +174,49 @@ def elbo_terms(vae, x: Tensor, num_samples: int = 1) -> tuple[Tensor, Tensor]:
     return result.reconstruction, result.kl
 
 
-def active_units(posterior_mean: Tensor, threshold: float = ACTIVE_THRESHOLD) -> int:
+def posterior_mean_covariance(posterior_mean: Tensor, mc_variance: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """(Cov_x(E_q[z_d|x]) per dimension d, the Monte Carlo part removed from it), both (latent,).
+
+    The variance over examples of Monte Carlo means exceeds that of the exact means by
+    the average Monte Carlo variance of a mean; that average is subtracted (and
+    returned, as the Monte Carlo error that was removed)."""
+    mc = torch.zeros(posterior_mean.shape[-1], dtype=torch.float64, device=posterior_mean.device)
     if len(posterior_mean) < 2:
-        return 0
-    return int((posterior_mean.var(0) > threshold).sum().item())
+        return torch.zeros_like(mc), mc
+    if mc_variance is not None:
+        mc = mc_variance.double().mean(0)
+    return posterior_mean.double().var(0) - mc, mc
+
+
+def active_units(posterior_mean: Tensor, mc_variance: Optional[Tensor] = None, threshold: float = ACTIVE_THRESHOLD) -> int:
+    """The number of dimensions with Cov_x(E_q[z_d|x]) > threshold (Burda et al., 2016)."""
+    covariance, _ = posterior_mean_covariance(posterior_mean, mc_variance)
+    return int((covariance > threshold).sum().item())
+
+
+def active_unit_summary(posterior_mean: Tensor, mc_variance: Optional[Tensor] = None) -> dict:
+    """``active_units``, ``posterior_mean_variance`` (Cov_x(E_q[z_d|x]) per dimension) and
+    ``posterior_mean_mc_variance`` (the Monte Carlo part removed from it), as evaluate and
+    analyze report them; all None when they cannot be estimated (a posterior without a
+    closed-form mean and fewer than 2 draws)."""
+    covariance, mc = posterior_mean_covariance(posterior_mean, mc_variance)
+    latent_dim = posterior_mean.shape[-1]
+    if not torch.isfinite(mc).all():
+        return {"active_units": None, "latent_dim": latent_dim, "posterior_mean_variance": None,
+                "posterior_mean_mc_variance": None}
+    return {
+        "active_units": int((covariance > ACTIVE_THRESHOLD).sum().item()),
+        "latent_dim": latent_dim,
+        "posterior_mean_variance": covariance.tolist(),
+        "posterior_mean_mc_variance": mc.tolist(),
+    }
+
+
+def describe_active_units(summary: dict) -> str:
+    """'5 of 16', or why there is no count."""
+    if summary["active_units"] is None:
+        return "n/a (a posterior without a closed-form mean needs at least 2 draws)"
+    return f"{summary['active_units']} of {summary['latent_dim']}"
 
 
 def standard_error(values: Tensor | np.ndarray) -> float:
@@ -144,7 +225,9 @@ def standard_error(values: Tensor | np.ndarray) -> float:
 
 
 def summarize(result: PerExample, num_samples: int) -> dict:
-    """The dataset-level figures of an evaluation (nats per example)."""
+    """The dataset-level figures of an evaluation (nats per example). ``posterior_mean_variance``
+    is Cov_x(E_q[z_d|x]) per dimension, which active units threshold at 0.01, and
+    ``posterior_mean_mc_variance`` the Monte Carlo part removed from it (0 for exact means)."""
     summary = {
         "log_likelihood": result.log_likelihood.double().mean().item(),
         "log_likelihood_se": standard_error(result.log_likelihood),
@@ -152,7 +235,7 @@ def summarize(result: PerExample, num_samples: int) -> dict:
         "elbo_se": standard_error(result.elbo),
         "reconstruction": result.reconstruction.double().mean().item(),
         "kl": result.kl.double().mean().item(),
-        "active_units": active_units(result.posterior_mean),
+        **active_unit_summary(result.posterior_mean, result.posterior_mean_mc_variance),
         "kl_per_dim": None if result.kl_per_dim is None else result.kl_per_dim.double().mean(0).tolist(),
         "samples": num_samples,
         "n": len(result.log_likelihood),
@@ -176,7 +259,7 @@ def heldout(run, data: Optional[str] = None, split: str = "valid", limit: Option
     if data is not None:
         spec = DataSpec(**{**spec.model_dump(exclude={"name", "path"}), **data_table(data)})
     dataset = load_data(spec, run.spec.inference.schedule.seed, likelihood=run.vae.likelihood, device=device)
-    x = dataset.split(split)
+    x = dataset.scored(split, run.spec.inference.schedule.seed)
     labels = dataset.labels.get(split)
     if tuple(x.shape[1:]) != run.vae.data_shape:
         if math.prod(x.shape[1:]) != math.prod(run.vae.data_shape):

@@ -289,7 +289,7 @@ class Trainer:
             state.best_val, state.best_epoch, state.bad_epochs = row["val_elbo"], row["epoch"], 0
             if self.schedule.patience > 0:
                 self.best_weights = {k: v.detach().clone() for k, v in self.vae.state_dict().items()}
-        else:
+        elif row["epoch"] > self.schedule.kl_warmup_epochs:  # patience counts from the end of the warm-up
             state.bad_epochs += 1
             if self.schedule.patience and state.bad_epochs >= self.schedule.patience:
                 state.stopped_early = True
@@ -324,11 +324,12 @@ def _prepare(spec):
     from ..data import check_support, load_data
     from ..errors import DataError
     from ..model import build_vae
+    from ..model.likelihoods import LIKELIHOODS
 
     device = resolve_device(spec.inference.schedule.device)
     seed = spec.inference.schedule.seed
     pyro.set_rng_seed(seed)
-    data = load_data(spec.data, seed)
+    data = load_data(spec.data, seed, likelihood=LIKELIHOODS.resolve(spec.model.likelihood["kind"]))
     train = data.split("train")
     if "valid" not in data.splits:
         raise DataError(f"{data.source}: no validation split; add a 'valid' array or a 'train' array to split from")

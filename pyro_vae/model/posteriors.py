@@ -3,7 +3,8 @@
 Protocol: a :class:`Posterior` is built as ``cls(latent_dim, **params)``, says how many
 encoder outputs it needs (``encoder_outputs``), and maps an encoder output of shape
 ``(*batch, encoder_outputs)`` to a reparameterized distribution with batch shape
-``batch`` and event shape ``(latent_dim,)``.
+``batch`` and event shape ``(latent_dim,)``. Its parameters must be its own (sub)modules'
+parameters: :meth:`Posterior.stopped_log_prob` detaches exactly those.
 """
 
 from __future__ import annotations
@@ -42,10 +43,37 @@ class Posterior(nn.Module):
     def forward(self, h: Tensor) -> dist.Distribution:
         raise NotImplementedError
 
+    def stopped_log_prob(self, h: Tensor, z: Tensor) -> Tensor:
+        """log q(z|h) with h and every parameter of this posterior detached, so that its
+        gradient reaches z only: the path derivative of STL (Roeder et al., 2017) and DReG
+        (Tucker et al., 2019).
+
+        The whole log-density is evaluated inside one ``torch.func.functional_call``: a
+        distribution that runs networks inside ``log_prob`` (an IAF's autoregressive
+        networks, a user's flow) sees the detached parameters too, which swapping them
+        in only while q is built would miss. A flow is inverted afresh here (no cached
+        forward pass), so it must have an inverse: z goes in as a fresh view, because a
+        transform kept on the module with ``cache_size=1`` would otherwise answer
+        ``inv(z)`` from the cache filled when z was drawn, with the live parameters.
+        """
+        detached = {f"posterior.{name}": p.detach() for name, p in self.named_parameters()}
+        return torch.func.functional_call(_LogDensity(self), detached, (h.detach(), z.view_as(z)))
+
     def loc_scale(self, h: Tensor) -> tuple[Tensor, Tensor]:
         """The diagonal Gaussian read off the first 2 * latent_dim encoder outputs."""
         d = self.latent_dim
         return h[..., :d], F.softplus(h[..., d : 2 * d]) + MIN_SCALE
+
+
+class _LogDensity(nn.Module):
+    """(h, z) -> log q(z|h): a whole log-density as one module call, for functional_call."""
+
+    def __init__(self, posterior: Posterior):
+        super().__init__()
+        self.posterior = posterior
+
+    def forward(self, h: Tensor, z: Tensor) -> Tensor:
+        return self.posterior(h).log_prob(z)
 
 
 @POSTERIORS.register("diagonal_normal")

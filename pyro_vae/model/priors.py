@@ -9,7 +9,7 @@ calls once with itself.
 
 from __future__ import annotations
 
-import math
+from contextlib import contextmanager
 from typing import Annotated, Literal
 
 import pyro.distributions as dist
@@ -20,6 +20,7 @@ from pyro.distributions import transforms as T
 from torch import nn
 
 from ..registry import Registry
+from .numerics import softplus_inverse
 from .posteriors import FlowWidths
 
 PRIORS = Registry("prior")
@@ -43,10 +44,6 @@ class Prior(nn.Module):
 
     def forward(self) -> dist.Distribution:
         raise NotImplementedError
-
-
-def _softplus_inverse(x: float) -> float:
-    return x + math.log(-math.expm1(-x))
 
 
 class _Factorized(Prior):
@@ -75,7 +72,7 @@ class LearnedNormalPrior(Prior):
     def __init__(self, latent_dim):
         super().__init__(latent_dim)
         self.loc = nn.Parameter(torch.zeros(latent_dim))
-        self.raw_scale = nn.Parameter(torch.full((latent_dim,), _softplus_inverse(1.0)))
+        self.raw_scale = nn.Parameter(torch.full((latent_dim,), softplus_inverse(1.0)))
 
     def forward(self):
         return dist.Normal(self.loc, F.softplus(self.raw_scale)).to_event(1)
@@ -90,7 +87,7 @@ class MixturePrior(Prior):
         self.components = components
         self.logits = nn.Parameter(torch.zeros(components))
         self.locs = nn.Parameter(torch.randn(components, latent_dim))
-        self.raw_scales = nn.Parameter(torch.full((components, latent_dim), _softplus_inverse(1.0)))
+        self.raw_scales = nn.Parameter(torch.full((components, latent_dim), softplus_inverse(1.0)))
 
     @property
     def values_per_draw(self) -> int:
@@ -113,26 +110,59 @@ class _BroadcastMixture(dist.MixtureSameFamily):
         return x.expand(batch + self.component_distribution.batch_shape[-1:] + event)
 
 
+@contextmanager
+def _evaluation_mode(*modules: nn.Module):
+    """Modules in evaluation mode (dropout off) for the duration, then as they were."""
+    modes = [m.training for m in modules]
+    try:
+        for m in modules:
+            m.eval()
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
+
+
 @PRIORS.register("vamp")
 class VampPrior(Prior):
     """The VampPrior (Tomczak & Welling, 2018): p(z) = 1/K sum_k q(z|u_k), with K learned
-    pseudo-inputs u_k passed through the VAE's own encoder and posterior."""
+    pseudo-inputs u_k passed through the VAE's own encoder and posterior.
 
-    def __init__(self, latent_dim, *, components: Components = 500):
+    ``pseudo_inputs = "constrained"`` keeps the u_k where the encoder's inputs live,
+    clamped to the range of the likelihood's encoder input (the paper's hard-tanh to
+    [0, 1] for binary data; [0, inf) for counts; free for real data); ``"free"`` leaves
+    them unconstrained. p(z) is a deterministic function of the parameters: the
+    pseudo-inputs pass the encoder and posterior in evaluation mode (dropout off), also
+    while training, so the prior is not redrawn with every dropout mask.
+    """
+
+    def __init__(self, latent_dim, *, components: Components = 500,
+                 pseudo_inputs: Literal["constrained", "free"] = "constrained"):
         super().__init__(latent_dim)
         self.components = components
+        self.constrained = pseudo_inputs == "constrained"
 
     def bind(self, vae):
         self._posterior_of = vae.posterior_from_encoder_input  # not a submodule: no double registration
+        self._networks = (vae.encoder, vae.posterior)  # a tuple: not registered as submodules either
         self._component_values = 4 * vae.posterior.values_per_draw
+        self.bounds = vae.likelihood.encoder_input_bounds if self.constrained else (None, None)
         self.pseudo_inputs = nn.Parameter(0.05 + 0.01 * torch.randn(self.components, *vae.data_shape))
 
     @property
     def values_per_draw(self) -> int:
         return self.components * self._component_values  # each draw is scored under every q(z|u_k)
 
+    def inputs(self) -> torch.Tensor:
+        """The pseudo-inputs u_k as the encoder sees them (clamped when constrained)."""
+        lower, upper = self.bounds
+        if lower is None and upper is None:
+            return self.pseudo_inputs
+        return self.pseudo_inputs.clamp(lower, upper)
+
     def forward(self):
-        q = self._posterior_of(self.pseudo_inputs)
+        with _evaluation_mode(*self._networks):
+            q = self._posterior_of(self.inputs())
         weights = dist.Categorical(logits=torch.zeros(self.components, device=self.pseudo_inputs.device))
         return _BroadcastMixture(weights, q)
 

@@ -98,12 +98,6 @@ class VAE(nn.Module):
     def forward(self, x: Tensor):
         return self.q(x)
 
-    def stopped_q(self, x: Tensor):
-        """q(z|x) with every parameter detached: its log-density passes gradients to z only
-        (the path derivative that STL and DReG need)."""
-        detached = {name: p.detach() for name, p in self.named_parameters()}
-        return torch.func.functional_call(self, detached, (x,))
-
     # --- Pyro model and guide --------------------------------------------------------
 
     def _plate(self, x: Tensor, index: Optional[Tensor]):
@@ -119,12 +113,16 @@ class VAE(nn.Module):
             pyro.sample("x", self.p_x(z), obs=x)
 
     def guide(self, x: Tensor, index: Optional[Tensor] = None):
-        """q(z|x) = posterior(encoder(x)), reparameterized."""
+        """q(z|x) = posterior(encoder(x)), reparameterized. The site carries
+        ``infer["stopped_log_prob"]``: z -> log q(z|x) with every parameter stopped, from the
+        same encoder output (so encoder dropout draws one mask for both)."""
         for part in ("encoder", "posterior"):
             pyro.module(f"{self.name}_{part}", getattr(self, part))
+        h = self.encoder(self.likelihood.encoder_input(x))
         with self._plate(x, index):
             with poutine.scale(scale=self.beta):
-                pyro.sample("z", self.q(x), infer={"stopped_q": partial(self.stopped_q, x)})
+                stopped = partial(self.posterior.stopped_log_prob, h)
+                pyro.sample("z", self.posterior(h), infer={"stopped_log_prob": stopped})
 
     # --- direct evaluation (no tracing) ----------------------------------------------
 
