@@ -2,8 +2,9 @@
 
 Bad input (a malformed spec, an unknown kind, unsupported data, a missing or corrupt
 file) prints one line naming the problem and the fix, and exits with status 2.
-Training that diverges exits with 3; an interrupted run exits with 128 + the signal
-number after writing a checkpoint it can be resumed from.
+Training that diverges exits with 3; under torchrun, a process whose peer failed exits
+with 4; an interrupted run exits with 128 + the signal number after writing a checkpoint
+it can be resumed from.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-EXIT_USAGE, EXIT_DIVERGED = 2, 3
+EXIT_USAGE, EXIT_DIVERGED, EXIT_PEER_FAILED = 2, 3, 4
 
 
 class _Parser(argparse.ArgumentParser):
@@ -130,15 +131,28 @@ def _version() -> str:
 
 
 def _say(text: str) -> None:
-    print(text, flush=True)
+    """Print on stdout, from one process only (rank 0 under torchrun)."""
+    from . import distributed
+
+    if distributed.current().is_main:
+        print(text, flush=True)
+
+
+def _tell(text: str) -> None:
+    """Print on stderr, from one process only."""
+    from . import distributed
+
+    if distributed.current().is_main:
+        print(text, file=sys.stderr, flush=True)
 
 
 # --- commands ------------------------------------------------------------------------
 
 
 def cmd_train(args) -> int:
+    from . import distributed
     from .infer.train import resume, train
-    from .spec import load_spec
+    from .spec import Spec, load_spec
 
     if args.resume:
         given = [flag for flag, value in (("--spec", args.spec), ("--out", args.out), ("--set", args.overrides)) if value]
@@ -146,17 +160,21 @@ def cmd_train(args) -> int:
             raise_usage(f"--resume continues RUN with its own spec.toml; drop {', '.join(given)}")
         trainer = resume(args.resume, progress=False if args.quiet else None, log=_quiet_log(args))
         return _report_training(trainer, Path(args.resume))
-    spec = load_spec(args.model, args.inference, args.data, args.overrides, spec_file=args.spec)
+    # resolved on rank 0 and broadcast: the ranks cannot train different specs
+    text = distributed.broadcast_text(
+        lambda: load_spec(args.model, args.inference, args.data, args.overrides, spec_file=args.spec).to_toml())
+    spec = Spec.from_toml(text)
     if args.check:
         from .infer.train import _prepare
 
         vae, data = _prepare(spec)
-        print(spec.to_toml(), end="")
+        _say(spec.to_toml().rstrip("\n"))
         n = sum(p.numel() for p in vae.parameters())
         _say(f"# ok: {data.source}, example shape {data.data_shape}, "
              + ", ".join(f"{k} {len(v)}" for k, v in data.splits.items()) + f"; {n:,} parameters")
         return 0
-    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.model).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stamp = distributed.broadcast_text(lambda: time.strftime("%Y%m%d-%H%M%S"))  # one name on every rank
+    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.model).stem}-{stamp}"
     args.out = str(out)  # for the resume hint if interrupted
     trainer = train(spec, out, force=args.force, progress=False if args.quiet else None, log=_quiet_log(args))
     return _report_training(trainer, out)
@@ -245,6 +263,8 @@ def cmd_analyze(args) -> int:
 
     result = analyze_run(args.run, data=args.data, split=args.split, num_samples=args.samples, limit=args.limit,
                          draws=args.draws, seed=args.seed, device=args.device)
+    if result is None:  # another rank than 0: rank 0 reports
+        return 0
     d = result["diagnostics"]
     bands = d["khat_bands"]
     _say(f"{d['n']} examples of {d['split']}, {d['samples']} draws each")
@@ -295,27 +315,43 @@ def raise_usage(message: str):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from . import distributed
     from .errors import Interrupted, TrainingDiverged, UserError
 
     try:
+        distributed.init()  # under torchrun: join the ranks (nothing otherwise)
         return args.handler(args)
     except (_Usage, UserError) as exc:
-        print(f"pyro-vae {args.command}: error: {one_line(exc)}", file=sys.stderr)
+        group = distributed.current()
+        if not group.is_main and not isinstance(exc, distributed.SharedError):  # this rank's own problem
+            print(f"pyro-vae {args.command} (rank {group.rank}): error: {one_line(exc)}", file=sys.stderr, flush=True)
+        _tell(f"pyro-vae {args.command}: error: {one_line(exc)}")
         return EXIT_USAGE
     except TrainingDiverged as exc:
-        print(f"pyro-vae {args.command}: {one_line(exc)}", file=sys.stderr)
+        _tell(f"pyro-vae {args.command}: {one_line(exc)}")
         return EXIT_DIVERGED
     except Interrupted as exc:
         where = getattr(args, "resume", None) or getattr(args, "out", None) or "RUN"
-        print(f"pyro-vae {args.command}: {exc}; checkpoint written. Resume with: pyro-vae train --resume {one_line(where)}",
-              file=sys.stderr)
+        launcher = "torchrun ... -m pyro_vae" if distributed.current().active else "pyro-vae"
+        _tell(f"pyro-vae {args.command}: {exc}; checkpoint written. Resume with: {launcher} train --resume {one_line(where)}")
         return 128 + exc.signum
     except KeyboardInterrupt:
-        print(f"pyro-vae {args.command}: stopped", file=sys.stderr)
+        _tell(f"pyro-vae {args.command}: stopped")
         return 130
+    except RuntimeError as exc:  # under torchrun: a collective failed because another rank died or hung
+        group = distributed.current()
+        if not group.active:
+            raise
+        where = getattr(args, "resume", None) or getattr(args, "out", None)
+        hint = f"; the last checkpoint is intact: torchrun ... -m pyro_vae train --resume {where}" if where else ""
+        print(f"pyro-vae {args.command} (rank {group.rank}): another process failed or stopped answering "
+              f"({one_line(str(exc).splitlines()[0])[:200]}){hint}", file=sys.stderr, flush=True)
+        return EXIT_PEER_FAILED
     except BrokenPipeError:  # e.g. `pyro-vae specs | head`
         sys.stdout = open(os.devnull, "w")
         return 0
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -80,6 +80,7 @@ class Schedule(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     clip_norm: Annotated[float, Field(ge=0)] = 0.0
     checkpoint_every: NonNegativeInt = 0
+    collective_timeout: Annotated[float, Field(gt=0, le=86_400)] = 300.0
 
 
 class InferenceSpec(_Strict):
@@ -133,6 +134,11 @@ class Spec(_Strict):
             return cls.model_validate(raw)
         except pydantic.ValidationError as exc:
             raise as_spec_error(exc) from None
+
+    @classmethod
+    def from_toml(cls, text: str) -> "Spec":
+        """A spec from the text of a resolved spec (``to_toml``)."""
+        return cls.from_dict(tomllib.loads(text))
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="python", exclude_none=True)

@@ -60,3 +60,15 @@ class StandardNormalPosterior(Posterior):
         zero = 0.0 * h[..., : self.latent_dim]  # keeps the encoder in the graph
         base = dist.Normal(zero, torch.ones_like(zero)).to_event(1)
         return dist.TransformedDistribution(base, [dist.transforms.AffineTransform(0.0, 1.0, event_dim=1)])
+
+
+class PointPosterior(Posterior):
+    """q(z|x) = delta(mu(x)): no randomness at all, for checks that need identical draws
+    whatever process computes them (the distributed gradient-equivalence test)."""
+
+    def __init__(self, latent_dim):
+        super().__init__(latent_dim)
+        self.encoder_outputs = latent_dim
+
+    def forward(self, h):
+        return dist.Delta(h, event_dim=1)

@@ -11,23 +11,29 @@ import torch
 from ..infer.evaluate import BUDGET, active_unit_summary, describe_active_units, heldout, posterior_mean_covariance, standard_error
 from ..runs import atomic_path, atomic_write_json, atomic_write_text, load_run
 from .figures import elbo_curves, image_panel
-from .inference_data import arviz, draws_to_inference_data, khat_bands, posterior_draws, quiet_arviz
+from .. import distributed
+from .inference_data import arviz, draws_to_inference_data, khat_bands, posterior_draws_sharded, quiet_arviz
 from .plots import example_posteriors, interpolation, khat_plot, latent_space, traversals
 
 FOLDER = "analysis"
 
 
 def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optional[int] = 1000, draws: int = 200,
-                seed: int = 0, device="auto", budget: int = BUDGET) -> dict:
-    """Write RUN/analysis/: posterior.nc, diagnostics.json, figures and report.md."""
+                seed: int = 0, device="auto", budget: int = BUDGET) -> Optional[dict]:
+    """Write RUN/analysis/: posterior.nc, diagnostics.json, figures and report.md. Under
+    several processes the draws are shared among the ranks in seeded blocks and rank 0
+    alone writes (the others return None)."""
     from ..infer.train import resolve_device
 
     device = resolve_device(device)
+    group = distributed.use_device(device)
     run = load_run(path, device)
     x, labels, source = heldout(run, data, split, limit, seed, device)
-    torch.manual_seed(seed)
     run.vae.eval()
-    posterior = posterior_draws(run.vae, x, num_samples, keep_draws=draws, budget=budget)
+    posterior = posterior_draws_sharded(run.vae, x, num_samples, draws, budget, seed, group)
+    if not group.is_main:
+        return None
+    torch.manual_seed(seed)  # the figures' draws
     idata = draws_to_inference_data(posterior, x, labels)
     folder = Path(path) / FOLDER
     folder.mkdir(parents=True, exist_ok=True)

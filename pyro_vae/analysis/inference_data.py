@@ -25,7 +25,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..infer.evaluate import BUDGET, PosteriorMoments, importance_chunks
+from .. import distributed
+from ..infer.evaluate import BUDGET, PosteriorMoments, example_blocks, importance_chunks
 
 BANDS = (("good", -math.inf, 0.5), ("ok", 0.5, 0.7), ("bad", 0.7, math.inf))
 
@@ -121,6 +122,30 @@ def posterior_draws(vae, x: torch.Tensor, num_samples: int, keep_draws: Optional
     if current is not None:
         finish(current, pending)
     return PosteriorDraws(z, log_lik, log_w, khat, psis_ll, is_ll, num_samples, moments)
+
+
+_EXAMPLE_DIM = {"z": 1, "log_likelihood": 1, "log_weight": 1}  # (draws, n, ...): examples second
+
+
+def posterior_draws_sharded(vae, x: torch.Tensor, num_samples: int, keep_draws: Optional[int] = None,
+                            budget: int = BUDGET, seed: int = 0,
+                            group: distributed.Group = distributed.SINGLE) -> PosteriorDraws:
+    """:func:`posterior_draws` over seeded blocks of examples shared among the ranks: the
+    results do not depend on the number of processes (see ``distributed.blockwise``)."""
+    def compute(rows: slice) -> dict:
+        d = posterior_draws(vae, x[rows], num_samples, keep_draws, budget)
+        arrays = {name: torch.as_tensor(getattr(d, name)) for name in
+                  ("z", "log_likelihood", "log_weight", "pareto_k", "psis_log_likelihood", "is_log_likelihood")}
+        return {**arrays, "moment_sum": d.moments.sum, "moment_sum_squares": d.moments.sum_squares,
+                "moment_exact": d.moments.exact}
+
+    block = example_blocks(vae, len(x), num_samples, budget)
+    full = distributed.blockwise(len(x), block, group, compute, seed, _EXAMPLE_DIM)
+    moments = PosteriorMoments(len(x), vae.latent_dim, num_samples, {"device": x.device, "dtype": x.dtype})
+    moments.sum, moments.sum_squares, moments.exact = full["moment_sum"], full["moment_sum_squares"], full["moment_exact"]
+    numpy = {name: full[name].cpu().numpy() for name in
+             ("z", "log_likelihood", "log_weight", "pareto_k", "psis_log_likelihood", "is_log_likelihood")}
+    return PosteriorDraws(**numpy, num_samples=num_samples, moments=moments)
 
 
 def _data_dims(data_shape: tuple[int, ...]) -> list[str]:

@@ -16,7 +16,7 @@ Cov_x(E_q[z_d|x]) > 0.01; see :class:`PosteriorMoments` for how E_q[z|x] is take
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Iterator, Optional
 
 import numpy as np
@@ -25,6 +25,7 @@ from pyro.distributions import Independent, Normal
 from torch.distributions import kl_divergence
 from torch import Tensor
 
+from .. import distributed
 from ..model.vae import ImportanceTerms
 
 BUDGET = 2**23  # decoder output values per chunk
@@ -42,13 +43,25 @@ def chunk_plan(num_samples: int, num_examples: int, values_per_sample: int, budg
     return max(1, min(num_examples, rows // num_samples)), num_samples
 
 
+def values_per_draw(vae) -> int:
+    """Values one draw of z holds in memory: decoder outputs, and scoring z under p and q."""
+    return vae.likelihood.outputs * math.prod(vae.data_shape) + vae.prior.values_per_draw + vae.posterior.values_per_draw
+
+
+def example_blocks(vae, num_examples: int, num_samples: int, budget: int = BUDGET) -> int:
+    """Examples per seeded block of a sharded evaluation: within one chunk's budget, and
+    about 1/16 of the examples so that several ranks share the work. It depends on the
+    data and the model only, never on the number of ranks (so neither do the results)."""
+    per_chunk, _ = chunk_plan(num_samples, num_examples, values_per_draw(vae), budget)
+    return max(1, min(per_chunk, math.ceil(num_examples / 16)))
+
+
 def importance_chunks(vae, x: Tensor, num_samples: int, budget: int = BUDGET, prior=None) -> Iterator[tuple[slice, object, Tensor, ImportanceTerms]]:
     """(examples, q, z of shape (s, b, latent), the log-densities) chunk by chunk.
 
     p(z) is built once (``prior``, or ``vae.prior()``): a VampPrior runs the encoder on
     all its pseudo-inputs to build it."""
-    values = vae.likelihood.outputs * math.prod(vae.data_shape) + vae.prior.values_per_draw + vae.posterior.values_per_draw
-    per_chunk, samples = chunk_plan(num_samples, len(x), values, budget)
+    per_chunk, samples = chunk_plan(num_samples, len(x), values_per_draw(vae), budget)
     prior = vae.prior() if prior is None else prior
     for start in range(0, len(x), per_chunk):
         xb = x[start : start + per_chunk]
@@ -167,6 +180,20 @@ def importance_sample(vae, x: Tensor, num_samples: int, budget: int = BUDGET) ->
     )
 
 
+def importance_sample_sharded(vae, x: Tensor, num_samples: int, budget: int = BUDGET, seed: int = 0,
+                              group: distributed.Group = distributed.SINGLE) -> PerExample:
+    """:func:`importance_sample` over seeded blocks of examples shared among the ranks
+    (``distributed.blockwise``): each example's draws depend on (seed, its block) only, so
+    every number of processes, one included, gives the same per-example results."""
+    def compute(rows: slice) -> dict:
+        result = importance_sample(vae, x[rows], num_samples, budget)
+        return {f.name: getattr(result, f.name) for f in fields(result) if getattr(result, f.name) is not None}
+
+    block = example_blocks(vae, len(x), num_samples, budget)
+    full = distributed.blockwise(len(x), block, group, compute, seed)
+    return PerExample(**{f.name: full.get(f.name) for f in fields(PerExample)})
+
+
 @torch.no_grad()
 def elbo_terms(vae, x: Tensor, num_samples: int = 1) -> tuple[Tensor, Tensor]:
     """Per-example Monte Carlo reconstruction and KL (the validation metrics)."""
@@ -278,7 +305,9 @@ def heldout(run, data: Optional[str] = None, split: str = "valid", limit: Option
 def evaluate_run(path, data=None, split="valid", num_samples=5000, limit=None, seed=0, device="auto", budget=BUDGET):
     """Evaluate a run directory; writes RUN/evaluation/<split>.json and <split>.npz.
 
-    Returns (summary, (json path, npz path), per-example estimates)."""
+    Under several processes the examples are shared among the ranks in seeded blocks, the
+    per-example results gathered, and rank 0 alone writes. Returns (summary, (json path,
+    npz path), per-example estimates) on every rank."""
     import time
     from pathlib import Path
 
@@ -286,17 +315,20 @@ def evaluate_run(path, data=None, split="valid", num_samples=5000, limit=None, s
     from .train import resolve_device
 
     device = resolve_device(device)
+    group = distributed.use_device(device)
     run = load_run(path, device)
     x, _, source = heldout(run, data, split, limit, seed, device)
-    torch.manual_seed(seed)
     started = time.perf_counter()
-    result = importance_sample(run.vae, x, num_samples, budget)
+    result = importance_sample_sharded(run.vae, x, num_samples, budget, seed, group)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     summary = summarize(result, num_samples)
-    summary.update(split=split, data=source, seconds=time.perf_counter() - started, device=str(device), seed=seed)
+    summary.update(split=split, data=source, seconds=time.perf_counter() - started, device=str(device), seed=seed,
+                   processes=group.world_size)
     folder = Path(path) / "evaluation"
     json_path, npz_path = folder / f"{split}.json", folder / f"{split}.npz"
+    if not group.is_main:
+        return summary, (json_path, npz_path), result
     atomic_write_json(json_path, summary)
     arrays = {
         name: getattr(result, name).cpu().numpy()

@@ -10,7 +10,7 @@ step instead of zero-filled.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Callable, Optional
 
 import torch
 from pydantic import Field
@@ -57,12 +57,16 @@ def sgd(params, *, lr: LearningRate = 1e-2, momentum: Beta = 0.9, nesterov: bool
 class SingleOptimizer(PyroOptim):
     """A ``PyroOptim`` that steps one torch optimizer over a fixed parameter list."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, clip_norm: float = 0.0):
+    def __init__(self, optimizer: torch.optim.Optimizer, clip_norm: float = 0.0,
+                 reduce_gradients: Optional[Callable[[list], None]] = None):
         # PyroOptim.__init__ is not called: none of its per-parameter machinery is used
         self.optimizer = optimizer
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self._known = frozenset(map(id, self.params))
         self.clip_norm = clip_norm
+        # under several processes: the all-reduce of the gradients, before clipping and the step
+        # (as pyro.optim.HorovodOptimizer does), so every rank takes the same step
+        self.reduce_gradients = reduce_gradients
 
     def __call__(self, params, *args, **kwargs) -> None:
         for p in params:
@@ -72,6 +76,8 @@ class SingleOptimizer(PyroOptim):
                     "its modules (make it an nn.Parameter of a component), or another VAE's left in "
                     "Pyro's param store under the same names (pyro.clear_param_store() before training)"
                 )
+        if self.reduce_gradients is not None:
+            self.reduce_gradients(self.params)
         if self.clip_norm:
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
             if not torch.isfinite(norm):

@@ -22,6 +22,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import pyro
@@ -29,19 +30,23 @@ import torch
 from pyro.infer import SVI
 from tqdm.auto import tqdm
 
-from ..errors import Interrupted, SpecError, TrainingDiverged
+from .. import distributed
+from ..errors import Interrupted, RunError, SpecError, TrainingDiverged
 from .estimators import ESTIMATORS, supports_subsampling
 from .evaluate import elbo_terms
 from .optim import OPTIMIZERS, SingleOptimizer
 
+VALIDATION_BLOCK = 1024  # validation examples per seeded block (the same blocks whatever the number of ranks)
+
 
 def resolve_device(choice: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error. Under
+    several processes ``cuda`` is this rank's GPU, ``cuda:LOCAL_RANK``."""
     if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
     if choice == "cuda" and not torch.cuda.is_available():
         raise SpecError("inference.schedule.device: 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    return torch.device(choice)
+    return distributed.local_device(torch.device(choice))
 
 
 @dataclass
@@ -112,9 +117,15 @@ class Trainer:
         self.save = save
         self.progress = progress
         self.log = log or (lambda text: print(text, file=sys.stderr))
+        if not distributed.current().is_main:  # one rank speaks
+            self.progress, self.log = False, (lambda text: None)
         self.device = data.split("train").device
+        self.group = distributed.current()
         self.num_data = len(data.split("train"))
-        self.batch_size = min(self.schedule.batch_size, self.num_data)
+        self.batch_size = min(self.schedule.batch_size, self.num_data)  # the global batch B
+        distributed.check_batch(self.batch_size, self.group)
+        self.local_batch = slice(self.group.rank * self.batch_size // self.group.world_size,
+                                 (self.group.rank + 1) * self.batch_size // self.group.world_size)
         # full batches only: with a fresh random order each epoch, every step is an unbiased
         # estimate of the full-data objective, and shapes stay static (as Pyro's JIT needs)
         self.steps_per_epoch = self.num_data // self.batch_size
@@ -124,6 +135,11 @@ class Trainer:
                 "inference.estimator.jit = true compiles beta into the traced loss and cannot follow "
                 "a KL warm-up; set inference.schedule.kl_warmup_epochs = 0 or jit = false"
             )
+        if not supports_subsampling(self.estimator) and self.group.active:
+            raise SpecError(
+                f"inference.estimator: {inference.estimator['kind']} pools each particle over the whole batch and "
+                f"cannot be split across {self.group.world_size} processes; run it in one process or choose another estimator"
+            )
         if not supports_subsampling(self.estimator) and self.batch_size < self.num_data:
             raise SpecError(
                 f"inference.estimator: {inference.estimator['kind']} does not support mini-batching; "
@@ -131,7 +147,12 @@ class Trainer:
             )
         vae.num_data = self.num_data
         pyro.clear_param_store()  # pyro.module then registers this VAE's parameters, not an earlier VAE's of the same name
-        self.optim = SingleOptimizer(OPTIMIZERS.build(inference.optimizer, list(vae.parameters())), self.schedule.clip_norm)
+        self.group.broadcast_module(vae)  # every rank starts from rank 0's weights
+        if self.group.active:  # latent draws per (seed, rank); rank 0 keeps the one-process stream
+            if self.group.rank:
+                torch.manual_seed(distributed.rank_seed(self.schedule.seed, self.group.rank))
+        self.optim = SingleOptimizer(OPTIMIZERS.build(inference.optimizer, list(vae.parameters())), self.schedule.clip_norm,
+                                     self.group.average_gradients if self.group.active else None)
         self.svi = SVI(vae.model, vae.guide, self.optim, loss=self.estimator)
         self.data_rng = torch.Generator(device=self.device).manual_seed(self.schedule.seed)
         self.epoch_start_rng = self.data_rng.get_state()
@@ -142,10 +163,15 @@ class Trainer:
     # --- checkpoint state ------------------------------------------------------------
 
     def checkpoint(self) -> dict:
-        """Everything the next step depends on, as tensors and plain containers."""
+        """Everything the next step depends on, as tensors and plain containers. Under several
+        processes every rank's RNG states are gathered (a collective: every rank calls this)."""
         rng = {"torch": torch.get_rng_state(), "data": self.data_rng.get_state(), "data_epoch": self.epoch_start_rng}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.group.active:
+            rng["torch_ranks"] = self.group.gather_rows(rng["torch"])
+            if "cuda" in rng:
+                rng["cuda_ranks"] = self.group.gather_rows(rng["cuda"])
         keep_best = self.schedule.patience > 0 and self.best_weights is not None
         last = {k: v.detach().clone() for k, v in self.vae.state_dict().items()}
         return {
@@ -155,6 +181,7 @@ class Trainer:
                 "optimizer": self.optim.get_state(),
                 "rng": rng,
                 "state": asdict(self.state),
+                "world_size": self.group.world_size,
             },
         }
 
@@ -164,9 +191,13 @@ class Trainer:
         self.optim.set_state(training["optimizer"])
         self.state = TrainState(**training["state"])
         rng = training["rng"]
-        torch.set_rng_state(rng["torch"].cpu())
+        rank = self.group.rank
+        # clone(): a row of the gathered states is a view at an offset into their storage, and
+        # torch.set_rng_state rejects it ("Invalid mt19937 state") where a copy of it is fine
+        torch.set_rng_state((rng["torch_ranks"][rank] if "torch_ranks" in rng else rng["torch"]).cpu().clone())
         if "cuda" in rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
+            state = rng["cuda_ranks"][rank] if "cuda_ranks" in rng else rng["cuda"]
+            torch.cuda.set_rng_state(state.cpu().clone(), self.device)
         self.data_rng.set_state(rng["data"].cpu())
         self.epoch_start_rng = rng["data_epoch"].cpu()
         if self.schedule.patience > 0 and self.state.best_epoch > 0:
@@ -225,13 +256,19 @@ class Trainer:
         started = time.perf_counter()
         for i in range(state.step_in_epoch, self.steps_per_epoch):
             index = order[i * B : (i + 1) * B]
-            x = self.data.batch(index, self.data_rng)
+            x = self.data.batch(index, self.data_rng)  # the global batch (drawn alike on every rank)
+            index, x = index[self.local_batch], x[self.local_batch]  # this rank's slice
             self.vae.beta = kl_weight(self.schedule, state.global_step, self.steps_per_epoch)
             try:
                 with pyro.validation_enabled(not self._validated):
                     loss = self.svi.step(x, index)
             except TrainingDiverged as exc:
                 raise self._diverged(str(exc)) from None
+            if self.group.active:  # the one-process loss, and a stop requested on any rank stops all
+                totals = self.group.all_reduce_sum(torch.tensor([loss, float(bool(requested))], dtype=torch.float64))
+                loss = totals[0].item() / self.group.world_size
+                if totals[1].item() > 0 and not requested:
+                    requested.append(signal.SIGTERM)
             self._validated = True
             if not math.isfinite(loss):
                 raise self._diverged(f"loss is {loss}")
@@ -264,11 +301,20 @@ class Trainer:
 
     @torch.no_grad()
     def _validate(self) -> dict:
+        """The 1-sample validation ELBO, in seeded blocks of examples shared among the ranks:
+        the draws depend on (seed, epoch, block) only, not on the number of ranks, and they
+        leave the training random stream untouched."""
         state = self.state
         x = self.data.split("valid")
         self.vae.eval()
-        reconstruction, kl = elbo_terms(self.vae, x)
-        rec, kl_mean = reconstruction.mean().item(), kl.mean().item()
+
+        def terms(rows: slice) -> dict:
+            reconstruction, kl = elbo_terms(self.vae, x[rows])
+            return {"reconstruction": reconstruction, "kl": kl}
+
+        seed = self.schedule.seed * 100_003 + state.epoch
+        result = distributed.blockwise(len(x), VALIDATION_BLOCK, self.group, terms, seed)
+        rec, kl_mean = result["reconstruction"].double().mean().item(), result["kl"].double().mean().item()
         seconds = state.epoch_seconds
         return {
             "epoch": state.epoch + 1,
@@ -302,8 +348,10 @@ class Trainer:
         self._save()
 
     def _save(self) -> None:
-        if self.save is not None:
-            self.save(self.checkpoint())
+        if self.save is not None or self.group.active:  # under several ranks the checkpoint is a collective
+            checkpoint = self.checkpoint()
+            if self.save is not None:
+                self.save(checkpoint)
 
 
 # --- a spec in, a run directory out -----------------------------------------------------
@@ -327,6 +375,7 @@ def _prepare(spec):
     from ..model.likelihoods import LIKELIHOODS
 
     device = resolve_device(spec.inference.schedule.device)
+    distributed.use_device(device, spec.inference.schedule.collective_timeout)
     seed = spec.inference.schedule.seed
     pyro.set_rng_seed(seed)
     data = load_data(spec.data, seed, likelihood=LIKELIHOODS.resolve(spec.model.likelihood["kind"]))
@@ -424,25 +473,31 @@ def train(spec, out=None, *, force: bool = False, progress: Optional[bool] = Non
     if before is not None:
         before(trainer)
     writer = None
-    if out is not None:
-        path = prepare_run_dir(out, force=force)  # only once spec, data and model are known good
-        atomic_write_text(path / SPEC, spec.to_toml())
-        writer = _RunWriter(path, trainer)
+    if out is not None:  # only once spec, data and model are known good; rank 0 alone writes
+        distributed.on_main(lambda: atomic_write_text(prepare_run_dir(out, force=force) / SPEC, spec.to_toml()))
+        if trainer.group.is_main:
+            writer = _RunWriter(Path(out), trainer)
     return _run(trainer, writer)
 
 
 def resume(path, *, progress: Optional[bool] = None, log=None) -> Trainer:
-    """Continue the run in ``path`` from its checkpoint, exactly where it stopped."""
-    from pathlib import Path
-
-    from ..errors import RunError
+    """Continue the run in ``path`` from its checkpoint, exactly where it stopped. Under
+    several processes rank 0 reads the spec and clears partial writes; every rank reads
+    the checkpoint (on several machines the run directory must be on a shared file
+    system), and the number of processes must be the one that wrote it."""
     from ..runs import CHECKPOINT, load_checkpoint, read_spec, remove_partial_writes
+    from ..spec import Spec
 
     path = Path(path)
-    if not path.is_dir():
-        raise RunError(f"--resume {path}: no such run directory")
-    spec = read_spec(path)
-    remove_partial_writes(path)
+
+    def spec_text() -> str:
+        if not path.is_dir():
+            raise RunError(f"--resume {path}: no such run directory")
+        text = read_spec(path).to_toml()
+        remove_partial_writes(path)
+        return text
+
+    spec = Spec.from_toml(distributed.broadcast_text(spec_text))
     # no checkpoint: stopped before the first one was written, so it starts again (same seed)
     checkpoint = load_checkpoint(path / CHECKPOINT) if (path / CHECKPOINT).exists() else None
     if checkpoint is not None:
@@ -456,13 +511,20 @@ def resume(path, *, progress: Optional[bool] = None, log=None) -> Trainer:
             )
     vae, data = _prepare(spec)
     trainer = Trainer(vae, data, spec.inference, progress=progress, log=log)
-    writer = _RunWriter(path, trainer)
+    writer = _RunWriter(path, trainer) if trainer.group.is_main else None
     if checkpoint is not None:
         if list(data.data_shape) != list(checkpoint["data_shape"]) or trainer.num_data != checkpoint["num_data"]:
             raise RunError(f"--resume {path}: the data no longer match the checkpoint (shape or size changed)")
+        saved = checkpoint["training"].get("world_size", 1)
+        if saved != trainer.group.world_size:
+            raise RunError(
+                f"--resume {path}: the run was trained by {saved} process(es), this is {trainer.group.world_size}; "
+                f"resume with the same number (torchrun --nproc_per_node ... so that the world size is {saved})"
+            )
         try:
             trainer.restore(checkpoint)
         except (RuntimeError, KeyError, TypeError, ValueError) as exc:
             raise RunError(f"{path / CHECKPOINT}: cannot restore training state ({str(exc).splitlines()[0][:160]})") from None
-        writer.metrics()  # metrics.csv as of the checkpoint, whatever a kill left behind
+        if writer is not None:
+            writer.metrics()  # metrics.csv as of the checkpoint, whatever a kill left behind
     return _run(trainer, writer)
