@@ -186,9 +186,13 @@ class Dataset:
             return torch.bernoulli(x, generator=torch.Generator(device=x.device).manual_seed(seed))
         return x
 
-    def batch(self, index: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        x = self.splits["train"][index]
-        return torch.bernoulli(x, generator=generator) if self.dynamic else x
+    def batch(self, index: Tensor, generator: torch.Generator | None = None, rows: slice = slice(None)) -> Tensor:
+        """Training rows ``index[rows]``. A dynamic binarization draws the whole of ``index``
+        (so ``generator`` advances alike whatever ``rows``: every rank of a global batch
+        keeps the one-process data stream) and keeps ``rows``."""
+        if self.dynamic:
+            return torch.bernoulli(self.splits["train"][index], generator=generator)[rows]
+        return self.splits["train"][index[rows]]
 
     def to(self, device) -> "Dataset":
         return replace(

@@ -95,9 +95,10 @@ def runs(tmp_path_factory):
         time.sleep(0.05)
     workers = _worker_pids(launcher.pid)
     os.kill(launcher.pid, signal.SIGKILL)  # the launcher alone: its workers run in sessions of their own
-    launcher.communicate()
     _wait_gone(workers.values(), 60)  # they stop on their own (SIGTERM when the launcher dies)
-    return {"one": one, "two": two, "killed": killed, "two_stdout": out, "killed_workers": len(workers)}
+    _, killed_err = launcher.communicate(timeout=60)  # the workers wrote to the same pipe
+    return {"one": one, "two": two, "killed": killed, "two_stdout": out, "killed_workers": len(workers),
+            "killed_stderr": killed_err}
 
 
 def test_only_rank_zero_writes_and_speaks(runs):
@@ -128,6 +129,8 @@ def test_resume_with_another_number_of_processes_is_refused(runs):
 def test_resume_under_torchrun_after_killing_the_launcher_is_exact(runs):
     assert runs["killed_workers"] == 2
     assert len(metrics(runs["killed"])) < 15  # it was stopped mid-run
+    said = [line for line in runs["killed_stderr"].splitlines() if "Resume with: torchrun" in line]
+    assert len(said) == 1 and "interrupted by signal 15" in said[0]  # one checkpoint, announced once
     code, _, err = torchrun("-m", "pyro_vae", "train", "--resume", runs["killed"], "--quiet")
     assert code == 0, err[-3000:]
     assert metrics(runs["killed"]) == metrics(runs["two"])
@@ -163,6 +166,25 @@ def test_sharded_evaluation_equals_one_process_per_example(runs, tmp_path):
     sharded = np.load(run / "evaluation" / "valid.npz")
     for name, values in single.items():
         assert np.allclose(values, sharded[name], rtol=1e-5, atol=1e-5), name
+
+
+def test_sharded_analysis_equals_one_process(runs):
+    import json
+
+    run = runs["one"]
+    args = ["analyze", run, "--samples", "40", "--limit", "60", "--draws", "10", "--device", "cpu"]
+    code, _, err = run_cli(*args)
+    assert code == 0, err
+    single = json.loads((run / "analysis" / "diagnostics.json").read_text())
+    code, out, err = torchrun("-m", "pyro_vae", *args)
+    assert code == 0, err[-3000:]
+    assert out.count("report: ") == 1
+    sharded = json.loads((run / "analysis" / "diagnostics.json").read_text())
+    for key in ("khat_bands", "active_units", "n", "draws_stored"):
+        assert sharded[key] == single[key], key
+    for key in ("psis_log_likelihood", "is_log_likelihood"):
+        assert sharded[key]["mean"] == pytest.approx(single[key]["mean"], rel=1e-5), key
+    assert sharded["khat_max"] == pytest.approx(single["khat_max"], rel=1e-4)
 
 
 def _worker_pids(launcher_pid: int) -> dict[int, int]:

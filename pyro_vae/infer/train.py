@@ -256,19 +256,21 @@ class Trainer:
         started = time.perf_counter()
         for i in range(state.step_in_epoch, self.steps_per_epoch):
             index = order[i * B : (i + 1) * B]
-            x = self.data.batch(index, self.data_rng)  # the global batch (drawn alike on every rank)
-            index, x = index[self.local_batch], x[self.local_batch]  # this rank's slice
+            x = self.data.batch(index, self.data_rng, self.local_batch)  # this rank's slice of the global batch
+            index = index[self.local_batch]
             self.vae.beta = kl_weight(self.schedule, state.global_step, self.steps_per_epoch)
             try:
                 with pyro.validation_enabled(not self._validated):
                     loss = self.svi.step(x, index)
             except TrainingDiverged as exc:
                 raise self._diverged(str(exc)) from None
+            stop = bool(requested)
             if self.group.active:  # the one-process loss, and a stop requested on any rank stops all
-                totals = self.group.all_reduce_sum(torch.tensor([loss, float(bool(requested))], dtype=torch.float64))
+                totals = self.group.all_reduce_sum(torch.tensor([loss, float(stop)], dtype=torch.float64))
                 loss = totals[0].item() / self.group.world_size
-                if totals[1].item() > 0 and not requested:
-                    requested.append(signal.SIGTERM)
+                # decided by the reduced flag alone: a signal landing after this all-reduce is taken
+                # at the next step, so no rank enters the checkpoint's collectives without the others
+                stop = totals[1].item() > 0
             self._validated = True
             if not math.isfinite(loss):
                 raise self._diverged(f"loss is {loss}")
@@ -281,12 +283,12 @@ class Trainer:
                     bar.set_postfix_str(f"epoch {state.epoch + 1} elbo {elbo:.2f}", refresh=False)
                 bar.update()
             every = self.schedule.checkpoint_every
-            if requested or (every and state.global_step % every == 0 and i + 1 < self.steps_per_epoch):
+            if stop or (every and state.global_step % every == 0 and i + 1 < self.steps_per_epoch):
                 state.epoch_seconds += time.perf_counter() - started
                 started = time.perf_counter()
                 self._save()
-                if requested:
-                    raise Interrupted(requested[0], state.epoch + 1, state.step_in_epoch)
+                if stop:
+                    raise Interrupted(requested[0] if requested else signal.SIGTERM, state.epoch + 1, state.step_in_epoch)
         state.epoch_seconds += time.perf_counter() - started
         return state.epoch_seconds
 
