@@ -117,10 +117,10 @@ class Trainer:
         self.save = save
         self.progress = progress
         self.log = log or (lambda text: print(text, file=sys.stderr))
-        if not distributed.current().is_main:  # one rank speaks
+        self.group = distributed.current()
+        if not self.group.is_main:  # one rank speaks
             self.progress, self.log = False, (lambda text: None)
         self.device = data.split("train").device
-        self.group = distributed.current()
         self.num_data = len(data.split("train"))
         self.batch_size = min(self.schedule.batch_size, self.num_data)  # the global batch B
         distributed.check_batch(self.batch_size, self.group)
@@ -148,9 +148,8 @@ class Trainer:
         vae.num_data = self.num_data
         pyro.clear_param_store()  # pyro.module then registers this VAE's parameters, not an earlier VAE's of the same name
         self.group.broadcast_module(vae)  # every rank starts from rank 0's weights
-        if self.group.active:  # latent draws per (seed, rank); rank 0 keeps the one-process stream
-            if self.group.rank:
-                torch.manual_seed(distributed.rank_seed(self.schedule.seed, self.group.rank))
+        if self.group.rank:  # latent draws per (seed, rank); rank 0 keeps the one-process stream
+            torch.manual_seed(distributed.rank_seed(self.schedule.seed, self.group.rank))
         self.optim = SingleOptimizer(OPTIMIZERS.build(inference.optimizer, list(vae.parameters())), self.schedule.clip_norm,
                                      self.group.average_gradients if self.group.active else None)
         self.svi = SVI(vae.model, vae.guide, self.optim, loss=self.estimator)
