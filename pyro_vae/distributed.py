@@ -109,10 +109,6 @@ class Group:
         dist.all_gather(out, rows.to(self._device()), group=self.process_group)
         return torch.stack([o.to(rows.device) for o in out])
 
-    def barrier(self) -> None:
-        if self.active:
-            dist.barrier(group=self.process_group)
-
 
 SINGLE = Group()
 _current = SINGLE
