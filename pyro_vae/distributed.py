@@ -25,6 +25,7 @@ Semantics, for world size W and global batch B (``inference.schedule.batch_size`
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import sys
@@ -265,8 +266,6 @@ def blockwise(n: int, block: int, group: Group, compute: Callable[[slice], dict[
 
 def broadcast_layout(layout):
     """Rank 0's {name: (shape, dtype)} on every rank, as text (no pickles between ranks)."""
-    import json
-
     def encode():
         return json.dumps({k: [list(s), str(d).replace("torch.", "")] for k, (s, d) in layout.items()})
 

@@ -125,6 +125,7 @@ def posterior_draws(vae, x: torch.Tensor, num_samples: int, keep_draws: Optional
 
 
 _EXAMPLE_DIM = {"z": 1, "log_likelihood": 1, "log_weight": 1}  # (draws, n, ...): examples second
+_PER_EXAMPLE = ("z", "log_likelihood", "log_weight", "pareto_k", "psis_log_likelihood", "is_log_likelihood")
 
 
 def posterior_draws_sharded(vae, x: torch.Tensor, num_samples: int, keep_draws: Optional[int] = None,
@@ -134,8 +135,7 @@ def posterior_draws_sharded(vae, x: torch.Tensor, num_samples: int, keep_draws: 
     results do not depend on the number of processes (see ``distributed.blockwise``)."""
     def compute(rows: slice) -> dict:
         d = posterior_draws(vae, x[rows], num_samples, keep_draws, budget)
-        arrays = {name: torch.as_tensor(getattr(d, name)) for name in
-                  ("z", "log_likelihood", "log_weight", "pareto_k", "psis_log_likelihood", "is_log_likelihood")}
+        arrays = {name: torch.as_tensor(getattr(d, name)) for name in _PER_EXAMPLE}
         return {**arrays, "moment_sum": d.moments.sum, "moment_sum_squares": d.moments.sum_squares,
                 "moment_exact": d.moments.exact}
 
@@ -143,8 +143,7 @@ def posterior_draws_sharded(vae, x: torch.Tensor, num_samples: int, keep_draws: 
     full = distributed.blockwise(len(x), block, group, compute, seed, _EXAMPLE_DIM)
     moments = PosteriorMoments(len(x), vae.latent_dim, num_samples, {"device": x.device, "dtype": x.dtype})
     moments.sum, moments.sum_squares, moments.exact = full["moment_sum"], full["moment_sum_squares"], full["moment_exact"]
-    numpy = {name: full[name].cpu().numpy() for name in
-             ("z", "log_likelihood", "log_weight", "pareto_k", "psis_log_likelihood", "is_log_likelihood")}
+    numpy = {name: full[name].cpu().numpy() for name in _PER_EXAMPLE}
     return PosteriorDraws(**numpy, num_samples=num_samples, moments=moments)
 
 

@@ -120,13 +120,16 @@ class TailAdaptive(Trace_ELBO):
         with torch.no_grad():
             return -self.particle_log_weights(model, guide, *args, **kwargs).mean().item()
 
-    def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
-        log_w = self.particle_log_weights(model, guide, *args, **kwargs)
+    def surrogate(self, log_w: Tensor) -> Tensor:
+        """-sum_k gamma~_k log w_k with the weights gamma~ held fixed."""
         return -(self.tail_weights(log_w.detach()) * log_w).sum()
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
+        return self.surrogate(self.particle_log_weights(model, guide, *args, **kwargs))
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         log_w = self.particle_log_weights(model, guide, *args, **kwargs)
-        surrogate = -(self.tail_weights(log_w.detach()) * log_w).sum()
+        surrogate = self.surrogate(log_w)
         if surrogate.requires_grad:
             surrogate.backward()
         return -log_w.detach().mean().item()

@@ -232,7 +232,7 @@ def active_unit_summary(posterior_mean: Tensor, mc_variance: Optional[Tensor] = 
         return {"active_units": None, "latent_dim": latent_dim, "posterior_mean_variance": None,
                 "posterior_mean_mc_variance": None}
     return {
-        "active_units": int((covariance > ACTIVE_THRESHOLD).sum().item()),
+        "active_units": active_units(posterior_mean, mc_variance),
         "latent_dim": latent_dim,
         "posterior_mean_variance": covariance.tolist(),
         "posterior_mean_mc_variance": mc.tolist(),
