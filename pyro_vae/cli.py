@@ -37,7 +37,8 @@ def _spec_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inference", default="trace_elbo", metavar="NAME|PATH",
                    help="a shipped inference spec or a .toml file with an [inference] table (default: %(default)s)")
     p.add_argument("--data", default="digits", metavar="digits|PATH",
-                   help="a named data set or a file: .npz (arrays train, valid, test) or MNIST IDX (default: %(default)s)")
+                   help="a named data set or a file: .npz (arrays train, valid, test), .npy, .csv/.tsv, .h5ad (AnnData) "
+                   "or MNIST IDX (default: %(default)s)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any spec key; VALUE is read as TOML, else as a string "
                    "(e.g. --set model.latent_dim=32 --set model.encoder.hidden=[400,400] --set model.prior.kind=vamp); repeatable")
@@ -95,6 +96,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snr-repeats", type=_positive, default=50, metavar="M", help="gradient estimates per SNR measurement (default: %(default)s)")
     p.add_argument("--snr-k", default="1,5,20", metavar="K,K,...", help="K values for SNR against K (default: %(default)s; empty: skip)")
     p.set_defaults(handler=cmd_compare)
+    p = sub.add_parser("encode", help="write a run's latent codes of its data, or of other data",
+                       description="For every example: the posterior mean and sd of q(z|x) (Monte Carlo for posteriors "
+                       "without closed forms), optionally S draws, the labels and the example's row in its source. "
+                       "FILE.npz (arrays mean, std, samples, labels, index, split), FILE.csv (one row per example), "
+                       "or FILE.h5ad (for .h5ad input: a copy with obsm['X_pyro_vae'] and obsm['X_pyro_vae_std']; "
+                       "the input is never written). Large data are read in chunks.")
+    p.add_argument("run", metavar="RUN", help="a run directory written by pyro-vae train")
+    p.add_argument("--data", metavar="digits|PATH", help="other data, prepared as the run's were (default: the run's own data)")
+    p.add_argument("--split", default="all", choices=["all", "train", "valid", "test"], help="which examples (default: %(default)s)")
+    p.add_argument("--samples", type=_nonnegative, default=0, metavar="S", help="draws of z per example to write too (default: %(default)s)")
+    p.add_argument("--out", required=True, metavar="FILE", help="FILE.npz, FILE.csv or FILE.h5ad")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
+    p.add_argument("--seed", type=int, default=0, help="random seed for the draws (default: %(default)s)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when available (default: %(default)s)")
+    p.set_defaults(handler=cmd_encode)
+
     p = sub.add_parser("analyze", help="ArviZ analysis of a run: PSIS diagnostics, figures, report",
                        description="Draw S samples from q(z|x) per example, build ArviZ InferenceData, diagnose q(z|x) "
                        "with PSIS k-hat, and write RUN/analysis/: posterior.nc, diagnostics.json, figures and report.md.")
@@ -121,6 +138,16 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value}")
+    return value
+
+
+def _nonnegative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
     return value
 
 
@@ -255,6 +282,15 @@ def cmd_evaluate(args) -> int:
         _say(f"{name:<16}{value}")
     _say(f"(nats per example, +- one standard error over examples; {result['seconds']:.1f} s on {result['device']})")
     _say(f"written: {paths[0]} and {paths[1]}")
+    return 0
+
+
+def cmd_encode(args) -> int:
+    from .exports import encode_run
+
+    out, n = encode_run(args.run, args.out, data=args.data, split=args.split, samples=args.samples, seed=args.seed,
+                        device=args.device, force=args.force)
+    _say(f"encoded {n} examples ({args.split}): {out}")
     return 0
 
 

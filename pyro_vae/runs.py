@@ -20,14 +20,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import pickle
 import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
+import numpy as np
 import torch
 
 from .errors import RunError, SpecError, UserError
@@ -201,6 +203,66 @@ class Run:
     def metrics(self) -> list[dict[str, float]]:
         return read_csv(self.path / METRICS)
 
+    @property
+    def preprocessing(self):
+        """The map from stored values to what the model saw in training (normalization,
+        standardization), kept in the checkpoint."""
+        from .data import Preprocessing
+
+        return Preprocessing.from_state(self.checkpoint.get("preprocessing"))
+
+    def prepare(self, x, seed: Optional[int] = None) -> torch.Tensor:
+        """New data (a numpy array or tensor of stored values, e.g. 8-bit levels or raw
+        counts; one example or a batch) as this run's model sees them: on its device,
+        float32, in its data shape, normalized and standardized as in training, binarized
+        (seed: the run's) where training binarized. Values outside what the model can score,
+        or far outside the training data's range (un-normalized input), are refused."""
+        from .data import binarize
+        from .errors import DataError
+
+        vae = self.vae
+        device = next(iter(vae.parameters())).device
+        if not isinstance(x, torch.Tensor):
+            x = np.asarray(x)
+            if x.dtype.kind not in "biuf":
+                raise DataError(f"prepare: an array of dtype {x.dtype} does not hold numbers; give a numeric array")
+        x = torch.as_tensor(x).to(device)
+        if x.dtype == torch.bool:
+            x = x.to(torch.uint8)
+        if x.is_complex():
+            raise DataError(f"prepare: values of dtype {x.dtype} are not real numbers")
+        size = math.prod(vae.data_shape)
+        if x.numel() % size or (x.ndim and x.shape[-1] != vae.data_shape[-1] and x.shape[-1] != size):
+            raise DataError(f"prepare: an array of shape {tuple(x.shape)} does not hold examples of shape "
+                            f"{vae.data_shape}; give (n, {', '.join(map(str, vae.data_shape))}) or (n, {size})")
+        x = self.preprocessing.apply(x.reshape(-1, *vae.data_shape))
+        if not torch.isfinite(x).all():
+            raise DataError("prepare: the data contain NaN or infinite values; clean them first")
+        p = self.preprocessing
+        if p.low is not None and len(x):
+            span = max(p.high - p.low, 1e-12)
+            low, high = x.min().item(), x.max().item()
+            if low < p.low - span or high > p.high + span:
+                raise DataError(
+                    f"prepare: the data span {low:g}..{high:g} once prepared, far outside the training data's "
+                    f"{p.low:g}..{p.high:g}; give values as the training file stored them (the run divides by "
+                    f"{p.divide or 1:g} itself), not rescaled or raw from another source"
+                )
+        if self.spec.data.binarize != "none":
+            seed = self.spec.inference.schedule.seed if seed is None else seed
+            x = binarize(x, seed, "test", torch.arange(len(x)))
+        problem = vae.likelihood.check(x, "prepare: the data")
+        if problem:
+            raise DataError(problem)
+        return x
+
+    def encode(self, x, samples: int = 0, seed: int = 0) -> dict:
+        """Latent codes of new data (stored values, see :meth:`prepare`): ``mean`` and
+        ``std`` per example, ``samples`` (n, S, latent) when S > 0, numpy arrays."""
+        from .infer.encode import encode
+
+        return encode(self.vae, self.prepare(x), samples, seed=seed)
+
 
 def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run:
     """Rebuild the trained VAE of a run directory (its best weights when early stopping
@@ -214,7 +276,11 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run
     checkpoint = load_checkpoint(path / CHECKPOINT)
     try:
         vae = build_vae(spec.model, tuple(checkpoint["data_shape"]), int(checkpoint["num_data"]))
-        vae.load_state_dict(checkpoint["weights"])
+        missing, unexpected = vae.load_state_dict(checkpoint["weights"], strict=False)
+        # a run from before count likelihoods kept their training mean library size: the default (1) stands
+        missing = [k for k in missing if not k.endswith("likelihood.mean_library")]
+        if missing or unexpected:
+            raise RuntimeError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
     except (RuntimeError, KeyError, TypeError) as exc:
         raise RunError(f"{path / CHECKPOINT}: does not match {path / SPEC} ({str(exc).splitlines()[0][:160]})") from None
     except UserError:

@@ -53,6 +53,7 @@ class ModelSpec(_Strict):
     posterior: dict[str, Any] = {"kind": "diagonal_normal"}
     encoder: dict[str, Any] = {"kind": "mlp"}
     decoder: dict[str, Any] = {"kind": "mlp"}
+    encoder_input: Literal["auto", "identity", "log1p"] = "auto"  # what the encoder sees of x
 
     @model_validator(mode="after")
     def _resolve_slots(self):
@@ -105,7 +106,13 @@ class DataSpec(_Strict):
     path: Optional[str] = None
     binarize: Literal["none", "static", "dynamic"] = "none"
     normalize: Literal["auto"] | bool = "auto"
+    standardize: Literal["per_feature"] | bool = False
     valid_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    test_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    in_memory: Literal["auto"] | bool = "auto"
+    labels: Optional[str] = None  # CSV: a header column; .h5ad: an obs column
+    layer: Optional[str] = None  # .h5ad: a layer instead of X
+    split_column: Optional[str] = None  # .h5ad: an obs column of train/valid/test
 
     @model_validator(mode="after")
     def _name_or_path(self):
@@ -141,7 +148,14 @@ class Spec(_Strict):
         return cls.from_dict(tomllib.loads(text))
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="python", exclude_none=True)
+        """Plain tables, without unset (None) values: TOML has no null, and a slot parameter
+        left at None (e.g. a likelihood's initial_scale, taken from the data) is its default."""
+        def drop_none(value):
+            if isinstance(value, dict):
+                return {k: drop_none(v) for k, v in value.items() if v is not None}
+            return value
+
+        return drop_none(self.model_dump(mode="python", exclude_none=True))
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
@@ -243,6 +257,8 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
                 raise SpecError(f"--set {text!r}: {where} is a value, not a table")
             node = child
         node[parts[-1]] = value
+        if parts[:-1] == ["data"] and parts[-1] in ("name", "path"):  # one source: setting one clears the other
+            node.pop("path" if parts[-1] == "name" else "name", None)
     return raw
 
 

@@ -21,12 +21,14 @@ def spec(**kw):
 def test_digits_is_embedded_normalized_and_split_at_random():
     data = load_data(spec(), seed=0)
     assert data.data_shape == (64,)
-    assert len(data.splits["train"]) + len(data.splits["valid"]) == 1797
-    assert len(data.splits["valid"]) == round(0.1 * 1797)
+    assert sum(len(v) for v in data.splits.values()) == 1797
+    assert len(data.splits["valid"]) == len(data.splits["test"]) == round(0.1 * 1797)  # a seeded test split too
     assert 0 <= data.splits["train"].min() and data.splits["train"].max() == 1.0  # levels 0..16 / 16
-    assert set(data.labels) == {"train", "valid"}
+    assert set(data.labels) == {"train", "valid", "test"}
+    everything = torch.cat(list(data.splits.values()))
+    assert len(torch.unique(everything, dim=0)) == len(torch.unique(torch.as_tensor(read_source("digits", None).splits["train"].array), dim=0))
     # the validation rows are spread over the file, not its tail
-    raw = read_source("digits", None).splits["train"] / 16
+    raw = read_source("digits", None).splits["train"].array / 16
     rows = [int(np.flatnonzero((raw == v.numpy()).all(1))[0]) for v in data.splits["valid"]]
     assert min(rows) < 100 and max(rows) > 1700 and len(set(rows)) > 170
     # the same seed draws the same split, another seed another
@@ -66,8 +68,11 @@ def test_static_and_dynamic_binarization():
 
 def test_binarize_needs_intensities(tmp_path):
     path = write_npz(tmp_path / "counts.npz", train=np.arange(40.0).reshape(10, 4))
-    with pytest.raises(DataError, match="binarize = 'static' needs intensities in \\[0, 1\\].*normalize"):
-        load_data(spec(path=str(path), binarize="static"), seed=0)
+    with pytest.raises(DataError, match="binarize = 'static' needs intensities in \\[0, 1\\].*rescale the data"):
+        load_data(spec(path=str(path), binarize="static"), seed=0)  # floats: normalize would not help
+    levels = write_npz(tmp_path / "levels.npz", train=np.arange(40).reshape(10, 4).astype(np.uint8))
+    with pytest.raises(DataError, match="set data.normalize = true \\(integer levels 0..255"):
+        load_data(spec(path=str(levels), binarize="static", normalize=False), seed=0)
 
 
 @pytest.mark.parametrize(
@@ -114,10 +119,10 @@ def test_bad_files(tmp_path):
     flat = write_npz(tmp_path / "f.npz", train=np.zeros(5))
     with pytest.raises(DataError, match="one row per example"):
         read_source(None, str(flat))
-    csv = tmp_path / "x.csv"
-    csv.write_text("1,2\n")
+    other = tmp_path / "x.parquet"
+    other.write_text("1,2\n")
     with pytest.raises(DataError, match="unsupported data file"):
-        read_source(None, str(csv))
+        read_source(None, str(other))
 
 
 def _write_idx(path, array, magic_type=0x08):
@@ -131,7 +136,7 @@ def test_idx_files(tmp_path):
     _write_idx(tmp_path / "x-images-idx3-ubyte.gz", images)
     _write_idx(tmp_path / "x-labels-idx1-ubyte.gz", np.arange(20) % 10)
     raw = read_source(None, str(tmp_path / "x-images-idx3-ubyte.gz"))
-    assert np.array_equal(raw.splits["train"], images)
+    assert np.array_equal(raw.splits["train"].array, images)
     assert np.array_equal(raw.labels["train"], np.arange(20) % 10)
     truncated = tmp_path / "t-images-idx3-ubyte.gz"
     with gzip.open(truncated, "wb") as f:
@@ -154,5 +159,8 @@ def test_official_mnist_idx():
 @needs_mnist
 def test_shared_binarized_mnist():
     data = prepare(read_source(None, str(MNIST)), spec(path=str(MNIST)), seed=0)
+    # no test array: a seeded test split of 10% is drawn from train; test_fraction = 0 keeps the published 50,000
+    assert {k: tuple(v.shape) for k, v in data.splits.items()} == {"train": (45000, 784), "valid": (10000, 784), "test": (5000, 784)}
+    data = prepare(read_source(None, str(MNIST)), spec(path=str(MNIST), test_fraction=0.0), seed=0)
     assert {k: tuple(v.shape) for k, v in data.splits.items()} == {"train": (50000, 784), "valid": (10000, 784)}
     assert set(data.splits["valid"].unique().tolist()) == {0.0, 1.0}

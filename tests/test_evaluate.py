@@ -38,7 +38,8 @@ def test_evaluate_on_a_file_with_only_a_test_split(digits_run, tmp_path, capsys)
     code, _, stderr = run_cli("evaluate", digits_run, "--data", path, "--samples", "10")
     assert_one_line_error(code, stderr, "no 'valid' split", "test")
     assert main(["evaluate", str(digits_run), "--data", str(path), "--split", "test", "--samples", "50"]) == 0
-    assert json.loads((digits_run / "evaluation" / "test.json").read_text())["n"] == 40
+    # named by the data: the run's own evaluation/test.json is not overwritten
+    assert json.loads((digits_run / "evaluation" / "test_only-test.json").read_text())["n"] == 40
 
 
 def test_evaluate_errors(tmp_path, digits_run):

@@ -130,17 +130,17 @@ def test_resume_of_a_finished_run_and_bad_combinations(reference):
 
 def test_a_nan_stops_training_naming_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path):
     out = tmp_path / "nan"
-    # 1617 training examples in batches of 128: 12 steps per epoch; NaN from step 31 = epoch 3, step 7
+    # 1437 training examples in batches of 128: 11 steps per epoch; NaN from step 31 = epoch 3, step 9
     code, _, stderr = run_cli("train", "--out", out, "--set", "model.likelihood.kind=faulty:NaNAfter",
                               "--set", "model.likelihood.after=30", "--set", "inference.schedule.epochs=6", "--quiet",
                               env={"PYTHONPATH": str(TESTS)})
     assert code == 3, stderr
     lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and "epoch 3, step 7" in lines[0] and "learning rate" in lines[0]
+    assert len(lines) == 1 and "epoch 3, step 9" in lines[0] and "learning rate" in lines[0]
     assert load_checkpoint(out / "checkpoint.pt")["training"]["state"]["epoch"] == 2
     assert [row["epoch"] for row in metrics_without_timing(out)] == ["1", "2"]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["status"] == "diverged" and "epoch 3, step 7" in summary["message"]
+    assert summary["status"] == "diverged" and "epoch 3, step 9" in summary["message"]
     assert all(torch.isfinite(t).all() for t in load_run(out).vae.state_dict().values())
 
 

@@ -138,9 +138,9 @@ def test_scoring_a_dynamically_binarized_train_split_draws_binary_data(tmp_path)
     assert main(["train", "--out", str(out), "--set", "data.binarize=dynamic", "--set", "inference.schedule.epochs=1",
                  "--quiet"]) == 0
     run = load_run(out, "cpu")
-    x, _, _ = heldout(run, split="train")
+    x = heldout(run, split="train").x
     assert x.unique().tolist() == [0.0, 1.0]
-    again, _, _ = heldout(run, split="train")
+    again = heldout(run, split="train").x
     assert torch.equal(x, again)  # seeded: every command scores the same draw
     data = Dataset({"train": torch.full((200, 3), 0.3)}, {}, (3,), "t", dynamic=True)
     assert abs(data.scored("train", 0).mean().item() - 0.3) < 0.06

@@ -16,7 +16,8 @@ def test_default_spec_is_fully_resolved():
     assert raw["model"]["encoder"] == {"kind": "mlp", "hidden": [400], "activation": "softplus", "dropout": 0.0}
     assert raw["inference"]["estimator"]["kind"] == "trace_elbo"
     assert raw["inference"]["optimizer"]["lr"] == 1e-3
-    assert raw["data"] == {"name": "digits", "binarize": "none", "normalize": "auto", "valid_fraction": 0.1}
+    assert raw["data"] == {"name": "digits", "binarize": "none", "normalize": "auto", "valid_fraction": 0.1,
+                           "test_fraction": 0.1, "standardize": False, "in_memory": "auto"}
     # the resolved form reads back to the same spec
     assert Spec.from_dict(raw) == spec
 

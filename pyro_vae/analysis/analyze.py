@@ -28,7 +28,10 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
     device = resolve_device(device)
     group = distributed.use_device(device)
     run = load_run(path, device)
-    x, labels, source = heldout(run, data, split, limit, seed, device)
+    examples = heldout(run, data, split, limit, seed, device)
+    x, labels, source = examples.x, examples.labels, examples.source
+    if not isinstance(x, torch.Tensor):  # a streamed split: the analysis holds its examples' draws anyway
+        x = x[:]
     run.vae.eval()
     posterior = posterior_draws_sharded(run.vae, x, num_samples, draws, budget, seed, group)
     if not group.is_main:

@@ -91,7 +91,7 @@ def example_posteriors(path_posterior: Path, path_pair: Path, idata, examples: S
 def interpolation(path: Path, vae, mean_a: torch.Tensor, mean_b: torch.Tensor, steps: int = 10) -> Path:
     """E[x|z] along the line from one example's posterior mean to another's."""
     t = torch.linspace(0, 1, steps, device=mean_a.device)[:, None]
-    decoded = vae.likelihood.mean(vae.decoder((1 - t) * mean_a + t * mean_b))
+    decoded = vae.decode_mean((1 - t) * mean_a + t * mean_b)
     return image_panel(path, [("E[x|z] for z = (1 - t) m_a + t m_b, t = 0 .. 1 (left to right)", decoded)],
                        vae.data_shape, "Linear interpolation between two encoded examples", columns=steps)
 
@@ -105,6 +105,6 @@ def traversals(path: Path, vae, centre: torch.Tensor, dims: Sequence[int], sprea
         z = centre.repeat(steps, 1)
         z[:, d] = centre[d] + offsets * spread[d]
         rows.append((f"z[{d}] from {(centre[d] - 2.5 * spread[d]).item():.2f} to {(centre[d] + 2.5 * spread[d]).item():.2f}",
-                     vae.likelihood.mean(vae.decoder(z))))
+                     vae.decode_mean(z)))
     return image_panel(path, rows, vae.data_shape, "Traversals of the most active latent dimensions "
                        "(others at the mean posterior mean)", columns=steps)

@@ -68,7 +68,7 @@ def importance_chunks(vae, x: Tensor, num_samples: int, budget: int = BUDGET, pr
         q = vae.q(xb)
         for drawn in range(0, num_samples, samples):
             z = q.rsample((min(samples, num_samples - drawn),))
-            terms = ImportanceTerms(vae.p_x(z).log_prob(xb), prior.log_prob(z), q.log_prob(z))
+            terms = ImportanceTerms(vae.p_x(z, xb).log_prob(xb), prior.log_prob(z), q.log_prob(z))
             yield slice(start, start + len(xb)), q, z, terms
 
 
@@ -270,8 +270,25 @@ def summarize(result: PerExample, num_samples: int) -> dict:
     return summary
 
 
-def heldout(run, data: Optional[str] = None, split: str = "valid", limit: Optional[int] = None, seed: int = 0, device="cpu"):
-    """(x, labels or None, source) of a split, prepared as the run's data were.
+@dataclass
+class Heldout:
+    """Examples to score, prepared as the run's data were: ``x`` (a tensor, or a streamed
+    split), their ``labels``, ``index`` (their rows in the source's array), the data's
+    ``source`` and ``tag`` (a file-name-safe name for outputs: the split for the run's
+    own data, else the other data's name and the split)."""
+
+    x: object
+    labels: Optional[Tensor]
+    index: np.ndarray
+    source: str
+    tag: str
+    label_names: Optional[list] = None
+
+
+def heldout(run, data: Optional[str] = None, split: str = "valid", limit: Optional[int] = None, seed: int = 0,
+            device="cpu") -> Heldout:
+    """A split, prepared as the run's data were (with the run's own normalization and
+    standardization, kept in its checkpoint).
 
     ``data`` names other data (a data set or a file) read with the run's data options;
     a split with as many features as the run's data is reshaped to the run's shape.
@@ -285,9 +302,13 @@ def heldout(run, data: Optional[str] = None, split: str = "valid", limit: Option
     spec = run.spec.data
     if data is not None:
         spec = DataSpec(**{**spec.model_dump(exclude={"name", "path"}), **data_table(data)})
-    dataset = load_data(spec, run.spec.inference.schedule.seed, likelihood=run.vae.likelihood, device=device)
+    stored = run.checkpoint.get("preprocessing")
+    preprocessing = run.preprocessing if stored is not None else None
+    dataset = load_data(spec, run.spec.inference.schedule.seed, likelihood=run.vae.likelihood, device=device,
+                        preprocessing=preprocessing)
     x = dataset.scored(split, run.spec.inference.schedule.seed)
     labels = dataset.labels.get(split)
+    index = dataset.origin.get(split, np.arange(len(x)))
     if tuple(x.shape[1:]) != run.vae.data_shape:
         if math.prod(x.shape[1:]) != math.prod(run.vae.data_shape):
             raise DataError(
@@ -299,11 +320,24 @@ def heldout(run, data: Optional[str] = None, split: str = "valid", limit: Option
         rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
         x = x[rows.to(x.device)]
         labels = None if labels is None else labels[rows.to(labels.device)]
-    return x, labels, dataset.source
+        index = index[rows.numpy()]
+    tag = split if data is None else f"{_safe_name(data)}-{split}"
+    return Heldout(x, labels, np.asarray(index), dataset.source, tag, dataset.label_names)
+
+
+def _safe_name(data: str) -> str:
+    """A data set name, or a file's stem, as a file-name part."""
+    from pathlib import Path
+
+    name = Path(data).name
+    for suffix in (".gz", ".npz", ".npy", ".csv", ".tsv", ".h5ad"):
+        name = name.removesuffix(suffix)
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "data"
 
 
 def evaluate_run(path, data=None, split="valid", num_samples=5000, limit=None, seed=0, device="auto", budget=BUDGET):
-    """Evaluate a run directory; writes RUN/evaluation/<split>.json and <split>.npz.
+    """Evaluate a run directory; writes RUN/evaluation/<split>.json and <split>.npz (for
+    other data, ``<data>-<split>``: the run's own results are never overwritten).
 
     Under several processes the examples are shared among the ranks in seeded blocks, the
     per-example results gathered, and rank 0 alone writes. Returns (summary, (json path,
@@ -317,16 +351,16 @@ def evaluate_run(path, data=None, split="valid", num_samples=5000, limit=None, s
     device = resolve_device(device)
     group = distributed.use_device(device)
     run = load_run(path, device)
-    x, _, source = heldout(run, data, split, limit, seed, device)
+    examples = heldout(run, data, split, limit, seed, device)
     started = time.perf_counter()
-    result = importance_sample_sharded(run.vae, x, num_samples, budget, seed, group)
+    result = importance_sample_sharded(run.vae, examples.x, num_samples, budget, seed, group)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     summary = summarize(result, num_samples)
-    summary.update(split=split, data=source, seconds=time.perf_counter() - started, device=str(device), seed=seed,
-                   processes=group.world_size)
+    summary.update(split=split, data=examples.source, seconds=time.perf_counter() - started, device=str(device),
+                   seed=seed, processes=group.world_size, limit=limit)
     folder = Path(path) / "evaluation"
-    json_path, npz_path = folder / f"{split}.json", folder / f"{split}.npz"
+    json_path, npz_path = folder / f"{examples.tag}.json", folder / f"{examples.tag}.npz"
     if not group.is_main:
         return summary, (json_path, npz_path), result
     atomic_write_json(json_path, summary)
@@ -334,5 +368,6 @@ def evaluate_run(path, data=None, split="valid", num_samples=5000, limit=None, s
         name: getattr(result, name).cpu().numpy()
         for name in ("log_likelihood", "elbo", "reconstruction", "kl", "posterior_mean")
     }
+    arrays["index"] = examples.index  # each example's row in the source's array (which ones --limit chose)
     atomic_write(npz_path, lambda f: np.savez(f, **arrays))
     return summary, (json_path, npz_path), result

@@ -253,41 +253,45 @@ class Trainer:
             self.data_rng.set_state(current)
         self.vae.train()
         started = time.perf_counter()
-        for i in range(state.step_in_epoch, self.steps_per_epoch):
-            index = order[i * B : (i + 1) * B]
-            x = self.data.batch(index, self.data_rng, self.local_batch)  # this rank's slice of the global batch
-            index = index[self.local_batch]
-            self.vae.beta = kl_weight(self.schedule, state.global_step, self.steps_per_epoch)
-            try:
-                with pyro.validation_enabled(not self._validated):
-                    loss = self.svi.step(x, index)
-            except TrainingDiverged as exc:
-                raise self._diverged(str(exc)) from None
-            stop = bool(requested)
-            if self.group.active:  # the one-process loss, and a stop requested on any rank stops all
-                totals = self.group.all_reduce_sum(torch.tensor([loss, float(stop)], dtype=torch.float64))
-                loss = totals[0].item() / self.group.world_size
-                # decided by the reduced flag alone: a signal landing after this all-reduce is taken
-                # at the next step, so no rank enters the checkpoint's collectives without the others
-                stop = totals[1].item() > 0
-            self._validated = True
-            if not math.isfinite(loss):
-                raise self._diverged(f"loss is {loss}")
-            state.epoch_loss += loss
-            state.global_step += 1
-            state.step_in_epoch = i + 1
-            if bar is not None:
-                if i % 25 == 0 or i + 1 == self.steps_per_epoch:
-                    elbo = -state.epoch_loss / state.step_in_epoch / self.num_data
-                    bar.set_postfix_str(f"epoch {state.epoch + 1} elbo {elbo:.2f}", refresh=False)
-                bar.update()
-            every = self.schedule.checkpoint_every
-            if stop or (every and state.global_step % every == 0 and i + 1 < self.steps_per_epoch):
-                state.epoch_seconds += time.perf_counter() - started
-                started = time.perf_counter()
-                self._save()
-                if stop:
-                    raise Interrupted(requested[0] if requested else signal.SIGTERM, state.epoch + 1, state.step_in_epoch)
+        steps = range(state.step_in_epoch, self.steps_per_epoch)
+        # this rank's slice of each global batch (a streamed split is read ahead in the background)
+        batches = self.data.batches((order[i * B : (i + 1) * B] for i in steps), self.data_rng, self.local_batch)
+        try:
+            for i, x in zip(steps, batches):
+                index = order[i * B : (i + 1) * B][self.local_batch]
+                self.vae.beta = kl_weight(self.schedule, state.global_step, self.steps_per_epoch)
+                try:
+                    with pyro.validation_enabled(not self._validated):
+                        loss = self.svi.step(x, index)
+                except TrainingDiverged as exc:
+                    raise self._diverged(str(exc)) from None
+                stop = bool(requested)
+                if self.group.active:  # the one-process loss, and a stop requested on any rank stops all
+                    totals = self.group.all_reduce_sum(torch.tensor([loss, float(stop)], dtype=torch.float64))
+                    loss = totals[0].item() / self.group.world_size
+                    # decided by the reduced flag alone: a signal landing after this all-reduce is taken
+                    # at the next step, so no rank enters the checkpoint's collectives without the others
+                    stop = totals[1].item() > 0
+                self._validated = True
+                if not math.isfinite(loss):
+                    raise self._diverged(f"loss is {loss}")
+                state.epoch_loss += loss
+                state.global_step += 1
+                state.step_in_epoch = i + 1
+                if bar is not None:
+                    if i % 25 == 0 or i + 1 == self.steps_per_epoch:
+                        elbo = -state.epoch_loss / state.step_in_epoch / self.num_data
+                        bar.set_postfix_str(f"epoch {state.epoch + 1} elbo {elbo:.2f}", refresh=False)
+                    bar.update()
+                every = self.schedule.checkpoint_every
+                if stop or (every and state.global_step % every == 0 and i + 1 < self.steps_per_epoch):
+                    state.epoch_seconds += time.perf_counter() - started
+                    started = time.perf_counter()
+                    self._save()
+                    if stop:
+                        raise Interrupted(requested[0] if requested else signal.SIGTERM, state.epoch + 1, state.step_in_epoch)
+        finally:
+            batches.close()  # stops a read-ahead thread at once, whatever ended the loop
         state.epoch_seconds += time.perf_counter() - started
         return state.epoch_seconds
 
@@ -370,21 +374,26 @@ def _device_name(device: torch.device) -> str:
 
 def _prepare(spec):
     """Data and VAE for ``spec``, checked against each other, on the spec's device."""
-    from ..data import check_support, load_data
+    from ..data import StreamedSplit, check_support, load_data
     from ..errors import DataError
     from ..model import build_vae
-    from ..model.likelihoods import LIKELIHOODS
+    from ..model.likelihoods import LIKELIHOODS, DataStatistics
 
     device = resolve_device(spec.inference.schedule.device)
     distributed.use_device(device, spec.inference.schedule.collective_timeout)
     seed = spec.inference.schedule.seed
     pyro.set_rng_seed(seed)
-    data = load_data(spec.data, seed, likelihood=LIKELIHOODS.resolve(spec.model.likelihood["kind"]))
+    data = load_data(spec.data, seed, likelihood=LIKELIHOODS.resolve(spec.model.likelihood["kind"]), device=device)
     train = data.split("train")
     if "valid" not in data.splits:
         raise DataError(f"{data.source}: no validation split; add a 'valid' array or a 'train' array to split from")
     vae = build_vae(spec.model, data.data_shape, num_data=len(train))
     check_support(data, vae.likelihood)
+    rows = max(1, 2**22 // max(1, train[0].numel()))  # float64 chunks of ~32 MB, not a copy of the split
+    statistics = DataStatistics.of(train.chunks() if isinstance(train, StreamedSplit)
+                                   else (train[i : i + rows] for i in range(0, len(train), rows)))
+    vae.likelihood.initialize_from_data(statistics)
+    data.preprocessing.low, data.preprocessing.high = statistics.low, statistics.high
     return vae.to(device), data.to(device)
 
 
@@ -403,10 +412,20 @@ def _summary(trainer: Trainer, status: str, message: str = "") -> dict:
         "device_name": _device_name(trainer.device),
         "versions": _versions(),
         "num_parameters": sum(p.numel() for p in trainer.vae.parameters()),
-        "data": {"source": data.source, "shape": list(data.data_shape), **{k: len(v) for k, v in data.splits.items()}},
+        "data": _data_summary(data),
     }
     if message:
         summary["message"] = message
+    return summary
+
+
+def _data_summary(data) -> dict:
+    summary = {"source": data.source, "shape": list(data.data_shape), "streamed": data.streamed,
+               **{k: len(v) for k, v in data.splits.items()}}
+    if data.sha256:
+        summary["sha256"] = data.sha256
+    if data.label_names:
+        summary["label_names"] = data.label_names
     return summary
 
 
@@ -425,6 +444,8 @@ class _RunWriter:
             "format": runs.CHECKPOINT_FORMAT,
             "data_shape": list(trainer.data.data_shape),
             "num_data": trainer.num_data,
+            "preprocessing": trainer.data.preprocessing.state(),
+            **({"data_sha256": trainer.data.sha256} if trainer.data.sha256 else {}),
             **checkpoint,
         }
         runs.save_checkpoint(self.path / runs.CHECKPOINT, checkpoint)
@@ -516,6 +537,9 @@ def resume(path, *, progress: Optional[bool] = None, log=None) -> Trainer:
     if checkpoint is not None:
         if list(data.data_shape) != list(checkpoint["data_shape"]) or trainer.num_data != checkpoint["num_data"]:
             raise RunError(f"--resume {path}: the data no longer match the checkpoint (shape or size changed)")
+        if checkpoint.get("data_sha256", data.sha256) != data.sha256:
+            raise RunError(f"--resume {path}: {data.source} changed since the run started (its SHA-256 differs); "
+                           "restore the file, or start a new run")
         saved = checkpoint["training"].get("world_size", 1)
         if saved != trainer.group.world_size:
             raise RunError(

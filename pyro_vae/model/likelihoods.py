@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated, Callable, Literal
+from typing import Annotated, Callable, Literal, Optional
 
 import pyro.distributions as dist
 import torch
@@ -28,6 +28,7 @@ LIKELIHOODS = Registry("likelihood")
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0, le=64)]
 LEVELS = 256  # 8-bit data
+DEFAULT_SCALE = 0.1  # a fixed location-scale likelihood's scale when none is given
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Domain:
     description: str
     contains: Callable[[Tensor], Tensor]
     fix: str
+    bounds: tuple[float | None, float | None] = (None, None)  # (lowest, highest) value, None where unbounded
 
 
 def _is_integer(x: Tensor) -> Tensor:
@@ -49,23 +51,27 @@ UNIT = Domain(
     "set data.normalize = true (8-bit data is divided by its largest level) or "
     "data.binarize = \"static\" or \"dynamic\", or choose a likelihood for real values (gaussian) "
     "or for counts (poisson, negative_binomial)",
+    (0.0, 1.0),
 )
 OPEN_UNIT = Domain(
     "values strictly inside (0, 1)",
     lambda x: (x > 0) & (x < 1),
     "use continuous_bernoulli for data that touches 0 or 1, or squeeze the data into (0, 1)",
+    (0.0, 1.0),
 )
 REAL = Domain("finite real values", lambda x: torch.ones_like(x, dtype=torch.bool), "")
 LEVELS_8BIT = Domain(
     "integer levels 0..255",
     lambda x: (x >= 0) & (x <= LEVELS - 1) & _is_integer(x),
     "set data.normalize = false to keep 8-bit data as levels, and data.binarize = \"none\"",
+    (0.0, LEVELS - 1.0),
 )
 COUNTS = Domain(
     "non-negative integer counts",
     lambda x: (x >= 0) & _is_integer(x),
     "set data.normalize = false so counts are not divided, or choose a likelihood for "
     "real values (gaussian) or for [0, 1] (bernoulli)",
+    (0.0, None),
 )
 
 
@@ -82,6 +88,10 @@ class Likelihood(nn.Module):
     def __init__(self, data_shape: tuple[int, ...]):
         super().__init__()
         self.data_shape = tuple(data_shape)
+
+    @property
+    def domain_bounds(self) -> tuple[float | None, float | None]:
+        return self.domain.bounds
 
     @property
     def event_dim(self) -> int:
@@ -112,9 +122,42 @@ class Likelihood(nn.Module):
             f"{outside} values outside): {self.domain.fix}"
         )
 
-    def mean(self, out: Tensor) -> Tensor:
-        """E[x|z], for reconstructions and decoded samples."""
-        return self(out).mean
+    def mean(self, out: Tensor, **context) -> Tensor:
+        """E[x|z], for reconstructions and decoded samples (``context``: see VAE.p_x)."""
+        return self(out, **context).mean
+
+    def initialize_from_data(self, statistics: "DataStatistics") -> None:
+        """Start parameters from the training data's statistics (before training only;
+        a trained run's weights replace them). Nothing by default."""
+
+
+@dataclass(frozen=True)
+class DataStatistics:
+    """What a likelihood may start from: the training split's per-feature mean and sd
+    (data_shape), the root mean of the features' variances, the mean of each example's
+    total (library size), and the range of its values."""
+
+    mean: Tensor
+    sd: Tensor
+    pooled_sd: float
+    mean_total: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, chunks) -> "DataStatistics":
+        """From an iterable of (rows, *data_shape) tensors, in float64."""
+        count, total, squares, row_totals, low, high = 0, 0.0, 0.0, 0.0, math.inf, -math.inf
+        for x in chunks:
+            x = x.double().cpu()
+            count += len(x)
+            low, high = min(low, x.min().item()), max(high, x.max().item())
+            total, squares = total + x.sum(0), squares + (x * x).sum(0)
+            row_totals += x.reshape(len(x), -1).sum(1).sum().item()
+        mean = total / count
+        variance = (squares / count - mean * mean).clamp(min=0)
+        pooled = variance.mean().sqrt().item()  # the root mean variance of the features
+        return cls(mean.float(), variance.sqrt().float(), pooled, row_totals / count, low, high)
 
 
 @LIKELIHOODS.register("bernoulli")
@@ -219,17 +262,21 @@ class _LocationScale(Likelihood):
 
     scale = softplus(raw) + min_scale. A fixed scale is ``initial_scale`` exactly, and
     a learned one starts there: raw = softplus^-1(initial_scale - min_scale), so
-    ``initial_scale`` must exceed ``min_scale``."""
+    ``initial_scale`` must exceed ``min_scale``. Without ``initial_scale`` a fixed scale
+    is 0.1, and a learned one starts from the training data's spread
+    (:meth:`initialize_from_data`: the sd per feature, or pooled for ``shared``)."""
 
     def __init__(
         self,
         data_shape,
         *,
         scale: ScaleMode = "per_feature",
-        initial_scale: PositiveFloat = 0.1,
+        initial_scale: Optional[PositiveFloat] = None,
         min_scale: Annotated[float, Field(ge=0)] = 1e-3,
     ):
         super().__init__(data_shape)
+        self.from_data = initial_scale is None and scale in ("shared", "per_feature")
+        initial_scale = DEFAULT_SCALE if initial_scale is None else initial_scale
         if scale != "decoder" and initial_scale <= min_scale:
             raise SpecError(
                 f"initial_scale = {initial_scale:g} must be larger than min_scale = {min_scale:g} (the scale is "
@@ -244,6 +291,17 @@ class _LocationScale(Likelihood):
             self.register_buffer("raw_scale", raw)
         elif scale != "decoder":
             self.raw_scale = nn.Parameter(raw)
+
+    def initialize_from_data(self, statistics: DataStatistics) -> None:
+        """A learned scale without ``initial_scale`` starts at the data's sd (per feature, or
+        pooled), floored at 5% of the pooled sd (constant features) and above min_scale."""
+        if not self.from_data:
+            return
+        floor = max(0.05 * statistics.pooled_sd, 2 * self.min_scale + 1e-6)
+        start = torch.full_like(self.raw_scale, statistics.pooled_sd) if self.scale_mode == "shared" else statistics.sd
+        start = start.reshape(self.raw_scale.shape).to(self.raw_scale).clamp(min=floor)
+        with torch.no_grad():
+            self.raw_scale.copy_(softplus_inverse(start - self.min_scale))
 
     def loc_scale(self, out: Tensor) -> tuple[Tensor, Tensor]:
         parts = self.split(out)
@@ -286,7 +344,7 @@ class StudentTLikelihood(_LocationScale):
         *,
         df: PositiveFloat = 3.0,
         scale: ScaleMode = "per_feature",
-        initial_scale: PositiveFloat = 0.1,
+        initial_scale: Optional[PositiveFloat] = None,
         min_scale: Annotated[float, Field(ge=0)] = 1e-3,
     ):
         super().__init__(data_shape, scale=scale, initial_scale=initial_scale, min_scale=min_scale)
@@ -432,21 +490,47 @@ class DiscretizedLogisticLikelihood(_EightBit):
 
 
 class _Counts(Likelihood):
+    """Counts: the encoder sees log(1 + x). With ``library_size = true`` the mean is
+    l * softmax(decoder output) over the features, where l is the example's observed
+    total count (its library size, as in scVI; Lopez et al., 2018); decoded samples
+    without an x use the training set's mean total."""
+
     domain = COUNTS
     encoder_input_bounds = (0.0, None)
     raw_integers = True
 
+    def __init__(self, data_shape, *, library_size: bool = False):
+        super().__init__(data_shape)
+        self.library_size = library_size
+        self.register_buffer("mean_library", torch.tensor(1.0))
+
     def encoder_input(self, x):
         return torch.log1p(x)
+
+    def observed_library(self, x: Tensor) -> Tensor:
+        """l = sum of x over the features, shape x.shape[:-event_dim]."""
+        return x.flatten(-self.event_dim).sum(-1)
+
+    def initialize_from_data(self, statistics: DataStatistics) -> None:
+        with torch.no_grad():
+            self.mean_library.fill_(max(statistics.mean_total, 1e-8))
+
+    def rate(self, raw: Tensor, library: Tensor | None = None) -> Tensor:
+        """The mean of each count: softplus(raw), or l * softmax(raw) with a library size."""
+        if not self.library_size:
+            return F.softplus(raw) + 1e-8
+        library = self.mean_library if library is None else library
+        shares = torch.softmax(raw.flatten(-self.event_dim), -1).view_as(raw)
+        return shares * library.reshape(library.shape + (1,) * self.event_dim) + 1e-8
 
 
 @LIKELIHOODS.register("poisson")
 class PoissonLikelihood(_Counts):
-    """Poisson counts with rate softplus(decoder output)."""
+    """Poisson counts with rate softplus(decoder output), or l * softmax(decoder output)."""
 
-    def forward(self, out):
+    def forward(self, out, library=None):
         (raw,) = self.split(out)
-        return dist.Poisson(F.softplus(raw) + 1e-8).to_event(self.event_dim)
+        return dist.Poisson(self.rate(raw, library)).to_event(self.event_dim)
 
 
 class NegativeBinomial(dist.NegativeBinomial):
@@ -467,21 +551,21 @@ class NegativeBinomial(dist.NegativeBinomial):
 class _Dispersed(_Counts):
     """Counts with mean from the decoder and a learned inverse dispersion theta per feature."""
 
-    def __init__(self, data_shape, *, initial_dispersion: PositiveFloat = 1.0):
-        super().__init__(data_shape)
+    def __init__(self, data_shape, *, initial_dispersion: PositiveFloat = 1.0, library_size: bool = False):
+        super().__init__(data_shape, library_size=library_size)
         self.raw_theta = nn.Parameter(torch.full(self.data_shape, softplus_inverse(initial_dispersion)))
 
-    def mean_theta(self, raw_mean: Tensor) -> tuple[Tensor, Tensor]:
-        return F.softplus(raw_mean) + 1e-8, F.softplus(self.raw_theta) + 1e-8
+    def mean_theta(self, raw_mean: Tensor, library: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.rate(raw_mean, library), F.softplus(self.raw_theta) + 1e-8
 
 
 @LIKELIHOODS.register("negative_binomial")
 class NegativeBinomialLikelihood(_Dispersed):
     """Negative binomial NB(mean mu(z), inverse dispersion theta): Var = mu + mu^2 / theta."""
 
-    def forward(self, out):
+    def forward(self, out, library=None):
         (raw_mean,) = self.split(out)
-        mu, theta = self.mean_theta(raw_mean)
+        mu, theta = self.mean_theta(raw_mean, library)
         return NegativeBinomial(total_count=theta, logits=mu.log() - theta.log()).to_event(self.event_dim)
 
 
@@ -492,8 +576,8 @@ class ZeroInflatedNegativeBinomialLikelihood(_Dispersed):
 
     outputs = 2
 
-    def forward(self, out):
+    def forward(self, out, library=None):
         raw_mean, gate_logits = self.split(out)
-        mu, theta = self.mean_theta(raw_mean)
+        mu, theta = self.mean_theta(raw_mean, library)
         base = NegativeBinomial(total_count=theta, logits=mu.log() - theta.log())
         return dist.ZeroInflatedDistribution(base, gate_logits=gate_logits).to_event(self.event_dim)

@@ -10,6 +10,7 @@ linear KL warm-up as in Bowman et al., 2016). Reported figures are nats per exam
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import NamedTuple, Optional
 
@@ -62,9 +63,11 @@ class VAE(nn.Module):
         decoder: nn.Module,
         num_data: Optional[int] = None,
         name: str = "vae",
+        input_transform: str = "auto",
     ):
         super().__init__()
         self.name = name
+        self.input_transform = input_transform
         self.prior = prior
         self.likelihood = likelihood
         self.posterior = posterior
@@ -84,16 +87,48 @@ class VAE(nn.Module):
 
     # --- the distributions -----------------------------------------------------------
 
+    def encoder_input(self, x: Tensor) -> Tensor:
+        """What the encoder sees of x: ``log1p`` (log(1 + x), the scVI convention for counts),
+        ``identity``, or with ``auto`` the likelihood's own choice (log1p for counts, 8-bit
+        levels rescaled, else x)."""
+        if self.input_transform == "log1p":
+            return torch.log1p(x)
+        if self.input_transform == "identity":
+            return x
+        return self.likelihood.encoder_input(x)
+
+    @property
+    def encoder_input_bounds(self) -> tuple[float | None, float | None]:
+        """The range of encoder_input(x) over the likelihood's support."""
+        if self.input_transform == "auto":
+            return self.likelihood.encoder_input_bounds
+        lower, upper = self.likelihood.domain_bounds
+        if self.input_transform == "log1p":
+            return (None if lower is None else math.log1p(lower), None if upper is None else math.log1p(upper))
+        return lower, upper
+
     def posterior_from_encoder_input(self, u: Tensor):
         return self.posterior(self.encoder(u))
 
     def q(self, x: Tensor):
         """q(z|x), event shape (latent_dim,), batch shape x.shape[:-len(data_shape)]."""
-        return self.posterior_from_encoder_input(self.likelihood.encoder_input(x))
+        return self.posterior_from_encoder_input(self.encoder_input(x))
 
-    def p_x(self, z: Tensor):
-        """p(x|z), event shape data_shape."""
-        return self.likelihood(self.decoder(z))
+    def _context(self, x: Optional[Tensor]) -> dict:
+        """What p(x|z) needs of the observed x besides z: the library size of a count
+        likelihood with ``library_size = true`` (the training mean when x is None)."""
+        if getattr(self.likelihood, "library_size", False):
+            return {"library": None if x is None else self.likelihood.observed_library(x)}
+        return {}
+
+    def p_x(self, z: Tensor, x: Optional[Tensor] = None):
+        """p(x|z), event shape data_shape; ``x``, the data scored, where the likelihood
+        needs its library size."""
+        return self.likelihood(self.decoder(z), **self._context(x))
+
+    def decode_mean(self, z: Tensor, x: Optional[Tensor] = None) -> Tensor:
+        """E[x|z] (with x's library size where the likelihood takes one)."""
+        return self.likelihood.mean(self.decoder(z), **self._context(x))
 
     def forward(self, x: Tensor):
         return self.q(x)
@@ -110,7 +145,7 @@ class VAE(nn.Module):
         with self._plate(x, index):
             with poutine.scale(scale=self.beta):
                 z = pyro.sample("z", self.prior())
-            pyro.sample("x", self.p_x(z), obs=x)
+            pyro.sample("x", self.p_x(z, x), obs=x)
 
     def guide(self, x: Tensor, index: Optional[Tensor] = None):
         """q(z|x) = posterior(encoder(x)), reparameterized. The site carries
@@ -118,7 +153,7 @@ class VAE(nn.Module):
         same encoder output (so encoder dropout draws one mask for both)."""
         for part in ("encoder", "posterior"):
             pyro.module(f"{self.name}_{part}", getattr(self, part))
-        h = self.encoder(self.likelihood.encoder_input(x))
+        h = self.encoder(self.encoder_input(x))
         with self._plate(x, index):
             with poutine.scale(scale=self.beta):
                 stopped = partial(self.posterior.stopped_log_prob, h)
@@ -130,18 +165,18 @@ class VAE(nn.Module):
         """The three log-densities at ``num_samples`` draws z_s ~ q(z|x), unscaled."""
         q = self.q(x)
         z = q.rsample((num_samples,))
-        return ImportanceTerms(self.p_x(z).log_prob(x), self.prior().log_prob(z), q.log_prob(z))
+        return ImportanceTerms(self.p_x(z, x).log_prob(x), self.prior().log_prob(z), q.log_prob(z))
 
     @torch.no_grad()
     def sample(self, n: int) -> tuple[Tensor, Tensor]:
         """(z, E[x|z]) for n draws z ~ p(z)."""
         z = self.prior().sample((n,))
-        return z, self.likelihood.mean(self.decoder(z))
+        return z, self.decode_mean(z)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
         """E[x|z] at one draw z ~ q(z|x)."""
-        return self.likelihood.mean(self.decoder(self.q(x).sample()))
+        return self.decode_mean(self.q(x).sample(), x)
 
 
 def build_vae(spec, data_shape: tuple[int, ...], num_data: Optional[int] = None) -> VAE:
@@ -162,7 +197,13 @@ def build_vae(spec, data_shape: tuple[int, ...], num_data: Optional[int] = None)
         encoder = part("encoder", NETWORKS, data_shape, (posterior.encoder_outputs,))
         decoder = part("decoder", NETWORKS, (spec.latent_dim,), (likelihood.outputs, *data_shape))
         prior = part("prior", PRIORS, spec.latent_dim)
-        return VAE(prior, likelihood, posterior, encoder, decoder, num_data)
+        transform = getattr(spec, "encoder_input", "auto")
+        if transform == "log1p" and likelihood.domain_bounds[0] is None:
+            raise SpecError(
+                f"model.encoder_input = \"log1p\" needs non-negative data, but the {spec.likelihood['kind']} likelihood "
+                "models any real value; use it with count or [0, 1] likelihoods, or set model.encoder_input = \"auto\""
+            )
+        return VAE(prior, likelihood, posterior, encoder, decoder, num_data, input_transform=transform)
 
     with torch.device("meta"):
         count = sum(p.numel() for p in build().parameters())

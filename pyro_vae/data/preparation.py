@@ -1,0 +1,210 @@
+"""Raw splits -> a :class:`~.dataset.Dataset`, in memory or streamed.
+
+Preparation, in order:
+
+1. **Splits.** A source without a test split gets one drawn at random with the seed
+   (``test_fraction``), and one without a validation split a validation split
+   (``valid_fraction``): files can be sorted by class, so never the tail.
+2. **Normalize.** Integer levels are divided by their maximum (16 for digits, 255 for
+   8-bit files; :func:`~.readers.integer_levels`) when ``normalize`` says so: with
+   ``"auto"`` for every likelihood but those of integer values (:func:`divides_levels`).
+3. **Standardize** (``standardize = true``: one mean and sd; ``"per_feature"``: per
+   feature): x -> (x - mean) / sd with both computed on the training split.
+4. **Binarize.** ``static``: x ~ Bernoulli(intensity) drawn once (:func:`~.dataset.binarize`);
+   ``dynamic``: the training set redrawn at every batch, held-out splits drawn once.
+
+Where the data live. ``in_memory = "auto"`` holds the prepared splits as float32
+tensors when they fit a memory budget (a quarter of the available RAM, and half of the
+free GPU memory when training on CUDA) and streams them from their source otherwise;
+``true`` and ``false`` force either. Both give the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from .dataset import Dataset, Preprocessing, StreamedSplit, binarize
+from .readers import RawData, read_source
+from .sources import RowSource, subset
+
+
+def draw_splits(raw: RawData, valid_fraction: float, test_fraction: float, seed: int) -> RawData:
+    """Draw the missing test and validation splits from the training split, at random with
+    ``seed``: one permutation, test rows first, then validation rows."""
+    if "train" not in raw.splits:
+        return raw
+    want_test = "test" not in raw.splits and test_fraction > 0
+    want_valid = "valid" not in raw.splits
+    if not (want_test or want_valid):
+        return raw
+    n = len(raw.splits["train"])
+    n_test = max(1, int(round(test_fraction * n))) if want_test else 0
+    n_valid = max(1, int(round(valid_fraction * n))) if want_valid else 0
+    if n_test + n_valid >= n:
+        raise DataError(f"{raw.source}: {n} examples are too few for the held-out splits (valid_fraction "
+                        f"{valid_fraction}, test_fraction {test_fraction}); lower them or bring more data")
+    order = np.random.default_rng(seed).permutation(n)
+    parts = {"test": order[:n_test], "valid": order[n_test : n_test + n_valid], "train": order[n_test + n_valid :]}
+    parts = {k: np.sort(v) for k, v in parts.items() if len(v)}
+    train, labels = raw.splits["train"], dict(raw.labels)
+    splits = {**raw.splits, **{k: subset(train, v) for k, v in parts.items()}}
+    if "train" in raw.labels:
+        labels.update({k: raw.labels["train"][v] for k, v in parts.items()})
+    base = raw.origin.get("train", np.arange(n))
+    origin = {**raw.origin, **{k: base[v] for k, v in parts.items()}}
+    drawn = RawData(splits, labels, raw.source, raw.label_names, raw.sha256, origin)
+    if hasattr(raw, "_max_level"):
+        drawn._max_level = raw._max_level
+    return drawn
+
+
+def divides_levels(normalize, likelihood=None) -> bool:
+    """Whether integer levels are divided by their maximum: ``normalize = "auto"`` keeps
+    them for a likelihood of integer values (``raw_integers``: categorical, discretized
+    logistic, counts) and divides them for every other (values in [0, 1], reals);
+    ``true`` and ``false`` force either. ``likelihood`` is a Likelihood or its class."""
+    if normalize == "auto":
+        return not getattr(likelihood, "raw_integers", False)
+    return bool(normalize)
+
+
+def available_memory() -> int:
+    """Bytes of RAM available to this process (Linux: MemAvailable), else the physical total."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def memory_budget(device=None) -> int:
+    """Bytes that prepared data may take in memory: a quarter of the available RAM (the
+    float32 copy is made beside the source's values), and half of the free GPU memory when
+    the data go to a GPU."""
+    budget = available_memory() // 4
+    device = torch.device(device or "cpu")
+    if device.type == "cuda":
+        budget = min(budget, torch.cuda.mem_get_info(device)[0] // 2)
+    return budget
+
+
+def _standardization(train: RowSource, divide: Optional[float], mode) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, sd) of the training split after division, one pair or one per feature, in
+    float64 over chunks; a constant feature gets sd 1 (it is only centred)."""
+    per_feature = mode == "per_feature"
+    count, total, squares = 0, 0.0, 0.0
+    for _, rows in train.chunks():
+        x = torch.from_numpy(rows).to(torch.float32)
+        x = (x / divide if divide else x).double()
+        count += len(x) if per_feature else x.numel()
+        total = total + (x.sum(0) if per_feature else x.sum())
+        squares = squares + ((x * x).sum(0) if per_feature else (x * x).sum())
+    mean = total / count
+    variance = (squares / count - mean * mean).clamp(min=0)
+    sd = torch.where(variance > 0, variance.sqrt(), torch.ones_like(variance))
+    return torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(sd, dtype=torch.float32)
+
+
+def _in_memory(rows: RowSource, name: str, preprocessing: Preprocessing, binarize_seed: Optional[int]) -> torch.Tensor:
+    """The whole split as one float32 tensor, prepared chunk by chunk exactly as a streamed
+    split prepares its rows."""
+    out = torch.empty((len(rows), *rows.row_shape), dtype=torch.float32)
+    for start, chunk in rows.chunks():
+        x = preprocessing.apply(torch.from_numpy(chunk))
+        if binarize_seed is not None:
+            x = binarize(x, binarize_seed, name, torch.arange(start, start + len(x)))
+        out[start : start + len(x)] = x
+    return out
+
+
+def prepare(raw: RawData, spec, seed: int, likelihood=None, device=None, preprocessing: Optional[Preprocessing] = None) -> Dataset:
+    """Split, normalize, standardize and binarize ``raw`` as ``spec`` (a DataSpec) says
+    (``likelihood``, a Likelihood or its class, decides ``normalize = "auto"``), held in
+    memory or streamed as ``spec.in_memory`` and the memory budget for ``device`` say.
+    ``preprocessing``, when given (a trained run's), replaces normalizing and
+    standardizing from these data: new data are prepared as the training data were."""
+    raw = draw_splits(raw, spec.valid_fraction, getattr(spec, "test_fraction", 0.0), seed)
+    standardize = getattr(spec, "standardize", False)
+    if preprocessing is None:
+        divide = raw.max_level if divides_levels(spec.normalize, likelihood) and raw.max_level else None
+        preprocessing = Preprocessing(float(divide) if divide else None)
+        if standardize and "train" in raw.splits:
+            preprocessing.mean, preprocessing.sd = _standardization(raw.splits["train"], preprocessing.divide, standardize)
+    if spec.binarize != "none":
+        if standardize:
+            raise DataError(f"{raw.source}: data.binarize and data.standardize exclude each other (binarizing needs "
+                            "intensities in [0, 1]); turn one off")
+        for name, rows in raw.splits.items():
+            _check_intensities(rows, name, preprocessing, raw, spec.binarize)
+    dense = sum(rows.dense_bytes for rows in raw.splits.values())
+    choice = getattr(spec, "in_memory", True)
+    if choice is True and dense > available_memory():
+        raise DataError(
+            f"{raw.source}: holding the data in memory as dense float32 needs {dense / 2**30:.1f} GiB, more than the "
+            f"{available_memory() / 2**30:.1f} GiB available; set data.in_memory = \"auto\" (or false) to stream them"
+        )
+    stream = choice is False or (choice == "auto" and dense > memory_budget(device))
+    dynamic = spec.binarize == "dynamic"
+    splits = {}
+    for name, rows in raw.splits.items():
+        binarize_seed = seed if spec.binarize != "none" and not (dynamic and name == "train") else None
+        if stream:
+            splits[name] = StreamedSplit(rows, name, preprocessing, "cpu", binarize_seed)
+        else:
+            splits[name] = _in_memory(rows, name, preprocessing, binarize_seed)
+    shape = next(iter(raw.splits.values())).row_shape
+    labels = {k: torch.as_tensor(np.asarray(v, dtype=np.int64)) for k, v in raw.labels.items()}
+    origin = {k: raw.origin.get(k, np.arange(len(rows))) for k, rows in raw.splits.items()}
+    return Dataset(splits, labels, tuple(shape), raw.source, dynamic, preprocessing, raw.label_names, raw.sha256, origin)
+
+
+def _check_intensities(rows: RowSource, name: str, preprocessing: Preprocessing, raw: RawData, mode: str) -> None:
+    source = raw.source
+    low, high = math.inf, -math.inf
+    for _, chunk in rows.chunks():
+        x = preprocessing.apply(torch.from_numpy(chunk))
+        if not torch.isfinite(x).all():
+            raise DataError(f"{source} ({name} split) contains NaN or infinite values; clean the data before training")
+        low, high = min(low, x.min().item()), max(high, x.max().item())
+    if low < 0 or high > 1:
+        if raw.max_level and preprocessing.divide is None:
+            hint = f"set data.normalize = true (integer levels 0..{raw.max_level} are kept as they are)"
+        else:
+            hint = "rescale the data into [0, 1] first, or set data.binarize = \"none\""
+        raise DataError(
+            f"{source}: data.binarize = {mode!r} needs intensities in [0, 1] but the {name} split spans "
+            f"{low:g}..{high:g}: {hint}"
+        )
+
+
+def check_support(data: Dataset, likelihood) -> None:
+    """Refuse data outside the likelihood's support, naming the fix (chunk by chunk: the
+    message's span and count are those of the first chunk with values outside)."""
+    for name in data.splits:
+        x = data.scored(name, seed=0)
+        where = f"{data.source} ({name} split)"
+        rows = max(1, 2**23 // max(1, x[0].numel()))  # bounded temporaries, in memory or not
+        for part in x.chunks() if isinstance(x, StreamedSplit) else (x[i : i + rows] for i in range(0, len(x), rows)):
+            problem = likelihood.check(part, where)
+            if problem:
+                raise DataError(problem)
+
+
+def load_data(spec, seed: int, likelihood=None, device="cpu", preprocessing: Optional[Preprocessing] = None) -> Dataset:
+    """Read, prepare, check against ``likelihood`` (when given) and move to ``device``.
+    ``likelihood`` is a Likelihood (then the data are checked against its support) or a
+    Likelihood class (which only decides ``normalize = "auto"``); ``preprocessing`` a
+    trained run's (see :func:`prepare`)."""
+    data = prepare(read_source(spec.name, spec.path, spec), spec, seed, likelihood, device, preprocessing)
+    if likelihood is not None and not isinstance(likelihood, type):
+        check_support(data, likelihood)
+    return data.to(device)

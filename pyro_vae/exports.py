@@ -1,0 +1,133 @@
+"""``pyro-vae encode``: a run's latent codes of its own or other data, written to a file.
+
+| ``--out`` | what it holds |
+| --- | --- |
+| ``FILE.npz`` | arrays ``mean``, ``std`` (n, latent), ``samples`` (n, S, latent) with ``--samples S``, ``labels`` and ``label_names`` when the data have them, ``index`` (each example's row in its source array) and ``split`` |
+| ``FILE.csv`` | one row per example: index, split, label, mean_0.., std_0.. |
+| ``FILE.h5ad`` | for ``.h5ad`` input: a copy of the input with ``obsm["X_pyro_vae"]`` (means) and ``obsm["X_pyro_vae_std"]`` (rows of cells not encoded are NaN); the input is never written |
+
+Every file is written to a temporary name and renamed, so an interrupted encode leaves
+nothing half-written.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .errors import DataError, RunError
+from .runs import atomic_path, atomic_write, atomic_write_text, load_run, read_spec
+
+FORMATS = (".npz", ".csv", ".h5ad")
+
+
+def encode_run(path, out, data: Optional[str] = None, split: str = "all", samples: int = 0, seed: int = 0,
+               device="auto", force: bool = False) -> tuple[Path, int]:
+    """Encode ``split`` (``all``: train, valid and test, in that order) of the run's data or
+    of ``data`` with the run at ``path``; write ``out``. Returns (out, examples)."""
+    from .infer.encode import encode
+    from .infer.evaluate import heldout
+    from .infer.train import resolve_device
+
+    out = Path(out)
+    if out.suffix.lower() not in FORMATS:
+        raise DataError(f"--out {out}: unknown format; give a file ending in {', '.join(FORMATS)}")
+    if samples and out.suffix.lower() == ".csv":
+        raise DataError("--samples: draws are written to .npz (or .h5ad), not to a CSV; choose --out FILE.npz")
+    spec = read_spec(path)
+    source = Path(data).resolve() if data is not None and Path(data).exists() else None
+    if source is None and data is None and spec.data.path is not None:
+        source = Path(spec.data.path).resolve()
+    if out.suffix.lower() == ".h5ad":
+        if source is None or source.suffix.lower() != ".h5ad":
+            raise DataError(f"--out {out}: an .h5ad output annotates an .h5ad input; the data here are not one "
+                            "(write .npz or .csv instead)")
+    if source is not None and out.resolve() == source:
+        raise DataError(f"--out {out}: is the input file; the input is never overwritten, choose another path")
+    if out.exists() and not force:
+        raise RunError(f"--out {out}: exists; choose another file or pass --force to replace it")
+    device = resolve_device(device)
+    run = load_run(path, device)
+    from .data import SPLITS
+
+    names = [s for s in SPLITS] if split == "all" else [split]
+    parts = []
+    for name in names:
+        try:
+            examples = heldout(run, data, name, None, seed, device)
+        except DataError:
+            if split == "all":  # a source without that split
+                continue
+            raise
+        codes = encode(run.vae, examples.x, samples, seed=seed)
+        parts.append((name, examples, codes))
+    if not parts:
+        raise DataError(f"{data or run.spec.data.name or run.spec.data.path}: no examples to encode")
+    result = {
+        "mean": np.concatenate([c["mean"] for _, _, c in parts]),
+        "std": np.concatenate([c["std"] for _, _, c in parts]),
+        "index": np.concatenate([e.index for _, e, _ in parts]).astype(np.int64),
+        "split": np.concatenate([np.full(len(e.index), n) for n, e, _ in parts]),
+        "exact": np.array(all(bool(c["exact"]) for _, _, c in parts)),
+    }
+    if samples:
+        result["samples"] = np.concatenate([c["samples"] for _, _, c in parts])
+    if all(e.labels is not None for _, e, _ in parts):
+        result["labels"] = np.concatenate([e.labels.cpu().numpy() for _, e, _ in parts])
+        if parts[0][1].label_names:
+            result["label_names"] = np.array(parts[0][1].label_names)
+    writer = {".npz": _write_npz, ".csv": _write_csv, ".h5ad": _write_h5ad}[out.suffix.lower()]
+    writer(out, result, source)
+    return out, len(result["index"])
+
+
+def _write_npz(out: Path, result: dict, source) -> None:
+    atomic_write(out, lambda f: np.savez(f, **result))
+
+
+def _write_csv(out: Path, result: dict, source) -> None:
+    latent = result["mean"].shape[1]
+    header = ["index", "split", *(["label"] if "labels" in result else []),
+              *(f"mean_{d}" for d in range(latent)), *(f"std_{d}" for d in range(latent))]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    names = result.get("label_names")
+    for i in range(len(result["index"])):
+        label = []
+        if "labels" in result:
+            code = int(result["labels"][i])
+            label = [names[code] if names is not None else code]
+        writer.writerow([int(result["index"][i]), result["split"][i], *label,
+                         *(f"{v:.7g}" for v in result["mean"][i]), *(f"{v:.7g}" for v in result["std"][i])])
+    atomic_write_text(out, buffer.getvalue())
+
+
+def _write_h5ad(out: Path, result: dict, source: Path) -> None:
+    import anndata.io
+    import h5py
+
+    with h5py.File(source, "r") as f:
+        n_obs = len(anndata.io.read_elem(f["obs"]))
+    full = {}
+    for key, name in (("mean", "X_pyro_vae"), ("std", "X_pyro_vae_std")):
+        array = np.full((n_obs, result[key].shape[1]), np.nan, dtype=np.float32)
+        array[result["index"]] = result[key]
+        full[name] = array
+    if "samples" in result:
+        array = np.full((n_obs, *result["samples"].shape[1:]), np.nan, dtype=np.float32)
+        array[result["index"]] = result["samples"]
+        full["X_pyro_vae_samples"] = array
+    with atomic_path(out) as tmp:
+        shutil.copyfile(source, tmp)
+        with h5py.File(tmp, "r+") as f:
+            obsm = f.require_group("obsm")
+            for name, array in full.items():
+                if name in obsm:
+                    del obsm[name]
+                anndata.io.write_elem(obsm, name, array)
