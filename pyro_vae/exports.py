@@ -30,8 +30,9 @@ def encode_run(path, out, data: Optional[str] = None, split: str = "all", sample
                device="auto", force: bool = False) -> tuple[Path, int]:
     """Encode ``split`` (``all``: train, valid and test, in that order) of the run's data or
     of ``data`` with the run at ``path``; write ``out``. Returns (out, examples)."""
+    from .data import SPLITS
     from .infer.encode import encode
-    from .infer.evaluate import heldout
+    from .infer.evaluate import heldout, run_dataset
     from .infer.train import resolve_device
 
     out = Path(out)
@@ -53,21 +54,12 @@ def encode_run(path, out, data: Optional[str] = None, split: str = "all", sample
         raise RunError(f"--out {out}: exists; choose another file or pass --force to replace it")
     device = resolve_device(device)
     run = load_run(path, device)
-    from .data import SPLITS
-
-    names = [s for s in SPLITS] if split == "all" else [split]
+    dataset = run_dataset(run, data, device)  # read and prepared once, whatever the splits
+    names = [s for s in SPLITS if s in dataset.splits] if split == "all" else [split]
     parts = []
     for name in names:
-        try:
-            examples = heldout(run, data, name, None, seed, device)
-        except DataError:
-            if split == "all":  # a source without that split
-                continue
-            raise
-        codes = encode(run.vae, examples.x, samples, seed=seed)
-        parts.append((name, examples, codes))
-    if not parts:
-        raise DataError(f"{data or run.spec.data.name or run.spec.data.path}: no examples to encode")
+        examples = heldout(run, data, name, None, seed, device, dataset=dataset)
+        parts.append((name, examples, encode(run.vae, examples.x, samples, seed=seed)))
     result = {
         "mean": np.concatenate([c["mean"] for _, _, c in parts]),
         "std": np.concatenate([c["std"] for _, _, c in parts]),

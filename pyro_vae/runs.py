@@ -206,10 +206,11 @@ class Run:
     @property
     def preprocessing(self):
         """The map from stored values to what the model saw in training (normalization,
-        standardization), kept in the checkpoint."""
+        standardization), kept in the checkpoint; None for a run from before it was kept."""
         from .data import Preprocessing
 
-        return Preprocessing.from_state(self.checkpoint.get("preprocessing"))
+        state = self.checkpoint.get("preprocessing")
+        return None if state is None else Preprocessing.from_state(state)
 
     def prepare(self, x, seed: Optional[int] = None) -> torch.Tensor:
         """New data (a numpy array or tensor of stored values, e.g. 8-bit levels or raw
@@ -217,10 +218,10 @@ class Run:
         float32, in its data shape, normalized and standardized as in training, binarized
         (seed: the run's) where training binarized. Values outside what the model can score,
         or far outside the training data's range (un-normalized input), are refused."""
-        from .data import binarize
+        from .data import Preprocessing, binarize
         from .errors import DataError
 
-        vae = self.vae
+        vae, p = self.vae, self.preprocessing or Preprocessing()
         device = next(iter(vae.parameters())).device
         if not isinstance(x, torch.Tensor):
             x = np.asarray(x)
@@ -235,10 +236,9 @@ class Run:
         if x.numel() % size or (x.ndim and x.shape[-1] != vae.data_shape[-1] and x.shape[-1] != size):
             raise DataError(f"prepare: an array of shape {tuple(x.shape)} does not hold examples of shape "
                             f"{vae.data_shape}; give (n, {', '.join(map(str, vae.data_shape))}) or (n, {size})")
-        x = self.preprocessing.apply(x.reshape(-1, *vae.data_shape))
-        if not torch.isfinite(x).all():
+        x = p.apply(x.reshape(-1, *vae.data_shape))
+        if not torch.isfinite(x).all():  # before binarizing, which would hide them
             raise DataError("prepare: the data contain NaN or infinite values; clean them first")
-        p = self.preprocessing
         if p.low is not None and len(x):
             span = max(p.high - p.low, 1e-12)
             low, high = x.min().item(), x.max().item()

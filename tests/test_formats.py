@@ -292,7 +292,7 @@ def test_log1p_encoder_input_and_library_size():
     out = vae.decoder(z)
     mu, _ = vae.likelihood.mean_theta(vae.likelihood.split(out)[0], x.sum(-1))
     assert torch.allclose(mu.sum(-1), x.sum(-1).expand(7, 2), rtol=1e-5)  # l * softmax sums to the library size
-    from pyro_vae.model.likelihoods import DataStatistics
+    from pyro_vae.data.statistics import DataStatistics
     vae.likelihood.initialize_from_data(DataStatistics.of([x]))
     prior_mu, _ = vae.likelihood.mean_theta(vae.likelihood.split(vae.decoder(z))[0])
     assert torch.allclose(prior_mu.sum(-1), torch.full((7, 2), 12.0), rtol=1e-5)  # the mean total of x

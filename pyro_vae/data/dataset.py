@@ -12,6 +12,7 @@ exact either way.
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 from dataclasses import dataclass, field, replace
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
-from .sources import RowSource
+from .sources import CHUNK_BYTES, RowSource
 
 SPLIT_IDS = {"train": 0, "valid": 1, "test": 2}
 _MASK32 = 0xFFFFFFFF
@@ -132,21 +133,29 @@ class StreamedSplit:
             index = key
         return self.load(index, pin=self.device.type == "cuda").to(self.device, non_blocking=True)
 
-    def chunks(self) -> Iterator[Tensor]:
-        size = self.rows.chunk_rows()
-        for start in range(0, len(self), size):
-            yield self[start : start + size]
+    def _with(self, **changes) -> "StreamedSplit":
+        settings = {"device": self.device, "binarize_seed": self.binarize_seed, "row_shape": self.row_shape, **changes}
+        return StreamedSplit(self.rows, self.name, self.preprocessing, **settings)
 
     def to(self, device) -> "StreamedSplit":
-        return StreamedSplit(self.rows, self.name, self.preprocessing, device, self.binarize_seed, self.row_shape)
+        return self._with(device=device)
 
     def reshape(self, n: int, *shape) -> "StreamedSplit":
         if n != len(self):
             raise ValueError("a streamed split keeps its rows; only the row shape changes")
-        return StreamedSplit(self.rows, self.name, self.preprocessing, self.device, self.binarize_seed, tuple(shape))
+        return self._with(row_shape=tuple(shape))
 
     def binarized(self, seed: int) -> "StreamedSplit":
-        return StreamedSplit(self.rows, self.name, self.preprocessing, self.device, seed, self.row_shape)
+        return self._with(binarize_seed=seed)
+
+
+def split_chunks(x: Tensor | StreamedSplit, chunk_bytes: int = CHUNK_BYTES) -> Iterator[Tensor]:
+    """A split, in memory or streamed, as tensors of consecutive rows, each about
+    ``chunk_bytes`` as float32: whole-split passes (checks, statistics) hold one chunk's
+    temporaries, not the split's."""
+    rows = max(1, chunk_bytes // max(1, 4 * math.prod(x.shape[1:])))
+    for start in range(0, len(x), rows):
+        yield x[start : start + rows]
 
 
 class Prefetcher:

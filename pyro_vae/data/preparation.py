@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
 from typing import Optional
 
 import numpy as np
 import torch
 
 from ..errors import DataError
-from .dataset import Dataset, Preprocessing, StreamedSplit, binarize
+from .dataset import Dataset, Preprocessing, StreamedSplit, binarize, split_chunks
+from .statistics import DataStatistics
 from .readers import RawData, read_source
 from .sources import RowSource, subset
 
@@ -58,10 +60,7 @@ def draw_splits(raw: RawData, valid_fraction: float, test_fraction: float, seed:
         labels.update({k: raw.labels["train"][v] for k, v in parts.items()})
     base = raw.origin.get("train", np.arange(n))
     origin = {**raw.origin, **{k: base[v] for k, v in parts.items()}}
-    drawn = RawData(splits, labels, raw.source, raw.label_names, raw.sha256, origin)
-    if hasattr(raw, "_max_level"):
-        drawn._max_level = raw._max_level
-    return drawn
+    return replace(raw, splits=splits, labels=labels, origin=origin)
 
 
 def divides_levels(normalize, likelihood=None) -> bool:
@@ -98,20 +97,12 @@ def memory_budget(device=None) -> int:
 
 
 def _standardization(train: RowSource, divide: Optional[float], mode) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, sd) of the training split after division, one pair or one per feature, in
-    float64 over chunks; a constant feature gets sd 1 (it is only centred)."""
-    per_feature = mode == "per_feature"
-    count, total, squares = 0, 0.0, 0.0
-    for _, rows in train.chunks():
-        x = torch.from_numpy(rows).to(torch.float32)
-        x = (x / divide if divide else x).double()
-        count += len(x) if per_feature else x.numel()
-        total = total + (x.sum(0) if per_feature else x.sum())
-        squares = squares + ((x * x).sum(0) if per_feature else (x * x).sum())
-    mean = total / count
-    variance = (squares / count - mean * mean).clamp(min=0)
+    """(mean, sd) of the training split after division, one pair or one per feature; a
+    constant feature gets sd 1 (it is only centred)."""
+    statistics = DataStatistics.of(Preprocessing(divide).apply(torch.from_numpy(rows)) for _, rows in train.chunks())
+    mean, variance = (statistics.mean, statistics.sd.square()) if mode == "per_feature" else statistics.pooled()
     sd = torch.where(variance > 0, variance.sqrt(), torch.ones_like(variance))
-    return torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(sd, dtype=torch.float32)
+    return mean.float(), sd.float()
 
 
 def _in_memory(rows: RowSource, name: str, preprocessing: Preprocessing, binarize_seed: Optional[int]) -> torch.Tensor:
@@ -132,8 +123,8 @@ def prepare(raw: RawData, spec, seed: int, likelihood=None, device=None, preproc
     memory or streamed as ``spec.in_memory`` and the memory budget for ``device`` say.
     ``preprocessing``, when given (a trained run's), replaces normalizing and
     standardizing from these data: new data are prepared as the training data were."""
-    raw = draw_splits(raw, spec.valid_fraction, getattr(spec, "test_fraction", 0.0), seed)
-    standardize = getattr(spec, "standardize", False)
+    raw = draw_splits(raw, spec.valid_fraction, spec.test_fraction, seed)
+    standardize = spec.standardize
     if preprocessing is None:
         divide = raw.max_level if divides_levels(spec.normalize, likelihood) and raw.max_level else None
         preprocessing = Preprocessing(float(divide) if divide else None)
@@ -146,7 +137,7 @@ def prepare(raw: RawData, spec, seed: int, likelihood=None, device=None, preproc
         for name, rows in raw.splits.items():
             _check_intensities(rows, name, preprocessing, raw, spec.binarize)
     dense = sum(rows.dense_bytes for rows in raw.splits.values())
-    choice = getattr(spec, "in_memory", True)
+    choice = spec.in_memory
     if choice is True and dense > available_memory():
         raise DataError(
             f"{raw.source}: holding the data in memory as dense float32 needs {dense / 2**30:.1f} GiB, more than the "
@@ -192,8 +183,7 @@ def check_support(data: Dataset, likelihood) -> None:
     for name in data.splits:
         x = data.scored(name, seed=0)
         where = f"{data.source} ({name} split)"
-        rows = max(1, 2**23 // max(1, x[0].numel()))  # bounded temporaries, in memory or not
-        for part in x.chunks() if isinstance(x, StreamedSplit) else (x[i : i + rows] for i in range(0, len(x), rows)):
+        for part in split_chunks(x):
             problem = likelihood.check(part, where)
             if problem:
                 raise DataError(problem)

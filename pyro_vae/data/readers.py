@@ -21,6 +21,7 @@ import math
 import struct
 import zipfile
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Optional
 
@@ -45,14 +46,13 @@ class RawData:
     label_names: Optional[list[str]] = None  # string labels, in the order of their integer codes
     sha256: Optional[str] = None  # of a file read whole (CSV), recorded by the run
     origin: dict[str, np.ndarray] = field(default_factory=dict)  # a split's rows in its array, where drawn from one
+    levels: Optional[int] = None  # the largest integer level, where the source knows it (digits: 16)
 
-    @property
+    @cached_property
     def max_level(self) -> Optional[int]:
-        """The number ``normalize`` divides by (see :func:`integer_levels`); one pass over
-        the data, computed once."""
-        if not hasattr(self, "_max_level"):
-            self._max_level = integer_levels(self.splits.values())
-        return self._max_level
+        """The number ``normalize`` divides by: ``levels``, or else found in the data (see
+        :func:`integer_levels`; one pass over them, once)."""
+        return self.levels if self.levels is not None else integer_levels(self.splits.values())
 
 
 def value_range(source: RowSource) -> tuple[float, float]:
@@ -118,10 +118,8 @@ def digits() -> RawData:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    raw = RawData({"train": ArrayRows(bunch.data.astype(np.float32))}, {"train": bunch.target.astype(np.int64)},
-                  source="digits")
-    raw._max_level = 16
-    return raw
+    return RawData({"train": ArrayRows(bunch.data.astype(np.float32))}, {"train": bunch.target.astype(np.int64)},
+                   source="digits", levels=16)
 
 
 def read_npz(path: Path, options=None) -> RawData:

@@ -125,13 +125,6 @@ class NpyRows(RowSource):
                 self._read_since_release = 0
         return out
 
-    def __getstate__(self):  # a memory map does not travel to another process
-        return {**self.__dict__, "_map": None, "_lock": None}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
-
 
 class MatrixRows(RowSource):
     """A cells x genes matrix of an ``.h5ad`` file read in place: an h5py dataset (dense)

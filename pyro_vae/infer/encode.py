@@ -8,25 +8,12 @@ result says so. The work goes in chunks of examples, so a streamed split is neve
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 import torch
-from torch import Tensor
 
-from .evaluate import _closed_form_mean
+from .evaluate import closed_form_mean, closed_form_std
 
 CHUNK = 2048  # examples per encoder pass
-
-
-def _closed_form_std(q) -> Optional[Tensor]:
-    try:
-        return q.stddev
-    except NotImplementedError:
-        try:
-            return q.variance.sqrt()
-        except NotImplementedError:
-            return None
 
 
 @torch.no_grad()
@@ -35,13 +22,13 @@ def encode(vae, x, samples: int = 0, mc_draws: int = 256, seed: int = 0, chunk: 
     ``exact`` (whether mean and sd are closed forms) for the prepared examples ``x`` (a
     tensor or a streamed split). Draws are seeded with ``seed``."""
     vae.eval()
-    generator_state = torch.get_rng_state()
-    torch.manual_seed(seed)
     means, stds, draws, exact = [], [], [], True
-    try:
+    device = x.device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the caller's stream untouched
+        torch.manual_seed(seed)
         for start in range(0, len(x), chunk):
             q = vae.q(x[start : start + chunk])
-            mean, std = _closed_form_mean(q), _closed_form_std(q)
+            mean, std = closed_form_mean(q), closed_form_std(q)
             if mean is None or std is None:
                 exact = False
                 z = q.sample((mc_draws,))
@@ -50,8 +37,6 @@ def encode(vae, x, samples: int = 0, mc_draws: int = 256, seed: int = 0, chunk: 
             stds.append(std.cpu())
             if samples:
                 draws.append(q.sample((samples,)).transpose(0, 1).cpu())
-    finally:
-        torch.set_rng_state(generator_state)
     out = {"mean": torch.cat(means).numpy(), "std": torch.cat(stds).numpy(), "exact": np.array(exact)}
     if samples:
         out["samples"] = torch.cat(draws).numpy()

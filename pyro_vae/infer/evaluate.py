@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
@@ -72,11 +73,23 @@ def importance_chunks(vae, x: Tensor, num_samples: int, budget: int = BUDGET, pr
             yield slice(start, start + len(xb)), q, z, terms
 
 
-def _closed_form_mean(q) -> Optional[Tensor]:
+def closed_form_mean(q) -> Optional[Tensor]:
+    """E_q[z], or None where q has no closed form (flows)."""
     try:
         return q.mean
     except NotImplementedError:
         return None
+
+
+def closed_form_std(q) -> Optional[Tensor]:
+    """The sd of q per dimension, or None where q has no closed form."""
+    try:
+        return q.stddev
+    except NotImplementedError:
+        try:
+            return q.variance.sqrt()
+        except NotImplementedError:
+            return None
 
 
 class PosteriorMoments:
@@ -100,7 +113,7 @@ class PosteriorMoments:
         """One chunk: q for the examples ``rows``, z of shape (s, b, latent) drawn from it."""
         if rows.start not in self._seen:  # once per example chunk
             self._seen.add(rows.start)
-            mean = _closed_form_mean(q)
+            mean = closed_form_mean(q)
             if mean is not None:
                 self.exact[rows] = True
                 self.sum[rows] = mean * self.num_samples
@@ -285,27 +298,31 @@ class Heldout:
     label_names: Optional[list] = None
 
 
-def heldout(run, data: Optional[str] = None, split: str = "valid", limit: Optional[int] = None, seed: int = 0,
-            device="cpu") -> Heldout:
-    """A split, prepared as the run's data were (with the run's own normalization and
-    standardization, kept in its checkpoint).
-
-    ``data`` names other data (a data set or a file) read with the run's data options;
-    a split with as many features as the run's data is reshaped to the run's shape.
-    ``limit`` takes a random subset (seeded, so every estimator of a comparison sees the
-    same examples); files can be sorted by class, so never the first N.
-    """
+def run_dataset(run, data: Optional[str] = None, device="cpu"):
+    """The run's data, or ``data`` (a data set or a file, read with the run's data options),
+    prepared with the run's own normalization and standardization (kept in its checkpoint)."""
     from ..data import load_data
-    from ..errors import DataError
     from ..spec import DataSpec, data_table
 
     spec = run.spec.data
     if data is not None:
         spec = DataSpec(**{**spec.model_dump(exclude={"name", "path"}), **data_table(data)})
-    stored = run.checkpoint.get("preprocessing")
-    preprocessing = run.preprocessing if stored is not None else None
-    dataset = load_data(spec, run.spec.inference.schedule.seed, likelihood=run.vae.likelihood, device=device,
-                        preprocessing=preprocessing)
+    return load_data(spec, run.spec.inference.schedule.seed, likelihood=run.vae.likelihood, device=device,
+                     preprocessing=run.preprocessing)
+
+
+def heldout(run, data: Optional[str] = None, split: str = "valid", limit: Optional[int] = None, seed: int = 0,
+            device="cpu", dataset=None) -> Heldout:
+    """A split of :func:`run_dataset` (``dataset``, when given, is that, already read).
+
+    A split with as many features as the run's data is reshaped to the run's shape.
+    ``limit`` takes a random subset (seeded, so every estimator of a comparison sees the
+    same examples); files can be sorted by class, so never the first N.
+    """
+    from ..errors import DataError
+
+    if dataset is None:
+        dataset = run_dataset(run, data, device)
     x = dataset.scored(split, run.spec.inference.schedule.seed)
     labels = dataset.labels.get(split)
     index = dataset.origin.get(split, np.arange(len(x)))
@@ -327,8 +344,6 @@ def heldout(run, data: Optional[str] = None, split: str = "valid", limit: Option
 
 def _safe_name(data: str) -> str:
     """A data set name, or a file's stem, as a file-name part."""
-    from pathlib import Path
-
     name = Path(data).name
     for suffix in (".gz", ".npz", ".npy", ".csv", ".tsv", ".h5ad"):
         name = name.removesuffix(suffix)
@@ -343,7 +358,6 @@ def evaluate_run(path, data=None, split="valid", num_samples=5000, limit=None, s
     per-example results gathered, and rank 0 alone writes. Returns (summary, (json path,
     npz path), per-example estimates) on every rank."""
     import time
-    from pathlib import Path
 
     from ..runs import atomic_write, atomic_write_json, load_run
     from .train import resolve_device

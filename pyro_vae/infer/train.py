@@ -374,10 +374,11 @@ def _device_name(device: torch.device) -> str:
 
 def _prepare(spec):
     """Data and VAE for ``spec``, checked against each other, on the spec's device."""
-    from ..data import StreamedSplit, check_support, load_data
+    from ..data import check_support, load_data, split_chunks
+    from ..data.statistics import DataStatistics
     from ..errors import DataError
     from ..model import build_vae
-    from ..model.likelihoods import LIKELIHOODS, DataStatistics
+    from ..model.likelihoods import LIKELIHOODS
 
     device = resolve_device(spec.inference.schedule.device)
     distributed.use_device(device, spec.inference.schedule.collective_timeout)
@@ -389,9 +390,7 @@ def _prepare(spec):
         raise DataError(f"{data.source}: no validation split; add a 'valid' array or a 'train' array to split from")
     vae = build_vae(spec.model, data.data_shape, num_data=len(train))
     check_support(data, vae.likelihood)
-    rows = max(1, 2**22 // max(1, train[0].numel()))  # float64 chunks of ~32 MB, not a copy of the split
-    statistics = DataStatistics.of(train.chunks() if isinstance(train, StreamedSplit)
-                                   else (train[i : i + rows] for i in range(0, len(train), rows)))
+    statistics = DataStatistics.of(split_chunks(train))
     vae.likelihood.initialize_from_data(statistics)
     data.preprocessing.low, data.preprocessing.high = statistics.low, statistics.high
     return vae.to(device), data.to(device)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated, Callable, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Callable, Literal, Optional
 
 import pyro.distributions as dist
 import torch
@@ -23,6 +23,9 @@ from torch import Tensor, nn
 from ..errors import SpecError
 from ..registry import Registry
 from .numerics import softplus_inverse
+
+if TYPE_CHECKING:
+    from ..data.statistics import DataStatistics
 
 LIKELIHOODS = Registry("likelihood")
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -129,35 +132,6 @@ class Likelihood(nn.Module):
     def initialize_from_data(self, statistics: "DataStatistics") -> None:
         """Start parameters from the training data's statistics (before training only;
         a trained run's weights replace them). Nothing by default."""
-
-
-@dataclass(frozen=True)
-class DataStatistics:
-    """What a likelihood may start from: the training split's per-feature mean and sd
-    (data_shape), the root mean of the features' variances, the mean of each example's
-    total (library size), and the range of its values."""
-
-    mean: Tensor
-    sd: Tensor
-    pooled_sd: float
-    mean_total: float
-    low: float
-    high: float
-
-    @classmethod
-    def of(cls, chunks) -> "DataStatistics":
-        """From an iterable of (rows, *data_shape) tensors, in float64."""
-        count, total, squares, row_totals, low, high = 0, 0.0, 0.0, 0.0, math.inf, -math.inf
-        for x in chunks:
-            x = x.double().cpu()
-            count += len(x)
-            low, high = min(low, x.min().item()), max(high, x.max().item())
-            total, squares = total + x.sum(0), squares + (x * x).sum(0)
-            row_totals += x.reshape(len(x), -1).sum(1).sum().item()
-        mean = total / count
-        variance = (squares / count - mean * mean).clamp(min=0)
-        pooled = variance.mean().sqrt().item()  # the root mean variance of the features
-        return cls(mean.float(), variance.sqrt().float(), pooled, row_totals / count, low, high)
 
 
 @LIKELIHOODS.register("bernoulli")
@@ -292,7 +266,7 @@ class _LocationScale(Likelihood):
         elif scale != "decoder":
             self.raw_scale = nn.Parameter(raw)
 
-    def initialize_from_data(self, statistics: DataStatistics) -> None:
+    def initialize_from_data(self, statistics: "DataStatistics") -> None:
         """A learned scale without ``initial_scale`` starts at the data's sd (per feature, or
         pooled), floored at 5% of the pooled sd (constant features) and above min_scale."""
         if not self.from_data:
@@ -511,7 +485,7 @@ class _Counts(Likelihood):
         """l = sum of x over the features, shape x.shape[:-event_dim]."""
         return x.flatten(-self.event_dim).sum(-1)
 
-    def initialize_from_data(self, statistics: DataStatistics) -> None:
+    def initialize_from_data(self, statistics: "DataStatistics") -> None:
         with torch.no_grad():
             self.mean_library.fill_(max(statistics.mean_total, 1e-8))
 
