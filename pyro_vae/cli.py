@@ -31,14 +31,23 @@ def one_line(message) -> str:
     return str(message).replace("\r", "\\r").replace("\n", "\\n")
 
 
-def _spec_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="bernoulli_mlp", metavar="NAME|PATH",
-                   help="a shipped model spec (see `pyro-vae specs`) or a .toml file with a [model] table (default: %(default)s)")
-    p.add_argument("--inference", default="trace_elbo", metavar="NAME|PATH",
-                   help="a shipped inference spec or a .toml file with an [inference] table (default: %(default)s)")
-    p.add_argument("--data", default="digits", metavar="digits|PATH",
+def _spec_arguments(p: argparse.ArgumentParser, spec_file: bool = False) -> None:
+    from .spec import DEFAULT_DATA, DEFAULT_INFERENCE, DEFAULT_MODEL
+
+    replaces = "; with --spec, replaces the file's [{}] table" if spec_file else ""
+    p.add_argument("--model", metavar="NAME|PATH",
+                   help=f"a shipped model spec (see `pyro-vae specs`) or a .toml file with a [model] table "
+                   f"(default: {DEFAULT_MODEL}{replaces.format('model')})")
+    p.add_argument("--inference", metavar="NAME|PATH",
+                   help=f"a shipped inference spec or a .toml file with an [inference] table "
+                   f"(default: {DEFAULT_INFERENCE}{replaces.format('inference')})")
+    p.add_argument("--data", metavar="digits|PATH",
                    help="a named data set or a file: .npz (arrays train, valid, test), .npy, .csv/.tsv, .h5ad (AnnData) "
-                   "or MNIST IDX (default: %(default)s)")
+                   f"or MNIST IDX (default: {DEFAULT_DATA}{replaces.format('data')})")
+    if spec_file:
+        p.add_argument("--spec", metavar="FILE",
+                       help="a whole spec to start from (e.g. RUN/spec.toml, to repeat a run); --model, --inference "
+                       "and --data, when given, replace its tables, and --set applies last")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any spec key; VALUE is read as TOML, else as a string "
                    "(e.g. --set model.latent_dim=32 --set model.encoder.hidden=[400,400] --set model.prior.kind=vamp); repeatable")
@@ -52,11 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a VAE and write a run directory",
                        description="Train a VAE with SVI and write a run directory: spec.toml, metrics.csv, "
                        "summary.json, checkpoint.pt and figures/.")
-    _spec_arguments(p)
-    p.add_argument("--spec", metavar="FILE", help="a resolved spec (e.g. RUN/spec.toml) to repeat; replaces --model/--inference/--data")
+    _spec_arguments(p, spec_file=True)
     p.add_argument("--out", metavar="DIR", help="the run directory (default: runs/<model>-<date>-<time>)")
     p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
-    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its checkpoint (uses RUN/spec.toml)")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its checkpoint (uses RUN/spec.toml); "
+                   "with --set inference.schedule.epochs=N, train a finished run on to N epochs")
+    p.add_argument("--init", metavar="RUN", help="start from the weights of a trained run (same model table), "
+                   "with a fresh optimizer")
     p.add_argument("--check", action="store_true", help="validate the spec, the data and the model, print the resolved spec, and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     p.set_defaults(handler=cmd_train)
@@ -109,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="FILE", help="FILE.npz, FILE.csv or FILE.h5ad")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--seed", type=int, default=0, help="random seed for the draws (default: %(default)s)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when available (default: %(default)s)")
+    p.add_argument("--device", default="auto", metavar="DEVICE", help="auto (CUDA when available), cpu, cuda, cuda:N, ... (default: %(default)s)")
     p.set_defaults(handler=cmd_encode)
 
     p = sub.add_parser("analyze", help="ArviZ analysis of a run: PSIS diagnostics, figures, report",
@@ -128,7 +139,7 @@ def _heldout_arguments(p: argparse.ArgumentParser, samples: int, limit: int | No
     p.add_argument("--samples", type=_positive, default=samples, metavar="K", help="importance samples per example (default: %(default)s)")
     p.add_argument("--limit", type=_positive, default=limit, metavar="N", help="a random subset of N examples (default: all)" if limit is None else "a random subset of N examples (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed for the samples and the subset (default: %(default)s)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when available (default: %(default)s)")
+    p.add_argument("--device", default="auto", metavar="DEVICE", help="auto (CUDA when available), cpu, cuda, cuda:N, ... (default: %(default)s)")
 
 
 def _whole_number(minimum: int, wanted: str):
@@ -179,29 +190,59 @@ def cmd_train(args) -> int:
     from .spec import Spec, load_spec
 
     if args.resume:
-        given = [flag for flag, value in (("--spec", args.spec), ("--out", args.out), ("--set", args.overrides)) if value]
+        given = [flag for flag, value in (("--spec", args.spec), ("--out", args.out), ("--init", args.init),
+                                          ("--model", args.model), ("--inference", args.inference),
+                                          ("--data", args.data), ("--check", args.check)) if value]
         if given:
             raise_usage(f"--resume continues RUN with its own spec.toml; drop {', '.join(given)}")
-        trainer = resume(args.resume, progress=False if args.quiet else None, log=_quiet_log(args))
+        trainer = resume(args.resume, progress=False if args.quiet else None, log=_quiet_log(args),
+                         epochs=_extension(args.overrides))
         return _report_training(trainer, Path(args.resume))
     # resolved on rank 0 and broadcast: the ranks cannot train different specs
     text = distributed.broadcast_text(
         lambda: load_spec(args.model, args.inference, args.data, args.overrides, spec_file=args.spec).to_toml())
     spec = Spec.from_toml(text)
     if args.check:
-        from .infer.train import _prepare
+        from .infer.train import Trainer, _prepare
 
         vae, data = _prepare(spec)
+        if args.init:
+            from .infer.train import load_initial_weights
+
+            load_initial_weights(vae, args.init)
+        Trainer(vae, data, spec.inference, progress=False)  # every check train makes before its first step
         _say(spec.to_toml().rstrip("\n"))
         n = sum(p.numel() for p in vae.parameters())
         _say(f"# ok: {data.source}, example shape {data.data_shape}, "
              + ", ".join(f"{k} {len(v)}" for k, v in data.splits.items()) + f"; {n:,} parameters")
         return 0
     stamp = distributed.broadcast_text(lambda: time.strftime("%Y%m%d-%H%M%S"))  # one name on every rank
-    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.model).stem}-{stamp}"
+    from .spec import DEFAULT_MODEL
+
+    name = Path(args.model).stem if args.model else Path(args.spec).parent.name if args.spec else DEFAULT_MODEL
+    out = Path(args.out) if args.out else Path("runs") / f"{name}-{stamp}"
     args.out = str(out)  # for the resume hint if interrupted
-    trainer = train(spec, out, force=args.force, progress=False if args.quiet else None, log=_quiet_log(args))
+    trainer = train(spec, out, force=args.force, progress=False if args.quiet else None, log=_quiet_log(args),
+                    init=args.init)
     return _report_training(trainer, out)
+
+
+def _extension(overrides: Sequence[str]):
+    """The epochs of ``--resume RUN --set inference.schedule.epochs=N`` (None without --set);
+    any other key is refused: a resumed run keeps its spec."""
+    from .infer.train import EXTENDABLE
+    from .spec import parse_override
+
+    epochs = None
+    for text in overrides:
+        parts, value = parse_override(text)
+        if ".".join(parts) not in EXTENDABLE:
+            raise_usage(f"--resume takes --set {EXTENDABLE[0]}=N only (to train a run longer), not --set {text}; "
+                        "to change anything else, start a new run (--init RUN starts from its weights)")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise_usage(f"--set {text}: expected a positive whole number of epochs")
+        epochs = value
+    return epochs
 
 
 def _quiet_log(args):
@@ -209,11 +250,15 @@ def _quiet_log(args):
 
 
 def _report_training(trainer, out: Path) -> int:
+    from .infer.train import saved_weights
+
     s = trainer.state
+    epoch, elbo, which = saved_weights(trainer)
     _say(f"run: {out}")
-    _say(f"best validation ELBO {s.best_val:.3f} nats/example at epoch {s.best_epoch} of {s.epoch}"
-         + (" (stopped early)" if s.stopped_early else "")
-         + f"; {s.train_seconds:.1f} s of training on {trainer.device}")
+    _say(f"saved weights: epoch {epoch} ({which}), validation ELBO {elbo:.3f} nats/example"
+         + (f"; the best was {s.best_val:.3f} at epoch {s.best_epoch}" if s.best_epoch != epoch else "")
+         + (" (stopped early)" if s.stopped_early else ""))
+    _say(f"{s.epoch} epochs, {s.train_seconds:.1f} s of training on {trainer.device}")
     _say(f"figures: {out / 'figures'}; next: pyro-vae evaluate {out}  |  pyro-vae analyze {out}")
     return 0
 
@@ -222,14 +267,15 @@ def cmd_sample(args) -> int:
     import numpy as np
     import torch
 
-    from .analysis.figures import image_panel
+    from .analysis.figures import Look, image_panel
     from .runs import atomic_write, load_run
 
     run = load_run(args.run)
     torch.manual_seed(args.seed)
     z, mean = run.vae.sample(args.n)
     folder = run.path / "samples"
-    png = image_panel(folder / "samples.png", [("E[x|z], z ~ p(z)", mean)], run.vae.data_shape,
+    png = image_panel(folder / "samples.png", [("E[x|z], z ~ p(z)", mean, [f"sample {i}" for i in range(args.n)])],
+                      Look.of(run.vae),
                       f"{args.n} decoded samples from the prior (seed {args.seed})")
 
     def write(f):
@@ -322,14 +368,20 @@ def cmd_compare(args) -> int:
                      seeds=args.seeds, overrides=args.overrides, out=Path(args.out), force=args.force,
                      reference=args.reference, split=args.split, samples=args.samples, limit=args.limit,
                      snr_repeats=args.snr_repeats, snr_k=snr_k, log=_say)
-    reference = report["settings"]["reference"]
-    _say(f"\n{'estimator':<22}{'log p(x)':>10}{'diff vs ' + reference:>26}{'ELBO':>10}{'KL':>8}{'AU':>5}{'ms/step':>9}{'SNR enc':>9}{'SNR dec':>9}")
+    reference, seeds = report["settings"]["reference"], report["settings"]["seeds"]
+    _say(f"\n{'estimator':<22}{'log p(x)':>10}{'diff vs ' + reference:>24}{'SE seeds':>10}{'SE examples':>12}{'ELBO':>10}"
+         f"{'KL':>8}{'AU':>5}{'ms/step (IQR)':>22}{'SNR enc':>9}{'SNR dec':>9}")
     for label, s in report["summary"].items():
-        diff = f"{s['diff_vs_reference']:+.3f} +- {s['diff_se_paired']:.3f}"
-        _say(f"{label:<22}{s['log_likelihood']:>10.3f}{diff:>26}{s['elbo']:>10.3f}{s['kl']:>8.2f}"
-             f"{s['active_units']:>5.0f}{1000 * s['seconds_per_step']:>9.2f}{s['snr_encoder']:>9.3f}{s['snr_decoder']:>9.3f}")
-    _say(f"(means over {report['settings']['seeds']} seed(s); log p(x) with K = {report['settings']['samples']} on "
-         f"{report['settings']['split']}; differences paired by example, +- their standard error)")
+        seeds_se = f"{s['diff_se_seeds']:.3f}" if s["diff_se_seeds"] is not None else "n/a"
+        low, high = (1000 * q for q in s["seconds_per_step_quartiles"])
+        timing = f"{1000 * s['seconds_per_step']:.2f} ({low:.2f}-{high:.2f})"
+        _say(f"{label:<22}{s['log_likelihood']:>10.3f}{s['diff_vs_reference']:>+24.3f}{seeds_se:>10}"
+             f"{s['diff_se_examples']:>12.3f}{s['elbo']:>10.3f}{s['kl']:>8.2f}{s['active_units']:>5.0f}{timing:>22}"
+             f"{s['snr_encoder']:>9.3f}{s['snr_decoder']:>9.3f}")
+    _say(f"(means over {seeds} seed(s); log p(x) with K = {report['settings']['samples']} on "
+         f"{report['settings']['split']}; differences paired by example, with their standard error over seeds "
+         f"(training's randomness{', the one to go by' if seeds > 1 else '; n/a with one seed'}) and over examples; "
+         "ms/step: the median over epochs, and its interquartile range)")
     _say(f"written: {Path(args.out) / 'comparison.csv'}, comparison.json and comparison_*.png")
     return 0
 

@@ -52,7 +52,7 @@ def encode_run(path, out, data: Optional[str] = None, split: str = "all", sample
         raise DataError(f"--out {out}: is the input file; the input is never overwritten, choose another path")
     if out.exists() and not force:
         raise RunError(f"--out {out}: exists; choose another file or pass --force to replace it")
-    device = resolve_device(device)
+    device = resolve_device(device, "--device")
     run = load_run(path, device)
     dataset = run_dataset(run, data, device)  # read and prepared once, whatever the splits
     names = [s for s in SPLITS if s in dataset.splits] if split == "all" else [split]

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 import typing
 from dataclasses import dataclass
 from functools import cache
@@ -59,6 +61,13 @@ class Registry:
     def __init__(self, slot: str):
         self.slot = slot
         self._classes: dict[str, type] = {}
+        self.base: type | None = None  # what every kind of this slot is (a class) or builds (a factory)
+
+    def protocol(self, base: type) -> type:
+        """Class decorator: ``base`` is the slot's protocol, which every class plugged into the
+        slot subclasses (and every factory function returns an instance of)."""
+        self.base = base
+        return base
 
     def register(self, name: str):
         def decorator(cls: type) -> type:
@@ -80,11 +89,15 @@ class Registry:
         if ":" in kind:
             module_name, _, attr = kind.partition(":")
             try:
-                return getattr(importlib.import_module(module_name), attr)
+                cls = getattr(import_from_working_directory(module_name), attr)
             except (ImportError, AttributeError, ValueError) as exc:
                 raise SlotError(
-                    ("kind",), f"cannot import {self.slot} class {kind!r} ({exc})"
+                    ("kind",), f"cannot import {self.slot} class {kind!r} ({exc}); the module is looked up on "
+                    f"sys.path and in the working directory {os.getcwd()}"
                 ) from None
+            if isinstance(cls, type) and self.base is not None and not issubclass(cls, self.base):
+                raise SlotError(("kind",), self._misplaced(kind, cls))
+            return cls
         raise SlotError(
             ("kind",),
             f"unknown {self.slot} kind {kind!r}; registered: {', '.join(self.names())} "
@@ -118,10 +131,44 @@ class Registry:
         """Instantiate ``table['kind']`` with the library's sizes and the table's parameters."""
         resolved = self.validate(table)
         kind = resolved.pop("kind")
-        return self.resolve(kind)(*sizes, **resolved)
+        try:
+            built = self.resolve(kind)(*sizes, **resolved)
+        except TypeError as exc:  # e.g. another slot's factory function, which takes other arguments
+            if self.base is None:
+                raise
+            raise SpecError(f"{self.slot} kind {kind!r} cannot be built as {self._a} ({exc}); "
+                            f"{self._a} is a {self.base.__module__}.{self.base.__qualname__}") from None
+        if self.base is not None and not isinstance(built, self.base):  # a factory function of another slot
+            raise SpecError(f"{self.slot} kind {kind!r}: {self._misplaced(kind, type(built))}")
+        return built
+
+    @property
+    def _a(self) -> str:
+        return f"{'an' if self.slot[0] in 'aeiou' else 'a'} {self.slot}"
+
+    def _misplaced(self, kind: str, cls: type) -> str:
+        return (f"{kind!r} is a {cls.__name__} ({', '.join(b.__name__ for b in cls.__mro__[1:3])}), not {self._a}; "
+                f"{self._a} subclasses {self.base.__module__}.{self.base.__qualname__} (see the README's "
+                "'Your own components'), or put the class in the slot it belongs to")
 
     def describe(self) -> list[KindInfo]:
         return [describe_class(name, cls) for name, cls in sorted(self._classes.items())]
+
+
+def import_from_working_directory(module_name: str):
+    """``importlib.import_module``, with the working directory searched too (as ``python -m``
+    does, where the console script would not): a user's ``mycomp/parts.py`` beside the
+    spec is found by ``kind = "mycomp.parts:Name"``. The directory is appended, so it never
+    shadows an installed package."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        cwd = os.getcwd()
+        top = module_name.partition(".")[0]
+        if exc.name != top or cwd in sys.path or "" in sys.path:
+            raise
+        sys.path.append(cwd)
+        return importlib.import_module(module_name)
 
 
 def _keyword_parameters(cls) -> list[tuple[inspect.Parameter, Any]]:

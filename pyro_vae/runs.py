@@ -135,20 +135,84 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     return checkpoint
 
 
-def prepare_run_dir(path: Path, *, force: bool) -> Path:
-    """Refuse to overwrite an existing run unless ``force``; then clear what it left."""
+LOCK = ".lock"
+RUN_FILES, RUN_FOLDERS = (SPEC, METRICS, SUMMARY, CHECKPOINT), (FIGURES, "evaluation", "analysis", "samples")
+
+
+class RunLock:
+    """An exclusive lock on an output folder while a process writes it: ``flock`` on
+    ``FOLDER/.lock``, which holds the writer's pid, host and start time. The kernel drops
+    the lock when the process dies however it dies, so a lock file whose lock is free is
+    stale and is taken over; a live writer's is refused. (``flock`` is per machine: on a
+    network file system shared by several machines it may not exclude a writer elsewhere.)"""
+
+    def __init__(self, folder: Path, log: Callable[[str], None] | None = None):
+        import fcntl
+        import socket
+        import time
+
+        self.path = Path(folder) / LOCK
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self._holder()
+            os.close(self._fd)
+            raise RunError(
+                f"{folder}: being written by {holder or 'another process'}; wait for it to finish or stop it "
+                "(--force does not override this), or choose another --out"
+            ) from None
+        stale = self._holder()
+        if stale and log is not None:
+            log(f"{folder}: taking over the lock of {stale}, which is no longer running")
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+                  .encode(), 0)
+
+    def _holder(self) -> str:
+        return os.pread(self._fd, 200, 0).decode(errors="replace").strip()
+
+    def release(self) -> None:
+        """Empty the lock file (an empty one is no one's) and drop the lock. The file stays:
+        removing it could let two processes lock two different files of the same name."""
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def claim_output_dir(path: Path, *, force: bool, log: Callable[[str], None] | None = None,
+                     files: tuple = RUN_FILES, folders: tuple = RUN_FOLDERS, patterns: tuple = (),
+                     resumable: bool = True) -> RunLock:
+    """Lock the output folder ``path`` and make it ready: refused while another process
+    writes it, refused when it already holds files unless ``force``, in which case what an
+    earlier run wrote (``files``, ``folders``, glob ``patterns``) is removed, nothing else.
+    Returns the lock, held until released."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise RunError(f"--out {path}: exists and is not a folder; choose another path")
-    if path.is_dir() and any(path.iterdir()):
-        if not force:
-            raise RunError(
-                f"--out {path}: already holds files; pass --force to overwrite, "
-                f"or --resume {path} to continue that run"
-            )
-        _clear_run(path)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    created = not (path / LOCK).exists()
+    lock = RunLock(path, log)  # first: a live writer is refused even with --force
+    try:
+        if any(p.name != LOCK for p in path.iterdir()):
+            if not force:
+                if created:  # leave the folder as it was found
+                    (path / LOCK).unlink(missing_ok=True)
+                resume = f", or --resume {path} to continue that run" if resumable else ""
+                raise RunError(f"--out {path}: already holds files; pass --force to replace them{resume}, "
+                               "or choose another --out")
+            _clear(path, files, folders, patterns)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def remove_partial_writes(path: Path) -> None:
@@ -157,14 +221,17 @@ def remove_partial_writes(path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _clear_run(path: Path) -> None:
-    """Remove what a previous run wrote (its known files and folders), nothing else."""
+def _clear(path: Path, files: tuple, folders: tuple, patterns: tuple) -> None:
+    """Remove what an earlier run wrote (its known files and folders), nothing else."""
     import shutil
 
     remove_partial_writes(path)
-    for name in (SPEC, METRICS, SUMMARY, CHECKPOINT):
+    for name in files:
         (path / name).unlink(missing_ok=True)
-    for name in (FIGURES, "evaluation", "analysis", "samples"):
+    for pattern in patterns:
+        for match in path.glob(pattern):
+            match.unlink(missing_ok=True)
+    for name in folders:
         if (path / name).is_dir():
             shutil.rmtree(path / name)
 

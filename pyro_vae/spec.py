@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, Mapping, Optional, Sequence
 
 import pydantic
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from .errors import SpecError
 from .registry import Registry, SlotError, as_spec_error
@@ -65,8 +65,20 @@ class ModelSpec(_Strict):
             ("encoder", networks),
             ("decoder", networks),
         ):
-            setattr(self, name, _in_slot(name, registry, getattr(self, name)))
+            setattr(self, name, _in_slot(name, registry, getattr(self, name), _default_kind(type(self), name)))
         return self
+
+
+def _device_string(value: str) -> str:
+    """``auto`` or a torch device string (whether this machine has it is checked when training)."""
+    if value != "auto":
+        import torch
+
+        try:
+            torch.device(value)
+        except (RuntimeError, ValueError):
+            raise ValueError(f"{value!r} is not a torch device; use auto, cpu, cuda, cuda:N or mps") from None
+    return value
 
 
 class Schedule(_Strict):
@@ -78,7 +90,7 @@ class Schedule(_Strict):
     beta: Annotated[float, Field(ge=0, le=1e6)] = 1.0
     patience: NonNegativeInt = 0
     seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Annotated[str, AfterValidator(_device_string)] = "auto"  # auto, cpu, cuda, cuda:1, mps, ...
     clip_norm: Annotated[float, Field(ge=0)] = 0.0
     checkpoint_every: NonNegativeInt = 0
     collective_timeout: Annotated[float, Field(gt=0, le=86_400)] = 300.0
@@ -94,8 +106,8 @@ class InferenceSpec(_Strict):
     @model_validator(mode="after")
     def _resolve_slots(self):
         _, _, _, _, estimators, optimizers, _ = _registries()
-        self.estimator = _in_slot("estimator", estimators, self.estimator)
-        self.optimizer = _in_slot("optimizer", optimizers, self.optimizer)
+        self.estimator = _in_slot("estimator", estimators, self.estimator, _default_kind(InferenceSpec, "estimator"))
+        self.optimizer = _in_slot("optimizer", optimizers, self.optimizer, _default_kind(InferenceSpec, "optimizer"))
         return self
 
 
@@ -161,7 +173,16 @@ class Spec(_Strict):
         return tomli_w.dumps(self.to_dict())
 
 
-def _in_slot(name: str, registry: Registry, table: Mapping[str, Any]) -> dict[str, Any]:
+def _default_kind(spec: type[BaseModel], slot: str) -> str:
+    """The kind a slot takes when its table names none (the field's default table)."""
+    return spec.model_fields[slot].get_default(call_default_factory=True)["kind"]
+
+
+def _in_slot(name: str, registry: Registry, table: Mapping[str, Any], default_kind: str) -> dict[str, Any]:
+    """A slot's table validated by its registry. A table without ``kind`` (a file that leaves
+    the slot out, then ``--set slot.key=...``) takes the slot's default kind."""
+    if isinstance(table, Mapping) and "kind" not in table:
+        table = {"kind": default_kind, **table}
     try:
         return registry.validate(table)
     except SlotError as exc:
@@ -271,26 +292,37 @@ def _lookup(raw: dict[str, Any], parts: Sequence[str]) -> Any:
     return node
 
 
+DEFAULT_MODEL, DEFAULT_INFERENCE, DEFAULT_DATA = "gaussian_per_feature", "trace_elbo", "digits"
+
+
 def load_spec(
-    model: str = "bernoulli_mlp",
-    inference: str = "trace_elbo",
-    data: str = "digits",
+    model: str | None = None,
+    inference: str | None = None,
+    data: str | None = None,
     overrides: Sequence[str] = (),
     spec_file: str | None = None,
 ) -> Spec:
     """Resolve shipped names or paths, apply ``--set`` overrides, validate.
 
-    With ``spec_file`` (a resolved ``spec.toml``), its three tables are the start and
-    ``model``, ``inference`` and ``data`` are ignored.
+    Without ``spec_file`` the three tables come from ``model``, ``inference`` and ``data``
+    (the defaults where None). With ``spec_file`` (e.g. a run's resolved ``spec.toml``) its
+    tables are the start, and each of ``model``, ``inference``, ``data`` that is given
+    replaces that table of the file; ``overrides`` apply last, in both cases.
     """
     if spec_file is not None:
         raw = read_toml(Path(spec_file))
+        extra = sorted(set(raw) - {"model", "inference", "data"})
+        if extra:
+            raise SpecError(f"{spec_file}: unexpected top-level key {extra[0]!r} (a spec holds [model], [inference], [data])")
     else:
-        raw = {
-            "model": _table_from(model, "models", "model"),
-            "inference": _table_from(inference, "inference", "inference"),
-            "data": data_table(data),
-        }
+        model, inference, data = model or DEFAULT_MODEL, inference or DEFAULT_INFERENCE, data or DEFAULT_DATA
+        raw = {}
+    if model is not None:
+        raw["model"] = _table_from(model, "models", "model")
+    if inference is not None:
+        raw["inference"] = _table_from(inference, "inference", "inference")
+    if data is not None:
+        raw["data"] = data_table(data)
     return Spec.from_dict(apply_overrides(raw, overrides))
 
 

@@ -78,7 +78,7 @@ def test_binarize_needs_intensities(tmp_path):
 @pytest.mark.parametrize(
     "kind, values, fragments",
     [
-        ("bernoulli", np.arange(40.0).reshape(10, 4), ["outside the support of the bernoulli", "..39", "binarize"]),
+        ("bernoulli", np.arange(40.0).reshape(10, 4), ["outside the support of the bernoulli", "..39", "rescale them into [0, 1]"]),
         ("beta", np.tile([0.0, 0.5, 1.0, 0.25], (10, 1)), ["beta", "strictly inside (0, 1)", "continuous_bernoulli"]),
         ("poisson", np.full((10, 4), 0.5), ["poisson", "non-negative integer counts", "normalize = false"]),
         ("categorical", np.full((10, 4), 300.0), ["categorical", "integer levels 0..255"]),

@@ -23,7 +23,7 @@ from pyro_vae.data import Dataset
 from pyro_vae.errors import SpecError
 
 TESTS = Path(__file__).parent
-EPOCHS = ["--set", "inference.schedule.epochs=8", "--set", "inference.schedule.batch_size=32"]
+EPOCHS = ["--model", "bernoulli_mlp", "--set", "inference.schedule.epochs=8", "--set", "inference.schedule.batch_size=32"]
 
 
 def torchrun(*args, nproc=2, timeout=180, extra=(), wait=True, env=None):
@@ -104,7 +104,8 @@ def runs(tmp_path_factory):
 def test_only_rank_zero_writes_and_speaks(runs):
     two = runs["two"]
     names = sorted(p.name for p in two.iterdir())
-    assert names == ["checkpoint.pt", "figures", "metrics.csv", "spec.toml", "summary.json"]
+    assert names == [".lock", "checkpoint.pt", "figures", "metrics.csv", "spec.toml", "summary.json"]
+    assert (two / ".lock").read_text() == ""  # rank 0 held the run's lock, and released it
     assert not [p for p in two.rglob(".*tmp*")]
     assert runs["two_stdout"].count("run: ") == 1  # one rank reports
 

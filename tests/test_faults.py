@@ -125,7 +125,9 @@ def test_resume_of_a_finished_run_and_bad_combinations(reference):
     code, _, stderr = run_cli("train", "--resume", reference)
     assert_one_line_error(code, stderr, "already finished")
     code, _, stderr = run_cli("train", "--resume", reference, "--set", "model.latent_dim=3")
-    assert_one_line_error(code, stderr, "--resume continues RUN with its own spec.toml")
+    assert_one_line_error(code, stderr, "--resume takes --set inference.schedule.epochs=N only", "--init RUN")
+    code, _, stderr = run_cli("train", "--resume", reference, "--model", "vampprior")
+    assert_one_line_error(code, stderr, "--resume continues RUN with its own spec.toml; drop --model")
 
 
 def test_a_nan_stops_training_naming_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path):

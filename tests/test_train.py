@@ -12,6 +12,7 @@ from conftest import QUICK, assert_one_line_error, run_cli, write_npz
 from pyro_vae import load_run
 from pyro_vae.cli import main
 from pyro_vae.infer.train import kl_weight, resolve_device
+from pyro_vae.spec import load_spec
 from pyro_vae.runs import METRIC_COLUMNS
 from pyro_vae.spec import Schedule
 
@@ -101,15 +102,28 @@ def test_warmup_reaches_the_metrics(tmp_path):
 
 
 def test_device_choice(monkeypatch):
-    assert resolve_device("cpu").type == "cpu"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert resolve_device("auto").type == "cuda"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert resolve_device("auto").type == "cpu"
     from pyro_vae.errors import SpecError
 
+    assert resolve_device("cpu").type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto").type == "cuda"
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)  # any torch device string
+    with pytest.raises(SpecError, match=r"'cuda:2' but this machine has 2 CUDA device\(s\), cuda:0..cuda:1"):
+        resolve_device("cuda:2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto").type == "cpu"
     with pytest.raises(SpecError, match="no CUDA device is available; use 'auto' or 'cpu'"):
         resolve_device("cuda")
+    with pytest.raises(SpecError, match="'banana' is not a torch device"):
+        resolve_device("banana")
+    if not torch.backends.mps.is_available():
+        with pytest.raises(SpecError, match=r"--device: 'mps' is not available here \(.*\); use 'auto' or 'cpu'"):
+            resolve_device("mps", "--device")
+    spec = load_spec(overrides=["inference.schedule.device=cuda:1"])  # the spec keeps any device string
+    assert spec.inference.schedule.device == "cuda:1"
+    with pytest.raises(SpecError, match="inference.schedule.device: 'gpu1' is not a torch device"):
+        load_spec(overrides=["inference.schedule.device=gpu1"])
 
 
 def test_sample_command(digits_run, capsys):

@@ -10,7 +10,7 @@ import torch
 
 from ..infer.evaluate import BUDGET, active_unit_summary, describe_active_units, heldout, posterior_mean_covariance, standard_error
 from ..runs import atomic_path, atomic_write_json, atomic_write_text, load_run
-from .figures import elbo_curves, image_panel
+from .figures import Look, elbo_curves, image_panel, reconstruction_panel
 from .. import distributed
 from .inference_data import arviz, draws_to_inference_data, khat_bands, posterior_draws_sharded, quiet_arviz
 from .plots import example_posteriors, interpolation, khat_plot, latent_space, traversals
@@ -25,7 +25,7 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
     alone writes (the others return None)."""
     from ..infer.train import resolve_device
 
-    device = resolve_device(device)
+    device = resolve_device(device, "--device")
     group = distributed.use_device(device)
     run = load_run(path, device)
     examples = heldout(run, data, split, limit, seed, device)
@@ -85,12 +85,10 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
     metrics = run.metrics
     figures["elbo"] = elbo_curves(folder / "elbo.png", metrics)
     vae = run.vae
-    figures["reconstructions"] = image_panel(
-        folder / "reconstructions.png",
-        [("inputs x", x[:16]), ("reconstructions E[x|z], z ~ q(z|x)", vae.reconstruct(x[:16]))],
-        vae.data_shape, f"{split} inputs and their reconstructions")
-    figures["samples"] = image_panel(folder / "samples.png", [("E[x|z], z ~ p(z)", vae.sample(32)[1])], vae.data_shape,
-                                     "Decoded samples from the prior")
+    figures["reconstructions"] = reconstruction_panel(folder / "reconstructions.png", vae, x[:16], split)
+    figures["samples"] = image_panel(folder / "samples.png",
+                                     [("E[x|z], z ~ p(z)", vae.sample(32)[1], [f"sample {i}" for i in range(32)])],
+                                     Look.of(vae), "Decoded samples from the prior")
     means_t = torch.as_tensor(means, device=x.device, dtype=x.dtype)
     a, b = _distinct_pair(labels, len(x))
     figures["interpolation"] = interpolation(folder / "interpolation.png", vae, means_t[a], means_t[b])

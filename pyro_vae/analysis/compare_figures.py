@@ -7,13 +7,29 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from .figures import save_figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+from .figures import epoch_ticks, robust_limits, save_figure
+
+
+def _plain_numbers(axis) -> None:
+    """Log-axis ticks as plain numbers (20, 0.5), not powers of ten (2x10^1)."""
+    def minor(value, _):  # within a decade every tick is labelled, over several only the 2s and 5s
+        low, high = sorted(axis.get_view_interval())
+        return f"{value:.3g}" if high < 10 * max(low, 1e-300) or f"{value:.1g}"[0] in "25" else ""
+
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
+    axis.set_minor_formatter(FuncFormatter(minor))
 
 
 def _log_axes(ax, xlabel: str, ylabel: str, title: str, x_log: bool) -> None:
     if x_log:
         ax.set_xscale("log")
+        _plain_numbers(ax.xaxis)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_yscale("log")
+    _plain_numbers(ax.yaxis)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -62,16 +78,23 @@ def comparison_figures(out: Path, report: dict) -> list[Path]:
     # learning curves with a band over seeds
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.subplots()
+    means = []
     for i, label in enumerate(labels):
         curves = [c["val_elbo"] for c in report["learning_curves"] if c["estimator"] == label]
         length = min(len(c) for c in curves)
         values = np.array([c[:length] for c in curves])
         epochs = np.arange(1, length + 1)
         mean = values.mean(0)
-        ax.plot(epochs, mean, color=f"C{i}", label=label)
+        means.append(mean)
+        ax.plot(epochs, mean, color=f"C{i}", label=label, marker="." if length <= 50 else None)
         if len(values) > 1:
             se = values.std(0, ddof=1) / np.sqrt(len(values))
-            ax.fill_between(epochs, mean - se, mean + se, color=f"C{i}", alpha=0.25, lw=0)
+            if length > 1:
+                ax.fill_between(epochs, mean - se, mean + se, color=f"C{i}", alpha=0.25, lw=0)
+            else:  # one epoch: a band has no width
+                ax.errorbar(epochs + 0.04 * (i - (len(labels) - 1) / 2), mean, yerr=se, color=f"C{i}", capsize=4)
+    robust_limits(ax, means)
+    epoch_ticks(ax, max(len(m) for m in means))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation ELBO (nats per example)")
     ax.set_title(f"Learning curves: mean over {settings['seeds']} seed(s), band +- SE")

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from .figures import image_panel, save_figure
+from .figures import Look, image_panel, save_figure
 from .inference_data import BANDS, arviz, quiet_arviz
 
 
@@ -92,8 +92,10 @@ def interpolation(path: Path, vae, mean_a: torch.Tensor, mean_b: torch.Tensor, s
     """E[x|z] along the line from one example's posterior mean to another's."""
     t = torch.linspace(0, 1, steps, device=mean_a.device)[:, None]
     decoded = vae.decode_mean((1 - t) * mean_a + t * mean_b)
-    return image_panel(path, [("E[x|z] for z = (1 - t) m_a + t m_b, t = 0 .. 1 (left to right)", decoded)],
-                       vae.data_shape, "Linear interpolation between two encoded examples", columns=steps)
+    rows = [f"t = {v:.2f}" for v in t[:, 0].tolist()]
+    return image_panel(path, [("E[x|z] for z = (1 - t) m_a + t m_b, t = 0 .. 1 (left to right; rows of a table: "
+                               "top to bottom)", decoded, rows)],
+                       Look.of(vae), "Linear interpolation between two encoded examples", columns=steps)
 
 
 @torch.no_grad()
@@ -104,7 +106,8 @@ def traversals(path: Path, vae, centre: torch.Tensor, dims: Sequence[int], sprea
     for d in dims:
         z = centre.repeat(steps, 1)
         z[:, d] = centre[d] + offsets * spread[d]
+        names = [f"z[{d}] = {v:.2f}" for v in z[:, d].tolist()]
         rows.append((f"z[{d}] from {(centre[d] - 2.5 * spread[d]).item():.2f} to {(centre[d] + 2.5 * spread[d]).item():.2f}",
-                     vae.decode_mean(z)))
-    return image_panel(path, rows, vae.data_shape, "Traversals of the most active latent dimensions "
+                     vae.decode_mean(z), names))
+    return image_panel(path, rows, Look.of(vae), "Traversals of the most active latent dimensions "
                        "(others at the mean posterior mean)", columns=steps)

@@ -37,6 +37,7 @@ from torch import Tensor
 from ..registry import Registry
 
 ESTIMATORS = Registry("estimator")
+ESTIMATORS.protocol(ELBO)
 Particles = Annotated[int, Field(gt=0, le=10_000)]
 Samples = Annotated[int, Field(gt=0, le=10_000)]
 

@@ -362,7 +362,7 @@ def evaluate_run(path, data=None, split="valid", num_samples=5000, limit=None, s
     from ..runs import atomic_write, atomic_write_json, load_run
     from .train import resolve_device
 
-    device = resolve_device(device)
+    device = resolve_device(device, "--device")
     group = distributed.use_device(device)
     run = load_run(path, device)
     examples = heldout(run, data, split, limit, seed, device)

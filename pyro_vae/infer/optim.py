@@ -20,6 +20,7 @@ from ..errors import SpecError, TrainingDiverged
 from ..registry import Registry
 
 OPTIMIZERS = Registry("optimizer")
+OPTIMIZERS.protocol(torch.optim.Optimizer)
 LearningRate = Annotated[float, Field(gt=0, le=10)]
 Decay = Annotated[float, Field(ge=0, le=1)]
 Beta = Annotated[float, Field(ge=0, lt=1)]

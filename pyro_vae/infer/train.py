@@ -14,6 +14,7 @@ from it continues exactly as the uninterrupted run would have.
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import sys
@@ -39,14 +40,29 @@ from .optim import OPTIMIZERS, SingleOptimizer
 VALIDATION_BLOCK = 1024  # validation examples per seeded block (the same blocks whatever the number of ranks)
 
 
-def resolve_device(choice: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error. Under
-    several processes ``cuda`` is this rank's GPU, ``cuda:LOCAL_RANK``."""
+def resolve_device(choice: str, where: str = "inference.schedule.device") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; any other torch device string (``cpu``,
+    ``cuda``, ``cuda:1``, ``mps``) must name a device this machine has. Under several
+    processes ``cuda`` is this rank's GPU, ``cuda:LOCAL_RANK``."""
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise SpecError("inference.schedule.device: 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    return distributed.local_device(torch.device(choice))
+    try:
+        device = torch.device(choice)
+    except (RuntimeError, ValueError):
+        raise SpecError(f"{where}: {choice!r} is not a torch device; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise SpecError(f"{where}: {choice!r} but no CUDA device is available; use 'auto' or 'cpu'")
+        if device.index is not None and device.index >= count:
+            raise SpecError(f"{where}: {choice!r} but this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
+    elif device.type != "cpu":
+        try:
+            torch.empty(0, device=device)
+        except (RuntimeError, AssertionError, NotImplementedError) as exc:
+            raise SpecError(f"{where}: {choice!r} is not available here ({str(exc).splitlines()[0][:100]}); "
+                            "use 'auto' or 'cpu'") from None
+    return distributed.local_device(device)
 
 
 @dataclass
@@ -396,14 +412,27 @@ def _prepare(spec):
     return vae.to(device), data.to(device)
 
 
-def _summary(trainer: Trainer, status: str, message: str = "") -> dict:
+def saved_weights(trainer: Trainer) -> tuple[int, float, str]:
+    """(epoch, validation ELBO, 'best' or 'last') of the weights the checkpoint holds: the
+    best epoch's with early stopping on (patience > 0), else the last epoch's."""
+    state = trainer.state
+    if trainer.schedule.patience > 0 and state.best_epoch > 0:
+        return state.best_epoch, state.best_val, "the best, kept by early stopping"
+    last = state.history[-1] if state.history else {"epoch": 0, "val_elbo": math.nan}
+    return last["epoch"], last["val_elbo"], "the last"
+
+
+def _summary(trainer: Trainer, status: str, message: str = "", provenance: Optional[dict] = None) -> dict:
     state, data = trainer.state, trainer.data
+    saved_epoch, saved_elbo, _ = saved_weights(trainer)
     total_examples = trainer.steps_per_epoch * trainer.batch_size * len(state.history)
     seconds = sum(row["seconds"] for row in state.history)
     summary = {
         "status": status,
         "best_val_elbo": state.best_val if math.isfinite(state.best_val) else None,
         "best_epoch": state.best_epoch,
+        "saved_epoch": saved_epoch,  # the epoch whose weights checkpoint.pt holds
+        "saved_val_elbo": saved_elbo if math.isfinite(saved_elbo) else None,
         "epochs": state.epoch,
         "train_seconds": state.train_seconds,
         "examples_per_second": total_examples / seconds if seconds > 0 else None,
@@ -412,6 +441,7 @@ def _summary(trainer: Trainer, status: str, message: str = "") -> dict:
         "versions": _versions(),
         "num_parameters": sum(p.numel() for p in trainer.vae.parameters()),
         "data": _data_summary(data),
+        **(provenance or {}),
     }
     if message:
         summary["message"] = message
@@ -431,9 +461,23 @@ def _data_summary(data) -> dict:
 class _RunWriter:
     """Persists a Trainer's state into its run directory (see runs.py)."""
 
-    def __init__(self, path, trainer: Trainer):
+    def __init__(self, path, trainer: Trainer, resumed: bool = False, initialized_from=None):
+        from .. import runs
+        from ..provenance import provenance
+
         self.path, self.trainer = path, trainer
         trainer.save = self
+        # the command line and git commits that started the run; each resume adds its own
+        self.provenance = provenance()
+        if initialized_from is not None:
+            self.provenance["initialized_from"] = str(Path(initialized_from).resolve())
+        if resumed:
+            try:
+                earlier = json.loads((Path(path) / runs.SUMMARY).read_text())
+            except (OSError, ValueError):
+                earlier = {}
+            started = {k: earlier[k] for k in ("command", "git", "pyro_vae_git", "initialized_from") if k in earlier}
+            self.provenance = {**started, "resumed": [*earlier.get("resumed", []), self.provenance]}
 
     def __call__(self, checkpoint: dict) -> None:
         from .. import runs
@@ -449,7 +493,7 @@ class _RunWriter:
         }
         runs.save_checkpoint(self.path / runs.CHECKPOINT, checkpoint)
         self.metrics()
-        runs.atomic_write_json(self.path / runs.SUMMARY, _summary(trainer, "running"))
+        runs.atomic_write_json(self.path / runs.SUMMARY, _summary(trainer, "running", provenance=self.provenance))
 
     def metrics(self) -> None:
         from .. import runs
@@ -460,7 +504,7 @@ class _RunWriter:
         from .. import runs
 
         trainer = self.trainer
-        runs.atomic_write_json(self.path / runs.SUMMARY, _summary(trainer, status, message))
+        runs.atomic_write_json(self.path / runs.SUMMARY, _summary(trainer, status, message, self.provenance))
         if status in ("completed", "early_stopped") and trainer.state.history:
             from ..analysis.figures import training_figures
 
@@ -483,56 +527,121 @@ def _run(trainer: Trainer, writer: Optional[_RunWriter]):
     return trainer
 
 
-def train(spec, out=None, *, force: bool = False, progress: Optional[bool] = None, log=None, on_epoch=None, before=None) -> Trainer:
-    """Train ``spec`` (a Spec); with ``out``, write a run directory there. Returns the Trainer,
-    whose ``vae`` holds the trained model (its best weights when early stopping is on).
-    ``before(trainer)`` runs once before the first step, ``on_epoch(trainer)`` after each epoch."""
-    from ..runs import SPEC, atomic_write_text, prepare_run_dir
+def train(spec, out=None, *, force: bool = False, progress: Optional[bool] = None, log=None, on_epoch=None, before=None,
+          init=None) -> Trainer:
+    """Train ``spec`` (a Spec); with ``out``, write a run directory there (locked while this
+    process writes it). Returns the Trainer, whose ``vae`` holds the trained model (its best
+    weights when early stopping is on). ``init`` (a run directory) starts from that run's
+    weights, with a fresh optimizer. ``before(trainer)`` runs once before the first step,
+    ``on_epoch(trainer)`` after each epoch."""
+    from ..runs import SPEC, atomic_write_text, claim_output_dir
 
     vae, data = _prepare(spec)
+    if init is not None:
+        load_initial_weights(vae, init)
     trainer = Trainer(vae, data, spec.inference, progress=progress, log=log, on_epoch=on_epoch)
     if before is not None:
         before(trainer)
-    writer = None
+    writer, lock = None, None
     if out is not None:  # only once spec, data and model are known good; rank 0 alone writes
-        distributed.on_main(lambda: atomic_write_text(prepare_run_dir(out, force=force) / SPEC, spec.to_toml()))
+
+        def claim() -> None:
+            nonlocal lock
+            lock = claim_output_dir(out, force=force, log=trainer.log)
+            atomic_write_text(Path(out) / SPEC, spec.to_toml())
+
+        distributed.on_main(claim)
         if trainer.group.is_main:
-            writer = _RunWriter(Path(out), trainer)
-    return _run(trainer, writer)
+            writer = _RunWriter(Path(out), trainer, initialized_from=init)
+    try:
+        return _run(trainer, writer)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
-def resume(path, *, progress: Optional[bool] = None, log=None) -> Trainer:
-    """Continue the run in ``path`` from its checkpoint, exactly where it stopped. Under
-    several processes rank 0 reads the spec and clears partial writes; every rank reads
-    the checkpoint (on several machines the run directory must be on a shared file
+def load_initial_weights(vae, run) -> None:
+    """``--init RUN``: the trained weights of another run (its saved ones), which must be of
+    the same architecture; the optimizer, counters and RNGs start fresh."""
+    from ..runs import CHECKPOINT, load_checkpoint
+
+    path = Path(run)
+    if not path.is_dir():
+        raise RunError(f"--init {path}: no such run directory")
+    weights = load_checkpoint(path / CHECKPOINT)["weights"]
+    try:
+        vae.load_state_dict(weights)
+    except RuntimeError as exc:
+        problem = " ".join(str(exc).split())[:200]
+        raise RunError(f"--init {path}: its weights do not fit this spec's model ({problem}); "
+                       "--init needs the same model table (latent size, networks, slots)") from None
+
+
+EXTENDABLE = ("inference.schedule.epochs",)
+
+
+def resume(path, *, progress: Optional[bool] = None, log=None, epochs: Optional[int] = None) -> Trainer:
+    """Continue the run in ``path`` from its checkpoint, exactly where it stopped, or, with
+    ``epochs``, train a finished run on to that many epochs: the same as a run trained to
+    ``epochs`` from the start (nothing in the schedule depends on the total; the KL warm-up
+    counts steps from the first), except for one that stopped early, which is refused.
+
+    Under several processes rank 0 reads the spec and clears partial writes; every rank
+    reads the checkpoint (on several machines the run directory must be on a shared file
     system), and the number of processes must be the one that wrote it."""
-    from ..runs import CHECKPOINT, load_checkpoint, read_spec, remove_partial_writes
+    from ..runs import SPEC, RunLock, atomic_write_text, read_spec, remove_partial_writes
     from ..spec import Spec
 
     path = Path(path)
+    lock = None
 
     def spec_text() -> str:
+        nonlocal lock
         if not path.is_dir():
             raise RunError(f"--resume {path}: no such run directory")
-        text = read_spec(path).to_toml()
+        lock = RunLock(path, log or (lambda text: print(text, file=sys.stderr)))  # before reading: a live writer is refused
+        spec = read_spec(path)
         remove_partial_writes(path)
-        return text
+        if epochs is not None:
+            if epochs < spec.inference.schedule.epochs:
+                raise RunError(f"--resume {path}: inference.schedule.epochs = {epochs} is fewer than the run's "
+                               f"{spec.inference.schedule.epochs}; give more epochs to train longer")
+            spec.inference.schedule.epochs = epochs
+        return spec.to_toml()
 
-    spec = Spec.from_toml(distributed.broadcast_text(spec_text))
+    try:
+        spec = Spec.from_toml(distributed.broadcast_text(spec_text))
+        return _resume(path, spec, progress, log, extended=epochs is not None,
+                       write_spec=lambda: atomic_write_text(path / SPEC, spec.to_toml()))
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _resume(path: Path, spec, progress, log, extended: bool, write_spec) -> Trainer:
+    from ..runs import CHECKPOINT, load_checkpoint
+
     # no checkpoint: stopped before the first one was written, so it starts again (same seed)
     checkpoint = load_checkpoint(path / CHECKPOINT) if (path / CHECKPOINT).exists() else None
     if checkpoint is not None:
         if "training" not in checkpoint:
             raise RunError(f"{path / CHECKPOINT}: holds weights only, no training state to resume from")
         state = checkpoint["training"]["state"]
-        if state["epoch"] >= spec.inference.schedule.epochs or state["stopped_early"]:
+        if state["stopped_early"]:
+            raise RunError(
+                f"--resume {path}: the run stopped early at epoch {state['epoch']} (no better validation ELBO for "
+                f"inference.schedule.patience epochs); to train on, start a new run from its weights: "
+                f"pyro-vae train --init {path} --out NEW"
+            )
+        if state["epoch"] >= spec.inference.schedule.epochs:
             raise RunError(
                 f"--resume {path}: the run already finished (epoch {state['epoch']} of "
-                f"{spec.inference.schedule.epochs}); start a new run to train longer"
+                f"{spec.inference.schedule.epochs}); to train longer: pyro-vae train --resume {path} "
+                f"--set inference.schedule.epochs=N, with N > {state['epoch']}"
             )
     vae, data = _prepare(spec)
     trainer = Trainer(vae, data, spec.inference, progress=progress, log=log)
-    writer = _RunWriter(path, trainer) if trainer.group.is_main else None
+    writer = _RunWriter(path, trainer, resumed=checkpoint is not None) if trainer.group.is_main else None
     if checkpoint is not None:
         if list(data.data_shape) != list(checkpoint["data_shape"]) or trainer.num_data != checkpoint["num_data"]:
             raise RunError(f"--resume {path}: the data no longer match the checkpoint (shape or size changed)")
@@ -551,4 +660,6 @@ def resume(path, *, progress: Optional[bool] = None, log=None) -> Trainer:
             raise RunError(f"{path / CHECKPOINT}: cannot restore training state ({str(exc).splitlines()[0][:160]})") from None
         if writer is not None:
             writer.metrics()  # metrics.csv as of the checkpoint, whatever a kill left behind
+    if extended:  # every check passed: the run's spec now says how long it trains
+        distributed.on_main(write_spec)
     return _run(trainer, writer)

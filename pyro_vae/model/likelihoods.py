@@ -36,11 +36,12 @@ DEFAULT_SCALE = 0.1  # a fixed location-scale likelihood's scale when none is gi
 
 @dataclass(frozen=True)
 class Domain:
-    """The values a likelihood accepts, how to test them, and what to do otherwise."""
+    """The values a likelihood supports, and the fix to suggest for data outside them,
+    chosen from what the data actually hold (see :func:`describe_values`)."""
 
     description: str
     contains: Callable[[Tensor], Tensor]
-    fix: str
+    fix: Callable[["Values"], str] = lambda values: ""
     bounds: tuple[float | None, float | None] = (None, None)  # (lowest, highest) value, None where unbounded
 
 
@@ -48,36 +49,66 @@ def _is_integer(x: Tensor) -> Tensor:
     return x == torch.round(x)
 
 
-UNIT = Domain(
-    "values in [0, 1]",
-    lambda x: (x >= 0) & (x <= 1),
-    "set data.normalize = true (8-bit data is divided by its largest level) or "
-    "data.binarize = \"static\" or \"dynamic\", or choose a likelihood for real values (gaussian) "
-    "or for counts (poisson, negative_binomial)",
-    (0.0, 1.0),
-)
-OPEN_UNIT = Domain(
-    "values strictly inside (0, 1)",
-    lambda x: (x > 0) & (x < 1),
-    "use continuous_bernoulli for data that touches 0 or 1, or squeeze the data into (0, 1)",
-    (0.0, 1.0),
-)
-REAL = Domain("finite real values", lambda x: torch.ones_like(x, dtype=torch.bool), "")
-LEVELS_8BIT = Domain(
-    "integer levels 0..255",
-    lambda x: (x >= 0) & (x <= LEVELS - 1) & _is_integer(x),
-    "set data.normalize = false to keep 8-bit data as levels, and data.binarize = \"none\"",
-    (0.0, LEVELS - 1.0),
-)
-COUNTS = Domain(
-    "non-negative integer counts",
-    lambda x: (x >= 0) & _is_integer(x),
-    "set data.normalize = false so counts are not divided, or choose a likelihood for "
-    "real values (gaussian) or for [0, 1] (bernoulli)",
-    (0.0, None),
-)
+@dataclass(frozen=True)
+class Values:
+    """What data hold, as far as choosing a likelihood goes."""
+
+    low: float
+    high: float
+    integers: bool  # every value a whole number
+
+    @classmethod
+    def of(cls, x: Tensor) -> "Values":
+        return cls(x.min().item(), x.max().item(), bool(_is_integer(x).all()))
 
 
+REAL_KINDS = "a likelihood for real values (gaussian, laplace, student_t)"
+COUNT_KINDS = "a likelihood for counts (poisson, negative_binomial, zinb)"
+
+
+def _fix_unit(v: Values) -> str:
+    if v.integers and v.low >= 0 and v.high <= 255:
+        return (f"the data are whole numbers 0..{v.high:g}: rescale them into [0, 1], or store them as an integer "
+                f"array and set data.normalize = true (it divides 8-bit levels by 255), or choose {COUNT_KINDS}")
+    if v.integers and v.low >= 0:
+        return f"the data are whole numbers 0..{v.high:g}, counts: choose {COUNT_KINDS}, or rescale them into [0, 1]"
+    if v.low < 0:
+        return f"the data are real values, negative ones included: choose {REAL_KINDS}, or rescale them into [0, 1]"
+    return f"the data are real values above 1: choose {REAL_KINDS}, or rescale them into [0, 1]"
+
+
+def _fix_open_unit(v: Values) -> str:
+    if 0 <= v.low and v.high <= 1:
+        return "the data touch 0 or 1: use continuous_bernoulli, or squeeze the data into (0, 1)"
+    return f"choose {REAL_KINDS} for data outside [0, 1], or rescale them into (0, 1)"
+
+
+def _fix_levels(v: Values) -> str:
+    if not v.integers and 0 <= v.low and v.high <= 1:
+        return "the data look divided into [0, 1]: set data.normalize = false to keep 8-bit levels 0..255"
+    if v.integers:
+        return f"whole numbers beyond 0..255 are not 8-bit levels: choose {COUNT_KINDS} or {REAL_KINDS}"
+    return f"the data are not whole levels: choose {REAL_KINDS}, or continuous_bernoulli for data in [0, 1]"
+
+
+def _fix_counts(v: Values) -> str:
+    if v.low < 0:
+        return f"counts are never negative: choose {REAL_KINDS}"
+    if v.high <= 1:
+        return ("the data are fractions in [0, 1], not whole counts: if the file stores counts, set data.normalize = "
+                "false (or auto) so they are not divided; for data in [0, 1] choose bernoulli or continuous_bernoulli")
+    return f"the data are non-negative but not whole numbers: round them if they are counts, or choose {REAL_KINDS}"
+
+
+UNIT = Domain("values in [0, 1]", lambda x: (x >= 0) & (x <= 1), _fix_unit, (0.0, 1.0))
+OPEN_UNIT = Domain("values strictly inside (0, 1)", lambda x: (x > 0) & (x < 1), _fix_open_unit, (0.0, 1.0))
+REAL = Domain("finite real values", lambda x: torch.ones_like(x, dtype=torch.bool))
+LEVELS_8BIT = Domain("integer levels 0..255", lambda x: (x >= 0) & (x <= LEVELS - 1) & _is_integer(x), _fix_levels,
+                     (0.0, LEVELS - 1.0))
+COUNTS = Domain("non-negative integer counts", lambda x: (x >= 0) & _is_integer(x), _fix_counts, (0.0, None))
+
+
+@LIKELIHOODS.protocol
 class Likelihood(nn.Module):
     """p(x|z) from the decoder's output; see the module docstring for the protocol."""
 
@@ -119,10 +150,11 @@ class Likelihood(nn.Module):
         if inside.all():
             return None
         outside = int((~inside).sum())
+        values = Values.of(x)
         return (
             f"{where} has values outside the support of the {self.kind} likelihood "
-            f"({self.domain.description}; the data span {x.min().item():g}..{x.max().item():g}, "
-            f"{outside} values outside): {self.domain.fix}"
+            f"({self.domain.description}; the data span {values.low:g}..{values.high:g}, "
+            f"{outside} values outside): {self.domain.fix(values)}"
         )
 
     def mean(self, out: Tensor, **context) -> Tensor:

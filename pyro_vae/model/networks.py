@@ -35,6 +35,7 @@ ACTIVATIONS = {
 Dropout = Annotated[float, Field(ge=0, lt=1)]
 
 
+@NETWORKS.protocol
 class Network(nn.Module):
     """Shapes in and out; see the module docstring for the protocol."""
 

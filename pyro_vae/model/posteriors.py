@@ -26,6 +26,7 @@ MIN_SCALE = 1e-4
 FlowWidths = Annotated[list[Annotated[int, Field(gt=0, le=1024)]], Field(max_length=3)]
 
 
+@POSTERIORS.protocol
 class Posterior(nn.Module):
     """q(z|x) from the encoder's output; see the module docstring for the protocol."""
 

@@ -27,6 +27,7 @@ PRIORS = Registry("prior")
 Components = Annotated[int, Field(gt=0, le=10_000)]
 
 
+@PRIORS.protocol
 class Prior(nn.Module):
     """p(z); see the module docstring for the protocol."""
 
