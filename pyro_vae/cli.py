@@ -28,7 +28,13 @@ class _Parser(argparse.ArgumentParser):
 
 def one_line(message) -> str:
     """A message on one line, whatever user text (a path, a --set value) it quotes."""
-    return str(message).replace("\r", "\\r").replace("\n", "\\n")
+    text = str(message)
+    for brk in LINE_BREAKS:  # every character str.splitlines breaks at, not only \n
+        text = text.replace(brk, brk.encode("unicode_escape").decode("ascii"))
+    return text
+
+
+LINE_BREAKS = "\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029"
 
 
 def _spec_arguments(p: argparse.ArgumentParser, spec_file: bool = False) -> None:
