@@ -331,6 +331,19 @@ class Run:
         return encode(self.vae, self.prepare(x), samples, seed=seed)
 
 
+def load_weights(vae, weights: dict) -> None:
+    """A checkpoint's weights into ``vae``; RuntimeError (one line) when they do not fit. A
+    run from before count likelihoods kept their training mean library size lacks it: the
+    default (1) stands."""
+    try:
+        missing, unexpected = vae.load_state_dict(weights, strict=False)
+    except RuntimeError as exc:  # a shape mismatch
+        raise RuntimeError(" ".join(str(exc).split())[:200]) from None
+    missing = [k for k in missing if not k.endswith("likelihood.mean_library")]
+    if missing or unexpected:
+        raise RuntimeError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+
+
 def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run:
     """Rebuild the trained VAE of a run directory (its best weights when early stopping
     was on, else its last), on ``device``, in evaluation mode."""
@@ -343,11 +356,7 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run
     checkpoint = load_checkpoint(path / CHECKPOINT)
     try:
         vae = build_vae(spec.model, tuple(checkpoint["data_shape"]), int(checkpoint["num_data"]))
-        missing, unexpected = vae.load_state_dict(checkpoint["weights"], strict=False)
-        # a run from before count likelihoods kept their training mean library size: the default (1) stands
-        missing = [k for k in missing if not k.endswith("likelihood.mean_library")]
-        if missing or unexpected:
-            raise RuntimeError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+        load_weights(vae, checkpoint["weights"])
     except (RuntimeError, KeyError, TypeError) as exc:
         raise RunError(f"{path / CHECKPOINT}: does not match {path / SPEC} ({str(exc).splitlines()[0][:160]})") from None
     except UserError:

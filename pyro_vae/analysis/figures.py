@@ -149,7 +149,7 @@ def image_panel(path: Path, panels: Sequence[tuple], look: Look, title: str, col
     return save_figure(fig, path)
 
 
-def robust_limits(ax, series: Sequence[Sequence[float]], higher_is_better: bool = True) -> None:
+def robust_limits(ax, series: Sequence[Sequence[float]]) -> None:
     """Y limits that show the progress of curves whose first values are far off (an ELBO of
     -7000 after one epoch and -35 later): when the first tenth of the epochs spans more
     than 3x the range of the rest, the limits are the rest's, and what falls outside is
@@ -169,9 +169,7 @@ def robust_limits(ax, series: Sequence[Sequence[float]], higher_is_better: bool 
     low, high = low - 0.15 * span, high + 0.15 * span
     outside = values[(values < low) | (values > high)]
     ax.set_ylim(low, high)
-    worst = outside.min() if higher_is_better else outside.max()
-    ax.text(0.01, 0.02, f"{len(outside)} early value(s) off the scale (down to {worst:.4g})" if higher_is_better
-            else f"{len(outside)} early value(s) off the scale (up to {worst:.4g})",
+    ax.text(0.01, 0.02, f"{len(outside)} early value(s) off the scale (down to {outside.min():.4g})",
             transform=ax.transAxes, fontsize=7, color="0.35", va="bottom")
 
 

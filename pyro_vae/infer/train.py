@@ -65,6 +65,11 @@ def resolve_device(choice: str, where: str = "inference.schedule.device") -> tor
     return distributed.local_device(device)
 
 
+def say_on_stderr(text: str) -> None:
+    """The default log: a line on stderr."""
+    print(text, file=sys.stderr)
+
+
 @dataclass
 class TrainState:
     """Counters and early-stopping state; with weights, optimizer and RNGs, all a resume needs."""
@@ -132,7 +137,7 @@ class Trainer:
         self.schedule = inference.schedule
         self.save = save
         self.progress = progress
-        self.log = log or (lambda text: print(text, file=sys.stderr))
+        self.log = log or say_on_stderr
         self.group = distributed.current()
         if not self.group.is_main:  # one rank speaks
             self.progress, self.log = False, (lambda text: None)
@@ -177,6 +182,12 @@ class Trainer:
 
     # --- checkpoint state ------------------------------------------------------------
 
+    @property
+    def keeps_best(self) -> bool:
+        """Whether the saved weights are the best epoch's (early stopping on, and some epoch
+        done) rather than the last's."""
+        return self.schedule.patience > 0 and self.best_weights is not None
+
     def checkpoint(self) -> dict:
         """Everything the next step depends on, as tensors and plain containers. Under several
         processes every rank's RNG states are gathered (a collective: every rank calls this)."""
@@ -187,10 +198,9 @@ class Trainer:
             rng["torch_ranks"] = self.group.gather_rows(rng["torch"])
             if "cuda" in rng:
                 rng["cuda_ranks"] = self.group.gather_rows(rng["cuda"])
-        keep_best = self.schedule.patience > 0 and self.best_weights is not None
         last = {k: v.detach().clone() for k, v in self.vae.state_dict().items()}
         return {
-            "weights": self.best_weights if keep_best else last,
+            "weights": self.best_weights if self.keeps_best else last,
             "training": {
                 "last_weights": last,
                 "optimizer": self.optim.get_state(),
@@ -247,7 +257,7 @@ class Trainer:
                         f"epoch {row['epoch']:>4}/{s.epochs}  train_elbo {row['train_elbo']:.3f}  "
                         f"val_elbo {row['val_elbo']:.3f}  kl {row['kl']:.3f}  ({row['seconds']:.2f} s)"
                     )
-        if s.patience > 0 and self.best_weights is not None:
+        if self.keeps_best:
             self.vae.load_state_dict(self.best_weights)
         self.vae.eval()
         return state
@@ -416,7 +426,7 @@ def saved_weights(trainer: Trainer) -> tuple[int, float, str]:
     """(epoch, validation ELBO, 'best' or 'last') of the weights the checkpoint holds: the
     best epoch's with early stopping on (patience > 0), else the last epoch's."""
     state = trainer.state
-    if trainer.schedule.patience > 0 and state.best_epoch > 0:
+    if trainer.keeps_best:
         return state.best_epoch, state.best_val, "the best, kept by early stopping"
     last = state.history[-1] if state.history else {"epoch": 0, "val_elbo": math.nan}
     return last["epoch"], last["val_elbo"], "the last"
@@ -563,17 +573,15 @@ def train(spec, out=None, *, force: bool = False, progress: Optional[bool] = Non
 def load_initial_weights(vae, run) -> None:
     """``--init RUN``: the trained weights of another run (its saved ones), which must be of
     the same architecture; the optimizer, counters and RNGs start fresh."""
-    from ..runs import CHECKPOINT, load_checkpoint
+    from ..runs import CHECKPOINT, load_checkpoint, load_weights
 
     path = Path(run)
     if not path.is_dir():
         raise RunError(f"--init {path}: no such run directory")
-    weights = load_checkpoint(path / CHECKPOINT)["weights"]
     try:
-        vae.load_state_dict(weights)
+        load_weights(vae, load_checkpoint(path / CHECKPOINT)["weights"])
     except RuntimeError as exc:
-        problem = " ".join(str(exc).split())[:200]
-        raise RunError(f"--init {path}: its weights do not fit this spec's model ({problem}); "
+        raise RunError(f"--init {path}: its weights do not fit this spec's model ({exc}); "
                        "--init needs the same model table (latent size, networks, slots)") from None
 
 
@@ -589,7 +597,7 @@ def resume(path, *, progress: Optional[bool] = None, log=None, epochs: Optional[
     Under several processes rank 0 reads the spec and clears partial writes; every rank
     reads the checkpoint (on several machines the run directory must be on a shared file
     system), and the number of processes must be the one that wrote it."""
-    from ..runs import SPEC, RunLock, atomic_write_text, read_spec, remove_partial_writes
+    from ..runs import RunLock, read_spec, remove_partial_writes
     from ..spec import Spec
 
     path = Path(path)
@@ -599,7 +607,7 @@ def resume(path, *, progress: Optional[bool] = None, log=None, epochs: Optional[
         nonlocal lock
         if not path.is_dir():
             raise RunError(f"--resume {path}: no such run directory")
-        lock = RunLock(path, log or (lambda text: print(text, file=sys.stderr)))  # before reading: a live writer is refused
+        lock = RunLock(path, log or say_on_stderr)  # before reading: a live writer is refused
         spec = read_spec(path)
         remove_partial_writes(path)
         if epochs is not None:
@@ -611,15 +619,14 @@ def resume(path, *, progress: Optional[bool] = None, log=None, epochs: Optional[
 
     try:
         spec = Spec.from_toml(distributed.broadcast_text(spec_text))
-        return _resume(path, spec, progress, log, extended=epochs is not None,
-                       write_spec=lambda: atomic_write_text(path / SPEC, spec.to_toml()))
+        return _resume(path, spec, progress, log, extended=epochs is not None)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _resume(path: Path, spec, progress, log, extended: bool, write_spec) -> Trainer:
-    from ..runs import CHECKPOINT, load_checkpoint
+def _resume(path: Path, spec, progress, log, extended: bool) -> Trainer:
+    from ..runs import CHECKPOINT, SPEC, atomic_write_text, load_checkpoint
 
     # no checkpoint: stopped before the first one was written, so it starts again (same seed)
     checkpoint = load_checkpoint(path / CHECKPOINT) if (path / CHECKPOINT).exists() else None
@@ -661,5 +668,5 @@ def _resume(path: Path, spec, progress, log, extended: bool, write_spec) -> Trai
         if writer is not None:
             writer.metrics()  # metrics.csv as of the checkpoint, whatever a kill left behind
     if extended:  # every check passed: the run's spec now says how long it trains
-        distributed.on_main(write_spec)
+        distributed.on_main(lambda: atomic_write_text(path / SPEC, spec.to_toml()))
     return _run(trainer, writer)
