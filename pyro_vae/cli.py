@@ -46,7 +46,8 @@ def _spec_arguments(p: argparse.ArgumentParser, spec_file: bool = False) -> None
                    f"(default: {DEFAULT_MODEL}{replaces.format('model')})")
     p.add_argument("--inference", metavar="NAME|PATH",
                    help=f"a shipped inference spec or a .toml file with an [inference] table "
-                   f"(default: {DEFAULT_INFERENCE}{replaces.format('inference')})")
+                   f"(default: {DEFAULT_INFERENCE}; trace_enum for a model with a discrete latent"
+                        f"{replaces.format('inference')})")
     p.add_argument("--data", metavar="digits|PATH",
                    help="a named data set or a file: .npz (arrays train, valid, test), .npy, .csv/.tsv, .h5ad (AnnData) "
                    f"or MNIST IDX (default: {DEFAULT_DATA}{replaces.format('data')})")

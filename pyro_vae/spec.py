@@ -44,8 +44,32 @@ def _registries():
     return PRIORS, LIKELIHOODS, POSTERIORS, NETWORKS, ESTIMATORS, OPTIMIZERS, DATASETS
 
 
+class DiscreteSpec(_Strict):
+    """A categorical latent y with ``classes`` values beside z (see ``model/discrete.py``).
+
+    ``shape = "mixture"``: p(y) p(z|y) p(x|z), a learned Gaussian p(z|y) per class (the
+    Gaussian-mixture VAE; Dilokthanakul et al., 2016; Jiang et al., 2017).
+    ``shape = "m2"``: p(y) p(z) p(x|y, z), the decoder sees y (Kingma et al., 2014).
+    q(y|x) is the ``classifier`` network; q(z|x, y) the model's encoder and posterior,
+    the encoder reading x and one-hot y concatenated. ``alpha`` weighs the classification
+    term alpha * E_labelled[log q(y|x)] on labelled examples (``data.labelled``; None:
+    0.1 N, the paper's choice, with N training examples); ``labelled_batch`` labelled
+    examples enter each step."""
+
+    classes: Annotated[int, Field(ge=2, le=1000)]
+    shape: Literal["mixture", "m2"] = "mixture"
+    classifier: dict[str, Any] = {"kind": "mlp", "hidden": [500]}
+    alpha: Optional[Annotated[float, Field(ge=0, le=1e9)]] = None
+    labelled_batch: Annotated[int, Field(gt=0, le=1_000_000)] = 100
+
+    @model_validator(mode="after")
+    def _resolve_slots(self):
+        self.classifier = _in_slot("classifier", _registries()[3], self.classifier, "mlp")
+        return self
+
+
 class ModelSpec(_Strict):
-    """What is fit: p(z), p(x|z), q(z|x) and the two networks."""
+    """What is fit: p(z), p(x|z), q(z|x) and the two networks (and, optionally, a discrete latent y)."""
 
     latent_dim: Annotated[int, Field(gt=0, le=MAX_LATENT)] = 16
     prior: dict[str, Any] = {"kind": "standard_normal"}
@@ -54,6 +78,7 @@ class ModelSpec(_Strict):
     encoder: dict[str, Any] = {"kind": "mlp"}
     decoder: dict[str, Any] = {"kind": "mlp"}
     encoder_input: Literal["auto", "identity", "log1p"] = "auto"  # what the encoder sees of x
+    discrete: Optional[DiscreteSpec] = None
 
     @model_validator(mode="after")
     def _resolve_slots(self):
@@ -125,6 +150,7 @@ class DataSpec(_Strict):
     labels: Optional[str] = None  # CSV: a header column; .h5ad: an obs column
     layer: Optional[str] = None  # .h5ad: a layer instead of X
     split_column: Optional[str] = None  # .h5ad: an obs column of train/valid/test
+    labelled: Optional[Annotated[int, Field(gt=0)]] = None  # keep the labels of N training examples (semi-supervised)
 
     @model_validator(mode="after")
     def _name_or_path(self):
@@ -293,6 +319,7 @@ def _lookup(raw: dict[str, Any], parts: Sequence[str]) -> Any:
 
 
 DEFAULT_MODEL, DEFAULT_INFERENCE, DEFAULT_DATA = "gaussian_per_feature", "trace_elbo", "digits"
+DEFAULT_DISCRETE_INFERENCE = "trace_enum"  # the default inference for a model with a [model.discrete] table
 
 
 def load_spec(
@@ -312,10 +339,13 @@ def load_spec(
     if spec_file is not None:
         raw = read_toml(Path(spec_file))  # other top-level keys are refused by Spec's validation
     else:
-        model, inference, data = model or DEFAULT_MODEL, inference or DEFAULT_INFERENCE, data or DEFAULT_DATA
+        model, data = model or DEFAULT_MODEL, data or DEFAULT_DATA
         raw = {}
     if model is not None:
         raw["model"] = _table_from(model, "models", "model")
+    if inference is None and spec_file is None:
+        # a discrete latent's default is the exact sum over y: the score function of trace_elbo is far noisier
+        inference = DEFAULT_DISCRETE_INFERENCE if "discrete" in raw["model"] else DEFAULT_INFERENCE
     if inference is not None:
         raw["inference"] = _table_from(inference, "inference", "inference")
     if data is not None:

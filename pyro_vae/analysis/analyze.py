@@ -8,8 +8,10 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..infer.evaluate import BUDGET, active_unit_summary, describe_active_units, heldout, posterior_mean_covariance, standard_error
+from ..infer.evaluate import (BUDGET, active_unit_summary, classification_summary, describe_active_units, heldout,
+                              posterior_mean_covariance, standard_error)
 from ..runs import atomic_path, atomic_write_json, atomic_write_text, load_run
+from .discrete import class_probabilities, class_samples, confusion_matrix
 from .figures import Look, elbo_curves, image_panel, reconstruction_panel
 from .. import distributed
 from .inference_data import arviz, draws_to_inference_data, khat_bands, posterior_draws_sharded, quiet_arviz
@@ -30,6 +32,7 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
     run = load_run(path, device)
     examples = heldout(run, data, split, limit, seed, device)
     x, labels, source = examples.x, examples.labels, examples.source
+    examples_label_names = examples.label_names
     if not isinstance(x, torch.Tensor):  # a streamed split: the analysis holds its examples' draws anyway
         x = x[:]
     run.vae.eval()
@@ -38,6 +41,11 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
         return None
     torch.manual_seed(seed)  # the figures' draws
     idata = draws_to_inference_data(posterior, x, labels)
+    discrete = getattr(run.vae, "classes", None)
+    if discrete:  # q(y|x) per example, beside the draws of z
+        class_probs = class_probabilities(run.vae, x)
+        idata.posterior["q_y"] = (("obs", "y"), class_probs)
+        idata.posterior = idata.posterior.assign_coords(y=np.arange(discrete))
     folder = Path(path) / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / "posterior.nc") as tmp:
@@ -75,11 +83,21 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
         "note": "k-hat and PSIS log p(x) diagnose q(z|x) as an importance-sampling proposal per example "
                 "(Yao et al., 2018); they are not leave-one-out cross-validation",
     }
-    atomic_write_json(folder / "diagnostics.json", diagnostics)
 
     figures = {"khat": khat_plot(folder / "khat.png", idata)}
     figures["latent_space"] = latent_space(folder / "latent_space.png", means,
                                            None if labels is None else labels.cpu().numpy(), pair)
+    if discrete:
+        predicted = class_probs.argmax(-1)
+        figures["latent_space_predicted"] = latent_space(folder / "latent_space_predicted.png", means, predicted, pair,
+                                                         "argmax q(y|x)")
+        figures["class_samples"] = class_samples(folder / "class_samples.png", run.vae)
+        if labels is not None:
+            scores = classification_summary(torch.as_tensor(class_probs), labels)
+            diagnostics.update({k: scores[k] for k in ("accuracy", "cluster_accuracy", "nmi", "confusion")})
+            figures["confusion"] = confusion_matrix(folder / "confusion.png", np.asarray(scores["confusion"]),
+                                                    examples_label_names)
+    atomic_write_json(folder / "diagnostics.json", diagnostics)
     figures["posterior"], figures["pair"] = example_posteriors(folder / "posterior_examples.png", folder / "pair_examples.png",
                                                                idata, examples, top[:2] if len(top) > 1 else top)
     metrics = run.metrics
@@ -121,6 +139,24 @@ def _psis_loglik(stats) -> dict:
         kind: {"mean": float(values.mean()), "se": standard_error(values)}
         for kind, values in (("psis", stats["psis_log_likelihood"].values), ("is", stats["is_log_likelihood"].values))
     }
+
+
+def _discrete_section(diagnostics: dict, figures: dict, rel) -> str:
+    """The report's part on the discrete latent y, when there is one."""
+    if "class_samples" not in figures:
+        return ""
+    scores = ""
+    if "accuracy" in diagnostics:
+        scores = (f"argmax q(y|x) against the labels: accuracy {diagnostics['accuracy']:.1%} (y read as the label), "
+                  f"clustering accuracy {diagnostics['cluster_accuracy']:.1%} (best one-to-one matching), "
+                  f"NMI {diagnostics['nmi']:.3f}.\n\n![confusion matrix]({rel(figures['confusion'])})\n\n")
+    return f"""## The discrete latent y
+
+{scores}![latent space coloured by predicted y]({rel(figures['latent_space_predicted'])})
+
+![class-conditional samples]({rel(figures['class_samples'])})
+
+"""
 
 
 def _fmt(entry) -> str:
@@ -188,7 +224,7 @@ active dimensions:
 
 ![joint posteriors]({rel(figures['pair'])})
 
-## What the model does
+{_discrete_section(diagnostics, figures, rel)}## What the model does
 
 ![reconstructions]({rel(figures['reconstructions'])})
 

@@ -34,8 +34,9 @@ def khat_plot(path: Path, idata) -> Path:
     return save_figure(fig, path)
 
 
-def latent_space(path: Path, means: np.ndarray, labels: Optional[np.ndarray], dims: Sequence[int]) -> Path:
-    """Posterior means on the two most active latent dimensions, coloured by label."""
+def latent_space(path: Path, means: np.ndarray, labels: Optional[np.ndarray], dims: Sequence[int],
+                 label: str = "label") -> Path:
+    """Posterior means on the two most active latent dimensions, coloured by ``labels`` (named ``label``)."""
     fig = Figure(figsize=(5.6, 5.0))
     ax = fig.subplots()
     a, b = dims
@@ -44,14 +45,15 @@ def latent_space(path: Path, means: np.ndarray, labels: Optional[np.ndarray], di
         cmap = "tab10" if len(classes) <= 10 else "viridis"
         points = ax.scatter(means[:, a], means[:, b], c=labels, cmap=cmap, s=10, alpha=0.8)
         if len(classes) <= 10:
-            ax.legend(*points.legend_elements(), title="label", fontsize=7, title_fontsize=8, loc="best")
+            ax.legend(*points.legend_elements(), title=label, fontsize=7, title_fontsize=8, loc="best")
         else:
-            fig.colorbar(points, ax=ax, label="label")
+            fig.colorbar(points, ax=ax, label=label)
     else:
         ax.scatter(means[:, a], means[:, b], s=10, alpha=0.6)
     ax.set_xlabel(f"z[{a}], posterior mean E_q[z|x]")
     ax.set_ylabel(f"z[{b}], posterior mean E_q[z|x]")
-    ax.set_title("Latent space: the two most active dimensions" + (", coloured by label" if labels is not None else ""))
+    ax.set_title("Latent space: the two most active dimensions" + (f", coloured by {label}" if labels is not None else ""),
+                 fontsize=10)
     ax.grid(alpha=0.3)
     return save_figure(fig, path)
 

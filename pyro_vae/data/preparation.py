@@ -198,3 +198,28 @@ def load_data(spec, seed: int, likelihood=None, device="cpu", preprocessing: Opt
     if likelihood is not None and not isinstance(likelihood, type):
         check_support(data, likelihood)
     return data.to(device)
+
+
+def labelled_rows(labels: Optional[torch.Tensor], count: int, seed: int, source: str) -> torch.Tensor:
+    """The training rows whose labels a semi-supervised run keeps (``data.labelled``):
+    ``count`` rows balanced over the classes (count // classes each, one more for
+    count % classes classes chosen at random), drawn with ``seed``; sorted."""
+    if labels is None:
+        raise DataError(f"{source}: data.labelled = {count} needs labels, and this data has none; give a labels "
+                        "array (npz 'train_labels', a CSV data.labels column, an .h5ad obs column) or remove data.labelled")
+    labels = labels.cpu()
+    if count > len(labels):
+        raise DataError(f"{source}: data.labelled = {count} is more than the {len(labels)} training examples; "
+                        f"use at most {len(labels)}")
+    generator = torch.Generator().manual_seed(seed * 7919 + 17)
+    classes = torch.unique(labels)
+    share = torch.full((len(classes),), count // len(classes), dtype=torch.long)
+    share[torch.randperm(len(classes), generator=generator)[: count % len(classes)]] += 1
+    chosen = []
+    for value, wanted in zip(classes.tolist(), share.tolist()):
+        rows = torch.nonzero(labels == value).flatten()
+        if wanted > len(rows):
+            raise DataError(f"{source}: data.labelled = {count} asks for {wanted} examples of class {value}, which has "
+                            f"{len(rows)} in the training split; use at most {len(rows) * len(classes)} labels")
+        chosen.append(rows[torch.randperm(len(rows), generator=generator)[:wanted]])
+    return torch.cat(chosen).sort().values

@@ -17,7 +17,7 @@ reduced over the K particles per example, and only then summed and scaled by N/B
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 from pydantic import Field
@@ -29,6 +29,7 @@ from pyro.infer import (
     JitTraceMeanField_ELBO,
     Trace_ELBO,
     TraceGraph_ELBO,
+    TraceEnum_ELBO,
     TraceMeanField_ELBO,
 )
 from pyro.poutine.util import prune_subsample_sites
@@ -42,7 +43,9 @@ Particles = Annotated[int, Field(gt=0, le=10_000)]
 Samples = Annotated[int, Field(gt=0, le=10_000)]
 
 
-def _pyro_elbo(cls, jit_cls, num_particles, vectorize_particles, jit):
+def _pyro_elbo(cls, jit_cls, num_particles, vectorize_particles, jit, discrete=None):
+    """A Pyro ELBO. ``discrete`` says how it treats a discrete latent y (model/discrete.py):
+    ``enumerate``, ``score`` (sampled, score-function gradient) or ``relaxed``; None: it cannot."""
     elbo = (jit_cls if jit else cls)(
         num_particles=num_particles,
         vectorize_particles=vectorize_particles,
@@ -50,13 +53,23 @@ def _pyro_elbo(cls, jit_cls, num_particles, vectorize_particles, jit):
         **({"ignore_jit_warnings": True} if jit else {}),
     )
     elbo.supports_subsampling = True
+    elbo.discrete, elbo.jit = discrete, jit
     return elbo
 
 
 @ESTIMATORS.register("trace_elbo")
 def trace_elbo(*, num_particles: Particles = 1, vectorize_particles: bool = False, jit: bool = False) -> ELBO:
-    """Trace_ELBO: E_q[log p(x,z) - log q(z|x)], reparameterized Monte Carlo (Pyro)."""
-    return _pyro_elbo(Trace_ELBO, JitTrace_ELBO, num_particles, vectorize_particles, jit)
+    """Trace_ELBO: E_q[log p(x,z) - log q(z|x)], reparameterized Monte Carlo (Pyro); a discrete
+    y gets the plain score function, each example's own log-weight as its signal (Pyro
+    Rao-Blackwellizes over plates), no baseline."""
+    return _pyro_elbo(Trace_ELBO, JitTrace_ELBO, num_particles, vectorize_particles, jit, "score")
+
+
+@ESTIMATORS.register("trace_enum")
+def trace_enum(*, num_particles: Particles = 1, vectorize_particles: bool = False) -> ELBO:
+    """TraceEnum_ELBO: a discrete y summed out exactly by parallel enumeration in the guide,
+    sum_y q(y|x) [E_q(z|x,y) log p(x,y,z)/q(z|x,y) - log q(y|x)] (Pyro)."""
+    return _pyro_elbo(TraceEnum_ELBO, None, num_particles, vectorize_particles, False, "enumerate")
 
 
 @ESTIMATORS.register("trace_mean_field")
@@ -66,9 +79,65 @@ def trace_mean_field(*, num_particles: Particles = 1, vectorize_particles: bool 
 
 
 @ESTIMATORS.register("trace_graph")
-def trace_graph(*, num_particles: Particles = 1, vectorize_particles: bool = False, jit: bool = False) -> ELBO:
-    """TraceGraph_ELBO: Rao-Blackwellized score-function terms for non-reparameterized sites (Pyro)."""
-    return _pyro_elbo(TraceGraph_ELBO, JitTraceGraph_ELBO, num_particles, vectorize_particles, jit)
+def trace_graph(
+    *,
+    num_particles: Particles = 1,
+    vectorize_particles: bool = False,
+    jit: bool = False,
+    baseline: Literal["average", "neural", "none"] = "average",
+    baseline_beta: Annotated[float, Field(ge=0, lt=1)] = 0.9,
+) -> ELBO:
+    """TraceGraph_ELBO: Rao-Blackwellized score-function terms for non-reparameterized sites
+    (Pyro), for a discrete y with a baseline: a decaying average of each example's downstream
+    cost (``average``), that plus a network of x fitted to the residual (``neural``; Mnih &
+    Gregor, 2014), or ``none``."""
+    elbo = _pyro_elbo(TraceGraph_ELBO, JitTraceGraph_ELBO, num_particles, vectorize_particles, jit, "score")
+    elbo.baseline, elbo.baseline_beta = baseline, baseline_beta
+    return elbo
+
+
+class RelaxedELBO(Trace_ELBO):
+    """Trace_ELBO on a model whose discrete y is relaxed (Gumbel-softmax / Concrete; Jang et
+    al., 2017; Maddison et al., 2017) at a temperature annealed geometrically from
+    ``initial_temperature`` to ``final_temperature`` over ``anneal_epochs`` epochs:
+
+        tau(t) = max(final, initial * (final / initial)^(t / anneal_epochs)),  t in epochs.
+
+    Biased: the objective is exact only as tau -> 0 (model/discrete.py says how)."""
+
+    discrete = "relaxed"
+    supports_subsampling = True
+    jit = False
+
+    def __init__(self, initial_temperature: float, final_temperature: float, anneal_epochs: float, straight_through: bool,
+                 num_particles: int = 1):
+        super().__init__(num_particles=num_particles, max_plate_nesting=1)
+        self.initial_temperature, self.final_temperature = initial_temperature, final_temperature
+        self.anneal_epochs, self.straight_through = anneal_epochs, straight_through
+
+    def temperature(self, epochs: float) -> float:
+        """tau after ``epochs`` (a fraction) of training."""
+        if self.anneal_epochs <= 0 or self.final_temperature >= self.initial_temperature:
+            return self.final_temperature
+        ratio = self.final_temperature / self.initial_temperature
+        return max(self.final_temperature, self.initial_temperature * ratio ** (epochs / self.anneal_epochs))
+
+
+Temperature = Annotated[float, Field(gt=0, le=100)]
+
+
+@ESTIMATORS.register("relaxed")
+def relaxed(
+    *,
+    initial_temperature: Temperature = 1.0,
+    final_temperature: Temperature = 0.5,
+    anneal_epochs: Annotated[float, Field(ge=0)] = 0.0,
+    straight_through: bool = False,
+    num_particles: Particles = 1,
+) -> ELBO:
+    """Gumbel-softmax / Concrete relaxation of a discrete y with an annealed temperature;
+    ``straight_through`` for hard one-hot samples (Jang et al., 2017; Maddison et al., 2017)."""
+    return RelaxedELBO(initial_temperature, final_temperature, anneal_epochs, straight_through, num_particles)
 
 
 class TailAdaptive(Trace_ELBO):

@@ -45,8 +45,11 @@ def chunk_plan(num_samples: int, num_examples: int, values_per_sample: int, budg
 
 
 def values_per_draw(vae) -> int:
-    """Values one draw of z holds in memory: decoder outputs, and scoring z under p and q."""
-    return vae.likelihood.outputs * math.prod(vae.data_shape) + vae.prior.values_per_draw + vae.posterior.values_per_draw
+    """Values one draw of z holds in memory: decoder outputs, and scoring z under p and q
+    (with a discrete latent, q for every class, and M2's decoder for every class)."""
+    classes = getattr(vae, "classes", 1)
+    decoded = vae.likelihood.outputs * math.prod(vae.data_shape) * (classes if getattr(vae, "shape", None) == "m2" else 1)
+    return decoded + vae.prior.values_per_draw + vae.posterior.values_per_draw * classes
 
 
 def example_blocks(vae, num_examples: int, num_samples: int, budget: int = BUDGET) -> int:
@@ -156,10 +159,13 @@ class PerExample:
     posterior_mean: Tensor
     kl_per_dim: Optional[Tensor]  # (n, latent) when analytic
     posterior_mean_mc_variance: Optional[Tensor] = None  # (n, latent): 0 where the mean is exact
+    class_probs: Optional[Tensor] = None  # (n, classes): q(y|x), with a discrete latent
 
 
 @torch.no_grad()
 def importance_sample(vae, x: Tensor, num_samples: int, budget: int = BUDGET) -> PerExample:
+    if getattr(vae, "classes", None):
+        return importance_sample_classes(vae, x, num_samples, budget)
     n, S = len(x), num_samples
     like = {"device": x.device, "dtype": x.dtype}
     lse = torch.full((n,), -math.inf, **like)
@@ -191,6 +197,93 @@ def importance_sample(vae, x: Tensor, num_samples: int, budget: int = BUDGET) ->
         kl_per_dim=kl_dims,
         posterior_mean_mc_variance=moments.mc_variance,
     )
+
+
+@torch.no_grad()
+def importance_sample_classes(vae, x: Tensor, num_samples: int, budget: int = BUDGET) -> PerExample:
+    """:func:`importance_sample` for a discrete latent y, summed exactly: for each class y,
+    S draws z_s ~ q(z|x, y) with w_{y,s} = p(x, y, z_s) / q(z_s|x, y) give
+
+        log p(x) ~ logsumexp_y log 1/S sum_s w_{y,s}
+        ELBO(x)  ~ sum_y q(y|x) [1/S sum_s log w_{y,s} - log q(y|x)]
+        rec(x)   ~ sum_y q(y|x) 1/S sum_s log p(x|y, z_s),   KL(x) = rec(x) - ELBO(x)
+
+    (y's KL included), and E_q[z|x] = sum_y q(y|x) E_q[z|x, y]."""
+    n, S, C = len(x), num_samples, vae.classes
+    like = {"device": x.device, "dtype": x.dtype}
+    per_chunk, samples = chunk_plan(S, n, values_per_draw(vae), budget)
+    log_py = torch.log_softmax(vae.class_logits, -1)
+    log_px = torch.empty(n, C, **like)
+    elbo_y, rec_y = torch.empty(n, C, **like), torch.empty(n, C, **like)
+    mean_y = torch.empty(n, C, vae.latent_dim, **like)
+    variance_y = torch.zeros(n, C, vae.latent_dim, **like)  # Monte Carlo variance of each class's mean
+    log_qy = torch.empty(n, C, **like)
+    eye = torch.eye(C, **like)
+    for start in range(0, n, per_chunk):
+        rows = slice(start, min(start + per_chunk, n))
+        xb = x[rows]
+        u = vae.encoder_input(xb)
+        log_qy[rows] = torch.log_softmax(vae.classifier(u), -1)
+        for c in range(C):
+            y = eye[c].expand(len(xb), C)
+            q, p_z = vae.q_z(u, y), vae.p_z(y)
+            lse = torch.full((len(xb),), -math.inf, **like)
+            sums = torch.zeros(3, len(xb), **like)
+            z_sum = torch.zeros(len(xb), vae.latent_dim, **like)
+            z_squares = torch.zeros_like(z_sum)
+            for drawn in range(0, S, samples):
+                z = q.sample((min(samples, S - drawn),))
+                log_lik = vae.p_x_given(z, y, xb).log_prob(xb)
+                log_w = log_lik + p_z.log_prob(z) + log_py[c] - q.log_prob(z)
+                lse = torch.logaddexp(lse, torch.logsumexp(log_w, 0))
+                sums[0] += log_w.sum(0)
+                sums[1] += log_lik.sum(0)
+                z_sum += z.sum(0)
+                z_squares += z.square().sum(0)
+            log_px[rows, c] = lse - math.log(S)
+            elbo_y[rows, c], rec_y[rows, c] = sums[0] / S, sums[1] / S
+            exact = closed_form_mean(q)
+            if exact is not None:
+                mean_y[rows, c] = exact
+            else:
+                mean_y[rows, c] = z_sum / S
+                spread = (z_squares - z_sum.square() / S).clamp_min(0) / (S - 1) if S > 1 else torch.full_like(z_sum, math.inf)
+                variance_y[rows, c] = spread / S
+    q_y = log_qy.exp()
+    elbo = (q_y * (elbo_y - log_qy)).sum(-1)
+    reconstruction = (q_y * rec_y).sum(-1)
+    return PerExample(
+        log_likelihood=torch.logsumexp(log_px, -1),
+        elbo=elbo,
+        reconstruction=reconstruction,
+        kl=reconstruction - elbo,
+        posterior_mean=(q_y.unsqueeze(-1) * mean_y).sum(1),
+        kl_per_dim=None,
+        posterior_mean_mc_variance=(q_y.square().unsqueeze(-1) * variance_y).sum(1),
+        class_probs=q_y,
+    )
+
+
+def classification_summary(class_probs: Tensor, labels: Tensor) -> dict:
+    """How q(y|x) agrees with labels: the accuracy of argmax q(y|x) read as the label
+    (``accuracy``), the accuracy under the best one-to-one matching of clusters to labels
+    (``cluster_accuracy``; Hungarian algorithm, scipy), and normalized mutual information
+    (``nmi``; scikit-learn)."""
+    from scipy.optimize import linear_sum_assignment
+    from sklearn.metrics import normalized_mutual_info_score
+
+    predicted = class_probs.argmax(-1).cpu().numpy()
+    truth = labels.cpu().numpy().astype(np.int64)
+    size = max(int(predicted.max()), int(truth.max()), class_probs.shape[-1] - 1) + 1
+    counts = np.zeros((size, size), dtype=np.int64)
+    np.add.at(counts, (predicted, truth), 1)
+    clusters, classes = linear_sum_assignment(counts, maximize=True)
+    return {
+        "accuracy": float((predicted == truth).mean()),
+        "cluster_accuracy": float(counts[clusters, classes].sum() / len(truth)),
+        "nmi": float(normalized_mutual_info_score(truth, predicted)),
+        "confusion": counts[: class_probs.shape[-1], : int(truth.max()) + 1].tolist(),
+    }
 
 
 def importance_sample_sharded(vae, x: Tensor, num_samples: int, budget: int = BUDGET, seed: int = 0,
@@ -373,6 +466,8 @@ def evaluate_run(path, data=None, split="valid", num_samples=5000, limit=None, s
     summary = summarize(result, num_samples)
     summary.update(split=split, data=examples.source, seconds=time.perf_counter() - started, device=str(device),
                    seed=seed, processes=group.world_size, limit=limit)
+    if result.class_probs is not None and examples.labels is not None:
+        summary.update(classification_summary(result.class_probs, examples.labels))
     folder = Path(path) / "evaluation"
     json_path, npz_path = folder / f"{examples.tag}.json", folder / f"{examples.tag}.npz"
     if not group.is_main:
@@ -380,7 +475,8 @@ def evaluate_run(path, data=None, split="valid", num_samples=5000, limit=None, s
     atomic_write_json(json_path, summary)
     arrays = {
         name: getattr(result, name).cpu().numpy()
-        for name in ("log_likelihood", "elbo", "reconstruction", "kl", "posterior_mean")
+        for name in ("log_likelihood", "elbo", "reconstruction", "kl", "posterior_mean", "class_probs")
+        if getattr(result, name) is not None
     }
     arrays["index"] = examples.index  # each example's row in the source's array (which ones --limit chose)
     atomic_write(npz_path, lambda f: np.savez(f, **arrays))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Callable, Optional
 
+import pyro
 import torch
 from pydantic import Field
 from pyro.optim import PyroOptim
@@ -55,6 +56,16 @@ def sgd(params, *, lr: LearningRate = 1e-2, momentum: Beta = 0.9, nesterov: bool
     return torch.optim.SGD(list(params), lr=lr, momentum=momentum, nesterov=nesterov)
 
 
+BASELINE_PARAMS = "__baseline_avg_downstream_cost_"  # Pyro's name prefix (pyro/infer/tracegraph_elbo.py)
+
+
+def _replaced(p) -> bool:
+    """Whether ``p`` has left Pyro's param store since the step read it: TraceGraph_ELBO
+    replaces its decaying-average baselines (``BASELINE_PARAMS``) every step; they are state,
+    not parameters to optimize."""
+    return all(value is not p for value in pyro.get_param_store()._params.values())
+
+
 class SingleOptimizer(PyroOptim):
     """A ``PyroOptim`` that steps one torch optimizer over a fixed parameter list."""
 
@@ -71,7 +82,7 @@ class SingleOptimizer(PyroOptim):
 
     def __call__(self, params, *args, **kwargs) -> None:
         for p in params:
-            if id(p) not in self._known:
+            if id(p) not in self._known and not _replaced(p):
                 raise SpecError(
                     "SVI saw a parameter that is not the VAE's: one registered with pyro.param outside "
                     "its modules (make it an nn.Parameter of a component), or another VAE's left in "

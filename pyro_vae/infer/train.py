@@ -35,7 +35,7 @@ from .. import distributed
 from ..errors import Interrupted, RunError, SpecError, TrainingDiverged
 from .estimators import ESTIMATORS, supports_subsampling
 from .evaluate import elbo_terms
-from .optim import OPTIMIZERS, SingleOptimizer
+from .optim import BASELINE_PARAMS, OPTIMIZERS, SingleOptimizer
 
 VALIDATION_BLOCK = 1024  # validation examples per seeded block (the same blocks whatever the number of ranks)
 
@@ -167,6 +167,8 @@ class Trainer:
                 f"set inference.schedule.batch_size >= {self.num_data} (the training set) or choose another estimator"
             )
         vae.num_data = self.num_data
+        vae.use_estimator(self.estimator, inference.estimator["kind"])
+        self.temperature = getattr(self.estimator, "temperature", None)  # a relaxed discrete latent's schedule
         pyro.clear_param_store()  # pyro.module then registers this VAE's parameters, not an earlier VAE's of the same name
         self.group.broadcast_module(vae)  # every rank starts from rank 0's weights
         if self.group.rank:  # latent draws per (seed, rank); rank 0 keeps the one-process stream
@@ -199,6 +201,8 @@ class Trainer:
             if "cuda" in rng:
                 rng["cuda_ranks"] = self.group.gather_rows(rng["cuda"])
         last = {k: v.detach().clone() for k, v in self.vae.state_dict().items()}
+        # TraceGraph_ELBO keeps its decaying-average baselines in Pyro's param store
+        baselines = {k: v.detach().clone() for k, v in pyro.get_param_store().items() if k.startswith(BASELINE_PARAMS)}
         return {
             "weights": self.best_weights if self.keeps_best else last,
             "training": {
@@ -207,6 +211,7 @@ class Trainer:
                 "rng": rng,
                 "state": asdict(self.state),
                 "world_size": self.group.world_size,
+                "baselines": baselines,
             },
         }
 
@@ -215,6 +220,8 @@ class Trainer:
         self.vae.load_state_dict(training["last_weights"])
         self.optim.set_state(training["optimizer"])
         self.state = TrainState(**training["state"])
+        for name, value in training.get("baselines", {}).items():
+            pyro.get_param_store()[name] = value.to(self.device)
         rng = training["rng"]
         rank = self.group.rank
         # clone(): a row of the gathered states is a view at an offset into their storage, and
@@ -286,6 +293,8 @@ class Trainer:
             for i, x in zip(steps, batches):
                 index = order[i * B : (i + 1) * B][self.local_batch]
                 self.vae.beta = kl_weight(self.schedule, state.global_step, self.steps_per_epoch)
+                if self.temperature is not None:
+                    self.vae.temperature = self.temperature(state.global_step / self.steps_per_epoch)
                 try:
                     with pyro.validation_enabled(not self._validated):
                         loss = self.svi.step(x, index)
@@ -419,7 +428,31 @@ def _prepare(spec):
     statistics = DataStatistics.of(split_chunks(train))
     vae.likelihood.initialize_from_data(statistics)
     data.preprocessing.low, data.preprocessing.high = statistics.low, statistics.high
-    return vae.to(device), data.to(device)
+    vae, data = vae.to(device), data.to(device)
+    if spec.data.labelled is not None:
+        _supervise(vae, data, spec)
+    return vae, data
+
+
+def _supervise(vae, data, spec) -> None:
+    """``data.labelled``: observe y on that many training examples, balanced over the classes."""
+    from ..data import binarize, labelled_rows
+
+    discrete = spec.model.discrete
+    if discrete is None:
+        raise SpecError("data.labelled keeps labels for a discrete latent y, and this model has none; add a "
+                        "[model.discrete] table (e.g. --model m2_semisupervised) or remove data.labelled")
+    seed = spec.inference.schedule.seed
+    rows = labelled_rows(data.labels.get("train"), spec.data.labelled, seed, data.source)
+    labels = data.labels["train"][rows.to(data.labels["train"].device)]
+    if int(labels.max()) >= discrete.classes or int(labels.min()) < 0:
+        raise SpecError(f"model.discrete.classes = {discrete.classes}, but {data.source}'s labels run "
+                        f"{int(labels.min())}..{int(labels.max())}; set classes to the number of classes")
+    x = data.split("train")[rows.to(vae.class_logits.device)]
+    if data.dynamic:  # the labelled examples are binarized once, as held-out ones are
+        x = binarize(x, seed, "train", rows)
+    alpha = 0.1 * vae.num_data if discrete.alpha is None else discrete.alpha
+    vae.supervise(x, labels, rows, alpha, discrete.labelled_batch)
 
 
 def saved_weights(trainer: Trainer) -> tuple[int, float, str]:

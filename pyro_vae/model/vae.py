@@ -133,6 +133,12 @@ class VAE(nn.Module):
     def forward(self, x: Tensor):
         return self.q(x)
 
+    def use_estimator(self, estimator, kind: str) -> None:
+        """Refuses estimators of a discrete latent this VAE does not have."""
+        if getattr(estimator, "discrete", None) == "relaxed":
+            raise SpecError(f"inference.estimator: {kind} relaxes a discrete latent y, and this model has none; "
+                            "add a [model.discrete] table, or use trace_elbo")
+
     # --- Pyro model and guide --------------------------------------------------------
 
     def _plate(self, x: Tensor, index: Optional[Tensor]):
@@ -185,24 +191,34 @@ def build_vae(spec, data_shape: tuple[int, ...], num_data: Optional[int] = None)
     allocating them."""
     data_shape = tuple(data_shape)
 
-    def build():
-        def part(slot, registry, *sizes):
+    def part(slot, registry):
+        def build_part(*sizes):
             try:
                 return registry.build(getattr(spec, slot), *sizes)
             except SpecError as exc:
                 raise SpecError(f"model.{slot}: {exc}") from None
 
-        likelihood = part("likelihood", LIKELIHOODS, data_shape)
-        posterior = part("posterior", POSTERIORS, spec.latent_dim)
-        encoder = part("encoder", NETWORKS, data_shape, (posterior.encoder_outputs,))
-        decoder = part("decoder", NETWORKS, (spec.latent_dim,), (likelihood.outputs, *data_shape))
-        prior = part("prior", PRIORS, spec.latent_dim)
+        return build_part
+
+    parts = {"likelihood": part("likelihood", LIKELIHOODS), "posterior": part("posterior", POSTERIORS),
+             "encoder": part("encoder", NETWORKS), "decoder": part("decoder", NETWORKS), "prior": part("prior", PRIORS)}
+
+    def build():
         transform = getattr(spec, "encoder_input", "auto")
+        likelihood = parts["likelihood"](data_shape)
         if transform == "log1p" and likelihood.domain_bounds[0] is None:
             raise SpecError(
                 f"model.encoder_input = \"log1p\" needs non-negative data, but the {spec.likelihood['kind']} likelihood "
                 "models any real value; use it with count or [0, 1] likelihoods, or set model.encoder_input = \"auto\""
             )
+        if getattr(spec, "discrete", None) is not None:
+            from .discrete import build_discrete
+
+            return build_discrete(spec, parts, data_shape, num_data, transform)
+        posterior = parts["posterior"](spec.latent_dim)
+        encoder = parts["encoder"](data_shape, (posterior.encoder_outputs,))
+        decoder = parts["decoder"]((spec.latent_dim,), (likelihood.outputs, *data_shape))
+        prior = parts["prior"](spec.latent_dim)
         return VAE(prior, likelihood, posterior, encoder, decoder, num_data, input_transform=transform)
 
     with torch.device("meta"):

@@ -1,0 +1,323 @@
+"""Discrete latents (model/discrete.py): every estimator against the ELBO summed over y by
+hand, log p(x) against quadrature, the semi-supervised objective, and bad combinations."""
+
+import math
+
+import numpy as np
+import pyro
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import assert_one_line_error
+from pyro_vae.infer.estimators import ESTIMATORS
+from pyro_vae.infer.evaluate import classification_summary, importance_sample
+from pyro_vae.model import build_vae
+from pyro_vae.spec import ModelSpec
+
+SHAPES = ["mixture", "m2"]
+C, D, FEATURES = 3, 2, 4
+
+
+def small_vae(shape, latent_dim=D, num_data=None, posterior="diagonal_normal", seed=0):
+    torch.manual_seed(seed)
+    spec = ModelSpec(
+        latent_dim=latent_dim,
+        likelihood={"kind": "gaussian", "scale": "fixed", "initial_scale": 0.7},
+        posterior={"kind": posterior},
+        encoder={"kind": "mlp", "hidden": [8]},
+        decoder={"kind": "mlp", "hidden": [8], "activation": "tanh"},
+        discrete={"classes": C, "shape": shape, "classifier": {"kind": "mlp", "hidden": [8]}},
+    )
+    vae = build_vae(spec, (FEATURES,), num_data=num_data)
+    with torch.no_grad():  # a classifier far from uniform, so that errors in its terms show
+        vae.classifier.net[-1].bias.copy_(torch.tensor([1.0, -0.5, 0.2]))
+    return vae
+
+
+def data(n=6, seed=1):
+    return torch.randn(n, FEATURES, generator=torch.Generator().manual_seed(seed))
+
+
+def hand_elbo(vae, x, index, num_data):
+    """The mini-batch ELBO estimate with y summed by hand, z_y drawn as TraceEnum_ELBO draws
+    them (one (C, B) draw from q(z|x, y)), plus the labelled examples' terms."""
+    u = vae.encoder_input(x)
+    log_qy = torch.log_softmax(vae.classifier(u), -1)  # (B, C)
+    log_py = torch.log_softmax(vae.class_logits, -1)
+    eye = torch.eye(C).unsqueeze(1)  # (C, 1, C)
+    q = vae.q_z(u, eye)  # batch (C, B)
+    z = q.rsample()
+    per_y = vae.p_x_given(z, eye, x).log_prob(x) + log_py.unsqueeze(-1) + vae.p_z(eye).log_prob(z) - q.log_prob(z)
+    per_example = (log_qy.exp().T * (per_y - log_qy.T)).sum(0)  # (B,)
+    if vae.is_labelled is not None:
+        per_example = per_example * ~vae.is_labelled[index]
+    total = num_data / len(x) * per_example.sum()
+    if vae.labelled_x is not None:
+        xl, yl = vae.labelled_x, vae.labelled_y
+        ul, y = vae.encoder_input(xl), F.one_hot(yl, C).float()
+        ql = vae.q_z(ul, y)
+        zl = ql.rsample()
+        log_q_label = torch.log_softmax(vae.classifier(ul), -1).gather(-1, yl[:, None]).squeeze(-1)
+        total = total + (vae.p_x_given(zl, y, xl).log_prob(xl) + log_py[yl] + vae.p_z(y).log_prob(zl)
+                         - ql.log_prob(zl) + vae.alpha / len(xl) * log_q_label).sum()
+    return total
+
+
+@pytest.mark.parametrize("labelled", [False, True])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_enumeration_equals_the_hand_summed_elbo_and_its_gradient(shape, labelled):
+    N = 20
+    vae = small_vae(shape, num_data=N)
+    x, index = data(), torch.tensor([0, 3, 5, 7, 11, 19])
+    if labelled:  # rows 3 and 11 of the batch's examples are labelled, with 2 more outside it
+        rows = torch.tensor([3, 11, 12, 15])
+        vae.supervise(data(4, seed=2), torch.tensor([0, 2, 1, 2]), rows, alpha=5.0, batch=4)
+    estimator = ESTIMATORS.build({"kind": "trace_enum"})
+    vae.use_estimator(estimator, "trace_enum")
+    params = list(vae.parameters())
+    torch.manual_seed(7)
+    loss = estimator.differentiable_loss(vae.model, vae.guide, x, index)
+    ours = torch.autograd.grad(loss, params, allow_unused=True)
+    torch.manual_seed(7)
+    expected = -hand_elbo(vae, x, index, N)
+    theirs = torch.autograd.grad(expected, params, allow_unused=True)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    for a, b in zip(ours, theirs):
+        if a is None or b is None:
+            assert (a is None or not a.abs().sum()) and (b is None or not b.abs().sum())
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def exact_elbo(vae, x, draws=4000):
+    """The ELBO summed over y, with E over z from many reparameterized draws (common across
+    calls with the same seed), as a differentiable function of all parameters."""
+    torch.manual_seed(123)
+    u = vae.encoder_input(x)
+    log_qy = torch.log_softmax(vae.classifier(u), -1)
+    eye = torch.eye(C).unsqueeze(1)
+    q = vae.q_z(u, eye)
+    z = q.rsample((draws,))  # (S, C, B, D)
+    log_py = torch.log_softmax(vae.class_logits, -1).unsqueeze(-1)
+    per_y = (vae.p_x_given(z, eye, x).log_prob(x) + vae.p_z(eye).log_prob(z) - q.log_prob(z)).mean(0) + log_py
+    return (log_qy.exp().T * (per_y - log_qy.T)).sum()
+
+
+def gradient_draws(vae, estimator, x, kind, draws, temperature=None):
+    """Per-draw gradients of the classifier's output bias, (draws, C)."""
+    vae.use_estimator(estimator, kind)
+    if temperature is not None:
+        vae.temperature = temperature
+    bias = vae.classifier.net[-1].bias
+    out = []
+    torch.manual_seed(11)
+    for _ in range(draws):
+        vae.zero_grad(set_to_none=True)
+        estimator.loss_and_grads(vae.model, vae.guide, x)
+        out.append(bias.grad.clone())
+    return -torch.stack(out)
+
+
+@pytest.mark.parametrize("shape", ["mixture", pytest.param("m2", marks=pytest.mark.slow)])
+def test_score_function_gradients_of_q_y_are_unbiased_against_the_exact_sum(shape):
+    vae = small_vae(shape)
+    x = data(3)
+    bias = vae.classifier.net[-1].bias
+    exact = torch.autograd.grad(exact_elbo(vae, x), bias)[0]
+    for kind in ("trace_elbo", "trace_graph", "trace_enum"):
+        pyro.clear_param_store()
+        spec = {"kind": kind, **({"baseline": "none"} if kind == "trace_graph" else {})}
+        g = gradient_draws(vae, ESTIMATORS.build(spec), x, kind, 800)
+        se = g.std(0) / math.sqrt(len(g))
+        assert ((g.mean(0) - exact).abs() < 4.5 * se + 2e-3).all(), (kind, g.mean(0), exact, se)
+
+
+def test_baselines_and_enumeration_reduce_the_variance_of_q_y_gradients():
+    """The point of the estimator comparison: the variance of q(y|x)'s gradient falls from the
+    plain score function to Rao-Blackwellization with a baseline to the exact sum."""
+    vae = small_vae("mixture", num_data=40)
+    x = data(8)
+    variance = {}
+    for spec in ({"kind": "trace_elbo"}, {"kind": "trace_graph"}, {"kind": "trace_enum"}):
+        pyro.clear_param_store()
+        g = gradient_draws(vae, ESTIMATORS.build(spec), x, spec["kind"], 400)
+        variance[spec["kind"]] = g[100:].var(0).sum().item()  # after the average baseline has settled
+    assert variance["trace_enum"] < variance["trace_graph"] < variance["trace_elbo"], variance
+
+
+def test_relaxed_estimator_is_biased_as_its_temperature_says():
+    """The relaxed objective tends to the exact ELBO as tau -> 0: its expected loss is within
+    Monte Carlo error of the exact ELBO at tau = 0.02 and clearly off at tau = 3; the same for
+    its gradient of q(y|x)'s logits."""
+    vae = small_vae("m2")
+    x = data(3)
+    bias = vae.classifier.net[-1].bias
+    exact_value = exact_elbo(vae, x)
+    exact_grad = torch.autograd.grad(exact_value, bias)[0]
+    errors = {}
+    for tau in (0.02, 3.0):
+        estimator = ESTIMATORS.build({"kind": "relaxed", "initial_temperature": tau, "final_temperature": tau})
+        vae.use_estimator(estimator, "relaxed")
+        vae.temperature = tau
+        torch.manual_seed(5)
+        values = torch.tensor([-estimator.loss(vae.model, vae.guide, x) for _ in range(2000)])
+        g = gradient_draws(vae, estimator, x, "relaxed", 800, tau)
+        errors[tau] = ((values.mean() - exact_value).abs().item(), (values.std() / math.sqrt(len(values))).item(),
+                       (g.mean(0) - exact_grad).norm().item(), (g.std(0) / math.sqrt(len(g))).norm().item())
+    value_error, value_se, grad_error, grad_se = errors[0.02]
+    assert value_error < 4 * value_se + 1e-3 and grad_error < 4 * grad_se, errors
+    hot_value_error, hot_value_se, hot_grad_error, hot_grad_se = errors[3.0]
+    assert hot_value_error > 6 * hot_value_se, errors
+    assert hot_grad_error > 3 * hot_grad_se and hot_grad_error > 2 * grad_error, errors
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_log_px_summed_over_y_matches_quadrature(shape):
+    """log p(x) = log sum_y p(y) int p(z|y) p(x|y, z) dz on a grid (one latent dimension),
+    against importance sampling with the exact sum over y."""
+    vae = small_vae(shape, latent_dim=1)
+    x = data(5)
+    with torch.no_grad():
+        grid = torch.linspace(-12, 12, 24001, dtype=torch.float64).unsqueeze(-1)
+        vae_d = vae.double()
+        log_terms = []
+        for c in range(C):
+            y = F.one_hot(torch.tensor(c), C).double()
+            z = grid.unsqueeze(1)  # (G, 1, 1)
+            lp = vae_d.p_x_given(z, y, x.double()).log_prob(x.double()) + vae_d.p_z(y).log_prob(z)  # (G, B)
+            log_terms.append(torch.logsumexp(lp, 0) + math.log(grid[1, 0] - grid[0, 0]) - math.log(C))
+        exact = torch.logsumexp(torch.stack(log_terms), 0)
+        estimate = importance_sample(vae_d, x.double(), 20000)
+        vae.float()
+    torch.testing.assert_close(estimate.log_likelihood, exact, atol=0.02, rtol=0)
+    assert (estimate.elbo <= estimate.log_likelihood + 1e-6).all()
+
+
+def test_marginal_views_agree_with_the_sum_over_classes():
+    """q(x) and p_x are the marginals over y: their densities equal the explicit sums."""
+    for shape in SHAPES:
+        vae = small_vae(shape)
+        x = data(4)
+        with torch.no_grad():
+            z = torch.randn(7, 4, D)
+            u = vae.encoder_input(x)
+            log_qy = torch.log_softmax(vae.classifier(u), -1)
+            eye = torch.eye(C)
+            joint = [log_qy[:, c] + vae.q_z(u, eye[c].expand(4, C)).log_prob(z) for c in range(C)]
+            torch.testing.assert_close(vae.q(x).log_prob(z), torch.logsumexp(torch.stack(joint), 0))
+            lik = [vae.p_x_given(z, eye[c].expand(7, 4, C), x).log_prob(x) - math.log(C) for c in range(C)]
+            torch.testing.assert_close(vae.p_x(z, x).log_prob(x), torch.logsumexp(torch.stack(lik), 0))
+
+
+def test_classification_summary_against_known_answers():
+    probs = torch.eye(3)[[1, 1, 2, 0, 0, 2]]  # clusters permuted from the labels
+    labels = torch.tensor([0, 0, 1, 2, 2, 1])
+    summary = classification_summary(probs, labels)
+    assert summary["accuracy"] == 0
+    assert summary["cluster_accuracy"] == 1
+    assert summary["nmi"] == pytest.approx(1.0)
+    assert summary["confusion"][1][0] == 2
+
+
+def test_a_discrete_model_defaults_to_enumeration():
+    from pyro_vae.spec import load_spec
+
+    assert load_spec(model="gmvae").inference.estimator["kind"] == "trace_enum"
+    assert load_spec(model="gmvae", inference="trace_graph").inference.estimator["kind"] == "trace_graph"
+    assert load_spec().inference.estimator["kind"] == "trace_elbo"
+
+
+def test_analyze_gives_q_y_and_the_discrete_figures(tmp_path):
+    """analyze on a semi-supervised run: q(y|x) in posterior.nc (obs x y, rows summing to 1),
+    the class-conditional samples, the confusion matrix (its counts those of the labels) and
+    the latent space by predicted y; the report links them."""
+    import arviz as az
+    import json
+
+    from pyro_vae.cli import main
+
+    run = tmp_path / "m2"
+    assert main(["train", "--model", "m2_semisupervised", "--set", "data.labelled=50", "--set",
+                 "inference.schedule.epochs=2", "--quiet", "--out", str(run)]) == 0
+    assert main(["analyze", str(run), "--samples", "20", "--limit", "60"]) == 0
+    folder = run / "analysis"
+    q_y = az.from_netcdf(folder / "posterior.nc").posterior["q_y"]
+    assert q_y.dims == ("obs", "y") and q_y.shape == (60, 10)
+    np.testing.assert_allclose(q_y.values.sum(-1), 1, rtol=1e-5)
+    diagnostics = json.loads((folder / "diagnostics.json").read_text())
+    assert np.asarray(diagnostics["confusion"]).sum() == 60
+    for name in ("class_samples.png", "confusion.png", "latent_space_predicted.png"):
+        assert (folder / name).stat().st_size > 5000
+        assert name in (folder / "report.md").read_text()
+
+
+def test_labelled_rows_are_balanced_and_seeded():
+    from pyro_vae.data import labelled_rows
+
+    labels = torch.arange(100) % 4
+    rows = labelled_rows(labels, 10, seed=3, source="t")
+    counts = torch.bincount(labels[rows], minlength=4)
+    assert sorted(counts.tolist()) == [2, 2, 3, 3]
+    assert torch.equal(rows, labelled_rows(labels, 10, seed=3, source="t"))
+    assert not torch.equal(rows, labelled_rows(labels, 10, seed=4, source="t"))
+
+
+BAD = [
+    (["--model", "gmvae", "--inference", "iwae_k5"], "cannot handle model.discrete"),
+    (["--model", "m2_semisupervised", "--inference", "dreg_k5"], "cannot handle model.discrete"),
+    (["--model", "gmvae", "--set", "model.prior.kind=vamp"], "model.prior"),
+    (["--model", "m2_semisupervised", "--set", "model.prior.kind=vamp"], "vamp"),
+    (["--model", "gmvae", "--set", "model.encoder.kind=conv"], "model.encoder"),
+    (["--model", "m2_semisupervised", "--set", "data.labelled=5000"], "more than the"),
+    (["--model", "m2_semisupervised", "--set", "data.labelled=100", "--set", "model.discrete.classes=5"], "classes"),
+    (["--set", "data.labelled=100"], "[model.discrete]"),
+    (["--inference", "relaxed"], "has none"),
+    (["--model", "gmvae", "--inference", "jit_trace_elbo", "--set", "inference.schedule.kl_warmup_epochs=0"], "jit = true cannot"),
+]
+
+
+@pytest.mark.parametrize("args,fragment", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_discrete_combinations_exit_2_with_one_line(tmp_path, capsys, args, fragment):
+    from pyro_vae.cli import main
+
+    out = tmp_path / "run"
+    code = main(["train", *args, "--set", "inference.schedule.epochs=1", "--quiet", "--out", str(out)])
+    assert_one_line_error(code, capsys.readouterr().err, fragment)
+    assert not out.exists()
+
+
+def test_labelled_on_data_without_labels_exits_2(tmp_path, capsys):
+    from pyro_vae.cli import main
+
+    path = tmp_path / "x.npy"
+    np.save(path, np.random.default_rng(0).random((200, 6)).astype(np.float32))
+    code = main(["train", "--model", "m2_semisupervised", "--set", f"data.path={path}", "--set", "data.labelled=10",
+                 "--quiet", "--out", str(tmp_path / "run")])
+    assert_one_line_error(code, capsys.readouterr().err, "needs labels")
+
+
+@pytest.mark.parametrize("inference", ["trace_enum", "trace_graph_neural", "relaxed_straight_through",
+                                       *(pytest.param(k, marks=pytest.mark.slow) for k in ("trace_graph", "trace_elbo", "relaxed"))])
+def test_every_estimator_trains_resumes_exactly_and_evaluates(tmp_path, inference):
+    """A semi-supervised M2 run killed after its first epoch and resumed ends with the
+    weights of the uninterrupted run (baselines and the labelled draws included), and
+    evaluate reports the accuracies."""
+    import json
+
+    from pyro_vae.cli import main
+    from pyro_vae.runs import load_run
+
+    common = ["--model", "m2_semisupervised", "--inference", inference, "--set", "data.labelled=50",
+              "--set", "inference.schedule.batch_size=256", "--set", "model.discrete.labelled_batch=20", "--quiet"]
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    assert main(["train", *common, "--set", "inference.schedule.epochs=2", "--out", str(whole)]) == 0
+    assert main(["train", *common, "--set", "inference.schedule.epochs=1", "--out", str(part)]) == 0
+    assert main(["train", "--resume", str(part), "--set", "inference.schedule.epochs=2", "--quiet"]) == 0
+    a, b = load_run(whole).vae.state_dict(), load_run(part).vae.state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    assert main(["evaluate", str(whole), "--samples", "3"]) == 0
+    summary = json.loads((whole / "evaluation" / "valid.json").read_text())
+    assert 0 <= summary["accuracy"] <= 1 and 0 <= summary["nmi"] <= 1
+    assert summary["elbo"] <= summary["log_likelihood"] + 1
