@@ -23,7 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pyro_vae.infer.evaluate import evaluate_run
@@ -112,7 +111,7 @@ def main(argv=None) -> int:
                             "kmeans": kmeans_scores(trainer.data, args.seed)}
         print(json.dumps(results["gmvae"]), flush=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    print(f"\n| labels | M2 test accuracy | supervised only, same classifier | M2 test log p(x) |\n|---|---|---|---|")
+    print("\n| labels | M2 test accuracy | supervised only, same classifier | M2 test log p(x) |\n|---|---|---|---|")
     for row in results["m2"]:
         print(f"| {row['labels']} | {100 * row['m2_accuracy']:.1f}% | {100 * row['supervised_accuracy']:.1f}% | "
               f"{row['m2_log_likelihood']:.2f} |")
