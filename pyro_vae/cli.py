@@ -10,6 +10,7 @@ it can be resumed from.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -385,6 +386,11 @@ def cmd_compare(args) -> int:
         _say(f"{label:<22}{s['log_likelihood']:>10.3f}{s['diff_vs_reference']:>+24.3f}{seeds_se:>10}"
              f"{s['diff_se_examples']:>12.3f}{s['elbo']:>10.3f}{s['kl']:>8.2f}{s['active_units']:>5.0f}{timing:>22}"
              f"{s['snr_encoder']:>9.3f}{s['snr_decoder']:>9.3f}")
+    discrete = [(label, s) for label, s in report["summary"].items() if math.isfinite(s["snr_classifier"])]
+    if discrete:  # a discrete latent y: q(y|x)'s gradient SNR and how q(y|x) agrees with the labels
+        _say(f"\n{'estimator':<22}{'SNR q(y|x)':>11}{'accuracy':>10}{'cluster acc':>12}{'NMI':>7}")
+        for label, s in discrete:
+            _say(f"{label:<22}{s['snr_classifier']:>11.3f}{s['accuracy']:>10.3f}{s['cluster_accuracy']:>12.3f}{s['nmi']:>7.3f}")
     _say(f"(means over {seeds} seed(s); log p(x) with K = {report['settings']['samples']} on "
          f"{report['settings']['split']}; differences paired by example, with their standard error over seeds "
          f"(training's randomness{', the one to go by' if seeds > 1 else '; n/a with one seed'}) and over examples; "

@@ -57,6 +57,11 @@ COLUMNS = [
     "snr_decoder",
     "grad_var_encoder",
     "grad_var_decoder",
+    "snr_classifier",
+    "grad_var_classifier",
+    "accuracy",
+    "cluster_accuracy",
+    "nmi",
     "run",
 ]
 ENCODER_PARTS, DECODER_PARTS = ("encoder", "posterior"), ("decoder", "likelihood", "prior")
@@ -109,6 +114,8 @@ def gradient_snr(vae, estimator, x, index, repeats: int, beta: float = 1.0) -> d
     vae.train()
     vae.beta = beta
     groups = {"encoder": _parts(vae, ENCODER_PARTS), "decoder": _parts(vae, DECODER_PARTS)}
+    if hasattr(vae, "classifier"):  # q(y|x) of a discrete latent: where the estimators differ most
+        groups["classifier"] = _parts(vae, ("classifier",))
     stats: dict[str, list] = {}
     scale = 1.0 / (vae.num_data or len(x))
     for _ in range(repeats):
@@ -255,6 +262,9 @@ def compare(
                     "snr_decoder": final.get("snr_decoder", math.nan),
                     "grad_var_encoder": final.get("grad_var_encoder", math.nan),
                     "grad_var_decoder": final.get("grad_var_decoder", math.nan),
+                    "snr_classifier": final.get("snr_classifier", math.nan),
+                    "grad_var_classifier": final.get("grad_var_classifier", math.nan),
+                    **{k: summary.get(k, math.nan) for k in ("accuracy", "cluster_accuracy", "nmi")},
                     "run": str(run_dir.relative_to(out)),
                 })
                 curves[(label, seed)] = [r["val_elbo"] for r in history]
@@ -309,7 +319,8 @@ def _aggregate(rows: list[dict], labels: list[str], timings: dict) -> dict:
     for label in labels:
         mine = [r for r in rows if r["estimator"] == label]
         entry = {}
-        for key in ("log_likelihood", "diff_vs_reference", "elbo", "kl", "active_units", "snr_encoder", "snr_decoder"):
+        for key in ("log_likelihood", "diff_vs_reference", "elbo", "kl", "active_units", "snr_encoder", "snr_decoder",
+                    "snr_classifier", "accuracy", "cluster_accuracy", "nmi"):
             values = np.array([r[key] for r in mine], dtype=float)
             entry[key] = float(values.mean())
             entry[f"{key}_se_seeds"] = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
