@@ -215,8 +215,7 @@ def importance_sample_classes(vae, x: Tensor, num_samples: int, budget: int = BU
     log_py = torch.log_softmax(vae.class_logits, -1)
     log_px = torch.empty(n, C, **like)
     elbo_y, rec_y = torch.empty(n, C, **like), torch.empty(n, C, **like)
-    mean_y = torch.empty(n, C, vae.latent_dim, **like)
-    variance_y = torch.zeros(n, C, vae.latent_dim, **like)  # Monte Carlo variance of each class's mean
+    moments = [PosteriorMoments(n, vae.latent_dim, S, like) for _ in range(C)]  # E_q[z|x, y] per class
     log_qy = torch.empty(n, C, **like)
     eye = torch.eye(C, **like)
     for start in range(0, n, per_chunk):
@@ -228,27 +227,17 @@ def importance_sample_classes(vae, x: Tensor, num_samples: int, budget: int = BU
             y = eye[c].expand(len(xb), C)
             q, p_z = vae.q_z(u, y), vae.p_z(y)
             lse = torch.full((len(xb),), -math.inf, **like)
-            sums = torch.zeros(3, len(xb), **like)
-            z_sum = torch.zeros(len(xb), vae.latent_dim, **like)
-            z_squares = torch.zeros_like(z_sum)
+            sum_log_w, sum_log_lik = torch.zeros(len(xb), **like), torch.zeros(len(xb), **like)
             for drawn in range(0, S, samples):
                 z = q.sample((min(samples, S - drawn),))
                 log_lik = vae.p_x_given(z, y, xb).log_prob(xb)
                 log_w = log_lik + p_z.log_prob(z) + log_py[c] - q.log_prob(z)
                 lse = torch.logaddexp(lse, torch.logsumexp(log_w, 0))
-                sums[0] += log_w.sum(0)
-                sums[1] += log_lik.sum(0)
-                z_sum += z.sum(0)
-                z_squares += z.square().sum(0)
+                sum_log_w += log_w.sum(0)
+                sum_log_lik += log_lik.sum(0)
+                moments[c].add(rows, q, z)
             log_px[rows, c] = lse - math.log(S)
-            elbo_y[rows, c], rec_y[rows, c] = sums[0] / S, sums[1] / S
-            exact = closed_form_mean(q)
-            if exact is not None:
-                mean_y[rows, c] = exact
-            else:
-                mean_y[rows, c] = z_sum / S
-                spread = (z_squares - z_sum.square() / S).clamp_min(0) / (S - 1) if S > 1 else torch.full_like(z_sum, math.inf)
-                variance_y[rows, c] = spread / S
+            elbo_y[rows, c], rec_y[rows, c] = sum_log_w / S, sum_log_lik / S
     q_y = log_qy.exp()
     elbo = (q_y * (elbo_y - log_qy)).sum(-1)
     reconstruction = (q_y * rec_y).sum(-1)
@@ -257,9 +246,9 @@ def importance_sample_classes(vae, x: Tensor, num_samples: int, budget: int = BU
         elbo=elbo,
         reconstruction=reconstruction,
         kl=reconstruction - elbo,
-        posterior_mean=(q_y.unsqueeze(-1) * mean_y).sum(1),
+        posterior_mean=sum(q_y[:, c, None] * moments[c].mean for c in range(C)),
         kl_per_dim=None,
-        posterior_mean_mc_variance=(q_y.square().unsqueeze(-1) * variance_y).sum(1),
+        posterior_mean_mc_variance=sum(q_y[:, c, None] ** 2 * moments[c].mc_variance for c in range(C)),
         class_probs=q_y,
     )
 

@@ -168,7 +168,7 @@ class Trainer:
             )
         vae.num_data = self.num_data
         vae.use_estimator(self.estimator, inference.estimator["kind"])
-        self.temperature = getattr(self.estimator, "temperature", None)  # a relaxed discrete latent's schedule
+        self.temperature_schedule = getattr(self.estimator, "temperature", None)  # a relaxed discrete latent's
         pyro.clear_param_store()  # pyro.module then registers this VAE's parameters, not an earlier VAE's of the same name
         self.group.broadcast_module(vae)  # every rank starts from rank 0's weights
         if self.group.rank:  # latent draws per (seed, rank); rank 0 keeps the one-process stream
@@ -293,8 +293,8 @@ class Trainer:
             for i, x in zip(steps, batches):
                 index = order[i * B : (i + 1) * B][self.local_batch]
                 self.vae.beta = kl_weight(self.schedule, state.global_step, self.steps_per_epoch)
-                if self.temperature is not None:
-                    self.vae.temperature = self.temperature(state.global_step / self.steps_per_epoch)
+                if self.temperature_schedule is not None:
+                    self.vae.temperature = self.temperature_schedule(state.global_step / self.steps_per_epoch)
                 try:
                     with pyro.validation_enabled(not self._validated):
                         loss = self.svi.step(x, index)

@@ -86,20 +86,20 @@ class ClassConditionalPrior(Prior):
         return dist.MixtureSameFamily(dist.Categorical(logits=self.class_logits), components)
 
 
-class RelaxedOneHot(dist.RelaxedOneHotCategorical):
-    """Gumbel-softmax y; ``log_prob(y)`` is the categorical log-density at the relaxed
-    one-hot vector, <y, log pi> (see the module docstring)."""
+class _CategoricalDensity:
+    """``log_prob(y)`` is the categorical log-density at the (relaxed) one-hot vector y,
+    <y, log pi> (see the module docstring)."""
 
     def log_prob(self, value: Tensor) -> Tensor:
         return (value * torch.log_softmax(self.logits, -1)).sum(-1)
 
 
-class StraightThroughOneHot(dist.RelaxedOneHotCategoricalStraightThrough):
-    """Hard one-hot y forward, the relaxed sample's gradient backward; ``log_prob(y)`` is
-    <y, log pi> at the hard vector: the categorical log-density."""
+class RelaxedOneHot(_CategoricalDensity, dist.RelaxedOneHotCategorical):
+    """Gumbel-softmax y, scored by the categorical density."""
 
-    def log_prob(self, value: Tensor) -> Tensor:
-        return (value * torch.log_softmax(self.logits, -1)).sum(-1)
+
+class StraightThroughOneHot(_CategoricalDensity, dist.RelaxedOneHotCategoricalStraightThrough):
+    """Hard one-hot y forward, the relaxed sample's gradient backward, scored by the categorical density."""
 
 
 class MarginalMixture(dist.MixtureSameFamily):
@@ -204,10 +204,13 @@ class DiscreteVAE(VAE):
         """p(z|y): the class's Gaussian (mixture), or the prior itself (M2)."""
         return self.prior.given(y) if self.shape == "mixture" else self.prior()
 
+    def _decoded(self, z: Tensor, y: Tensor) -> Tensor:
+        """The decoder's output for z (mixture) or z and y (M2)."""
+        return self.decoder(z if self.shape == "mixture" else with_class(z, y))
+
     def p_x_given(self, z: Tensor, y: Tensor, x: Optional[Tensor] = None):
         """p(x|z) (mixture) or p(x|y, z) (M2)."""
-        h = z if self.shape == "mixture" else with_class(z, y)
-        return self.likelihood(self.decoder(h), **self._context(x))
+        return self.likelihood(self._decoded(z, y), **self._context(x))
 
     def _eye(self) -> Tensor:
         return torch.eye(self.classes, dtype=self.class_logits.dtype, device=self.class_logits.device)
@@ -229,17 +232,13 @@ class DiscreteVAE(VAE):
         """E[x|z]; for M2 sum_y p(y) E[x|y, z]."""
         if self.shape == "mixture":
             return super().decode_mean(z, x)
-        means = self.likelihood.mean(self.decoder(with_class(z.unsqueeze(-2), self._eye())))
+        means = self.likelihood.mean(self._decoded(z.unsqueeze(-2), self._eye()))
         weights = torch.softmax(self.class_logits, -1).reshape(self.classes, *(1,) * len(self.data_shape))
         return (weights * means).sum(-len(self.data_shape) - 1)
 
-    def _y_prior(self):
-        if self.mode == "relaxed":
-            family = StraightThroughOneHot if self.straight_through else RelaxedOneHot
-            return family(torch.tensor(self.temperature, device=self.class_logits.device), logits=self.class_logits)
-        return dist.Categorical(logits=self.class_logits)
-
-    def _y_posterior(self, logits: Tensor):
+    def _y_distribution(self, logits: Tensor):
+        """The y site's distribution, p(y) or q(y|x), as the estimator treats y: categorical,
+        or relaxed at the current temperature."""
         if self.mode == "relaxed":
             family = StraightThroughOneHot if self.straight_through else RelaxedOneHot
             return family(torch.tensor(self.temperature, device=logits.device), logits=logits)
@@ -263,7 +262,7 @@ class DiscreteVAE(VAE):
             pyro.module(f"{self.name}_{part}", getattr(self, part))
         with self._plate(x, index), self._unlabelled(index):
             with poutine.scale(scale=self.beta):
-                y = self.one_hot(pyro.sample("y", self._y_prior()))
+                y = self.one_hot(pyro.sample("y", self._y_distribution(self.class_logits)))
                 z = pyro.sample("z", self.p_z(y))
             pyro.sample("x", self.p_x_given(z, y, x), obs=x)
         if self.labelled_x is not None:
@@ -294,7 +293,7 @@ class DiscreteVAE(VAE):
                 infer["baseline"]["nn_baseline_input"] = u
         with self._plate(x, index), self._unlabelled(index):
             with poutine.scale(scale=self.beta):
-                y = self.one_hot(pyro.sample("y", self._y_posterior(self.classifier(u)), infer=infer))
+                y = self.one_hot(pyro.sample("y", self._y_distribution(self.classifier(u)), infer=infer))
                 self._sample_z("z", u, y)
         if self.labelled_x is not None:
             with self._labelled_plate() as rows:
@@ -313,8 +312,7 @@ class DiscreteVAE(VAE):
         """(z, E[x|z, y]) for z ~ p(z|y), one draw per class in ``y`` (integers)."""
         y = self.one_hot(y)
         z = self.p_z(y).sample() if self.shape == "mixture" else self.prior().sample(y.shape[:-1])
-        h = z if self.shape == "mixture" else with_class(z, y)
-        return z, self.likelihood.mean(self.decoder(h))
+        return z, self.likelihood.mean(self._decoded(z, y))
 
     @torch.no_grad()
     def sample(self, n: int) -> tuple[Tensor, Tensor]:
@@ -327,8 +325,7 @@ class DiscreteVAE(VAE):
         u = self.encoder_input(x)
         y = self.one_hot(dist.Categorical(logits=self.classifier(u)).sample())
         z = self.q_z(u, y).sample()
-        h = z if self.shape == "mixture" else with_class(z, y)
-        return self.likelihood.mean(self.decoder(h), **self._context(x))
+        return self.likelihood.mean(self._decoded(z, y), **self._context(x))
 
 
 def build_discrete(spec, parts: dict, data_shape: tuple[int, ...], num_data, transform: str) -> DiscreteVAE:
