@@ -64,6 +64,8 @@ COLUMNS = [
     "nmi",
     "run",
 ]
+CLASSIFICATION_SCORES = ("accuracy", "cluster_accuracy", "nmi")
+DISCRETE_FIGURES = ("snr_classifier", *CLASSIFICATION_SCORES)  # only a model with a discrete latent has them
 ENCODER_PARTS, DECODER_PARTS = ("encoder", "posterior"), ("decoder", "likelihood", "prior")
 
 
@@ -264,7 +266,7 @@ def compare(
                     "grad_var_decoder": final.get("grad_var_decoder", math.nan),
                     "snr_classifier": final.get("snr_classifier", math.nan),
                     "grad_var_classifier": final.get("grad_var_classifier", math.nan),
-                    **{k: summary.get(k, math.nan) for k in ("accuracy", "cluster_accuracy", "nmi")},
+                    **{k: summary.get(k, math.nan) for k in CLASSIFICATION_SCORES},
                     "run": str(run_dir.relative_to(out)),
                 })
                 curves[(label, seed)] = [r["val_elbo"] for r in history]
@@ -320,8 +322,8 @@ def _aggregate(rows: list[dict], labels: list[str], timings: dict) -> dict:
         mine = [r for r in rows if r["estimator"] == label]
         entry = {}
         for key in ("log_likelihood", "diff_vs_reference", "elbo", "kl", "active_units", "snr_encoder", "snr_decoder",
-                    "snr_classifier", "accuracy", "cluster_accuracy", "nmi"):
-            values = np.array([r[key] for r in mine], dtype=float)
+                    *DISCRETE_FIGURES):
+            values = np.array([r.get(key, math.nan) if key in DISCRETE_FIGURES else r[key] for r in mine], dtype=float)
             entry[key] = float(values.mean())
             entry[f"{key}_se_seeds"] = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
         entry["diff_se_examples"] = float(np.sqrt(np.mean([r["diff_se"] ** 2 for r in mine])) / math.sqrt(len(mine)))
