@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from pyro_vae.infer.evaluate import evaluate_run
+from pyro_vae.infer.supervised import supervised_classifier
 from pyro_vae.infer.train import train
 from pyro_vae.spec import load_spec
 
@@ -42,22 +43,12 @@ def spec(model: str, epochs: int, seed: int, extra=()):
 
 
 def supervised_accuracy(trainer, classifier: dict, steps: int, seed: int) -> float:
-    """The classifier's architecture, fresh, trained on the labelled examples alone."""
-    from pyro_vae.model.networks import NETWORKS
-
-    vae, data = trainer.vae, trainer.data
-    torch.manual_seed(seed)
-    net = NETWORKS.build(classifier, vae.data_shape, (vae.classes,))
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    x, y = vae.labelled_x, vae.labelled_y
-    for _ in range(steps):
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(net(vae.encoder_input(x)), y).backward()
-        optimizer.step()
-    test = data.split("test")
+    """The test accuracy of the classifier's architecture, fresh, trained on the labelled examples alone."""
+    net = supervised_classifier(trainer.vae, classifier, steps, seed=seed)
+    test = trainer.data.split("test")
     with torch.no_grad():
-        predicted = net(vae.encoder_input(test)).argmax(-1)
-    return (predicted == data.labels["test"]).double().mean().item()
+        predicted = net(trainer.vae.encoder_input(test)).argmax(-1)
+    return (predicted == trainer.data.labels["test"]).double().mean().item()
 
 
 def kmeans_scores(data, seed: int) -> dict:
@@ -79,6 +70,8 @@ def main(argv=None) -> int:
     parser.add_argument("--labels", default="100,1000", help="comma-separated numbers of labelled training examples")
     parser.add_argument("--supervised-steps", type=int, default=500)
     parser.add_argument("--samples", type=int, default=100, help="importance samples per class for test log p(x)")
+    parser.add_argument("--alpha", type=float, default=None,
+                        help="M2's model.discrete.alpha (default: the spec's default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-gmvae", action="store_true")
     parser.add_argument("--out", default="runs/bench_semisupervised")
@@ -90,7 +83,8 @@ def main(argv=None) -> int:
     results = {"epochs": args.epochs, "seed": args.seed, "machine": f"{torch.get_num_threads()} threads, cpu", "m2": [],
                "gmvae": None}
     for count in (int(c) for c in args.labels.split(",")):
-        s = spec("m2_semisupervised", args.epochs, args.seed, [f"data.labelled={count}"])
+        s = spec("m2_semisupervised", args.epochs, args.seed, [f"data.labelled={count}",
+                 *([] if args.alpha is None else [f"model.discrete.alpha={args.alpha}"])])
         started = time.perf_counter()
         trainer = train(s, out / f"m2_{count}", force=True, progress=False, log=lambda _: None)
         seconds = time.perf_counter() - started

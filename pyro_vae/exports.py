@@ -2,9 +2,9 @@
 
 | ``--out`` | what it holds |
 | --- | --- |
-| ``FILE.npz`` | arrays ``mean``, ``std`` (n, latent), ``samples`` (n, S, latent) with ``--samples S``, ``labels`` and ``label_names`` when the data have them, ``index`` (each example's row in its source array) and ``split`` |
-| ``FILE.csv`` | one row per example: index, split, label, mean_0.., std_0.. |
-| ``FILE.h5ad`` | for ``.h5ad`` input: a copy of the input with ``obsm["X_pyro_vae"]`` (means) and ``obsm["X_pyro_vae_std"]`` (rows of cells not encoded are NaN); the input is never written |
+| ``FILE.npz`` | arrays ``mean``, ``std`` (n, latent), ``samples`` (n, S, latent) with ``--samples S``, ``q_y`` (n, classes) with a categorical latent, ``labels`` and ``label_names`` when the data have them, ``index`` (each example's row in its source array) and ``split`` |
+| ``FILE.csv`` | one row per example: index, split, label, mean_0.., std_0.., q_y_0.. (with a categorical latent) |
+| ``FILE.h5ad`` | for ``.h5ad`` input: a copy of the input with ``obsm["X_pyro_vae"]`` (means), ``obsm["X_pyro_vae_std"]`` and ``obsm["X_pyro_vae_q_y"]`` (rows of cells not encoded are NaN); the input is never written |
 
 Every file is written to a temporary name and renamed, so an interrupted encode leaves
 nothing half-written.
@@ -67,8 +67,9 @@ def encode_run(path, out, data: Optional[str] = None, split: str = "all", sample
         "split": np.concatenate([np.full(len(e.index), n) for n, e, _ in parts]),
         "exact": np.array(all(bool(c["exact"]) for _, _, c in parts)),
     }
-    if samples:
-        result["samples"] = np.concatenate([c["samples"] for _, _, c in parts])
+    for key in ("samples", "q_y"):
+        if key in parts[0][2]:
+            result[key] = np.concatenate([c[key] for _, _, c in parts])
     if all(e.labels is not None for _, e, _ in parts):
         result["labels"] = np.concatenate([e.labels.cpu().numpy() for _, e, _ in parts])
         if parts[0][1].label_names:
@@ -85,7 +86,8 @@ def _write_npz(out: Path, result: dict, source) -> None:
 def _write_csv(out: Path, result: dict, source) -> None:
     latent = result["mean"].shape[1]
     header = ["index", "split", *(["label"] if "labels" in result else []),
-              *(f"mean_{d}" for d in range(latent)), *(f"std_{d}" for d in range(latent))]
+              *(f"mean_{d}" for d in range(latent)), *(f"std_{d}" for d in range(latent)),
+              *(f"q_y_{c}" for c in range(result["q_y"].shape[1] if "q_y" in result else 0))]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
@@ -96,7 +98,8 @@ def _write_csv(out: Path, result: dict, source) -> None:
             code = int(result["labels"][i])
             label = [names[code] if names is not None else code]
         writer.writerow([int(result["index"][i]), result["split"][i], *label,
-                         *(f"{v:.7g}" for v in result["mean"][i]), *(f"{v:.7g}" for v in result["std"][i])])
+                         *(f"{v:.7g}" for v in result["mean"][i]), *(f"{v:.7g}" for v in result["std"][i]),
+                         *(f"{v:.7g}" for v in (result["q_y"][i] if "q_y" in result else ()))])
     atomic_write_text(out, buffer.getvalue())
 
 
@@ -107,7 +110,9 @@ def _write_h5ad(out: Path, result: dict, source: Path) -> None:
     with h5py.File(source, "r") as f:
         n_obs = len(anndata.io.read_elem(f["obs"]))
     full = {}
-    for key, name in (("mean", "X_pyro_vae"), ("std", "X_pyro_vae_std")):
+    for key, name in (("mean", "X_pyro_vae"), ("std", "X_pyro_vae_std"), ("q_y", "X_pyro_vae_q_y")):
+        if key not in result:
+            continue
         array = np.full((n_obs, result[key].shape[1]), np.nan, dtype=np.float32)
         array[result["index"]] = result[key]
         full[name] = array

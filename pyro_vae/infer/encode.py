@@ -1,5 +1,7 @@
 """Latent codes of data under a trained q(z|x): per example, the posterior mean and sd,
 and optionally S draws (scvi-tools' ``get_latent_representation``, for any posterior).
+With a categorical latent y (``model.discrete``) also q(y|x), and z's mean and sd are
+those of the marginal sum_y q(y|x) q(z|x, y).
 
 Where q has a closed-form mean and sd (diagonal and low-rank normals) they are used;
 otherwise (flows) both are Monte Carlo estimates from ``mc_draws`` draws, and the
@@ -19,10 +21,12 @@ CHUNK = 2048  # examples per encoder pass
 @torch.no_grad()
 def encode(vae, x, samples: int = 0, mc_draws: int = 256, seed: int = 0, chunk: int = CHUNK) -> dict[str, np.ndarray]:
     """``mean`` and ``std`` (n, latent), ``samples`` (n, S, latent) when S > 0, and
-    ``exact`` (whether mean and sd are closed forms) for the prepared examples ``x`` (a
+    ``exact`` (whether mean and sd are closed forms), and ``q_y`` (n, classes) with a
+    categorical latent, for the prepared examples ``x`` (a
     tensor or a streamed split). Draws are seeded with ``seed``."""
     vae.eval()
-    means, stds, draws, exact = [], [], [], True
+    means, stds, draws, class_probs, exact = [], [], [], [], True
+    discrete = hasattr(vae, "q_y_logits")
     device = x.device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the caller's stream untouched
         torch.manual_seed(seed)
@@ -35,9 +39,13 @@ def encode(vae, x, samples: int = 0, mc_draws: int = 256, seed: int = 0, chunk: 
                 mean, std = z.mean(0), z.std(0)
             means.append(mean.cpu())
             stds.append(std.cpu())
+            if discrete:
+                class_probs.append(torch.softmax(vae.q_y_logits(x[start : start + chunk]), -1).cpu())
             if samples:
                 draws.append(q.sample((samples,)).transpose(0, 1).cpu())
     out = {"mean": torch.cat(means).numpy(), "std": torch.cat(stds).numpy(), "exact": np.array(exact)}
+    if discrete:
+        out["q_y"] = torch.cat(class_probs).numpy()
     if samples:
         out["samples"] = torch.cat(draws).numpy()
     return out
