@@ -17,8 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-from pyro_vae.infer.evaluate import evaluate_run
-from pyro_vae.infer.train import train
+from pyro_vae.workflows.evaluate import evaluate_run
+from pyro_vae.workflows.train import train
 from pyro_vae.spec import load_spec
 from train_throughput import DATA, machine, parse_arguments
 

@@ -29,7 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pyro_vae.infer.train import Trainer, _prepare
+from pyro_vae.infer.train import Trainer
+
+from pyro_vae.workflows.train import _prepare
 from pyro_vae.spec import Spec
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "binarized_mnist.npz"

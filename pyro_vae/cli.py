@@ -14,8 +14,20 @@ import math
 import os
 import sys
 import time
+import inspect
 from pathlib import Path
 from typing import Sequence
+
+from . import __version__, distributed
+from .errors import Interrupted, TrainingDiverged, UserError
+from .infer.evaluate import describe_active_units
+from .spec import DEFAULT_DATA, DEFAULT_INFERENCE, DEFAULT_MODEL, SLOTS, Spec, load_spec, parse_override, shipped, spec_summary
+from .workflows.analyze import analyze_run
+from .workflows.compare import compare
+from .workflows.encode import encode_run
+from .workflows.evaluate import evaluate_run
+from .workflows.sample import sample_run
+from .workflows.train import EXTENDABLE, check, resume, saved_weights, train
 
 EXIT_USAGE, EXIT_DIVERGED, EXIT_PEER_FAILED = 2, 3, 4
 
@@ -39,8 +51,6 @@ LINE_BREAKS = "\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029"
 
 
 def _spec_arguments(p: argparse.ArgumentParser, spec_file: bool = False) -> None:
-    from .spec import DEFAULT_DATA, DEFAULT_INFERENCE, DEFAULT_MODEL
-
     replaces = "; with --spec, replaces the file's [{}] table" if spec_file else ""
     p.add_argument("--model", metavar="NAME|PATH",
                    help=f"a shipped model spec (see `pyro-vae specs`) or a .toml file with a [model] table "
@@ -168,23 +178,17 @@ _nonnegative = _whole_number(0, "a whole number >= 0")
 
 
 def _version() -> str:
-    from . import __version__
-
     return __version__
 
 
 def _say(text: str) -> None:
     """Print on stdout, from one process only (rank 0 under torchrun)."""
-    from . import distributed
-
     if distributed.current().is_main:
         print(text, flush=True)
 
 
 def _tell(text: str) -> None:
     """Print on stderr, from one process only."""
-    from . import distributed
-
     if distributed.current().is_main:
         print(text, file=sys.stderr, flush=True)
 
@@ -193,10 +197,6 @@ def _tell(text: str) -> None:
 
 
 def cmd_train(args) -> int:
-    from . import distributed
-    from .infer.train import resume, train
-    from .spec import Spec, load_spec
-
     if args.resume:
         given = [flag for flag, value in (("--spec", args.spec), ("--out", args.out), ("--init", args.init),
                                           ("--model", args.model), ("--inference", args.inference),
@@ -211,21 +211,13 @@ def cmd_train(args) -> int:
         lambda: load_spec(args.model, args.inference, args.data, args.overrides, spec_file=args.spec).to_toml())
     spec = Spec.from_toml(text)
     if args.check:
-        from .infer.train import Trainer, _prepare
-
-        vae, data = _prepare(spec)
-        if args.init:
-            from .infer.train import load_initial_weights
-
-            load_initial_weights(vae, args.init)
-        Trainer(vae, data, spec.inference, progress=False)  # every check train makes before its first step
+        data, vae = check(spec, args.init)
         _say(spec.to_toml().rstrip("\n"))
         n = sum(p.numel() for p in vae.parameters())
         _say(f"# ok: {data.source}, example shape {data.data_shape}, "
              + ", ".join(f"{k} {len(v)}" for k, v in data.splits.items()) + f"; {n:,} parameters")
         return 0
     stamp = distributed.broadcast_text(lambda: time.strftime("%Y%m%d-%H%M%S"))  # one name on every rank
-    from .spec import DEFAULT_MODEL
 
     name = Path(args.model).stem if args.model else Path(args.spec).parent.name if args.spec else DEFAULT_MODEL
     out = Path(args.out) if args.out else Path("runs") / f"{name}-{stamp}"
@@ -238,9 +230,6 @@ def cmd_train(args) -> int:
 def _extension(overrides: Sequence[str]):
     """The epochs of ``--resume RUN --set inference.schedule.epochs=N`` (None without --set);
     any other key is refused: a resumed run keeps its spec."""
-    from .infer.train import EXTENDABLE
-    from .spec import parse_override
-
     epochs = None
     for text in overrides:
         parts, value = parse_override(text)
@@ -258,8 +247,6 @@ def _quiet_log(args):
 
 
 def _report_training(trainer, out: Path) -> int:
-    from .infer.train import saved_weights
-
     s = trainer.state
     epoch, elbo, which = saved_weights(trainer)
     _say(f"run: {out}")
@@ -272,39 +259,19 @@ def _report_training(trainer, out: Path) -> int:
 
 
 def cmd_sample(args) -> int:
-    import numpy as np
-    import torch
-
-    from .analysis.figures import Look, image_panel
-    from .runs import atomic_write, load_run
-
-    run = load_run(args.run)
-    torch.manual_seed(args.seed)
-    z, mean = run.vae.sample(args.n)
-    folder = run.path / "samples"
-    png = image_panel(folder / "samples.png", [("E[x|z], z ~ p(z)", mean, [f"sample {i}" for i in range(args.n)])],
-                      Look.of(run.vae),
-                      f"{args.n} decoded samples from the prior (seed {args.seed})")
-
-    def write(f):
-        np.savez(f, z=z.numpy(), mean=mean.numpy())
-
-    atomic_write(folder / "samples.npz", write)
-    _say(f"samples: {png} and {folder / 'samples.npz'} (z, mean)")
+    png, npz = sample_run(args.run, args.n, args.seed)
+    _say(f"samples: {png} and {npz} (z, mean)")
     return 0
 
 
 def cmd_specs(args) -> int:
-    import inspect
-
-    from .spec import _registries, shipped, spec_summary
-
     for which, title in (("models", "Model specs"), ("inference", "Inference specs")):
         _say(f"{title} ({which}/; use the name with --{'model' if which == 'models' else 'inference'}):")
         for name, path in shipped(which).items():
             _say(f"  {name:<24} {spec_summary(path)}")
         _say("")
-    slots = dict(zip(("prior", "likelihood", "posterior", "network (encoder, decoder)", "estimator", "optimizer", "data set"), _registries()))
+    names = {"network": "network (encoder, decoder, classifier)", "data": "data set"}
+    slots = {names.get(slot, slot): registry for slot, registry in SLOTS.items()}
     _say("Registered kinds, per slot (kind = NAME, or an import path package.module:Name for your own class):")
     for slot, registry in slots.items():
         _say(f"  {slot}:")
@@ -317,8 +284,6 @@ def cmd_specs(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .infer.evaluate import describe_active_units, evaluate_run
-
     result, paths, _ = evaluate_run(args.run, data=args.data, split=args.split, num_samples=args.samples,
                                  limit=args.limit, seed=args.seed, device=args.device)
     _say(f"{'split':<16}{args.split} ({result['n']} examples, K = {result['samples']} samples each)")
@@ -337,8 +302,6 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_encode(args) -> int:
-    from .exports import encode_run
-
     out, n = encode_run(args.run, args.out, data=args.data, split=args.split, samples=args.samples, seed=args.seed,
                         device=args.device, force=args.force)
     _say(f"encoded {n} examples ({args.split}): {out}")
@@ -346,8 +309,6 @@ def cmd_encode(args) -> int:
 
 
 def cmd_analyze(args) -> int:
-    from .analysis.analyze import analyze_run
-
     result = analyze_run(args.run, data=args.data, split=args.split, num_samples=args.samples, limit=args.limit,
                          draws=args.draws, seed=args.seed, device=args.device)
     if result is None:  # another rank than 0: rank 0 reports
@@ -364,8 +325,6 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .infer.compare import compare
-
     try:
         snr_k = [int(k) for k in args.snr_k.split(",") if k.strip()]
     except ValueError:
@@ -413,17 +372,16 @@ def raise_usage(message: str):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from . import distributed
-    from .errors import Interrupted, TrainingDiverged, UserError
 
     try:
         distributed.init()  # under torchrun: join the ranks (nothing otherwise)
         return args.handler(args)
     except (_Usage, UserError) as exc:
         group = distributed.current()
+        message = exc.for_command_line() if isinstance(exc, UserError) else str(exc)
         if not group.is_main and not isinstance(exc, distributed.SharedError):  # this rank's own problem
-            print(f"pyro-vae {args.command} (rank {group.rank}): error: {one_line(exc)}", file=sys.stderr, flush=True)
-        _tell(f"pyro-vae {args.command}: error: {one_line(exc)}")
+            print(f"pyro-vae {args.command} (rank {group.rank}): error: {one_line(message)}", file=sys.stderr, flush=True)
+        _tell(f"pyro-vae {args.command}: error: {one_line(message)}")
         return EXIT_USAGE
     except TrainingDiverged as exc:
         _tell(f"pyro-vae {args.command}: {one_line(exc)}")

@@ -198,7 +198,7 @@ def broadcast_text(text_or_error: Callable[[], str]) -> str:
         try:
             payload = b"ok:" + text_or_error().encode()
         except UserError as exc:
-            payload = b"error:" + str(exc).encode()
+            payload = b"error:" + exc.template.encode()
     device = group._device()
     size = torch.tensor([len(payload)], dtype=torch.int64, device=device)
     dist.broadcast(size, src=0)

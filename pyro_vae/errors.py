@@ -2,11 +2,46 @@
 
 The CLI turns every :class:`UserError` into that line on stderr and exit status 2;
 anything else is a bug and keeps its traceback.
+
+Library code speaks in library terms: a message names a caller's parameter as a
+placeholder, ``{force}``, ``{out}``, ``{device}``, ``{init}`` or ``{resume}``, which ``str()``
+renders as the Python parameter (``force=True``) and the CLI as its flag (``--force``),
+so neither reader is told about the other's spelling.
 """
+
+from __future__ import annotations
+
+import re
+from typing import Mapping
+
+# each placeholder: (library term, command-line term)
+TERMS = {
+    "force": ("force=True", "--force"),
+    "out": ("out", "--out"),
+    "device": ("device", "--device"),
+    "init": ("init", "--init"),
+    "resume": ("resume", "--resume"),
+}
+_PLACEHOLDER = re.compile(r"\{(" + "|".join(TERMS) + r")\}")
 
 
 class UserError(Exception):
     """Bad input: a spec, a data file, a run directory or a command-line argument."""
+
+    @property
+    def template(self) -> str:
+        """The message with its placeholders unrendered (to pass it on, e.g. between ranks)."""
+        return super().__str__()
+
+    def render(self, terms: Mapping[str, str]) -> str:
+        """The message with its parameter placeholders spelled by ``terms``."""
+        return _PLACEHOLDER.sub(lambda m: terms[m.group(1)], self.template)
+
+    def __str__(self) -> str:
+        return self.render({name: library for name, (library, _) in TERMS.items()})
+
+    def for_command_line(self) -> str:
+        return self.render({name: flag for name, (_, flag) in TERMS.items()})
 
 
 class SpecError(UserError, ValueError):

@@ -17,22 +17,23 @@ containers is refused, never unpickled.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
 import pickle
 import zipfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 
-from .errors import RunError, SpecError, UserError
+from .data import Preprocessing, binarize
+from .errors import DataError, RunError, SpecError, UserError
+from .files import atomic_write, read_csv
+from .infer.encode import encode
+from .model import build_vae
 from .spec import Spec, read_toml
 
 SPEC, METRICS, SUMMARY, CHECKPOINT, FIGURES = "spec.toml", "metrics.csv", "summary.json", "checkpoint.pt", "figures"
@@ -47,66 +48,6 @@ METRIC_COLUMNS = [
     "examples_per_second",
 ]
 CHECKPOINT_FORMAT = 1
-
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary name beside ``path`` to write to; renamed over ``path`` on success,
-    removed on failure, so ``path`` is either the old file or the complete new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise RunError(f"could not write {path} ({exc.strerror or exc}); the previous file, if any, is kept") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write(path: Path, write: Callable[[io.BufferedWriter], Any]) -> None:
-    """Write ``path`` through ``write(file)``, atomically (see :func:`atomic_path`)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        write(f)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
-
-
-def _json_default(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if hasattr(obj, "item"):
-        return obj.item()
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
-
-
-def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
-
-
-def read_csv(path: Path) -> list[dict[str, float]]:
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-    except FileNotFoundError:
-        raise RunError(f"{path}: missing; the run directory is incomplete") from None
-    except (ValueError, TypeError, csv.Error) as exc:
-        raise RunError(f"{path}: unreadable ({exc})") from None
 
 
 def save_checkpoint(path: Path, checkpoint: dict) -> None:
@@ -161,7 +102,7 @@ class RunLock:
             os.close(self._fd)
             raise RunError(
                 f"{folder}: being written by {holder or 'another process'}; wait for it to finish or stop it "
-                "(--force does not override this), or choose another --out"
+                "({force} does not override this), or choose another {out}"
             ) from None
         stale = self._holder()
         if stale and log is not None:
@@ -197,7 +138,7 @@ def claim_output_dir(path: Path, *, force: bool, log: Callable[[str], None] | No
     Returns the lock, held until released."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise RunError(f"--out {path}: exists and is not a folder; choose another path")
+        raise RunError(f"{{out}} {path}: exists and is not a folder; choose another path")
     created = not (path / LOCK).exists()
     lock = RunLock(path, log)  # first: a live writer is refused even with --force
     try:
@@ -205,9 +146,9 @@ def claim_output_dir(path: Path, *, force: bool, log: Callable[[str], None] | No
             if not force:
                 if created:  # leave the folder as it was found
                     (path / LOCK).unlink(missing_ok=True)
-                resume = f", or --resume {path} to continue that run" if resumable else ""
-                raise RunError(f"--out {path}: already holds files; pass --force to replace them{resume}, "
-                               "or choose another --out")
+                resume = f", or {{resume}} {path} to continue that run" if resumable else ""
+                raise RunError(f"{{out}} {path}: already holds files; pass {{force}} to replace them{resume}, "
+                               "or choose another {out}")
             _clear(path, files, folders, patterns)
     except BaseException:
         lock.release()
@@ -274,8 +215,6 @@ class Run:
     def preprocessing(self):
         """The map from stored values to what the model saw in training (normalization,
         standardization), kept in the checkpoint; None for a run from before it was kept."""
-        from .data import Preprocessing
-
         state = self.checkpoint.get("preprocessing")
         return None if state is None else Preprocessing.from_state(state)
 
@@ -285,9 +224,6 @@ class Run:
         float32, in its data shape, normalized and standardized as in training, binarized
         (seed: the run's) where training binarized. Values outside what the model can score,
         or far outside the training data's range (un-normalized input), are refused."""
-        from .data import Preprocessing, binarize
-        from .errors import DataError
-
         vae, p = self.vae, self.preprocessing or Preprocessing()
         device = next(iter(vae.parameters())).device
         if not isinstance(x, torch.Tensor):
@@ -326,8 +262,6 @@ class Run:
     def encode(self, x, samples: int = 0, seed: int = 0) -> dict:
         """Latent codes of new data (stored values, see :meth:`prepare`): ``mean`` and
         ``std`` per example, ``samples`` (n, S, latent) when S > 0, numpy arrays."""
-        from .infer.encode import encode
-
         return encode(self.vae, self.prepare(x), samples, seed=seed)
 
 
@@ -347,8 +281,6 @@ def load_weights(vae, weights: dict) -> None:
 def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run:
     """Rebuild the trained VAE of a run directory (its best weights when early stopping
     was on, else its last), on ``device``, in evaluation mode."""
-    from .model import build_vae
-
     path = Path(path)
     if not path.is_dir():
         raise RunError(f"{path}: no such run directory")

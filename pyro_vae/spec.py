@@ -16,14 +16,21 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Optional, Sequence
 
 import pydantic
+import torch
 import tomli_w
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from .errors import SpecError
 from .registry import Registry, SlotError, as_spec_error
+from .data import DATASETS
+from .infer.estimators import ESTIMATORS
+from .infer.optim import OPTIMIZERS
+from .model.likelihoods import LIKELIHOODS
+from .model.networks import NETWORKS
+from .model.posteriors import POSTERIORS
+from .model.priors import PRIORS
+from .params import NonNegativeInt, count, toml_value
 
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
 MAX_LATENT = 1024
 
 
@@ -31,17 +38,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
-def _registries():
-    # imported here: the component modules import torch and pyro
-    from .data import DATASETS
-    from .infer.estimators import ESTIMATORS
-    from .infer.optim import OPTIMIZERS
-    from .model.likelihoods import LIKELIHOODS
-    from .model.networks import NETWORKS
-    from .model.posteriors import POSTERIORS
-    from .model.priors import PRIORS
-
-    return PRIORS, LIKELIHOODS, POSTERIORS, NETWORKS, ESTIMATORS, OPTIMIZERS, DATASETS
+# every swappable slot's registry, by slot name (an encoder and a decoder are networks)
+SLOTS = {"prior": PRIORS, "likelihood": LIKELIHOODS, "posterior": POSTERIORS, "network": NETWORKS,
+         "estimator": ESTIMATORS, "optimizer": OPTIMIZERS, "data": DATASETS}
 
 
 class DiscreteSpec(_Strict):
@@ -60,11 +59,11 @@ class DiscreteSpec(_Strict):
     shape: Literal["mixture", "m2"] = "mixture"
     classifier: dict[str, Any] = {"kind": "mlp", "hidden": [500]}
     alpha: Optional[Annotated[float, Field(ge=0, le=1e9)]] = None
-    labelled_batch: Annotated[int, Field(gt=0, le=1_000_000)] = 100
+    labelled_batch: count(1_000_000) = 100
 
     @model_validator(mode="after")
     def _resolve_slots(self):
-        self.classifier = _in_slot("classifier", _registries()[3], self.classifier, "mlp")
+        self.classifier = _in_slot("classifier", NETWORKS, self.classifier, "mlp")
         return self
 
 
@@ -82,14 +81,8 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _resolve_slots(self):
-        priors, likelihoods, posteriors, networks, *_ = _registries()
-        for name, registry in (
-            ("prior", priors),
-            ("likelihood", likelihoods),
-            ("posterior", posteriors),
-            ("encoder", networks),
-            ("decoder", networks),
-        ):
+        for name in ("prior", "likelihood", "posterior", "encoder", "decoder"):
+            registry = SLOTS["network" if name in ("encoder", "decoder") else name]
             setattr(self, name, _in_slot(name, registry, getattr(self, name), _default_kind(type(self), name)))
         return self
 
@@ -97,8 +90,6 @@ class ModelSpec(_Strict):
 def _device_string(value: str) -> str:
     """``auto`` or a torch device string (whether this machine has it is checked when training)."""
     if value != "auto":
-        import torch
-
         try:
             torch.device(value)
         except (RuntimeError, ValueError):
@@ -109,8 +100,8 @@ def _device_string(value: str) -> str:
 class Schedule(_Strict):
     """How long and in what order: epochs, batches, KL weighting, stopping, seed, device."""
 
-    epochs: Annotated[int, Field(gt=0, le=1_000_000)] = 200
-    batch_size: Annotated[int, Field(gt=0, le=1_000_000)] = 128
+    epochs: count(1_000_000) = 200
+    batch_size: count(1_000_000) = 128
     kl_warmup_epochs: Annotated[float, Field(ge=0)] = 0.0
     beta: Annotated[float, Field(ge=0, le=1e6)] = 1.0
     patience: NonNegativeInt = 0
@@ -130,9 +121,8 @@ class InferenceSpec(_Strict):
 
     @model_validator(mode="after")
     def _resolve_slots(self):
-        _, _, _, _, estimators, optimizers, _ = _registries()
-        self.estimator = _in_slot("estimator", estimators, self.estimator, _default_kind(InferenceSpec, "estimator"))
-        self.optimizer = _in_slot("optimizer", optimizers, self.optimizer, _default_kind(InferenceSpec, "optimizer"))
+        self.estimator = _in_slot("estimator", ESTIMATORS, self.estimator, _default_kind(InferenceSpec, "estimator"))
+        self.optimizer = _in_slot("optimizer", OPTIMIZERS, self.optimizer, _default_kind(InferenceSpec, "optimizer"))
         return self
 
 
@@ -157,10 +147,9 @@ class DataSpec(_Strict):
         if (self.name is None) == (self.path is None):
             raise ValueError("give exactly one of data.name (a named data set) or data.path (a file)")
         if self.name is not None:
-            datasets = _registries()[-1]
-            if self.name not in datasets.names():
+            if self.name not in DATASETS.names():
                 raise ValueError(
-                    f"unknown data set {self.name!r}; named data sets: {', '.join(datasets.names())} "
+                    f"unknown data set {self.name!r}; named data sets: {', '.join(DATASETS.names())} "
                     "(or give data.path)"
                 )
         return self
@@ -264,7 +253,7 @@ def _table_from(ref: str, which: str, table: str) -> dict[str, Any]:
 
 def data_table(ref: str) -> dict[str, Any]:
     """``--data``: a named data set or a file path."""
-    return {"name": ref} if ref in _registries()[-1].names() else {"path": str(Path(ref).resolve())}
+    return {"name": ref} if ref in DATASETS.names() else {"path": str(Path(ref).resolve())}
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -276,11 +265,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = key.split(".")
     if any(not p.strip() for p in parts):
         raise SpecError(f"--set {text!r}: empty part in key {key!r}")
-    try:
-        parsed = tomllib.loads(f"v = {value}")["v"]
-    except tomllib.TOMLDecodeError:
-        parsed = value
-    return [p.strip() for p in parts], parsed
+    return [p.strip() for p in parts], toml_value(value)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

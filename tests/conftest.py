@@ -1,21 +1,9 @@
-import os
-import subprocess
-import sys
-from pathlib import Path
+"""Fixtures only; the shared helpers are in helpers.py."""
 
-import numpy as np
 import pyro
 import pytest
-import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
-MNIST = SHARED_DATA / "binarized_mnist.npz"
-MNIST_IDX = SHARED_DATA / "mnist-idx" / "t10k-images-idx3-ubyte.gz"
-
-needs_mnist = pytest.mark.skipif(not MNIST.exists(), reason=f"shared data absent: {MNIST}")
-needs_idx = pytest.mark.skipif(not MNIST_IDX.exists(), reason=f"shared data absent: {MNIST_IDX}")
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+from pyro_vae.cli import main
 
 
 @pytest.fixture(autouse=True)
@@ -25,41 +13,9 @@ def _fresh_pyro():
     yield
 
 
-def run_cli(*args, cwd=None, timeout=300, env=None):
-    """The real entry point in a subprocess: (exit code, stdout, stderr)."""
-    result = subprocess.run(
-        [sys.executable, "-m", "pyro_vae.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
-    return result.returncode, result.stdout, result.stderr
-
-
-def assert_one_line_error(code, stderr, *fragments):
-    assert code == 2, stderr
-    lines = [line for line in stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one line, got:\n{stderr}"
-    assert "Traceback" not in stderr
-    for fragment in fragments:
-        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
-
-
-QUICK = ["--set", "inference.schedule.epochs=2", "--quiet"]
-
-
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory):
     """One small trained run on digits, shared by tests that only read it."""
-    from pyro_vae.cli import main
-
     out = tmp_path_factory.mktemp("runs") / "digits"
     assert main(["train", "--out", str(out), "--set", "inference.schedule.epochs=3", "--quiet"]) == 0
     return out
-
-
-def write_npz(path, **arrays):
-    np.savez(path, **arrays)
-    return path

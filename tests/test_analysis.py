@@ -10,7 +10,7 @@ import torch
 import xarray as xr
 
 import linear_gaussian as lg
-from conftest import run_cli
+from helpers import run_cli
 from pyro_vae.analysis.inference_data import khat_bands, psis, to_inference_data
 
 

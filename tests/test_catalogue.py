@@ -266,7 +266,7 @@ def test_low_rank_posterior_covariance():
 
 
 def test_mismatched_data_and_likelihood_through_the_cli(tmp_path):
-    from conftest import assert_one_line_error, run_cli
+    from helpers import assert_one_line_error, run_cli
 
     zeros = tmp_path / "zeros.npz"
     np.savez(zeros, train=np.tile([0.0, 0.2, 0.7, 1.0], (40, 1)))

@@ -4,7 +4,7 @@ device-agnostic and run on the CPU in the other tests."""
 import pytest
 import torch
 
-from conftest import QUICK, needs_cuda
+from helpers import QUICK, needs_cuda
 from pyro_vae import load_run
 from pyro_vae.cli import main
 from pyro_vae.infer.evaluate import importance_sample

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import MNIST, MNIST_IDX, needs_idx, needs_mnist, write_npz
+from helpers import MNIST, MNIST_IDX, needs_idx, needs_mnist, write_npz
 from pyro_vae.data import check_support, load_data, prepare, read_source
 from pyro_vae.errors import DataError
 from pyro_vae.model.likelihoods import LIKELIHOODS

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_one_line_error
+from helpers import assert_one_line_error
 from pyro_vae.infer.estimators import ESTIMATORS
 from pyro_vae.infer.evaluate import classification_summary, importance_sample
 from pyro_vae.model import build_vae
@@ -256,7 +256,7 @@ def test_analyze_gives_q_y_and_the_discrete_figures(tmp_path):
 
     import torch
 
-    from pyro_vae.infer.evaluate import heldout
+    from pyro_vae.workflows.evaluate import heldout
     from pyro_vae.runs import load_run
 
     assert main(["encode", str(run), "--split", "test", "--out", str(tmp_path / "codes.npz")]) == 0
@@ -372,7 +372,7 @@ def test_semi_supervised_m2_beats_the_supervised_only_classifier_on_digits(tmp_p
     import torch
 
     from pyro_vae.infer.supervised import supervised_classifier
-    from pyro_vae.infer.train import train
+    from pyro_vae.workflows.train import train
     from pyro_vae.spec import load_spec
 
     spec = load_spec(model="m2_semisupervised", overrides=["data.labelled=100"])

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, assert_one_line_error, run_cli
+from helpers import ROOT, assert_one_line_error, run_cli
 from pyro_vae import distributed
 from pyro_vae.data import Dataset
 from pyro_vae.errors import SpecError

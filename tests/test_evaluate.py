@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from conftest import assert_one_line_error, run_cli, write_npz
+from helpers import assert_one_line_error, run_cli, write_npz
 from pyro_vae.cli import main
-from pyro_vae.infer.compare import COLUMNS, parse_estimators
+from pyro_vae.workflows.compare import COLUMNS, parse_estimators
 
 
 def test_evaluate_writes_summary_and_per_example_values(digits_run, capsys):
@@ -93,7 +93,7 @@ def test_compare_end_to_end(tmp_path, capsys):
 def test_estimators_start_from_the_same_weights_and_data_order():
     import torch
 
-    from pyro_vae.infer.train import train
+    from pyro_vae.workflows.train import train
     from pyro_vae.spec import load_spec
 
     seen = {}

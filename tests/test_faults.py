@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, run_cli
 from pyro_vae.errors import RunError
-from pyro_vae.runs import atomic_write, load_checkpoint, load_run
+from pyro_vae.files import atomic_write
+from pyro_vae.runs import load_checkpoint, load_run
 
 TESTS = Path(__file__).parent
 LONG = ["--set", "inference.schedule.epochs=12", "--set", "inference.schedule.batch_size=16",

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import QUICK, ROOT, assert_one_line_error, run_cli, write_npz
+from helpers import QUICK, ROOT, assert_one_line_error, run_cli, write_npz
 from pyro_vae import load_run
 from pyro_vae.cli import main
 from pyro_vae.errors import DataError, RunError
@@ -106,8 +106,11 @@ def test_the_training_report_names_the_saved_weights(tmp_path, capsys):
 def test_a_live_writer_keeps_its_run_even_from_force(tmp_path, capsys):
     out = tmp_path / "busy"
     with RunLock(out):
-        with pytest.raises(RunError, match=f"being written by process {__import__('os').getpid()}"):
+        with pytest.raises(RunError, match=f"being written by process {__import__('os').getpid()}") as caught:
             claim_output_dir(out, force=True)
+        # the library names its own parameters, the CLI its flags
+        assert "(force=True does not override this), or choose another out" in str(caught.value)
+        assert "--" not in str(caught.value)
         one_line_exit_2(capsys, ["train", "--out", str(out), "--force", *QUICK], "being written by process",
                         "--force does not override this")
         one_line_exit_2(capsys, ["train", "--resume", str(out)], "being written by process")
@@ -133,7 +136,8 @@ def test_force_clears_what_an_earlier_comparison_wrote_and_nothing_else(tmp_path
                   resumable=False)
     with pytest.raises(RunError) as refused:
         claim_output_dir(out, force=False, **kwargs)
-    assert "--resume" not in str(refused.value) and "--force" in str(refused.value)
+    message = refused.value.for_command_line()
+    assert "--resume" not in message and "--force" in message
     claim_output_dir(out, force=True, **kwargs).release()
     assert sorted(p.name for p in out.iterdir()) == [LOCK, "notes.txt"]
 
@@ -175,7 +179,7 @@ def test_a_run_that_stopped_early_is_not_extended(tmp_path, capsys):
 
 
 def test_init_starts_from_another_runs_weights_with_a_fresh_optimizer(digits_run, tmp_path, capsys):
-    from pyro_vae.infer.train import train
+    from pyro_vae.workflows.train import train
 
     seen = {}
 
@@ -269,7 +273,7 @@ def test_integer_levels_kept_undivided_get_the_normalize_hint(tmp_path):
 
 
 def test_comparison_summary_names_both_uncertainties_and_robust_timings():
-    from pyro_vae.infer.compare import _aggregate
+    from pyro_vae.workflows.compare import _aggregate
 
     rows = [{"estimator": e, "seed": s, "log_likelihood": ll, "diff_vs_reference": d, "diff_se": se, "elbo": 0.0,
              "kl": 0.0, "active_units": 3, "snr_encoder": 1.0, "snr_decoder": 1.0, "seconds_per_epoch": 1.0}

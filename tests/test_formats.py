@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import MNIST_IDX, assert_one_line_error, needs_idx, run_cli, write_npz
+from helpers import MNIST_IDX, assert_one_line_error, needs_idx, run_cli, write_npz
 from pyro_vae.data import load_data, read_source
 from pyro_vae.errors import DataError, SpecError
-from pyro_vae.infer.train import train
+from pyro_vae.workflows.train import train
 from pyro_vae.model import build_vae
 from pyro_vae.runs import load_run
 from pyro_vae.spec import DataSpec, Spec
@@ -163,8 +163,8 @@ def test_streamed_training_is_bit_identical_to_in_memory(tmp_path, binarize):
 
 def test_streamed_resume_and_evaluation_match(tmp_path):
     from pyro_vae.errors import Interrupted
-    from pyro_vae.infer.evaluate import evaluate_run
-    from pyro_vae.infer.train import resume
+    from pyro_vae.workflows.evaluate import evaluate_run
+    from pyro_vae.workflows.train import resume
 
     np.save(tmp_path / "x.npy", np.random.default_rng(1).random((160, 5)).astype(np.float32))
     spec = small_spec(tmp_path / "x.npy", epochs=2, in_memory=False)
@@ -224,7 +224,7 @@ def test_a_1gb_npy_trains_within_400mb_of_rss(tmp_path):
     del mapped
     script = textwrap.dedent(f"""
         import resource, torch, numpy as np
-        from pyro_vae.infer.train import train
+        from pyro_vae.workflows.train import train
         from pyro_vae.spec import Spec
         spec = Spec.from_dict({{"model": {{"latent_dim": 8, "likelihood": {{"kind": "gaussian"}},
             "encoder": {{"kind": "mlp", "hidden": [64]}}, "decoder": {{"kind": "mlp", "hidden": [64]}}}},
@@ -268,7 +268,7 @@ def test_standardize_uses_the_training_split_and_is_stored(tmp_path):
 
 
 def test_learned_gaussian_scales_start_from_the_data_spread(tmp_path):
-    from pyro_vae.infer.train import _prepare
+    from pyro_vae.workflows.train import _prepare
 
     array = (np.random.default_rng(0).normal(0, 1, (400, 3)) * [0.5, 3.0, 0.0]).astype(np.float32)
     np.save(tmp_path / "x.npy", array)
@@ -335,7 +335,7 @@ def test_prepare_takes_numpy_levels_and_refuses_rescaled_input(digits_run):
 def test_evaluating_other_data_keeps_the_runs_results(digits_run, tmp_path):
     from sklearn.datasets import load_digits
 
-    from pyro_vae.infer.evaluate import evaluate_run
+    from pyro_vae.workflows.evaluate import evaluate_run
 
     own, (own_json, own_npz), _ = evaluate_run(digits_run, num_samples=10, limit=30, seed=3)
     path = write_npz(tmp_path / "other.npz", train=load_digits().data[:200].astype(np.uint8))
@@ -349,7 +349,7 @@ def test_evaluating_other_data_keeps_the_runs_results(digits_run, tmp_path):
 
 
 def test_encode_round_trips(digits_run, tmp_path):
-    from pyro_vae.infer.evaluate import heldout
+    from pyro_vae.workflows.evaluate import heldout
 
     run = load_run(digits_run)
     code, out, err = run_cli("encode", digits_run, "--out", tmp_path / "codes.npz", "--samples", "3")

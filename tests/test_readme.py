@@ -2,15 +2,15 @@
 
 import re
 
-from conftest import ROOT
+from helpers import ROOT
 from pyro_vae.cli import build_parser
-from pyro_vae.spec import DataSpec, ModelSpec, Schedule, _registries, shipped
+from pyro_vae.spec import SLOTS, DataSpec, ModelSpec, Schedule, shipped
 
 README = (ROOT / "README.md").read_text()
 
 
 def test_every_kind_and_parameter_is_documented():
-    for registry in _registries():
+    for registry in SLOTS.values():
         for info in registry.describe():
             assert f"`{info.name}`" in README, f"{registry.slot} kind {info.name} missing from the README"
             for parameter in info.parameters:

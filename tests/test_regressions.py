@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_npz
+from helpers import write_npz
 from pyro_vae.data import Dataset, load_data, read_source
-from pyro_vae.infer.compare import gradient_snr, snr_against_k
+from pyro_vae.infer.gradients import gradient_snr, snr_against_k
 from pyro_vae.infer.estimators import ESTIMATORS
 from pyro_vae.infer.evaluate import active_units, importance_sample, summarize
 from pyro_vae.model import build_vae
@@ -68,8 +68,8 @@ def test_exact_means_are_used_where_q_has_them():
 
 def test_evaluate_and_analyze_report_the_same_active_units(digits_run):
     """Regression: evaluate reported 5/16 and analyze 7/16 for the same run."""
-    from pyro_vae.analysis.analyze import analyze_run
-    from pyro_vae.infer.evaluate import evaluate_run
+    from pyro_vae.workflows.analyze import analyze_run
+    from pyro_vae.workflows.evaluate import evaluate_run
 
     evaluation, _, _ = evaluate_run(digits_run, num_samples=100, limit=150, device="cpu")
     analysis = analyze_run(digits_run, num_samples=100, limit=150, draws=20, device="cpu")["diagnostics"]
@@ -131,7 +131,7 @@ def test_auto_normalization_follows_the_likelihood(tmp_path):
 def test_scoring_a_dynamically_binarized_train_split_draws_binary_data(tmp_path):
     """Regression: evaluate/analyze --split train scored the grayscale intensities."""
     from pyro_vae.cli import main
-    from pyro_vae.infer.evaluate import heldout
+    from pyro_vae.workflows.evaluate import heldout
     from pyro_vae.runs import load_run
 
     out = tmp_path / "dynamic"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import QUICK, assert_one_line_error, run_cli, write_npz
+from helpers import QUICK, assert_one_line_error, run_cli, write_npz
 from pyro_vae import load_run
 from pyro_vae.cli import main
 from pyro_vae.infer.train import kl_weight, resolve_device
@@ -118,8 +118,9 @@ def test_device_choice(monkeypatch):
     with pytest.raises(SpecError, match="'banana' is not a torch device"):
         resolve_device("banana")
     if not torch.backends.mps.is_available():
-        with pytest.raises(SpecError, match=r"--device: 'mps' is not available here \(.*\); use 'auto' or 'cpu'"):
-            resolve_device("mps", "--device")
+        with pytest.raises(SpecError, match=r"^device: 'mps' is not available here \(.*\); use 'auto' or 'cpu'") as caught:
+            resolve_device("mps", "{device}")  # a workflow's parameter: device= in Python, --device on the CLI
+        assert caught.value.for_command_line().startswith("--device: 'mps' is not available here")
     spec = load_spec(overrides=["inference.schedule.device=cuda:1"])  # the spec keeps any device string
     assert spec.inference.schedule.device == "cuda:1"
     with pytest.raises(SpecError, match="inference.schedule.device: 'gpu1' is not a torch device"):

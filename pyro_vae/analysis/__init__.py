@@ -1,1 +1,1 @@
-"""ArviZ conversion, diagnostics, figures and reports."""
+"""Computation only: ArviZ conversion, diagnostics, figures. Nothing here reads or writes a run directory."""

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ..model.networks import image_shape
-from ..runs import atomic_write
+from ..files import atomic_write
 
 DPI = 120
 

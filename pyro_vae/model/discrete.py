@@ -56,6 +56,7 @@ from pyro import poutine
 from torch import Tensor, nn
 
 from ..errors import SpecError
+from .networks import NETWORKS
 from .numerics import softplus_inverse
 from .priors import Prior
 from .vae import VAE
@@ -331,8 +332,6 @@ class DiscreteVAE(VAE):
 def build_discrete(spec, parts: dict, data_shape: tuple[int, ...], num_data, transform: str) -> DiscreteVAE:
     """The DiscreteVAE of a ModelSpec with a ``discrete`` table; ``parts(slot, *sizes)``
     builds a slot's component."""
-    from .networks import NETWORKS
-
     discrete = spec.discrete
     classes, features = discrete.classes, math.prod(data_shape)
     if spec.encoder["kind"] == "conv":

@@ -22,14 +22,13 @@ from torch import Tensor, nn
 
 from ..errors import SpecError
 from ..registry import Registry
+from ..params import PositiveFloat, count
 from .numerics import softplus_inverse
 
 if TYPE_CHECKING:
     from ..data.statistics import DataStatistics
 
 LIKELIHOODS = Registry("likelihood")
-PositiveFloat = Annotated[float, Field(gt=0)]
-PositiveInt = Annotated[int, Field(gt=0, le=64)]
 LEVELS = 256  # 8-bit data
 DEFAULT_SCALE = 0.1  # a fixed location-scale likelihood's scale when none is given
 
@@ -482,7 +481,7 @@ class DiscretizedLogisticMixture(dist.TorchDistribution):
 class DiscretizedLogisticLikelihood(_EightBit):
     """A mixture of discretized logistics per feature for 8-bit data, as in PixelCNN++."""
 
-    def __init__(self, data_shape, *, components: PositiveInt = 5):
+    def __init__(self, data_shape, *, components: count(64) = 5):
         super().__init__(data_shape)
         self.components = components
         self.outputs = 3 * components

@@ -18,9 +18,10 @@ from torch import Tensor, nn
 
 from ..errors import SpecError
 from ..registry import Registry
+from ..params import count
 
 NETWORKS = Registry("network")
-Width = Annotated[int, Field(gt=0, le=16384)]
+Width = count(16384)
 Widths = Annotated[list[Width], Field(max_length=16)]
 Activation = Literal["softplus", "relu", "tanh", "elu", "gelu", "silu", "leaky_relu"]
 ACTIVATIONS = {
@@ -136,7 +137,7 @@ class ConvNet(Network):
         in_shape,
         out_shape,
         *,
-        channels: Annotated[list[Annotated[int, Field(gt=0, le=1024)]], Field(min_length=1, max_length=8)] = [32, 64],
+        channels: Annotated[list[count(1024)], Field(min_length=1, max_length=8)] = [32, 64],
         activation: Activation = "relu",
     ):
         super().__init__(in_shape, out_shape)

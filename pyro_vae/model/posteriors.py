@@ -20,10 +20,11 @@ from pyro.nn import ConditionalAutoRegressiveNN
 from torch import Tensor, nn
 
 from ..registry import Registry
+from ..params import count
 
 POSTERIORS = Registry("posterior")
 MIN_SCALE = 1e-4
-FlowWidths = Annotated[list[Annotated[int, Field(gt=0, le=1024)]], Field(max_length=3)]
+FlowWidths = Annotated[list[count(1024)], Field(max_length=3)]
 
 
 @POSTERIORS.protocol
@@ -94,7 +95,7 @@ class DiagonalNormalPosterior(Posterior):
 class LowRankNormalPosterior(Posterior):
     """N(mu(x), W(x) W(x)^T + diag d(x)): a diagonal plus a rank-r factor."""
 
-    def __init__(self, latent_dim, *, rank: Annotated[int, Field(gt=0, le=64)] = 2):
+    def __init__(self, latent_dim, *, rank: count(64) = 2):
         super().__init__(latent_dim)
         self.rank = rank
         self.encoder_outputs = latent_dim * (2 + rank)
@@ -125,8 +126,8 @@ class IAFPosterior(Posterior):
         self,
         latent_dim,
         *,
-        steps: Annotated[int, Field(gt=0, le=8)] = 2,
-        context: Annotated[int, Field(gt=0, le=1024)] = 32,
+        steps: count(8) = 2,
+        context: count(1024) = 32,
         hidden: FlowWidths = [128],
     ):
         super().__init__(latent_dim)

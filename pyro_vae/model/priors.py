@@ -10,21 +10,21 @@ calls once with itself.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Annotated, Literal
+from typing import Literal
 
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from pyro.distributions import transforms as T
 from torch import nn
 
 from ..registry import Registry
+from ..params import PositiveFloat, count
 from .numerics import softplus_inverse
 from .posteriors import FlowWidths
 
 PRIORS = Registry("prior")
-Components = Annotated[int, Field(gt=0, le=10_000)]
+Components = count(10_000)
 
 
 @PRIORS.protocol
@@ -182,7 +182,7 @@ class FlowPrior(Prior):
         latent_dim,
         *,
         transform: Literal["affine_autoregressive", "spline_autoregressive"] = "affine_autoregressive",
-        layers: Annotated[int, Field(gt=0, le=8)] = 2,
+        layers: count(8) = 2,
         hidden: FlowWidths = [64],
     ):
         super().__init__(latent_dim)
@@ -207,7 +207,7 @@ class FlowPrior(Prior):
 class StudentTPrior(_Factorized):
     """A factorized Student-t with ``df`` degrees of freedom: heavy-tailed."""
 
-    def __init__(self, latent_dim, *, df: Annotated[float, Field(gt=0)] = 3.0):
+    def __init__(self, latent_dim, *, df: PositiveFloat = 3.0):
         super().__init__(latent_dim)
         self.register_buffer("df", torch.full((latent_dim,), float(df)))
 

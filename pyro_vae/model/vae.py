@@ -20,12 +20,10 @@ from pyro import poutine
 from torch import Tensor, nn
 
 from ..errors import SpecError
-from .likelihoods import LIKELIHOODS, Likelihood
-from .networks import NETWORKS
-from .posteriors import POSTERIORS, Posterior
-from .priors import PRIORS, Prior
+from .likelihoods import Likelihood
+from .posteriors import Posterior
+from .priors import Prior
 
-MAX_PARAMETERS = 100_000_000
 
 
 class ImportanceTerms(NamedTuple):
@@ -183,49 +181,3 @@ class VAE(nn.Module):
     def reconstruct(self, x: Tensor) -> Tensor:
         """E[x|z] at one draw z ~ q(z|x)."""
         return self.decode_mean(self.q(x).sample(), x)
-
-
-def build_vae(spec, data_shape: tuple[int, ...], num_data: Optional[int] = None) -> VAE:
-    """A VAE from a ModelSpec, sized from the data shape: data -> likelihood -> decoder
-    outputs; posterior -> encoder outputs. Refuses models over MAX_PARAMETERS before
-    allocating them."""
-    data_shape = tuple(data_shape)
-
-    def part(slot, registry):
-        def build_part(*sizes):
-            try:
-                return registry.build(getattr(spec, slot), *sizes)
-            except SpecError as exc:
-                raise SpecError(f"model.{slot}: {exc}") from None
-
-        return build_part
-
-    parts = {"likelihood": part("likelihood", LIKELIHOODS), "posterior": part("posterior", POSTERIORS),
-             "encoder": part("encoder", NETWORKS), "decoder": part("decoder", NETWORKS), "prior": part("prior", PRIORS)}
-
-    def build():
-        transform = getattr(spec, "encoder_input", "auto")
-        likelihood = parts["likelihood"](data_shape)
-        if transform == "log1p" and likelihood.domain_bounds[0] is None:
-            raise SpecError(
-                f"model.encoder_input = \"log1p\" needs non-negative data, but the {spec.likelihood['kind']} likelihood "
-                "models any real value; use it with count or [0, 1] likelihoods, or set model.encoder_input = \"auto\""
-            )
-        if getattr(spec, "discrete", None) is not None:
-            from .discrete import build_discrete
-
-            return build_discrete(spec, parts, data_shape, num_data, transform)
-        posterior = parts["posterior"](spec.latent_dim)
-        encoder = parts["encoder"](data_shape, (posterior.encoder_outputs,))
-        decoder = parts["decoder"]((spec.latent_dim,), (likelihood.outputs, *data_shape))
-        prior = parts["prior"](spec.latent_dim)
-        return VAE(prior, likelihood, posterior, encoder, decoder, num_data, input_transform=transform)
-
-    with torch.device("meta"):
-        count = sum(p.numel() for p in build().parameters())
-    if count > MAX_PARAMETERS:
-        raise SpecError(
-            f"model: {count:,} parameters for data of shape {data_shape} is over the limit of "
-            f"{MAX_PARAMETERS:,}; use smaller hidden widths or latent_dim"
-        )
-    return build()

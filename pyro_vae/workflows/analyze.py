@@ -8,14 +8,17 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..infer.evaluate import (BUDGET, active_unit_summary, classification_summary, describe_active_units, heldout,
+from ..infer.evaluate import (BUDGET, active_unit_summary, classification_summary, describe_active_units,
                               posterior_mean_covariance, standard_error)
-from ..runs import atomic_path, atomic_write_json, atomic_write_text, load_run
-from .discrete import class_probabilities, class_samples, confusion_matrix
-from .figures import Look, elbo_curves, image_panel, reconstruction_panel
 from .. import distributed
-from .inference_data import arviz, draws_to_inference_data, khat_bands, posterior_draws_sharded, quiet_arviz
-from .plots import example_posteriors, interpolation, khat_plot, latent_space, traversals
+from ..analysis.discrete import class_probabilities, class_samples, confusion_matrix
+from ..analysis.figures import Look, elbo_curves, image_panel, reconstruction_panel
+from ..analysis.inference_data import arviz, draws_to_inference_data, khat_bands, posterior_draws_sharded, quiet_arviz
+from ..analysis.plots import example_posteriors, interpolation, khat_plot, latent_space, traversals
+from ..files import atomic_path, atomic_write_json, atomic_write_text
+from ..infer.train import resolve_device
+from ..runs import load_run
+from .evaluate import heldout
 
 FOLDER = "analysis"
 
@@ -25,9 +28,7 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
     """Write RUN/analysis/: posterior.nc, diagnostics.json, figures and report.md. Under
     several processes the draws are shared among the ranks in seeded blocks and rank 0
     alone writes (the others return None)."""
-    from ..infer.train import resolve_device
-
-    device = resolve_device(device, "--device")
+    device = resolve_device(device, "{device}")
     group = distributed.use_device(device)
     run = load_run(path, device)
     examples = heldout(run, data, split, limit, seed, device)

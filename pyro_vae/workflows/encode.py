@@ -20,8 +20,13 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import DataError, RunError
-from .runs import atomic_path, atomic_write, atomic_write_text, load_run, read_spec
+from ..data import SPLITS
+from ..errors import DataError, RunError
+from ..files import atomic_path, atomic_write, atomic_write_text
+from ..infer.encode import encode
+from ..infer.train import resolve_device
+from ..runs import load_run, read_spec
+from .evaluate import heldout, run_dataset
 
 FORMATS = (".npz", ".csv", ".h5ad")
 
@@ -30,11 +35,6 @@ def encode_run(path, out, data: Optional[str] = None, split: str = "all", sample
                device="auto", force: bool = False) -> tuple[Path, int]:
     """Encode ``split`` (``all``: train, valid and test, in that order) of the run's data or
     of ``data`` with the run at ``path``; write ``out``. Returns (out, examples)."""
-    from .data import SPLITS
-    from .infer.encode import encode
-    from .infer.evaluate import heldout, run_dataset
-    from .infer.train import resolve_device
-
     out = Path(out)
     if out.suffix.lower() not in FORMATS:
         raise DataError(f"--out {out}: unknown format; give a file ending in {', '.join(FORMATS)}")
@@ -52,7 +52,7 @@ def encode_run(path, out, data: Optional[str] = None, split: str = "all", sample
         raise DataError(f"--out {out}: is the input file; the input is never overwritten, choose another path")
     if out.exists() and not force:
         raise RunError(f"--out {out}: exists; choose another file or pass --force to replace it")
-    device = resolve_device(device, "--device")
+    device = resolve_device(device, "{device}")
     run = load_run(path, device)
     dataset = run_dataset(run, data, device)  # read and prepared once, whatever the splits
     names = [s for s in SPLITS if s in dataset.splits] if split == "all" else [split]

@@ -1,0 +1,28 @@
+"""Parameter types and parsing shared by the spec and the components' constructors:
+one positive-count type (optionally bounded), one positive float, and one reader of a
+command-line value (TOML, else a plain string)."""
+
+from __future__ import annotations
+
+import tomllib
+from typing import Annotated, Any
+
+from pydantic import Field
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+def count(at_most: int):
+    """A whole number in 1..at_most."""
+    return Annotated[int, Field(gt=0, le=at_most)]
+
+
+def toml_value(text: str) -> Any:
+    """``32`` -> 32, ``[400,400]`` -> [400, 400], ``true`` -> True; anything that is not a
+    TOML value (``vamp``, a path) is the plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text

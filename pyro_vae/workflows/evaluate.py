@@ -1,0 +1,120 @@
+"""``pyro-vae evaluate``: a run's held-out log p(x) by importance sampling, written to
+RUN/evaluation/; and the held-out examples every command that reads a run uses."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .. import distributed
+from ..data import load_data
+from ..errors import DataError
+from ..files import atomic_write, atomic_write_json
+from ..infer.evaluate import BUDGET, classification_summary, importance_sample_sharded, summarize
+from ..infer.train import resolve_device
+from ..runs import load_run
+from ..spec import DataSpec, data_table
+
+
+@dataclass
+class Heldout:
+    """Examples to score, prepared as the run's data were: ``x`` (a tensor, or a streamed
+    split), their ``labels``, ``index`` (their rows in the source's array), the data's
+    ``source`` and ``tag`` (a file-name-safe name for outputs: the split for the run's
+    own data, else the other data's name and the split)."""
+
+    x: object
+    labels: Optional[Tensor]
+    index: np.ndarray
+    source: str
+    tag: str
+    label_names: Optional[list] = None
+
+
+def run_dataset(run, data: Optional[str] = None, device="cpu"):
+    """The run's data, or ``data`` (a data set or a file, read with the run's data options),
+    prepared with the run's own normalization and standardization (kept in its checkpoint)."""
+    spec = run.spec.data
+    if data is not None:
+        spec = DataSpec(**{**spec.model_dump(exclude={"name", "path"}), **data_table(data)})
+    return load_data(spec, run.spec.inference.schedule.seed, likelihood=run.vae.likelihood, device=device,
+                     preprocessing=run.preprocessing)
+
+
+def heldout(run, data: Optional[str] = None, split: str = "valid", limit: Optional[int] = None, seed: int = 0,
+            device="cpu", dataset=None) -> Heldout:
+    """A split of :func:`run_dataset` (``dataset``, when given, is that, already read).
+
+    A split with as many features as the run's data is reshaped to the run's shape.
+    ``limit`` takes a random subset (seeded, so every estimator of a comparison sees the
+    same examples); files can be sorted by class, so never the first N.
+    """
+    if dataset is None:
+        dataset = run_dataset(run, data, device)
+    x = dataset.scored(split, run.spec.inference.schedule.seed)
+    labels = dataset.labels.get(split)
+    index = dataset.origin.get(split, np.arange(len(x)))
+    if tuple(x.shape[1:]) != run.vae.data_shape:
+        if math.prod(x.shape[1:]) != math.prod(run.vae.data_shape):
+            raise DataError(
+                f"{dataset.source}: examples of shape {tuple(x.shape[1:])} do not fit the run's data shape "
+                f"{run.vae.data_shape}; evaluate on data like the training data"
+            )
+        x = x.reshape(len(x), *run.vae.data_shape)
+    if limit is not None and limit < len(x):
+        rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+        x = x[rows.to(x.device)]
+        labels = None if labels is None else labels[rows.to(labels.device)]
+        index = index[rows.numpy()]
+    tag = split if data is None else f"{_safe_name(data)}-{split}"
+    return Heldout(x, labels, np.asarray(index), dataset.source, tag, dataset.label_names)
+
+
+def _safe_name(data: str) -> str:
+    """A data set name, or a file's stem, as a file-name part."""
+    name = Path(data).name
+    for suffix in (".gz", ".npz", ".npy", ".csv", ".tsv", ".h5ad"):
+        name = name.removesuffix(suffix)
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "data"
+
+
+def evaluate_run(path, data=None, split="valid", num_samples=5000, limit=None, seed=0, device="auto", budget=BUDGET):
+    """Evaluate a run directory; writes RUN/evaluation/<split>.json and <split>.npz (for
+    other data, ``<data>-<split>``: the run's own results are never overwritten).
+
+    Under several processes the examples are shared among the ranks in seeded blocks, the
+    per-example results gathered, and rank 0 alone writes. Returns (summary, (json path,
+    npz path), per-example estimates) on every rank."""
+    device = resolve_device(device, "{device}")
+    group = distributed.use_device(device)
+    run = load_run(path, device)
+    examples = heldout(run, data, split, limit, seed, device)
+    started = time.perf_counter()
+    result = importance_sample_sharded(run.vae, examples.x, num_samples, budget, seed, group)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    summary = summarize(result, num_samples)
+    summary.update(split=split, data=examples.source, seconds=time.perf_counter() - started, device=str(device),
+                   seed=seed, processes=group.world_size, limit=limit)
+    if result.class_probs is not None and examples.labels is not None:
+        summary.update(classification_summary(result.class_probs, examples.labels))
+    folder = Path(path) / "evaluation"
+    json_path, npz_path = folder / f"{examples.tag}.json", folder / f"{examples.tag}.npz"
+    if not group.is_main:
+        return summary, (json_path, npz_path), result
+    atomic_write_json(json_path, summary)
+    arrays = {
+        name: getattr(result, name).cpu().numpy()
+        for name in ("log_likelihood", "elbo", "reconstruction", "kl", "posterior_mean", "class_probs")
+        if getattr(result, name) is not None
+    }
+    arrays["index"] = examples.index  # each example's row in the source's array (which ones --limit chose)
+    atomic_write(npz_path, lambda f: np.savez(f, **arrays))
+    return summary, (json_path, npz_path), result

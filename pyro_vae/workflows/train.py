@@ -1,0 +1,317 @@
+"""Train a spec to a run directory, and resume one: the run directory's files (see
+:mod:`pyro_vae.runs`) around :class:`~pyro_vae.infer.train.Trainer`, which does the
+computation. Only rank 0 writes; every rank trains."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from pathlib import Path
+from typing import Optional
+
+import pyro
+import torch
+
+from .. import distributed, runs
+from ..analysis.figures import training_figures
+from ..data import binarize, check_support, labelled_rows, load_data, split_chunks
+from ..data.statistics import DataStatistics
+from ..errors import DataError, Interrupted, RunError, SpecError, TrainingDiverged
+from ..files import atomic_write_json, atomic_write_text, write_csv
+from ..infer.train import Trainer, resolve_device, say_on_stderr
+from ..model import build_vae
+from ..model.likelihoods import LIKELIHOODS
+from ..provenance import provenance
+from ..runs import CHECKPOINT, SPEC, RunLock, claim_output_dir, load_checkpoint, load_weights, read_spec, remove_partial_writes
+from ..spec import Spec
+
+
+def _versions() -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__, "pyro": pyro.__version__}
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def _prepare(spec):
+    """Data and VAE for ``spec``, checked against each other, on the spec's device."""
+    device = resolve_device(spec.inference.schedule.device)
+    distributed.use_device(device, spec.inference.schedule.collective_timeout)
+    seed = spec.inference.schedule.seed
+    pyro.set_rng_seed(seed)
+    data = load_data(spec.data, seed, likelihood=LIKELIHOODS.resolve(spec.model.likelihood["kind"]), device=device)
+    train = data.split("train")
+    if "valid" not in data.splits:
+        raise DataError(f"{data.source}: no validation split; add a 'valid' array or a 'train' array to split from")
+    vae = build_vae(spec.model, data.data_shape, num_data=len(train))
+    check_support(data, vae.likelihood)
+    statistics = DataStatistics.of(split_chunks(train))
+    vae.likelihood.initialize_from_data(statistics)
+    data.preprocessing.low, data.preprocessing.high = statistics.low, statistics.high
+    vae, data = vae.to(device), data.to(device)
+    if spec.data.labelled is not None:
+        _supervise(vae, data, spec)
+    return vae, data
+
+
+def _supervise(vae, data, spec) -> None:
+    """``data.labelled``: observe y on that many training examples, balanced over the classes."""
+    discrete = spec.model.discrete
+    if discrete is None:
+        raise SpecError("data.labelled keeps labels for a discrete latent y, and this model has none; add a "
+                        "[model.discrete] table (e.g. --model m2_semisupervised) or remove data.labelled")
+    seed = spec.inference.schedule.seed
+    rows = labelled_rows(data.labels.get("train"), spec.data.labelled, seed, data.source)
+    labels = data.labels["train"][rows.to(data.labels["train"].device)]
+    if int(labels.max()) >= discrete.classes or int(labels.min()) < 0:
+        raise SpecError(f"model.discrete.classes = {discrete.classes}, but {data.source}'s labels run "
+                        f"{int(labels.min())}..{int(labels.max())}; set classes to the number of classes")
+    x = data.split("train")[rows.to(vae.class_logits.device)]
+    if data.dynamic:  # the labelled examples are binarized once, as held-out ones are
+        x = binarize(x, seed, "train", rows)
+    alpha = 0.1 * vae.num_data if discrete.alpha is None else discrete.alpha
+    vae.supervise(x, labels, rows, alpha, discrete.labelled_batch)
+
+
+def saved_weights(trainer: Trainer) -> tuple[int, float, str]:
+    """(epoch, validation ELBO, 'best' or 'last') of the weights the checkpoint holds: the
+    best epoch's with early stopping on (patience > 0), else the last epoch's."""
+    state = trainer.state
+    if trainer.keeps_best:
+        return state.best_epoch, state.best_val, "the best, kept by early stopping"
+    last = state.history[-1] if state.history else {"epoch": 0, "val_elbo": math.nan}
+    return last["epoch"], last["val_elbo"], "the last"
+
+
+def _summary(trainer: Trainer, status: str, message: str = "", provenance: Optional[dict] = None) -> dict:
+    state, data = trainer.state, trainer.data
+    saved_epoch, saved_elbo, _ = saved_weights(trainer)
+    total_examples = trainer.steps_per_epoch * trainer.batch_size * len(state.history)
+    seconds = sum(row["seconds"] for row in state.history)
+    summary = {
+        "status": status,
+        "best_val_elbo": state.best_val if math.isfinite(state.best_val) else None,
+        "best_epoch": state.best_epoch,
+        "saved_epoch": saved_epoch,  # the epoch whose weights checkpoint.pt holds
+        "saved_val_elbo": saved_elbo if math.isfinite(saved_elbo) else None,
+        "epochs": state.epoch,
+        "train_seconds": state.train_seconds,
+        "examples_per_second": total_examples / seconds if seconds > 0 else None,
+        "device": str(trainer.device),
+        "device_name": _device_name(trainer.device),
+        "versions": _versions(),
+        "num_parameters": sum(p.numel() for p in trainer.vae.parameters()),
+        "data": _data_summary(data),
+        **(provenance or {}),
+    }
+    if message:
+        summary["message"] = message
+    return summary
+
+
+def _data_summary(data) -> dict:
+    summary = {"source": data.source, "shape": list(data.data_shape), "streamed": data.streamed,
+               **{k: len(v) for k, v in data.splits.items()}}
+    if data.sha256:
+        summary["sha256"] = data.sha256
+    if data.label_names:
+        summary["label_names"] = data.label_names
+    return summary
+
+
+class _RunWriter:
+    """Persists a Trainer's state into its run directory (see runs.py)."""
+
+    def __init__(self, path, trainer: Trainer, resumed: bool = False, initialized_from=None):
+        self.path, self.trainer = path, trainer
+        trainer.save = self
+        # the command line and git commits that started the run; each resume adds its own
+        self.provenance = provenance()
+        if initialized_from is not None:
+            self.provenance["initialized_from"] = str(Path(initialized_from).resolve())
+        if resumed:
+            try:
+                earlier = json.loads((Path(path) / runs.SUMMARY).read_text())
+            except (OSError, ValueError):
+                earlier = {}
+            started = {k: earlier[k] for k in ("command", "git", "pyro_vae_git", "initialized_from") if k in earlier}
+            self.provenance = {**started, "resumed": [*earlier.get("resumed", []), self.provenance]}
+
+    def __call__(self, checkpoint: dict) -> None:
+        trainer = self.trainer
+        checkpoint = {
+            "format": runs.CHECKPOINT_FORMAT,
+            "data_shape": list(trainer.data.data_shape),
+            "num_data": trainer.num_data,
+            "preprocessing": trainer.data.preprocessing.state(),
+            **({"data_sha256": trainer.data.sha256} if trainer.data.sha256 else {}),
+            **checkpoint,
+        }
+        runs.save_checkpoint(self.path / runs.CHECKPOINT, checkpoint)
+        self.metrics()
+        atomic_write_json(self.path / runs.SUMMARY, _summary(trainer, "running", provenance=self.provenance))
+
+    def metrics(self) -> None:
+        write_csv(self.path / runs.METRICS, self.trainer.state.history, runs.METRIC_COLUMNS)
+
+    def finish(self, status: str, message: str = "") -> None:
+        trainer = self.trainer
+        atomic_write_json(self.path / runs.SUMMARY, _summary(trainer, status, message, self.provenance))
+        if status in ("completed", "early_stopped") and trainer.state.history:
+
+            training_figures(self.path / runs.FIGURES, trainer.vae, trainer.data.split("valid"), trainer.state.history)
+
+
+def _run(trainer: Trainer, writer: Optional[_RunWriter]):
+    try:
+        state = trainer.fit()
+    except TrainingDiverged as exc:
+        if writer:
+            writer.finish("diverged", str(exc))
+        raise
+    except Interrupted as exc:
+        if writer:
+            writer.finish("interrupted", str(exc))
+        raise
+    if writer:
+        writer.finish("early_stopped" if state.stopped_early else "completed")
+    return trainer
+
+
+def train(spec, out=None, *, force: bool = False, progress: Optional[bool] = None, log=None, on_epoch=None, before=None,
+          init=None) -> Trainer:
+    """Train ``spec`` (a Spec); with ``out``, write a run directory there (locked while this
+    process writes it). Returns the Trainer, whose ``vae`` holds the trained model (its best
+    weights when early stopping is on). ``init`` (a run directory) starts from that run's
+    weights, with a fresh optimizer. ``before(trainer)`` runs once before the first step,
+    ``on_epoch(trainer)`` after each epoch."""
+
+    vae, data = _prepare(spec)
+    if init is not None:
+        load_initial_weights(vae, init)
+    trainer = Trainer(vae, data, spec.inference, progress=progress, log=log, on_epoch=on_epoch)
+    if before is not None:
+        before(trainer)
+    writer, lock = None, None
+    if out is not None:  # only once spec, data and model are known good; rank 0 alone writes
+
+        def claim() -> None:
+            nonlocal lock
+            lock = claim_output_dir(out, force=force, log=trainer.log)
+            atomic_write_text(Path(out) / SPEC, spec.to_toml())
+
+        distributed.on_main(claim)
+        if trainer.group.is_main:
+            writer = _RunWriter(Path(out), trainer, initialized_from=init)
+    try:
+        return _run(trainer, writer)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def check(spec, init=None) -> tuple:
+    """Every check :func:`train` makes before its first step (data, model, their fit, the
+    estimator, ``init``'s weights), without training: returns (data, vae)."""
+    vae, data = _prepare(spec)
+    if init is not None:
+        load_initial_weights(vae, init)
+    Trainer(vae, data, spec.inference, progress=False)
+    return data, vae
+
+
+def load_initial_weights(vae, run) -> None:
+    """``--init RUN``: the trained weights of another run (its saved ones), which must be of
+    the same architecture; the optimizer, counters and RNGs start fresh."""
+    path = Path(run)
+    if not path.is_dir():
+        raise RunError(f"{{init}} {path}: no such run directory")
+    try:
+        load_weights(vae, load_checkpoint(path / CHECKPOINT)["weights"])
+    except RuntimeError as exc:
+        raise RunError(f"{{init}} {path}: its weights do not fit this spec's model ({exc}); "
+                       "{init} needs the same model table (latent size, networks, slots)") from None
+
+
+EXTENDABLE = ("inference.schedule.epochs",)
+
+
+def resume(path, *, progress: Optional[bool] = None, log=None, epochs: Optional[int] = None) -> Trainer:
+    """Continue the run in ``path`` from its checkpoint, exactly where it stopped, or, with
+    ``epochs``, train a finished run on to that many epochs: the same as a run trained to
+    ``epochs`` from the start (nothing in the schedule depends on the total; the KL warm-up
+    counts steps from the first), except for one that stopped early, which is refused.
+
+    Under several processes rank 0 reads the spec and clears partial writes; every rank
+    reads the checkpoint (on several machines the run directory must be on a shared file
+    system), and the number of processes must be the one that wrote it."""
+    path = Path(path)
+    lock = None
+
+    def spec_text() -> str:
+        nonlocal lock
+        if not path.is_dir():
+            raise RunError(f"{{resume}} {path}: no such run directory")
+        lock = RunLock(path, log or say_on_stderr)  # before reading: a live writer is refused
+        spec = read_spec(path)
+        remove_partial_writes(path)
+        if epochs is not None:
+            if epochs < spec.inference.schedule.epochs:
+                raise RunError(f"{{resume}} {path}: inference.schedule.epochs = {epochs} is fewer than the run's "
+                               f"{spec.inference.schedule.epochs}; give more epochs to train longer")
+            spec.inference.schedule.epochs = epochs
+        return spec.to_toml()
+
+    try:
+        spec = Spec.from_toml(distributed.broadcast_text(spec_text))
+        return _resume(path, spec, progress, log, extended=epochs is not None)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _resume(path: Path, spec, progress, log, extended: bool) -> Trainer:
+    # no checkpoint: stopped before the first one was written, so it starts again (same seed)
+    checkpoint = load_checkpoint(path / CHECKPOINT) if (path / CHECKPOINT).exists() else None
+    if checkpoint is not None:
+        if "training" not in checkpoint:
+            raise RunError(f"{path / CHECKPOINT}: holds weights only, no training state to resume from")
+        state = checkpoint["training"]["state"]
+        if state["stopped_early"]:
+            raise RunError(
+                f"{{resume}} {path}: the run stopped early at epoch {state['epoch']} (no better validation ELBO for "
+                f"inference.schedule.patience epochs); to train on, start a new run from its weights: "
+                f"pyro-vae train --init {path} --out NEW"
+            )
+        if state["epoch"] >= spec.inference.schedule.epochs:
+            raise RunError(
+                f"{{resume}} {path}: the run already finished (epoch {state['epoch']} of "
+                f"{spec.inference.schedule.epochs}); to train longer: pyro-vae train --resume {path} "
+                f"--set inference.schedule.epochs=N, with N > {state['epoch']}"
+            )
+    vae, data = _prepare(spec)
+    trainer = Trainer(vae, data, spec.inference, progress=progress, log=log)
+    writer = _RunWriter(path, trainer, resumed=checkpoint is not None) if trainer.group.is_main else None
+    if checkpoint is not None:
+        if list(data.data_shape) != list(checkpoint["data_shape"]) or trainer.num_data != checkpoint["num_data"]:
+            raise RunError(f"{{resume}} {path}: the data no longer match the checkpoint (shape or size changed)")
+        if checkpoint.get("data_sha256", data.sha256) != data.sha256:
+            raise RunError(f"{{resume}} {path}: {data.source} changed since the run started (its SHA-256 differs); "
+                           "restore the file, or start a new run")
+        saved = checkpoint["training"].get("world_size", 1)
+        if saved != trainer.group.world_size:
+            raise RunError(
+                f"{{resume}} {path}: the run was trained by {saved} process(es), this is {trainer.group.world_size}; "
+                f"resume with the same number (torchrun --nproc_per_node ... so that the world size is {saved})"
+            )
+        try:
+            trainer.restore(checkpoint)
+        except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+            raise RunError(f"{path / CHECKPOINT}: cannot restore training state ({str(exc).splitlines()[0][:160]})") from None
+        if writer is not None:
+            writer.metrics()  # metrics.csv as of the checkpoint, whatever a kill left behind
+    if extended:  # every check passed: the run's spec now says how long it trains
+        distributed.on_main(lambda: atomic_write_text(path / SPEC, spec.to_toml()))
+    return _run(trainer, writer)

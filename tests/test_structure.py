@@ -1,0 +1,122 @@
+"""The package's import structure (DESIGN.md): layers import only downward, no import
+cycle, and no project import hidden inside a function (optional dependencies, such as
+anndata, may be imported where they are used). Read from the source with ``ast``."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "pyro_vae"
+
+# lower numbers sit lower; a module imports its own layer or lower ones only
+LAYERS = {
+    "errors": 0, "params": 0, "registry": 0, "files": 0, "provenance": 0, "distributed": 0,
+    "data": 1, "model": 1,
+    "infer": 2, "analysis": 3,
+    "spec": 4,
+    "runs": 5,
+    "workflows": 6,
+    "cli": 7, "__main__": 7,
+}
+
+
+def _modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        yield name, path, ast.parse(path.read_text(), str(path))
+
+
+def _target(module: str, path: Path, node: ast.ImportFrom | ast.Import) -> list[str]:
+    """The project modules an import statement names (empty for other packages)."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names if a.name.split(".")[0] == "pyro_vae"]
+    if node.level == 0:
+        if (node.module or "").split(".")[0] != "pyro_vae":
+            return []
+        return [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    base = package[: len(package) - node.level + 1]
+    stem = ".".join(base + (node.module.split(".") if node.module else []))
+    return [stem, *(f"{stem}.{a.name}" for a in node.names)]  # from .x import y: y may be a module
+
+
+def _type_checking(node) -> bool:
+    return isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING"
+
+
+def _imports():
+    """(module, imported module, line, at module level) for every project import."""
+    known = {name for name, _, _ in _modules()}
+    for module, path, tree in _modules():
+        hidden = {id(n) for t in ast.walk(tree) if _type_checking(t) for n in ast.walk(t)}
+        top = {id(n) for n in tree.body}
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in hidden:
+                candidates = _target(module, path, node)
+                submodules = [t for t in candidates[1:] if t in known]  # from .x import y, y a module
+                for target in submodules or candidates[:1]:
+                    while target not in known and "." in target:
+                        target = target.rsplit(".", 1)[0]
+                    yield module, target, node.lineno, id(node) in top
+
+
+def _layer(module: str) -> int | None:
+    parts = module.split(".")
+    return LAYERS.get(parts[1]) if len(parts) > 1 else None
+
+
+def test_no_project_import_inside_a_function():
+    local = [f"{m}:{line} imports {t}" for m, t, line, top in _imports() if not top]
+    assert not local, "\n".join(local)
+
+
+def test_layers_import_only_downward():
+    upward = [f"{m} imports {t}" for m, t, _, _ in _imports()
+              if _layer(m) is not None and _layer(t) is not None and _layer(t) > _layer(m)]
+    assert not upward, "\n".join(upward)
+
+
+def test_no_import_cycle():
+    graph: dict[str, set[str]] = {}
+    for module, target, _, _ in _imports():
+        if target != module and not module.startswith(target + "."):  # a package's own __init__ is not a cycle
+            graph.setdefault(module, set()).add(target)
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node):
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                pytest.fail("import cycle: " + " -> ".join(stack[stack.index(nxt):] + [nxt]))
+            if nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+
+
+def test_the_checks_catch_what_they_look_for(tmp_path, monkeypatch):
+    """A planted local import, upward import and cycle are each found."""
+    fake = tmp_path / "pyro_vae"
+    (fake / "infer").mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "infer" / "__init__.py").write_text("")
+    (fake / "runs.py").write_text("from .infer import a\n")
+    (fake / "infer" / "a.py").write_text("from ..runs import x\n\ndef f():\n    from . import b\n")
+    (fake / "infer" / "b.py").write_text("")
+    monkeypatch.setattr(__import__(__name__), "PACKAGE", fake)
+    with pytest.raises(AssertionError, match="infer.a:4 imports pyro_vae.infer.b"):
+        test_no_project_import_inside_a_function()
+    with pytest.raises(AssertionError, match="pyro_vae.infer.a imports pyro_vae.runs"):
+        test_layers_import_only_downward()
+    with pytest.raises(pytest.fail.Exception, match="import cycle"):
+        test_no_import_cycle()
