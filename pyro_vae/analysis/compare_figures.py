@@ -5,11 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
 
-from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from .figures import epoch_ticks, robust_limits, save_figure
+from .figures import _ticker, epoch_ticks, new_figure, robust_limits, save_figure
 
 
 def _plain_numbers(axis) -> None:
@@ -18,8 +16,8 @@ def _plain_numbers(axis) -> None:
         low, high = sorted(axis.get_view_interval())
         return f"{value:.3g}" if high < 10 * max(low, 1e-300) or f"{value:.1g}"[0] in "25" else ""
 
-    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
-    axis.set_minor_formatter(FuncFormatter(minor))
+    axis.set_major_formatter(_ticker().FuncFormatter(lambda value, _: f"{value:.3g}"))
+    axis.set_minor_formatter(_ticker().FuncFormatter(minor))
 
 
 def _log_axes(ax, xlabel: str, ylabel: str, title: str, x_log: bool) -> None:
@@ -27,7 +25,7 @@ def _log_axes(ax, xlabel: str, ylabel: str, title: str, x_log: bool) -> None:
         ax.set_xscale("log")
         _plain_numbers(ax.xaxis)
     else:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(_ticker().MaxNLocator(integer=True))
     ax.set_yscale("log")
     _plain_numbers(ax.yaxis)
     ax.set_xlabel(xlabel)
@@ -49,7 +47,7 @@ def comparison_figures(out: Path, report: dict) -> list[Path]:
     paths = []
 
     # held-out log-likelihood per seed, and the paired difference to the reference
-    fig = Figure(figsize=(9.5, 4.2))
+    fig = new_figure(figsize=(9.5, 4.2))
     left, right = fig.subplots(1, 2)
     positions = np.arange(len(labels))
     for i, values in enumerate(_by_estimator(rows, labels, "log_likelihood")):
@@ -76,7 +74,7 @@ def comparison_figures(out: Path, report: dict) -> list[Path]:
     paths.append(save_figure(fig, out / "comparison_loglik.png"))
 
     # learning curves with a band over seeds
-    fig = Figure(figsize=(6.4, 4.2))
+    fig = new_figure(figsize=(6.4, 4.2))
     ax = fig.subplots()
     means = []
     for i, label in enumerate(labels):
@@ -104,7 +102,7 @@ def comparison_figures(out: Path, report: dict) -> list[Path]:
 
     # gradient SNR during training, and against K
     has_k = bool(report["snr_vs_k"])
-    fig = Figure(figsize=(9.5, 4.0 * (2 if has_k else 1)))
+    fig = new_figure(figsize=(9.5, 4.0 * (2 if has_k else 1)))
     axes = fig.subplots(2 if has_k else 1, 2, squeeze=False)
     for col, group in enumerate(("encoder", "decoder")):
         ax = axes[0, col]

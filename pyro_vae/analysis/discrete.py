@@ -8,9 +8,8 @@ from typing import Optional
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 
-from .figures import Look, image_panel, save_figure
+from .figures import Look, image_panel, new_figure, save_figure
 
 
 @torch.no_grad()
@@ -36,7 +35,7 @@ def class_samples(path: Path, vae, per_class: int = 8) -> Path:
 def confusion_matrix(path: Path, confusion: np.ndarray, label_names: Optional[list] = None) -> Path:
     """Counts of (argmax q(y|x), label), with each cell's count written in it."""
     confusion = np.asarray(confusion)
-    fig = Figure(figsize=(1.2 + 0.45 * confusion.shape[1], 1.0 + 0.4 * confusion.shape[0]), layout="constrained")
+    fig = new_figure(figsize=(1.2 + 0.45 * confusion.shape[1], 1.0 + 0.4 * confusion.shape[0]), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(confusion, cmap="Blues")
     high = confusion.max() if confusion.size else 0

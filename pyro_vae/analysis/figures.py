@@ -12,8 +12,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from ..model.networks import image_shape
 from ..files import atomic_write
@@ -21,7 +19,21 @@ from ..files import atomic_write
 DPI = 120
 
 
-def save_figure(fig: Figure, path: Path) -> Path:
+def new_figure(**kwargs):
+    """A matplotlib Figure (no pyplot, no global state). matplotlib is imported on first
+    use: the CLI starts without it."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
+
+def _ticker():
+    import matplotlib.ticker
+
+    return matplotlib.ticker
+
+
+def save_figure(fig, path: Path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
     atomic_write(path, lambda f: f.write(buffer.getvalue()))
@@ -108,7 +120,7 @@ def _show_table(ax, x: np.ndarray, vrange, rows: Sequence[str]):
     """Examples x features as a heat map: integer feature ticks, one named row per example."""
     flat = x.reshape(len(x), -1)
     mappable = ax.imshow(flat, aspect="auto", cmap="viridis", vmin=vrange[0], vmax=vrange[1], interpolation="nearest")
-    ax.xaxis.set_major_locator(MaxNLocator(nbins=10, integer=True))
+    ax.xaxis.set_major_locator(_ticker().MaxNLocator(nbins=10, integer=True))
     ax.set_xlabel("feature (column index)", fontsize=8)
     step = max(1, math.ceil(len(flat) / 12))
     ax.set_yticks(range(0, len(flat), step), [rows[i] for i in range(0, len(flat), step)], fontsize=7)
@@ -129,14 +141,14 @@ def image_panel(path: Path, panels: Sequence[tuple], look: Look, title: str, col
         cell = min(1.0, 9.0 / columns)  # inches per image: the grid fills the figure, no empty band
         grid_rows = [math.ceil(len(a) / columns) for a in arrays]
         heights = [r * cell * h / w + 0.3 for r in grid_rows]
-        fig = Figure(figsize=(columns * cell + (1.2 if not bounded else 0.3), sum(heights) + 0.5), layout="constrained")
+        fig = new_figure(figsize=(columns * cell + (1.2 if not bounded else 0.3), sum(heights) + 0.5), layout="constrained")
         axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
         for ax, panel, x in zip(axes, panels, arrays):
             mappable = _show_images(ax, as_images(x, look), columns, vrange)
             ax.set_title(panel[0], fontsize=9)
     else:
         heights = [max(1.2, min(0.12 * len(a) + 0.8, 7.0)) for a in arrays]
-        fig = Figure(figsize=(8.0, sum(heights) + 0.6), layout="constrained")
+        fig = new_figure(figsize=(8.0, sum(heights) + 0.6), layout="constrained")
         axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
         for ax, panel, x in zip(axes, panels, arrays):
             names = panel[2] if len(panel) > 2 else [f"example {i}" for i in range(len(x))]
@@ -179,12 +191,12 @@ def epoch_ticks(ax, epochs: int) -> None:
         ax.set_xticks(range(1, epochs + 1))
         ax.set_xlim(0.5, epochs + 0.5)
     else:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(_ticker().MaxNLocator(integer=True))
 
 
 def elbo_curves(path: Path, metrics: Sequence[dict]) -> Path:
     """Train and validation ELBO per epoch (markers, so one epoch shows), with robust limits."""
-    fig = Figure(figsize=(6.4, 4.0), layout="constrained")
+    fig = new_figure(figsize=(6.4, 4.0), layout="constrained")
     ax = fig.subplots()
     epochs = [row["epoch"] for row in metrics]
     train = [row["train_elbo"] for row in metrics]

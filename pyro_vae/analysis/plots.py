@@ -8,9 +8,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 
-from .figures import Look, image_panel, save_figure
+from .figures import Look, image_panel, new_figure, save_figure
 from .inference_data import BANDS, arviz, quiet_arviz
 
 
@@ -18,7 +17,7 @@ def khat_plot(path: Path, idata) -> Path:
     """az.plot_khat of the per-example k-hat, with the 0.5 and 0.7 thresholds drawn."""
     az = arviz()
     khat = idata.sample_stats["pareto_k"]
-    fig = Figure(figsize=(7.5, 4.0))
+    fig = new_figure(figsize=(7.5, 4.0))
     ax = fig.subplots()
     with quiet_arviz():
         az.plot_khat(khat, ax=ax, markersize=8)
@@ -37,7 +36,7 @@ def khat_plot(path: Path, idata) -> Path:
 def latent_space(path: Path, means: np.ndarray, labels: Optional[np.ndarray], dims: Sequence[int],
                  label: str = "label") -> Path:
     """Posterior means on the two most active latent dimensions, coloured by ``labels`` (named ``label``)."""
-    fig = Figure(figsize=(5.6, 5.0))
+    fig = new_figure(figsize=(5.6, 5.0))
     ax = fig.subplots()
     a, b = dims
     if labels is not None:
@@ -62,7 +61,7 @@ def example_posteriors(path_posterior: Path, path_pair: Path, idata, examples: S
     """az.plot_posterior (marginals of the most active dimensions) and az.plot_pair (their
     joint) of q(z|x) for a few examples."""
     az = arviz()
-    fig = Figure(figsize=(3.0 * len(dims), 2.4 * len(examples)))
+    fig = new_figure(figsize=(3.0 * len(dims), 2.4 * len(examples)))
     axes = fig.subplots(len(examples), len(dims), squeeze=False)
     with quiet_arviz():
         for row, n in enumerate(examples):
@@ -74,7 +73,7 @@ def example_posteriors(path_posterior: Path, path_pair: Path, idata, examples: S
     fig.suptitle("Posterior q(z|x) of single examples: marginals with 90% HDI", fontsize=11)
     fig.tight_layout()
     paths = [save_figure(fig, path_posterior)]
-    fig = Figure(figsize=(3.2 * len(examples), 3.2))
+    fig = new_figure(figsize=(3.2 * len(examples), 3.2))
     axes = fig.subplots(1, len(examples), squeeze=False)[0]
     with quiet_arviz():
         for ax, n in zip(axes, examples):
