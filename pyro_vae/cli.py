@@ -10,11 +10,11 @@ it can be resumed from.
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import os
 import sys
 import time
-import inspect
 from pathlib import Path
 from typing import Sequence
 
@@ -73,7 +73,7 @@ def _spec_arguments(p: argparse.ArgumentParser, spec_file: bool = False) -> None
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pyro-vae", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("train", help="train a VAE and write a run directory",
@@ -177,10 +177,6 @@ _positive = _whole_number(1, "a positive whole number")
 _nonnegative = _whole_number(0, "a whole number >= 0")
 
 
-def _version() -> str:
-    return __version__
-
-
 def _say(text: str) -> None:
     """Print on stdout, from one process only (rank 0 under torchrun)."""
     if distributed.current().is_main:
@@ -211,7 +207,7 @@ def cmd_train(args) -> int:
         lambda: load_spec(args.model, args.inference, args.data, args.overrides, spec_file=args.spec).to_toml())
     spec = Spec.from_toml(text)
     if args.check:
-        data, vae = check(spec, args.init)
+        vae, data = check(spec, args.init)
         _say(spec.to_toml().rstrip("\n"))
         n = sum(p.numel() for p in vae.parameters())
         _say(f"# ok: {data.source}, example shape {data.data_shape}, "

@@ -4,7 +4,7 @@ The CLI turns every :class:`UserError` into that line on stderr and exit status 
 anything else is a bug and keeps its traceback.
 
 Library code speaks in library terms: a message names a caller's parameter as a
-placeholder, ``{force}``, ``{out}``, ``{device}``, ``{init}`` or ``{resume}``, which ``str()``
+placeholder (``{force}``, ``{out}``, ``{device}``, ... : the keys of TERMS), which ``str()``
 renders as the Python parameter (``force=True``) and the CLI as its flag (``--force``),
 so neither reader is told about the other's spelling.
 """
@@ -21,6 +21,9 @@ TERMS = {
     "device": ("device", "--device"),
     "init": ("init", "--init"),
     "resume": ("resume", "--resume"),
+    "samples": ("samples", "--samples"),
+    "estimators": ("estimators", "--estimators"),
+    "reference": ("reference", "--reference"),
 }
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(TERMS) + r")\}")
 

@@ -1,5 +1,5 @@
 """Parameter types and parsing shared by the spec and the components' constructors:
-one positive-count type (optionally bounded), one positive float, and one reader of a
+one positive-count type (``count(n)``: 1..n), one positive float, and one reader of a
 command-line value (TOML, else a plain string)."""
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 

@@ -13,7 +13,7 @@ written into a resolved spec, and the listing printed by ``pyro-vae specs``::
 
     @PRIORS.register("mixture")
     class MixturePrior(Prior):
-        def __init__(self, latent_dim: int, *, components: PositiveInt = 10): ...
+        def __init__(self, latent_dim: int, *, components: count(10_000) = 10): ...
 """
 
 from __future__ import annotations

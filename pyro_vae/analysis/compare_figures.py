@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-from .figures import _ticker, epoch_ticks, new_figure, robust_limits, save_figure
+from .figures import epoch_ticks, new_figure, robust_limits, save_figure, ticker
 
 
 def _plain_numbers(axis) -> None:
@@ -16,8 +15,8 @@ def _plain_numbers(axis) -> None:
         low, high = sorted(axis.get_view_interval())
         return f"{value:.3g}" if high < 10 * max(low, 1e-300) or f"{value:.1g}"[0] in "25" else ""
 
-    axis.set_major_formatter(_ticker().FuncFormatter(lambda value, _: f"{value:.3g}"))
-    axis.set_minor_formatter(_ticker().FuncFormatter(minor))
+    axis.set_major_formatter(ticker().FuncFormatter(lambda value, _: f"{value:.3g}"))
+    axis.set_minor_formatter(ticker().FuncFormatter(minor))
 
 
 def _log_axes(ax, xlabel: str, ylabel: str, title: str, x_log: bool) -> None:
@@ -25,7 +24,7 @@ def _log_axes(ax, xlabel: str, ylabel: str, title: str, x_log: bool) -> None:
         ax.set_xscale("log")
         _plain_numbers(ax.xaxis)
     else:
-        ax.xaxis.set_major_locator(_ticker().MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(ticker().MaxNLocator(integer=True))
     ax.set_yscale("log")
     _plain_numbers(ax.yaxis)
     ax.set_xlabel(xlabel)

@@ -27,7 +27,8 @@ def new_figure(**kwargs):
     return Figure(**kwargs)
 
 
-def _ticker():
+def ticker():
+    """matplotlib.ticker, imported on first use (as :func:`new_figure`)."""
     import matplotlib.ticker
 
     return matplotlib.ticker
@@ -120,7 +121,7 @@ def _show_table(ax, x: np.ndarray, vrange, rows: Sequence[str]):
     """Examples x features as a heat map: integer feature ticks, one named row per example."""
     flat = x.reshape(len(x), -1)
     mappable = ax.imshow(flat, aspect="auto", cmap="viridis", vmin=vrange[0], vmax=vrange[1], interpolation="nearest")
-    ax.xaxis.set_major_locator(_ticker().MaxNLocator(nbins=10, integer=True))
+    ax.xaxis.set_major_locator(ticker().MaxNLocator(nbins=10, integer=True))
     ax.set_xlabel("feature (column index)", fontsize=8)
     step = max(1, math.ceil(len(flat) / 12))
     ax.set_yticks(range(0, len(flat), step), [rows[i] for i in range(0, len(flat), step)], fontsize=7)
@@ -191,7 +192,7 @@ def epoch_ticks(ax, epochs: int) -> None:
         ax.set_xticks(range(1, epochs + 1))
         ax.set_xlim(0.5, epochs + 0.5)
     else:
-        ax.xaxis.set_major_locator(_ticker().MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(ticker().MaxNLocator(integer=True))
 
 
 def elbo_curves(path: Path, metrics: Sequence[dict]) -> Path:

@@ -78,12 +78,12 @@ def parse_estimators(text: str) -> list[tuple[str, dict]]:
         for setting in settings:
             key, sep, value = setting.partition("=")
             if not sep or not key:
-                raise SpecError(f"--estimators {label!r}: expected kind:key=value, e.g. iwae:k=5")
+                raise SpecError(f"{{estimators}} {label!r}: expected kind:key=value, e.g. iwae:k=5")
             table[key] = toml_value(value)
         entries.append((label, table))
     labels = [label for label, _ in entries]
     if len(entries) < 1 or len(set(labels)) != len(labels):
-        raise SpecError(f"--estimators {text!r}: give one or more distinct estimators, comma-separated")
+        raise SpecError(f"{{estimators}} {text!r}: give one or more distinct estimators, comma-separated")
     return entries
 
 
@@ -111,7 +111,7 @@ def compare(
     labels = [label for label, _ in entries]
     reference = reference or labels[0]
     if reference not in labels:
-        raise SpecError(f"--reference {reference!r} is not among --estimators ({', '.join(labels)})")
+        raise SpecError(f"{{reference}} {reference!r} is not among {{estimators}} ({', '.join(labels)})")
     base = load_spec(model, inference, data, overrides)
     specs = {}
     for label, table in entries:  # validate everything before training anything
@@ -120,7 +120,7 @@ def compare(
         try:
             specs[label] = Spec.from_dict(raw)
         except SpecError as exc:
-            raise SpecError(f"--estimators {label}: {exc}") from None
+            raise SpecError(f"{{estimators}} {label}: {exc}") from None
     out = Path(out)
     # a live comparison in ``out`` is refused; --force removes an earlier one's cells, tables and figures
     with claim_output_dir(out, force=force, log=log, files=("comparison.csv", "comparison.json"), folders=("runs",),

@@ -37,21 +37,21 @@ def encode_run(path, out, data: Optional[str] = None, split: str = "all", sample
     of ``data`` with the run at ``path``; write ``out``. Returns (out, examples)."""
     out = Path(out)
     if out.suffix.lower() not in FORMATS:
-        raise DataError(f"--out {out}: unknown format; give a file ending in {', '.join(FORMATS)}")
+        raise DataError(f"{{out}} {out}: unknown format; give a file ending in {', '.join(FORMATS)}")
     if samples and out.suffix.lower() == ".csv":
-        raise DataError("--samples: draws are written to .npz (or .h5ad), not to a CSV; choose --out FILE.npz")
+        raise DataError("{samples}: draws are written to .npz (or .h5ad), not to a CSV; choose {out} FILE.npz")
     spec = read_spec(path)
     source = Path(data).resolve() if data is not None and Path(data).exists() else None
     if source is None and data is None and spec.data.path is not None:
         source = Path(spec.data.path).resolve()
     if out.suffix.lower() == ".h5ad":
         if source is None or source.suffix.lower() != ".h5ad":
-            raise DataError(f"--out {out}: an .h5ad output annotates an .h5ad input; the data here are not one "
+            raise DataError(f"{{out}} {out}: an .h5ad output annotates an .h5ad input; the data here are not one "
                             "(write .npz or .csv instead)")
     if source is not None and out.resolve() == source:
-        raise DataError(f"--out {out}: is the input file; the input is never overwritten, choose another path")
+        raise DataError(f"{{out}} {out}: is the input file; the input is never overwritten, choose another path")
     if out.exists() and not force:
-        raise RunError(f"--out {out}: exists; choose another file or pass --force to replace it")
+        raise RunError(f"{{out}} {out}: exists; choose another file or pass {{force}} to replace it")
     device = resolve_device(device, "{device}")
     run = load_run(path, device)
     dataset = run_dataset(run, data, device)  # read and prepared once, whatever the splits

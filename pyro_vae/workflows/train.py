@@ -13,7 +13,7 @@ from typing import Optional
 import pyro
 import torch
 
-from .. import distributed, runs
+from .. import distributed
 from ..analysis.figures import training_figures
 from ..data import binarize, check_support, labelled_rows, load_data, split_chunks
 from ..data.statistics import DataStatistics
@@ -23,7 +23,8 @@ from ..infer.train import Trainer, resolve_device, say_on_stderr
 from ..model import build_vae
 from ..model.likelihoods import LIKELIHOODS
 from ..provenance import provenance
-from ..runs import CHECKPOINT, SPEC, RunLock, claim_output_dir, load_checkpoint, load_weights, read_spec, remove_partial_writes
+from ..runs import (CHECKPOINT, CHECKPOINT_FORMAT, FIGURES, METRIC_COLUMNS, METRICS, SPEC, SUMMARY, RunLock, claim_output_dir,
+                   load_checkpoint, load_weights, read_spec, remove_partial_writes, save_checkpoint)
 from ..spec import Spec
 
 
@@ -133,7 +134,7 @@ class _RunWriter:
             self.provenance["initialized_from"] = str(Path(initialized_from).resolve())
         if resumed:
             try:
-                earlier = json.loads((Path(path) / runs.SUMMARY).read_text())
+                earlier = json.loads((Path(path) / SUMMARY).read_text())
             except (OSError, ValueError):
                 earlier = {}
             started = {k: earlier[k] for k in ("command", "git", "pyro_vae_git", "initialized_from") if k in earlier}
@@ -142,26 +143,25 @@ class _RunWriter:
     def __call__(self, checkpoint: dict) -> None:
         trainer = self.trainer
         checkpoint = {
-            "format": runs.CHECKPOINT_FORMAT,
+            "format": CHECKPOINT_FORMAT,
             "data_shape": list(trainer.data.data_shape),
             "num_data": trainer.num_data,
             "preprocessing": trainer.data.preprocessing.state(),
             **({"data_sha256": trainer.data.sha256} if trainer.data.sha256 else {}),
             **checkpoint,
         }
-        runs.save_checkpoint(self.path / runs.CHECKPOINT, checkpoint)
+        save_checkpoint(self.path / CHECKPOINT, checkpoint)
         self.metrics()
-        atomic_write_json(self.path / runs.SUMMARY, _summary(trainer, "running", provenance=self.provenance))
+        atomic_write_json(self.path / SUMMARY, _summary(trainer, "running", provenance=self.provenance))
 
     def metrics(self) -> None:
-        write_csv(self.path / runs.METRICS, self.trainer.state.history, runs.METRIC_COLUMNS)
+        write_csv(self.path / METRICS, self.trainer.state.history, METRIC_COLUMNS)
 
     def finish(self, status: str, message: str = "") -> None:
         trainer = self.trainer
-        atomic_write_json(self.path / runs.SUMMARY, _summary(trainer, status, message, self.provenance))
+        atomic_write_json(self.path / SUMMARY, _summary(trainer, status, message, self.provenance))
         if status in ("completed", "early_stopped") and trainer.state.history:
-
-            training_figures(self.path / runs.FIGURES, trainer.vae, trainer.data.split("valid"), trainer.state.history)
+            training_figures(self.path / FIGURES, trainer.vae, trainer.data.split("valid"), trainer.state.history)
 
 
 def _run(trainer: Trainer, writer: Optional[_RunWriter]):
@@ -214,12 +214,12 @@ def train(spec, out=None, *, force: bool = False, progress: Optional[bool] = Non
 
 def check(spec, init=None) -> tuple:
     """Every check :func:`train` makes before its first step (data, model, their fit, the
-    estimator, ``init``'s weights), without training: returns (data, vae)."""
+    estimator, ``init``'s weights), without training: returns (vae, data)."""
     vae, data = _prepare(spec)
     if init is not None:
         load_initial_weights(vae, init)
     Trainer(vae, data, spec.inference, progress=False)
-    return data, vae
+    return vae, data
 
 
 def load_initial_weights(vae, run) -> None:
