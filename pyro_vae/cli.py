@@ -22,6 +22,7 @@ from . import __version__, distributed
 from .errors import Interrupted, TrainingDiverged, UserError
 from .infer.evaluate import describe_active_units
 from .spec import DEFAULT_DATA, DEFAULT_INFERENCE, DEFAULT_MODEL, SLOTS, Spec, load_spec, parse_override, shipped, spec_summary
+from .tracking import TRACKERS
 from .workflows.analyze import analyze_run
 from .workflows.compare import compare
 from .workflows.encode import encode_run
@@ -69,6 +70,10 @@ def _spec_arguments(p: argparse.ArgumentParser, spec_file: bool = False) -> None
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any spec key; VALUE is read as TOML, else as a string "
                    "(e.g. --set model.latent_dim=32 --set model.encoder.hidden=[400,400] --set model.prior.kind=vamp); repeatable")
+    p.add_argument("--track", choices=TRACKERS.names(),
+                   help="follow the run in TensorBoard (RUN/tensorboard) or MLflow (a local store, RUN/mlflow.db, "
+                   "or --set tracking.uri=URI): the spec, every metrics row, the figures and the summary; "
+                   "the same as --set tracking.kind=KIND; needs pip install 'pyro-vae[KIND]'")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,23 +112,40 @@ def build_parser() -> argparse.ArgumentParser:
     _heldout_arguments(p, samples=5000)
     p.set_defaults(handler=cmd_evaluate)
 
-    p = sub.add_parser("compare", help="train and compare ELBO estimators on equal terms",
-                       description="Train every estimator with every seed from the same initialization and data order, "
-                       "evaluate all on the same held-out examples with the same K, and write comparison.csv, "
-                       "comparison.json and figures: held-out log p(x) with paired standard errors, ELBO, KL, active "
-                       "units, time per step, gradient SNR during training and against K.")
+    p = sub.add_parser("compare", help="train and compare model variants or estimators on equal terms",
+                       description="Vary any key of the spec (priors, posteriors, likelihoods, networks, estimators, "
+                       "latent size, ...): train every cell with every seed from the same data order and, for the parts "
+                       "the cells share, the same initial weights; evaluate all on the same held-out examples with the "
+                       "same K; write comparison.csv (a row per cell and seed), comparison.md (mean +- paired SE per "
+                       "cell), comparison.json and figures: held-out log p(x) with paired differences to a reference "
+                       "cell, ELBO, KL, active units, time per step, and gradient SNR where the estimator or the "
+                       "posterior varies. Run again with the same arguments, it continues an interrupted comparison.",
+                       epilog="examples:\n"
+                       "  pyro-vae compare --vary model.prior.kind=standard_normal,mixture,vamp --seeds 3 --out runs/priors\n"
+                       "  pyro-vae compare --vary model.posterior.kind=diagonal_normal,iaf "
+                       "--vary inference.estimator=trace_elbo,iwae:k=5 --out runs/grid\n"
+                       "  pyro-vae compare --estimators trace_elbo,iwae:k=5 --out runs/estimators",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     _spec_arguments(p)
-    p.add_argument("--estimators", required=True, metavar="LIST",
-                   help="comma-separated estimators, each kind[:key=value...], e.g. trace_elbo,trace_mean_field,iwae:k=5,iwae_dreg:k=5")
-    p.add_argument("--seeds", type=_positive, default=3, help="seeds 0..N-1 per estimator (default: %(default)s)")
-    p.add_argument("--reference", help="the estimator differences are taken against (default: the first)")
-    p.add_argument("--out", required=True, metavar="DIR", help="the comparison directory (one run directory per estimator and seed inside)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing comparison directory")
+    p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="a key of the spec and its values, one cell each; a slot's table takes kind[:key=value...] "
+                   "(model.prior=mixture:components=10); repeat the flag to cross several keys")
+    p.add_argument("--zip", dest="zip_axes", action="store_true",
+                   help="pair the --vary values element-wise instead of crossing them (every key the same number)")
+    p.add_argument("--estimators", metavar="LIST",
+                   help="shorthand for --vary inference.estimator=LIST, each kind[:key=value...], "
+                   "e.g. trace_elbo,trace_mean_field,iwae:k=5,iwae_dreg:k=5")
+    p.add_argument("--seeds", type=_positive, default=3, help="seeds 0..N-1 per cell (default: %(default)s)")
+    p.add_argument("--reference", metavar="LABEL", help="the cell differences are taken against (default: the first)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="the comparison directory (one run directory per cell and seed inside); the same command "
+                   "run again continues the comparison there")
+    p.add_argument("--force", action="store_true", help="replace an existing comparison in --out")
     p.add_argument("--split", default="valid", choices=["valid", "test", "train"], help="held-out split (default: %(default)s)")
     p.add_argument("--samples", type=_positive, default=1000, metavar="K", help="importance samples per example (default: %(default)s)")
     p.add_argument("--limit", type=_positive, default=2000, metavar="N", help="a random subset of N held-out examples, the same for all (default: %(default)s)")
     p.add_argument("--snr-repeats", type=_positive, default=50, metavar="M", help="gradient estimates per SNR measurement (default: %(default)s)")
-    p.add_argument("--snr-k", default="1,5,20", metavar="K,K,...", help="K values for SNR against K (default: %(default)s; empty: skip)")
+    p.add_argument("--snr-k", default="1,5,20", metavar="K,K,...", help="K values for SNR against K, where the estimator varies (default: %(default)s; empty: skip)")
     p.set_defaults(handler=cmd_compare)
     p = sub.add_parser("encode", help="write a run's latent codes of its data, or of other data",
                        description="For every example: the posterior mean and sd of q(z|x) (Monte Carlo for posteriors "
@@ -196,7 +218,8 @@ def cmd_train(args) -> int:
     if args.resume:
         given = [flag for flag, value in (("--spec", args.spec), ("--out", args.out), ("--init", args.init),
                                           ("--model", args.model), ("--inference", args.inference),
-                                          ("--data", args.data), ("--check", args.check)) if value]
+                                          ("--data", args.data), ("--check", args.check), ("--track", args.track))
+                 if value]
         if given:
             raise_usage(f"--resume continues RUN with its own spec.toml; drop {', '.join(given)}")
         trainer = resume(args.resume, progress=False if args.quiet else None, log=_quiet_log(args),
@@ -204,7 +227,7 @@ def cmd_train(args) -> int:
         return _report_training(trainer, Path(args.resume))
     # resolved on rank 0 and broadcast: the ranks cannot train different specs
     text = distributed.broadcast_text(
-        lambda: load_spec(args.model, args.inference, args.data, args.overrides, spec_file=args.spec).to_toml())
+        lambda: load_spec(args.model, args.inference, args.data, _overrides(args), spec_file=args.spec).to_toml())
     spec = Spec.from_toml(text)
     if args.check:
         vae, data = check(spec, args.init)
@@ -221,6 +244,11 @@ def cmd_train(args) -> int:
     trainer = train(spec, out, force=args.force, progress=False if args.quiet else None, log=_quiet_log(args),
                     init=args.init)
     return _report_training(trainer, out)
+
+
+def _overrides(args) -> list[str]:
+    """--set, and --track KIND as tracking.kind=KIND."""
+    return [*args.overrides, *([f"tracking.kind={args.track}"] if args.track else [])]
 
 
 def _extension(overrides: Sequence[str]):
@@ -327,30 +355,35 @@ def cmd_compare(args) -> int:
         raise_usage(f"--snr-k {args.snr_k!r}: expected comma-separated whole numbers, e.g. 1,5,20")
     if any(k <= 0 for k in snr_k):
         raise_usage(f"--snr-k {args.snr_k!r}: K must be positive")
-    report = compare(model=args.model, inference=args.inference, data=args.data, estimators=args.estimators,
-                     seeds=args.seeds, overrides=args.overrides, out=Path(args.out), force=args.force,
-                     reference=args.reference, split=args.split, samples=args.samples, limit=args.limit,
-                     snr_repeats=args.snr_repeats, snr_k=snr_k, log=_say)
-    reference, seeds = report["settings"]["reference"], report["settings"]["seeds"]
-    _say(f"\n{'estimator':<22}{'log p(x)':>10}{'diff vs ' + reference:>24}{'SE seeds':>10}{'SE examples':>12}{'ELBO':>10}"
-         f"{'KL':>8}{'AU':>5}{'ms/step (IQR)':>22}{'SNR enc':>9}{'SNR dec':>9}")
+    report = compare(model=args.model, inference=args.inference, data=args.data, vary=args.vary,
+                     estimators=args.estimators, zip_axes=args.zip_axes, seeds=args.seeds, overrides=_overrides(args),
+                     out=Path(args.out), force=args.force, reference=args.reference, split=args.split,
+                     samples=args.samples, limit=args.limit, snr_repeats=args.snr_repeats, snr_k=snr_k, progress=None,
+                     log=_say)
+    settings = report["settings"]
+    reference, seeds = settings["reference"], settings["seeds"]
+    width = max(6, *(len(label) + 2 for label in report["summary"]))
+    snr = "".join(f"{h:>9}" for h in ("SNR enc", "SNR dec")) if settings["snr"] else ""
+    diff = max(24, len(reference) + 11)
+    _say(f"\n{'cell':<{width}}{'log p(x)':>10}{'diff vs ' + reference:>{diff}}{'SE seeds':>10}{'SE examples':>12}{'ELBO':>10}"
+         f"{'KL':>8}{'AU':>5}{'ms/step (IQR)':>22}{snr}")
     for label, s in report["summary"].items():
         seeds_se = f"{s['diff_se_seeds']:.3f}" if s["diff_se_seeds"] is not None else "n/a"
         low, high = (1000 * q for q in s["seconds_per_step_quartiles"])
         timing = f"{1000 * s['seconds_per_step']:.2f} ({low:.2f}-{high:.2f})"
-        _say(f"{label:<22}{s['log_likelihood']:>10.3f}{s['diff_vs_reference']:>+24.3f}{seeds_se:>10}"
-             f"{s['diff_se_examples']:>12.3f}{s['elbo']:>10.3f}{s['kl']:>8.2f}{s['active_units']:>5.0f}{timing:>22}"
-             f"{s['snr_encoder']:>9.3f}{s['snr_decoder']:>9.3f}")
-    discrete = [(label, s) for label, s in report["summary"].items() if math.isfinite(s["snr_classifier"])]
+        snr = f"{s['snr_encoder']:>9.3f}{s['snr_decoder']:>9.3f}" if settings["snr"] else ""
+        _say(f"{label:<{width}}{s['log_likelihood']:>10.3f}{s['diff_vs_reference']:>+{diff}.3f}{seeds_se:>10}"
+             f"{s['diff_se_examples']:>12.3f}{s['elbo']:>10.3f}{s['kl']:>8.2f}{s['active_units']:>5.0f}{timing:>22}{snr}")
+    discrete = [(label, s) for label, s in report["summary"].items() if math.isfinite(s["accuracy"])]
     if discrete:  # a discrete latent y: q(y|x)'s gradient SNR and how q(y|x) agrees with the labels
-        _say(f"\n{'estimator':<22}{'SNR q(y|x)':>11}{'accuracy':>10}{'cluster acc':>12}{'NMI':>7}")
+        _say(f"\n{'cell':<{width}}{'SNR q(y|x)':>11}{'accuracy':>10}{'cluster acc':>12}{'NMI':>7}")
         for label, s in discrete:
-            _say(f"{label:<22}{s['snr_classifier']:>11.3f}{s['accuracy']:>10.3f}{s['cluster_accuracy']:>12.3f}{s['nmi']:>7.3f}")
-    _say(f"(means over {seeds} seed(s); log p(x) with K = {report['settings']['samples']} on "
-         f"{report['settings']['split']}; differences paired by example, with their standard error over seeds "
+            _say(f"{label:<{width}}{s['snr_classifier']:>11.3f}{s['accuracy']:>10.3f}{s['cluster_accuracy']:>12.3f}{s['nmi']:>7.3f}")
+    _say(f"(means over {seeds} seed(s); log p(x) with K = {settings['samples']} on "
+         f"{settings['split']}; differences paired by example, with their standard error over seeds "
          f"(training's randomness{', the one to go by' if seeds > 1 else '; n/a with one seed'}) and over examples; "
          "ms/step: the median over epochs, and its interquartile range)")
-    _say(f"written: {Path(args.out) / 'comparison.csv'}, comparison.json and comparison_*.png")
+    _say(f"written: {Path(args.out) / 'comparison.md'}, comparison.csv, comparison.json and comparison_*.png")
     return 0
 
 

@@ -24,6 +24,8 @@ TERMS = {
     "samples": ("samples", "--samples"),
     "estimators": ("estimators", "--estimators"),
     "reference": ("reference", "--reference"),
+    "vary": ("vary", "--vary"),
+    "zip": ("zip_axes=True", "--zip"),
 }
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(TERMS) + r")\}")
 

@@ -30,6 +30,7 @@ from .model.networks import NETWORKS
 from .model.posteriors import POSTERIORS
 from .model.priors import PRIORS
 from .params import NonNegativeInt, count, toml_value
+from .tracking import TRACKERS
 
 MAX_LATENT = 1024
 
@@ -40,7 +41,7 @@ class _Strict(BaseModel):
 
 # every swappable slot's registry, by slot name (an encoder and a decoder are networks)
 SLOTS = {"prior": PRIORS, "likelihood": LIKELIHOODS, "posterior": POSTERIORS, "network": NETWORKS,
-         "estimator": ESTIMATORS, "optimizer": OPTIMIZERS, "data": DATASETS}
+         "estimator": ESTIMATORS, "optimizer": OPTIMIZERS, "data": DATASETS, "tracker": TRACKERS}
 
 
 class DiscreteSpec(_Strict):
@@ -161,6 +162,16 @@ class Spec(_Strict):
     model: ModelSpec = Field(default_factory=ModelSpec)
     inference: InferenceSpec = Field(default_factory=InferenceSpec)
     data: DataSpec = Field(default_factory=lambda: DataSpec(name="digits"))
+    tracking: Optional[dict[str, Any]] = None  # where progress is sent: {kind = "tensorboard" | "mlflow", ...}
+
+    @model_validator(mode="after")
+    def _resolve_tracking(self):
+        if self.tracking is not None:
+            try:
+                self.tracking = TRACKERS.validate(self.tracking)
+            except SlotError as exc:
+                raise SlotError(("tracking",) + exc.loc, exc.message) from None
+        return self
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "Spec":

@@ -9,7 +9,8 @@ import pytest
 
 from helpers import assert_one_line_error, run_cli, write_npz
 from pyro_vae.cli import main
-from pyro_vae.workflows.compare import COLUMNS, parse_estimators
+from pyro_vae.workflows.cells import estimator_axis
+from pyro_vae.workflows.compare import columns, parse_estimators
 
 
 def test_evaluate_writes_summary_and_per_example_values(digits_run, capsys):
@@ -65,15 +66,16 @@ def test_compare_end_to_end(tmp_path, capsys):
     assert "diff vs trace_elbo" in capsys.readouterr().out
     with open(out / "comparison.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == COLUMNS
-    assert [(r["estimator"], r["seed"]) for r in rows] == [("trace_elbo", "0"), ("iwae", "0"), ("trace_elbo", "1"), ("iwae", "1")]
+    assert list(rows[0]) == columns([estimator_axis("trace_elbo,iwae")])
+    assert list(rows[0])[:3] == ["cell", "inference.estimator", "seed"]
+    assert [(r["cell"], r["seed"]) for r in rows] == [("trace_elbo", "0"), ("iwae", "0"), ("trace_elbo", "1"), ("iwae", "1")]
     for row in rows:
-        if row["estimator"] == "trace_elbo":
+        if row["cell"] == "trace_elbo":
             assert float(row["diff_vs_reference"]) == 0.0
             continue
         # the paired difference, recomputed from the two runs' per-example files
         mine = np.load(out / row["run"] / "evaluation" / "valid.npz")["log_likelihood"].astype(np.float64)
-        ref_run = next(r["run"] for r in rows if r["estimator"] == "trace_elbo" and r["seed"] == row["seed"])
+        ref_run = next(r["run"] for r in rows if r["cell"] == "trace_elbo" and r["seed"] == row["seed"])
         ref = np.load(out / ref_run / "evaluation" / "valid.npz")["log_likelihood"].astype(np.float64)
         diff = mine - ref
         assert float(row["diff_vs_reference"]) == pytest.approx(diff.mean(), rel=1e-6, abs=1e-9)
@@ -119,7 +121,7 @@ def test_estimators_start_from_the_same_weights_and_data_order():
     [("trace_elbo,iwae:k", "expected kind:key=value"), ("trace_elbo,nope", "unknown estimator kind 'nope'"),
      ("iwae:k=0", "--estimators iwae:k=0"), ("trace_elbo,trace_elbo", "distinct")],
 )
-def test_compare_bad_estimators(tmp_path, estimators, fragment):
-    code, _, stderr = run_cli("compare", "--estimators", estimators, "--out", tmp_path / "c")
-    assert_one_line_error(code, stderr, fragment)
+def test_compare_bad_estimators(tmp_path, capsys, estimators, fragment):
+    code = main(["compare", "--estimators", estimators, "--out", str(tmp_path / "c")])
+    assert_one_line_error(code, capsys.readouterr().err, fragment)
     assert not (tmp_path / "c").exists()

@@ -275,7 +275,7 @@ def test_integer_levels_kept_undivided_get_the_normalize_hint(tmp_path):
 def test_comparison_summary_names_both_uncertainties_and_robust_timings():
     from pyro_vae.workflows.compare import _aggregate
 
-    rows = [{"estimator": e, "seed": s, "log_likelihood": ll, "diff_vs_reference": d, "diff_se": se, "elbo": 0.0,
+    rows = [{"cell": e, "seed": s, "log_likelihood": ll, "diff_vs_reference": d, "diff_se": se, "elbo": 0.0,
              "kl": 0.0, "active_units": 3, "snr_encoder": 1.0, "snr_decoder": 1.0, "seconds_per_epoch": 1.0}
             for e, s, ll, d, se in [("a", 0, -90.0, 0.0, 0.0), ("a", 1, -91.0, 0.0, 0.0), ("a", 2, -92.0, 0.0, 0.0),
                                     ("b", 0, -89.0, 1.0, 0.05), ("b", 1, -90.5, 0.5, 0.06), ("b", 2, -91.4, 0.6, 0.07)]]

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pyro_vae"
 
 # lower numbers sit lower; a module imports its own layer or lower ones only
 LAYERS = {
-    "errors": 0, "params": 0, "registry": 0, "files": 0, "provenance": 0, "distributed": 0,
+    "errors": 0, "params": 0, "registry": 0, "files": 0, "provenance": 0, "distributed": 0, "tracking": 0,
     "data": 1, "model": 1,
     "infer": 2, "analysis": 3,
     "spec": 4,
@@ -120,3 +120,13 @@ def test_the_checks_catch_what_they_look_for(tmp_path, monkeypatch):
         test_layers_import_only_downward()
     with pytest.raises(pytest.fail.Exception, match="import cycle"):
         test_no_import_cycle()
+
+
+def test_every_subpackage_is_installed():
+    """pyproject.toml lists the packages by name: a subpackage left out is missing from a
+    regular (non-editable) install, though an editable one finds it (pyro_vae.workflows was)."""
+    import tomllib
+
+    listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(PACKAGE.parent).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert found <= listed, f"add to [tool.setuptools] packages: {', '.join(sorted(found - listed))}"

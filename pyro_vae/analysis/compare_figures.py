@@ -1,4 +1,5 @@
-"""Figures of an estimator comparison (see pyro_vae.infer.compare)."""
+"""Figures of a comparison (see pyro_vae.workflows.compare): log p(x) and the paired
+differences per cell, learning curves, and gradient SNR where it was measured."""
 
 from __future__ import annotations
 
@@ -34,12 +35,12 @@ def _log_axes(ax, xlabel: str, ylabel: str, title: str, x_log: bool) -> None:
     ax.legend(fontsize=8)
 
 
-def _by_estimator(rows, labels, key):
-    return [np.array([r[key] for r in rows if r["estimator"] == label], dtype=float) for label in labels]
+def _by_cell(rows, labels, key):
+    return [np.array([r[key] for r in rows if r["cell"] == label], dtype=float) for label in labels]
 
 
 def comparison_figures(out: Path, report: dict) -> list[Path]:
-    labels = report["settings"]["estimators"]
+    labels = report["settings"]["cells"]
     reference = report["settings"]["reference"]
     rows = report["rows"]
     settings = report["settings"]
@@ -49,27 +50,28 @@ def comparison_figures(out: Path, report: dict) -> list[Path]:
     fig = new_figure(figsize=(9.5, 4.2))
     left, right = fig.subplots(1, 2)
     positions = np.arange(len(labels))
-    for i, values in enumerate(_by_estimator(rows, labels, "log_likelihood")):
+    for i, values in enumerate(_by_cell(rows, labels, "log_likelihood")):
         left.scatter(np.full(len(values), i), values, color="0.6", s=14, zorder=2, label="one seed" if i == 0 else None)
         se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0
         left.errorbar(i, values.mean(), yerr=se, fmt="o", color="C0", capsize=4, zorder=3, label="mean +- SE over seeds" if i == 0 else None)
     left.set_xticks(positions, labels, rotation=20, ha="right")
     left.set_ylabel("held-out log p(x) (nats per example)")
-    left.set_title(f"Importance-sampled log-likelihood (K = {settings['samples']})")
+    left.set_title(f"Importance-sampled log-likelihood\n(K = {settings['samples']})")
     left.legend(fontsize=8)
     left.grid(axis="y", alpha=0.3)
-    diffs = _by_estimator(rows, labels, "diff_vs_reference")
-    ses = _by_estimator(rows, labels, "diff_se")
+    diffs = _by_cell(rows, labels, "diff_vs_reference")
+    ses = _by_cell(rows, labels, "diff_se")
     for i, (d, se) in enumerate(zip(diffs, ses)):
         for j, (value, err) in enumerate(zip(d, se)):
             right.errorbar(i + (j - (len(d) - 1) / 2) * 0.12, value, yerr=err, fmt="o", ms=4, capsize=3, color=f"C{j}",
                            label=f"seed {j}" if i == 0 else None)
     right.axhline(0, color="k", lw=0.8)
     right.set_xticks(positions, labels, rotation=20, ha="right")
-    right.set_ylabel(f"log p(x) minus {reference}'s (nats per example)")
-    right.set_title("Paired difference to the reference (+- paired SE)")
+    right.set_ylabel("difference in log p(x) (nats per example)")
+    right.set_title(f"Paired difference to {reference}\n(+- paired SE over examples)")
     right.legend(fontsize=8)
     right.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
     paths.append(save_figure(fig, out / "comparison_loglik.png"))
 
     # learning curves with a band over seeds
@@ -77,7 +79,7 @@ def comparison_figures(out: Path, report: dict) -> list[Path]:
     ax = fig.subplots()
     means = []
     for i, label in enumerate(labels):
-        curves = [c["val_elbo"] for c in report["learning_curves"] if c["estimator"] == label]
+        curves = [c["val_elbo"] for c in report["learning_curves"] if c["cell"] == label]
         length = min(len(c) for c in curves)
         values = np.array([c[:length] for c in curves])
         epochs = np.arange(1, length + 1)
@@ -99,14 +101,16 @@ def comparison_figures(out: Path, report: dict) -> list[Path]:
     ax.legend(fontsize=8)
     paths.append(save_figure(fig, out / "comparison_curves.png"))
 
-    # gradient SNR during training, and against K
+    # gradient SNR during training, and against K, where they were measured
+    if not report["snr_points"]:
+        return paths
     has_k = bool(report["snr_vs_k"])
     fig = new_figure(figsize=(9.5, 4.0 * (2 if has_k else 1)))
     axes = fig.subplots(2 if has_k else 1, 2, squeeze=False)
     for col, group in enumerate(("encoder", "decoder")):
         ax = axes[0, col]
         for i, label in enumerate(labels):
-            series = [p["points"] for p in report["snr_points"] if p["estimator"] == label]
+            series = [p["points"] for p in report["snr_points"] if p["cell"] == label]
             epochs = [pt["epoch"] for pt in series[0]]
             values = np.array([[pt.get(f"snr_{group}", np.nan) for pt in s] for s in series])
             ax.plot(epochs, values.mean(0), marker="o", color=f"C{i}", label=label)
@@ -114,13 +118,13 @@ def comparison_figures(out: Path, report: dict) -> list[Path]:
                   f"{group} gradients, {settings['snr_repeats']} estimates of one batch", x_log=False)
         if has_k:
             ax = axes[1, col]
-            for i, label in enumerate(labels):  # the same colour per estimator label as above
+            estimators = list(dict.fromkeys(r["estimator"] for r in report["snr_vs_k"]))
+            for i, label in enumerate(estimators):  # the same colour as its cell above when cells are estimators
                 mine = [r for r in report["snr_vs_k"] if r["estimator"] == label]
-                if mine:
-                    ax.plot([r["k"] for r in mine], [r[f"snr_{group}"] for r in mine], marker="o", color=f"C{i}",
-                            label=label)
+                color = f"C{labels.index(label)}" if label in labels else f"C{i}"
+                ax.plot([r["k"] for r in mine], [r[f"snr_{group}"] for r in mine], marker="o", color=color, label=label)
             _log_axes(ax, "K (samples per example)", "gradient SNR",
-                      f"{group} SNR against K\n(all at {reference}'s trained weights, seed 0)", x_log=True)
+                      f"{group} SNR against K, at the trained\nweights of {reference} (seed 0)", x_log=True)
     fig.tight_layout()
     paths.append(save_figure(fig, out / "comparison_snr.png"))
     return paths

@@ -329,9 +329,10 @@ class DiscreteVAE(VAE):
         return self.likelihood.mean(self._decoded(z, y), **self._context(x))
 
 
-def build_discrete(spec, parts: dict, data_shape: tuple[int, ...], num_data, transform: str) -> DiscreteVAE:
-    """The DiscreteVAE of a ModelSpec with a ``discrete`` table; ``parts(slot, *sizes)``
-    builds a slot's component."""
+def build_discrete(spec, parts: dict, data_shape: tuple[int, ...], num_data, transform: str, stream) -> DiscreteVAE:
+    """The DiscreteVAE of a ModelSpec with a ``discrete`` table; ``parts[slot](*sizes)``
+    builds a slot's component, and ``with stream(name):`` gives a part its own random
+    stream (see :mod:`pyro_vae.model.build`)."""
     discrete = spec.discrete
     classes, features = discrete.classes, math.prod(data_shape)
     if spec.encoder["kind"] == "conv":
@@ -348,10 +349,17 @@ def build_discrete(spec, parts: dict, data_shape: tuple[int, ...], num_data, tra
     encoder = parts["encoder"]((features + classes,), (posterior.encoder_outputs,))
     decoder_in = spec.latent_dim + (classes if discrete.shape == "m2" else 0)
     decoder = parts["decoder"]((decoder_in,), (likelihood.outputs, *data_shape))
-    prior = ClassConditionalPrior(spec.latent_dim, classes) if discrete.shape == "mixture" else parts["prior"](spec.latent_dim)
+    if discrete.shape == "mixture":
+        with stream("prior"):
+            prior = ClassConditionalPrior(spec.latent_dim, classes)
+    else:
+        prior = parts["prior"](spec.latent_dim)
     try:
-        classifier = NETWORKS.build(discrete.classifier, data_shape, (classes,))
+        with stream("classifier"):
+            classifier = NETWORKS.build(discrete.classifier, data_shape, (classes,))
     except SpecError as exc:
         raise SpecError(f"model.discrete.classifier: {exc}") from None
+    with stream("baseline"):
+        baseline = Baseline(features)
     return DiscreteVAE(prior, likelihood, posterior, encoder, decoder, classifier, classes, discrete.shape, num_data,
-                       input_transform=transform, baseline=Baseline(features))
+                       input_transform=transform, baseline=baseline)

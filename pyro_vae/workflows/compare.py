@@ -1,49 +1,68 @@
-"""Estimators compared on equal terms.
+"""Model variants and estimators compared on equal terms, along any axis of the spec.
 
-Every estimator is trained with every seed from the same initialization and the same
-data order (both fixed by the seed), then evaluated on the same held-out examples
-with the same number K of importance samples. Reported per estimator and seed:
+The cells (see :mod:`pyro_vae.workflows.cells`: ``--vary model.prior.kind=...``, crossed
+or zipped; ``--estimators`` is ``--vary inference.estimator=...``) are each trained with
+every seed, and the protocol makes their differences measured rather than drowned in
+noise (common random numbers):
+
+* the same data order for every cell of a seed (the order has a generator of its own,
+  seeded with the seed);
+* the same initial weights for every part the cells share (each part of a model draws
+  them from a stream of its own, see :mod:`pyro_vae.model.build`): comparing priors,
+  the encoder and decoder start identical;
+* the same held-out examples and the same K for every cell.
+
+Reported per cell and seed:
 
 * held-out log p(x) (importance sampled) with its standard error over examples, and
-  the paired difference to a reference estimator: the mean over examples of
-  log p(x_n | estimator) - log p(x_n | reference), same seed, with the standard error
-  of those differences (the pairing removes the between-example variance);
+  the paired difference to a reference cell: the mean over examples of
+  log p(x_n | cell) - log p(x_n | reference), same seed, with the standard error of
+  those differences (the pairing removes the between-example variance);
 * final ELBO, KL, active units; wall-clock seconds per step and per epoch, as medians
   over epochs (with the interquartile range over all epochs of all seeds), so that a
   busy machine slowing a few epochs does not move them;
-* the gradient signal-to-noise ratio of encoder and decoder parameters (Rainforth et
-  al., 2018), SNR = mean over parameters of |E[g]| / std[g], and the gradient variance,
-  from repeated estimates on one fixed batch at fixed points of training (before the
-  first step, half way, at the end);
-* SNR against K for the estimators that take K, at one common set of weights.
+* where the estimator or the posterior varies: the gradient signal-to-noise ratio of
+  encoder and decoder parameters (Rainforth et al., 2018), SNR = mean over parameters
+  of |E[g]| / std[g], and the gradient variance, from repeated estimates on one fixed
+  batch at fixed points of training (before the first step, half way, at the end);
+  and where the estimator varies, SNR against K at one common set of weights.
 
 Two uncertainties of a difference are reported, named: over examples (the paired SE
 above, which fixed weights leave) and over seeds (training's randomness: initialization,
 data order, the estimator's draws). With several seeds the headline is the one over
 seeds. Nothing here is leave-one-out cross-validation (with local latents and fitted
 networks it would not be).
+
+A comparison is resumable: its plan (cells and settings) is kept in the output folder,
+each run directory marks itself done once evaluated, and the same command run again
+keeps the finished runs, resumes a half-trained one from its checkpoint and runs the rest.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+import torch
 
 from ..analysis.compare_figures import comparison_figures
-from ..errors import SpecError
-from ..params import toml_value
-from ..files import atomic_write_json, write_csv
+from ..analysis.comparison_table import comparison_markdown
+from ..errors import RunError, SpecError
+from ..files import atomic_write_json, atomic_write_text, read_csv, write_csv
 from ..infer.evaluate import standard_error
 from ..infer.gradients import SNRProbe, snr_against_k
-from ..runs import claim_output_dir
-from ..spec import DEFAULT_DATA, DEFAULT_INFERENCE, DEFAULT_MODEL, Spec, load_spec
-from .evaluate import evaluate_run
-from .train import train
-COLUMNS = [
-    "estimator",
+from ..infer.train import resolve_device
+from ..runs import CHECKPOINT, METRICS, SUMMARY, RunLock, claim_output_dir, load_run
+from ..spec import DEFAULT_DATA, DEFAULT_INFERENCE, DEFAULT_MODEL, load_spec
+from .cells import Axis, Cell, estimator_axis, parse_axis, parse_table, plan_cells
+from .evaluate import evaluate_run, run_dataset
+from .train import resume, train
+
+METRIC_COLUMNS = [
     "seed",
     "log_likelihood",
     "log_likelihood_se",
@@ -67,25 +86,20 @@ COLUMNS = [
 ]
 CLASSIFICATION_SCORES = ("accuracy", "cluster_accuracy", "nmi")
 DISCRETE_FIGURES = ("snr_classifier", *CLASSIFICATION_SCORES)  # only a model with a discrete latent has them
+PLAN, DONE, SNR_POINTS = "comparison_plan.json", "comparison_done.json", "snr_points.json"
+OUTPUTS = dict(files=("comparison.csv", "comparison.json", "comparison.md", PLAN, "mlflow.db"), folders=("runs", "mlartifacts"),
+               patterns=("comparison_*.png",))
+SNR_AXES = ("inference.estimator", "model.posterior")  # gradient SNR is measured where one of these varies
+
+
+def columns(axes: Sequence[Axis]) -> list[str]:
+    """comparison.csv's columns: the cell, one per axis (its value), then the figures."""
+    return ["cell", *(axis.path for axis in axes), *METRIC_COLUMNS]
+
+
 def parse_estimators(text: str) -> list[tuple[str, dict]]:
     """``trace_elbo,iwae:k=5,renyi:alpha=0.5:k=5`` -> [(label, estimator table), ...]."""
-    entries = []
-    for label in (part.strip() for part in text.split(",")):
-        if not label:
-            continue
-        kind, *settings = label.split(":")
-        table: dict = {"kind": kind}
-        for setting in settings:
-            key, sep, value = setting.partition("=")
-            if not sep or not key:
-                raise SpecError(f"{{estimators}} {label!r}: expected kind:key=value, e.g. iwae:k=5")
-            table[key] = toml_value(value)
-        entries.append((label, table))
-    labels = [label for label, _ in entries]
-    if len(entries) < 1 or len(set(labels)) != len(labels):
-        raise SpecError(f"{{estimators}} {text!r}: give one or more distinct estimators, comma-separated")
-    return entries
-
+    return [(value, parse_table(value, "estimators")) for value in estimator_axis(text).values]
 
 
 def compare(
@@ -93,7 +107,9 @@ def compare(
     model: Optional[str] = None,
     inference: Optional[str] = None,
     data: Optional[str] = None,
-    estimators: str,
+    vary: Sequence[str] = (),
+    estimators: Optional[str] = None,
+    zip_axes: bool = False,
     seeds: int = 3,
     overrides: Sequence[str] = (),
     out: Path,
@@ -104,99 +120,252 @@ def compare(
     limit: Optional[int] = 2000,
     snr_repeats: int = 50,
     snr_k: Sequence[int] = (1, 5, 20),
+    progress: Optional[bool] = False,
     log=print,
 ) -> dict:
-    """Train, evaluate and compare estimators; write comparison.csv/.json and figures to ``out``."""
-    entries = parse_estimators(estimators)
-    labels = [label for label, _ in entries]
+    """Train and evaluate every cell with every seed; write comparison.csv/.json/.md and
+    figures to ``out``, one run directory per cell and seed under ``out/runs``. ``vary``
+    holds ``PATH=V1,V2,...`` axes, ``estimators`` is the shorthand for the estimator's.
+    Run again with the same arguments, it continues an interrupted comparison."""
+    axes = [parse_axis(text) for text in vary] + ([estimator_axis(estimators)] if estimators else [])
+    if not axes:
+        raise SpecError("nothing to compare: give {vary} KEY=VALUE,VALUE,... (e.g. model.prior.kind=standard_normal,vamp) "
+                        "or {estimators} LIST")
+    out = Path(out)
+    base = load_spec(model, inference, data, overrides)
+    if base.tracking is not None and base.tracking["kind"] == "mlflow" and base.tracking.get("uri") is None:
+        # every cell's run in one MLflow store, under the comparison's folder, an experiment named after it
+        overrides = [*overrides, f"tracking.uri=sqlite:///{(out / 'mlflow.db').resolve()}"]
+        if base.tracking["experiment"] == "pyro-vae":
+            overrides.append(f"tracking.experiment={out.resolve().name}")
+        base = load_spec(model, inference, data, overrides)
+    cells = plan_cells(base, axes, zip_axes)
+    labels = [cell.label for cell in cells]
     reference = reference or labels[0]
     if reference not in labels:
-        raise SpecError(f"{{reference}} {reference!r} is not among {{estimators}} ({', '.join(labels)})")
-    base = load_spec(model, inference, data, overrides)
-    specs = {}
-    for label, table in entries:  # validate everything before training anything
-        raw = base.to_dict()
-        raw["inference"]["estimator"] = table
-        try:
-            specs[label] = Spec.from_dict(raw)
-        except SpecError as exc:
-            raise SpecError(f"{{estimators}} {label}: {exc}") from None
-    out = Path(out)
-    # a live comparison in ``out`` is refused; --force removes an earlier one's cells, tables and figures
-    with claim_output_dir(out, force=force, log=log, files=("comparison.csv", "comparison.json"), folders=("runs",),
-                          patterns=("comparison_*.png",), resumable=False):
-        rows, curves, snr_points, evaluations, timings = [], {}, {}, {}, {}
-        reference_weights = None
-        for seed in range(seeds):
-            for label, _ in entries:
-                spec = specs[label].model_copy(deep=True)
-                spec.inference.schedule.seed = seed
-                run_dir = out / "runs" / f"{_slug(label)}-seed{seed}"
-                log(f"training {label} (seed {seed}) -> {run_dir}")
-                probe = SNRProbe(snr_repeats, spec.inference.schedule.batch_size)
-                trainer = train(spec, run_dir, force=True, progress=False, log=lambda _: None,
-                                on_epoch=probe.on_epoch, before=probe.measure)
-                summary, _, result = evaluate_run(run_dir, split=split, num_samples=samples, limit=limit, seed=0,
-                                                  device=str(trainer.device))
-                evaluations[(label, seed)] = result.log_likelihood.double().cpu()
-                history = trainer.state.history
-                # per epoch: robust to a busy machine slowing a few epochs (medians and quartiles below)
-                step_seconds = [r["seconds"] / trainer.steps_per_epoch for r in history]
-                final = probe.points[-1]
-                rows.append({
-                    "estimator": label,
-                    "seed": seed,
-                    "log_likelihood": summary["log_likelihood"],
-                    "log_likelihood_se": summary["log_likelihood_se"],
-                    "elbo": summary["elbo"],
-                    "kl": summary["kl"],
-                    "active_units": summary["active_units"],
-                    "seconds_per_step": float(np.median(step_seconds)) if step_seconds else math.nan,
-                    "seconds_per_epoch": float(np.median([r["seconds"] for r in history])) if history else math.nan,
-                    "snr_encoder": final.get("snr_encoder", math.nan),
-                    "snr_decoder": final.get("snr_decoder", math.nan),
-                    "grad_var_encoder": final.get("grad_var_encoder", math.nan),
-                    "grad_var_decoder": final.get("grad_var_decoder", math.nan),
-                    "snr_classifier": final.get("snr_classifier", math.nan),
-                    "grad_var_classifier": final.get("grad_var_classifier", math.nan),
-                    **{k: summary.get(k, math.nan) for k in CLASSIFICATION_SCORES},
-                    "run": str(run_dir.relative_to(out)),
-                })
-                curves[(label, seed)] = [r["val_elbo"] for r in history]
-                timings[(label, seed)] = step_seconds
-                snr_points[(label, seed)] = probe.points
-                if label == reference and seed == 0:
-                    reference_weights = (trainer.vae, trainer.data)
-        for row in rows:
-            diff = evaluations[(row["estimator"], row["seed"])] - evaluations[(reference, row["seed"])]
-            row["diff_vs_reference"] = diff.mean().item()
-            row["diff_se"] = standard_error(diff) if row["estimator"] != reference else 0.0
-        k_estimators = [(label, spec.inference.estimator) for label, spec in specs.items() if "k" in spec.inference.estimator]
-        snr_k_rows = []
-        if k_estimators and snr_k and reference_weights is not None:
-            vae, dataset = reference_weights
-            snr_k_rows = snr_against_k(vae, dataset, k_estimators, snr_k, snr_repeats, base.inference.schedule.batch_size,
-                                       base.inference.schedule.beta)
-        summary = _aggregate(rows, labels, timings)
-        report = {
-            "settings": {
-                "model": model or DEFAULT_MODEL, "inference": inference or DEFAULT_INFERENCE, "data": data or DEFAULT_DATA, "overrides": list(overrides), "estimators": labels,
-                "reference": reference, "seeds": seeds, "split": split, "samples": samples, "limit": limit,
-                "snr_repeats": snr_repeats, "snr_k": list(snr_k),
-            },
-            "rows": rows,
-            "summary": summary,
-            "snr_points": [{"estimator": l, "seed": s, "points": p} for (l, s), p in snr_points.items()],
-            "snr_vs_k": snr_k_rows,
-            "learning_curves": [{"estimator": l, "seed": s, "val_elbo": c} for (l, s), c in curves.items()],
-            "note": "standard errors are over per-example held-out estimates (paired across estimators for the "
-                    "differences); this is not leave-one-out cross-validation",
-        }
-        write_csv(out / "comparison.csv", rows, COLUMNS)
+        raise SpecError(f"{{reference}} {reference!r} is not among the cells ({', '.join(labels)})")
+    varies = [axis.path for axis in axes if len(set(axis.values)) > 1]
+    snr = any(path.startswith(SNR_AXES) for path in varies)
+    estimator_varies = any(path.startswith("inference.estimator") for path in varies)
+    settings = {
+        "model": model or DEFAULT_MODEL, "inference": inference or DEFAULT_INFERENCE, "data": data or DEFAULT_DATA,
+        "overrides": list(overrides), "axes": [{"path": a.path, "name": a.name, "values": list(a.values)} for a in axes],
+        "zip": zip_axes, "cells": labels, "seeds": seeds, "split": split, "samples": samples, "limit": limit,
+        "snr": snr, "snr_repeats": snr_repeats if snr else None, "snr_k": list(snr_k) if estimator_varies else [],
+    }
+    plan = {"settings": settings, "specs": {cell.label: cell.spec.to_toml() for cell in cells}}
+    lock = _claim(out, plan, force, log)
+    try:
+        runs = [(cell, seed) for seed in range(seeds) for cell in cells]
+        log(f"compare: {len(cells)} cell(s) x {seeds} seed(s) = {len(runs)} runs of "
+            f"{base.inference.schedule.epochs} epochs, each then evaluated with K = {samples} on "
+            f"{f'up to {limit}' if limit else 'all'} {split} examples" + (f", and gradient SNR measured 3 times with {snr_repeats} "
+                                                              "estimates" if snr else "") + f" -> {out}")
+        timer = _Timer(len(runs), log)
+        for number, (cell, seed) in enumerate(runs, 1):
+            _run_cell(cell, seed, out, settings, timer, number, progress, log)
+        report = _report(cells, axes, settings, reference, out, estimator_varies, log)
+        write_csv(out / "comparison.csv", report["rows"], columns(axes))
         atomic_write_json(out / "comparison.json", report)
-
+        atomic_write_text(out / "comparison.md", comparison_markdown(report))
         comparison_figures(out, report)
         return report
+    finally:
+        lock.release()
+
+
+def _claim(out: Path, plan: dict, force: bool, log) -> RunLock:
+    """Lock ``out``: the same comparison found there is continued; another one, or other
+    files, are refused unless ``force``, which removes what a comparison wrote."""
+    plan = json.loads(json.dumps(plan))  # as it reads back
+    if (out / PLAN).is_file() and not force:
+        lock = RunLock(out, log)
+        try:
+            earlier = json.loads((out / PLAN).read_text())
+        except (OSError, ValueError):
+            earlier = None
+        if earlier == plan:
+            done = sum(1 for _ in (out / "runs").glob(f"*/{DONE}"))
+            log(f"{out}: continuing the comparison started there ({done} run(s) already done are kept)")
+            return lock
+        lock.release()
+        raise RunError(f"{{out}} {out}: holds a comparison with other cells or settings; run it with the same ones to "
+                       "continue it, pass {force} to replace it, or choose another {out}")
+    lock = claim_output_dir(out, force=force, log=log, resumable=False, **OUTPUTS)
+    atomic_write_json(out / PLAN, plan)
+    return lock
+
+
+class _Timer:
+    """How many runs are done, and the time left at the pace so far."""
+
+    def __init__(self, total: int, log):
+        self.total, self.log, self.seconds, self.timed = total, log, 0.0, 0
+
+    def done(self, number: int, text: str, seconds: Optional[float]) -> None:
+        if seconds is not None:
+            self.seconds, self.timed = self.seconds + seconds, self.timed + 1
+        left = self.total - number
+        eta = f"; about {_duration(left * self.seconds / self.timed)} left" if left and self.timed else ""
+        self.log(f"[{number}/{self.total}] {text}{eta}")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+class _SavedProbe(SNRProbe):
+    """The SNR probe of one run, its points kept in the run directory as measured, so that
+    a resumed run neither loses nor repeats them."""
+
+    def __init__(self, path: Path, repeats: int, batch_size: int):
+        super().__init__(repeats, batch_size)
+        self.path = path
+        if path.is_file():
+            self.points = json.loads(path.read_text())
+
+    def before(self, trainer) -> None:
+        """Before the first step of training (not before the first step of a resumed one)."""
+        if trainer.state.epoch == 0:
+            self.measure(trainer)
+
+    def measure(self, trainer) -> None:
+        if any(point["epoch"] == trainer.state.epoch for point in self.points):
+            return
+        super().measure(trainer)
+        atomic_write_json(self.path, self.points)
+
+
+def _run_dir(out: Path, label: str, seed: int) -> Path:
+    return out / "runs" / f"{_slug(label)}-seed{seed}"
+
+
+def _run_cell(cell: Cell, seed: int, out: Path, settings: dict, timer: _Timer, number: int, progress, log) -> None:
+    """Train (or resume) and evaluate one cell with one seed, unless done before."""
+    run_dir = _run_dir(out, cell.label, seed)
+    name = f"{cell.label} (seed {seed})"
+    if (run_dir / DONE).is_file():
+        timer.done(number, f"{name}: done before, kept", None)
+        return
+    started = time.perf_counter()
+    spec = cell.spec.model_copy(deep=True)
+    spec.inference.schedule.seed = seed
+    probe = _SavedProbe(run_dir / SNR_POINTS, settings["snr_repeats"], spec.inference.schedule.batch_size) \
+        if settings["snr"] else None
+    hooks = dict(on_epoch=probe.on_epoch, before=probe.before) if probe else {}
+    quiet = dict(progress=progress, log=lambda _: None)
+    status = _status(run_dir)
+    if status == "trained":
+        log(f"{name}: trained before, evaluating")
+    elif status == "started":
+        log(f"{name}: resuming its training from {run_dir}")
+        resume(run_dir, **quiet, **hooks)
+    else:
+        log(f"{name}: training -> {run_dir}")
+        train(spec, run_dir, force=True, **quiet, **hooks)
+    trained = time.perf_counter()
+    log(f"{name}: evaluating log p(x) with K = {settings['samples']}")
+    summary, _, _ = evaluate_run(run_dir, split=settings["split"], num_samples=settings["samples"],
+                                 limit=settings["limit"], seed=0, device=spec.inference.schedule.device)
+    seconds = time.perf_counter() - started
+    atomic_write_json(run_dir / DONE, {"train_seconds": trained - started, "evaluate_seconds": seconds - (trained - started)})
+    timer.done(number, f"{name}: log p(x) {summary['log_likelihood']:.3f} (trained in {_duration(trained - started)}, "
+                       f"evaluated in {_duration(seconds - (trained - started))})", seconds)
+
+
+def _status(run_dir: Path) -> str:
+    """'trained' (finished training), 'started' (a checkpoint to resume from) or 'new'."""
+    try:
+        summary = json.loads((run_dir / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return "new"
+    if summary.get("status") in ("completed", "early_stopped"):
+        return "trained"
+    return "started" if (run_dir / CHECKPOINT).is_file() else "new"
+
+
+def _report(cells: list[Cell], axes: list[Axis], settings: dict, reference: str, out: Path, estimator_varies: bool,
+            log) -> dict:
+    """The comparison's figures, read back from the run directories."""
+    rows, curves, timings, snr_points, per_example = [], {}, {}, {}, {}
+    for seed in range(settings["seeds"]):
+        for cell in cells:
+            run_dir = _run_dir(out, cell.label, seed)
+            summary = json.loads((run_dir / "evaluation" / f"{settings['split']}.json").read_text())
+            examples = np.load(run_dir / "evaluation" / f"{settings['split']}.npz")
+            per_example[(cell.label, seed)] = (torch.from_numpy(examples["log_likelihood"]).double(), examples["index"])
+            history = read_csv(run_dir / METRICS)
+            run_summary = json.loads((run_dir / SUMMARY).read_text())
+            train_size = run_summary["data"]["train"]
+            steps_per_epoch = train_size // min(cell.spec.inference.schedule.batch_size, train_size)
+            step_seconds = [r["seconds"] / steps_per_epoch for r in history]
+            points = json.loads((run_dir / SNR_POINTS).read_text()) if settings["snr"] else []
+            final = points[-1] if points else {}
+            rows.append({
+                "cell": cell.label,
+                **cell.values,
+                "seed": seed,
+                "log_likelihood": summary["log_likelihood"],
+                "log_likelihood_se": summary["log_likelihood_se"],
+                "elbo": summary["elbo"],
+                "kl": summary["kl"],
+                "active_units": summary["active_units"],
+                "seconds_per_step": float(np.median(step_seconds)) if step_seconds else math.nan,
+                "seconds_per_epoch": float(np.median([r["seconds"] for r in history])) if history else math.nan,
+                **{key: final.get(key, math.nan) for key in ("snr_encoder", "snr_decoder", "grad_var_encoder",
+                                                             "grad_var_decoder", "snr_classifier", "grad_var_classifier")},
+                **{key: summary.get(key, math.nan) for key in CLASSIFICATION_SCORES},
+                "run": str(run_dir.relative_to(out)),
+            })
+            curves[(cell.label, seed)] = [r["val_elbo"] for r in history]
+            timings[(cell.label, seed)] = step_seconds
+            if points:
+                snr_points[(cell.label, seed)] = points
+    for row in rows:
+        mine, index = per_example[(row["cell"], row["seed"])]
+        theirs, their_index = per_example[(reference, row["seed"])]
+        if len(index) != len(their_index) or not np.array_equal(index, their_index):
+            log(f"{row['cell']} (seed {row['seed']}) was evaluated on other examples than {reference}: no paired "
+                "difference (an axis changed the held-out data)")
+            row["diff_vs_reference"] = row["diff_se"] = math.nan
+            continue
+        diff = mine - theirs
+        row["diff_vs_reference"] = diff.mean().item()
+        row["diff_se"] = standard_error(diff) if row["cell"] != reference else 0.0
+    labels = [cell.label for cell in cells]
+    snr_k_rows = _snr_against_k(cells, settings, reference, out, log) if estimator_varies and settings["snr_k"] else []
+    settings = {**settings, "reference": reference, "examples": len(per_example[(reference, 0)][0])}
+    return {
+        "settings": settings,
+        "cells": {cell.label: cell.values for cell in cells},
+        "rows": rows,
+        "summary": _aggregate(rows, labels, timings),
+        "snr_points": [{"cell": l, "seed": s, "points": p} for (l, s), p in snr_points.items()],
+        "snr_vs_k": snr_k_rows,
+        "learning_curves": [{"cell": l, "seed": s, "val_elbo": c} for (l, s), c in curves.items()],
+        "note": "standard errors are over per-example held-out estimates (paired across cells for the differences) "
+                "and over seeds; this is not leave-one-out cross-validation",
+    }
+
+
+def _snr_against_k(cells: list[Cell], settings: dict, reference: str, out: Path, log) -> list[dict]:
+    """SNR against K of every K-sample estimator among the cells, all at the reference
+    cell's trained weights (seed 0)."""
+    estimators = {}
+    for cell in cells:
+        table = cell.spec.inference.estimator
+        if "k" in table:
+            estimators.setdefault(cell.values.get("inference.estimator", cell.label), dict(table))
+    if not estimators:
+        return []
+    spec = next(cell.spec for cell in cells if cell.label == reference)
+    log(f"gradient SNR against K = {', '.join(map(str, settings['snr_k']))} for {', '.join(estimators)}, "
+        f"at {reference}'s weights (seed 0)")
+    device = resolve_device(spec.inference.schedule.device)
+    run = load_run(_run_dir(out, reference, 0), device)
+    dataset = run_dataset(run, device=device)
+    return snr_against_k(run.vae, dataset, list(estimators.items()), settings["snr_k"], settings["snr_repeats"],
+                         spec.inference.schedule.batch_size, spec.inference.schedule.beta)
 
 
 def _slug(label: str) -> str:
@@ -204,14 +373,14 @@ def _slug(label: str) -> str:
 
 
 def _aggregate(rows: list[dict], labels: list[str], timings: dict) -> dict:
-    """Per estimator: the mean over seeds of each figure with its standard error over seeds;
+    """Per cell: the mean over seeds of each figure with its standard error over seeds;
     the paired difference's standard error over examples (``diff_se_examples``) and over
     seeds (``diff_se_seeds``), the headline ``diff_se`` being the one over seeds when there
     are several (it covers training's randomness, which the examples' does not); timings
     as medians with their interquartile range over all epochs of all seeds."""
     summary = {}
     for label in labels:
-        mine = [r for r in rows if r["estimator"] == label]
+        mine = [r for r in rows if r["cell"] == label]
         entry = {}
         for key in ("log_likelihood", "diff_vs_reference", "elbo", "kl", "active_units", "snr_encoder", "snr_decoder",
                     *DISCRETE_FIGURES):

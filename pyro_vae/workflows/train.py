@@ -26,6 +26,7 @@ from ..provenance import provenance
 from ..runs import (CHECKPOINT, CHECKPOINT_FORMAT, FIGURES, METRIC_COLUMNS, METRICS, SPEC, SUMMARY, RunLock, claim_output_dir,
                    load_checkpoint, load_weights, read_spec, remove_partial_writes, save_checkpoint)
 from ..spec import Spec
+from ..tracking import TRACKERS
 
 
 def _versions() -> dict:
@@ -122,11 +123,21 @@ def _data_summary(data) -> dict:
     return summary
 
 
-class _RunWriter:
-    """Persists a Trainer's state into its run directory (see runs.py)."""
+def tracker_of(spec):
+    """The spec's tracker (``[tracking]``), built (its library imported) but not started; or None."""
+    return None if spec.tracking is None else TRACKERS.build(spec.tracking)
 
-    def __init__(self, path, trainer: Trainer, resumed: bool = False, initialized_from=None):
-        self.path, self.trainer = path, trainer
+
+class _RunWriter:
+    """Persists a Trainer's state into its run directory (see runs.py), and sends it to
+    the spec's tracker, if any."""
+
+    def __init__(self, path, trainer: Trainer, resumed: bool = False, initialized_from=None, tracker=None,
+                 spec=None):
+        self.path, self.trainer, self.tracker = path, trainer, tracker
+        self.tracked = len(trainer.state.history)  # rows the tracker has (a resumed run's, from start)
+        if tracker is not None:
+            tracker.start(Path(path), spec.to_dict(), spec.to_toml(), resumed, trainer.state.history)
         trainer.save = self
         # the command line and git commits that started the run; each resume adds its own
         self.provenance = provenance()
@@ -155,13 +166,22 @@ class _RunWriter:
         atomic_write_json(self.path / SUMMARY, _summary(trainer, "running", provenance=self.provenance))
 
     def metrics(self) -> None:
-        write_csv(self.path / METRICS, self.trainer.state.history, METRIC_COLUMNS)
+        history = self.trainer.state.history
+        write_csv(self.path / METRICS, history, METRIC_COLUMNS)
+        if self.tracker is not None and len(history) > self.tracked:
+            self.tracker.log_rows(history[self.tracked:])
+            self.tracked = len(history)
 
     def finish(self, status: str, message: str = "") -> None:
         trainer = self.trainer
-        atomic_write_json(self.path / SUMMARY, _summary(trainer, status, message, self.provenance))
+        summary = _summary(trainer, status, message, self.provenance)
+        atomic_write_json(self.path / SUMMARY, summary)
+        figures = None
         if status in ("completed", "early_stopped") and trainer.state.history:
             training_figures(self.path / FIGURES, trainer.vae, trainer.data.split("valid"), trainer.state.history)
+            figures = self.path / FIGURES
+        if self.tracker is not None:
+            self.tracker.finish(summary, figures)
 
 
 def _run(trainer: Trainer, writer: Optional[_RunWriter]):
@@ -192,6 +212,7 @@ def train(spec, out=None, *, force: bool = False, progress: Optional[bool] = Non
     if init is not None:
         load_initial_weights(vae, init)
     trainer = Trainer(vae, data, spec.inference, progress=progress, log=log, on_epoch=on_epoch)
+    tracker = tracker_of(spec) if out is not None and trainer.group.is_main else None
     if before is not None:
         before(trainer)
     writer, lock = None, None
@@ -204,7 +225,7 @@ def train(spec, out=None, *, force: bool = False, progress: Optional[bool] = Non
 
         distributed.on_main(claim)
         if trainer.group.is_main:
-            writer = _RunWriter(Path(out), trainer, initialized_from=init)
+            writer = _RunWriter(Path(out), trainer, initialized_from=init, tracker=tracker, spec=spec)
     try:
         return _run(trainer, writer)
     finally:
@@ -219,6 +240,7 @@ def check(spec, init=None) -> tuple:
     if init is not None:
         load_initial_weights(vae, init)
     Trainer(vae, data, spec.inference, progress=False)
+    tracker_of(spec)
     return vae, data
 
 
@@ -238,7 +260,8 @@ def load_initial_weights(vae, run) -> None:
 EXTENDABLE = ("inference.schedule.epochs",)
 
 
-def resume(path, *, progress: Optional[bool] = None, log=None, epochs: Optional[int] = None) -> Trainer:
+def resume(path, *, progress: Optional[bool] = None, log=None, epochs: Optional[int] = None, on_epoch=None,
+           before=None) -> Trainer:
     """Continue the run in ``path`` from its checkpoint, exactly where it stopped, or, with
     ``epochs``, train a finished run on to that many epochs: the same as a run trained to
     ``epochs`` from the start (nothing in the schedule depends on the total; the KL warm-up
@@ -246,7 +269,8 @@ def resume(path, *, progress: Optional[bool] = None, log=None, epochs: Optional[
 
     Under several processes rank 0 reads the spec and clears partial writes; every rank
     reads the checkpoint (on several machines the run directory must be on a shared file
-    system), and the number of processes must be the one that wrote it."""
+    system), and the number of processes must be the one that wrote it. ``before`` and
+    ``on_epoch`` are :func:`train`'s hooks (``before`` runs before the first step taken here)."""
     path = Path(path)
     lock = None
 
@@ -266,13 +290,13 @@ def resume(path, *, progress: Optional[bool] = None, log=None, epochs: Optional[
 
     try:
         spec = Spec.from_toml(distributed.broadcast_text(spec_text))
-        return _resume(path, spec, progress, log, extended=epochs is not None)
+        return _resume(path, spec, progress, log, extended=epochs is not None, on_epoch=on_epoch, before=before)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _resume(path: Path, spec, progress, log, extended: bool) -> Trainer:
+def _resume(path: Path, spec, progress, log, extended: bool, on_epoch=None, before=None) -> Trainer:
     # no checkpoint: stopped before the first one was written, so it starts again (same seed)
     checkpoint = load_checkpoint(path / CHECKPOINT) if (path / CHECKPOINT).exists() else None
     if checkpoint is not None:
@@ -292,8 +316,7 @@ def _resume(path: Path, spec, progress, log, extended: bool) -> Trainer:
                 f"--set inference.schedule.epochs=N, with N > {state['epoch']}"
             )
     vae, data = _prepare(spec)
-    trainer = Trainer(vae, data, spec.inference, progress=progress, log=log)
-    writer = _RunWriter(path, trainer, resumed=checkpoint is not None) if trainer.group.is_main else None
+    trainer = Trainer(vae, data, spec.inference, progress=progress, log=log, on_epoch=on_epoch)
     if checkpoint is not None:
         if list(data.data_shape) != list(checkpoint["data_shape"]) or trainer.num_data != checkpoint["num_data"]:
             raise RunError(f"{{resume}} {path}: the data no longer match the checkpoint (shape or size changed)")
@@ -310,8 +333,13 @@ def _resume(path: Path, spec, progress, log, extended: bool) -> Trainer:
             trainer.restore(checkpoint)
         except (RuntimeError, KeyError, TypeError, ValueError) as exc:
             raise RunError(f"{path / CHECKPOINT}: cannot restore training state ({str(exc).splitlines()[0][:160]})") from None
-        if writer is not None:
+    writer = None
+    if trainer.group.is_main:
+        writer = _RunWriter(path, trainer, resumed=checkpoint is not None, tracker=tracker_of(spec), spec=spec)
+        if checkpoint is not None:
             writer.metrics()  # metrics.csv as of the checkpoint, whatever a kill left behind
     if extended:  # every check passed: the run's spec now says how long it trains
         distributed.on_main(lambda: atomic_write_text(path / SPEC, spec.to_toml()))
+    if before is not None:
+        before(trainer)
     return _run(trainer, writer)
