@@ -35,7 +35,7 @@ from .files import atomic_write, read_csv
 from .infer.encode import encode
 from .model import build_vae
 from .spec import Spec, read_toml
-from .tracking import TRACKING_STATE
+from .tracking import TRACKING_FILES, TRACKING_FOLDERS
 
 SPEC, METRICS, SUMMARY, CHECKPOINT, FIGURES = "spec.toml", "metrics.csv", "summary.json", "checkpoint.pt", "figures"
 METRIC_COLUMNS = [
@@ -79,8 +79,8 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
 
 LOCK = ".lock"
 # what a run writes (and --force removes), its tracking's local stores included
-RUN_FILES = (SPEC, METRICS, SUMMARY, CHECKPOINT, TRACKING_STATE, "mlflow.db")
-RUN_FOLDERS = (FIGURES, "evaluation", "analysis", "samples", "tensorboard", "mlartifacts")
+RUN_FILES = (SPEC, METRICS, SUMMARY, CHECKPOINT, *TRACKING_FILES)
+RUN_FOLDERS = (FIGURES, "evaluation", "analysis", "samples", *TRACKING_FOLDERS)
 
 
 class RunLock:

@@ -289,7 +289,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     parsed = [(text, *parse_override(text)) for text in overrides]
     for text, parts, value in sorted(parsed, key=lambda item: item[1][-1] != "kind"):  # kinds first, else in order
         if parts[-1] == "kind" and len(parts) > 1:
-            table = _lookup(raw, parts[:-1])
+            table = lookup(raw, parts[:-1])
             if isinstance(table, dict) and table.get("kind") != value:
                 table.clear()
         node = raw
@@ -305,7 +305,8 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     return raw
 
 
-def _lookup(raw: dict[str, Any], parts: Sequence[str]) -> Any:
+def lookup(raw: dict[str, Any], parts: Sequence[str]) -> Any:
+    """The value at key path ``parts`` in the raw tables, or None."""
     node: Any = raw
     for part in parts:
         if not isinstance(node, dict) or part not in node:

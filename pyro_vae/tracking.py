@@ -28,6 +28,9 @@ from .registry import Registry
 
 TRACKERS = Registry("tracker")
 TRACKING_STATE = "tracking.json"
+MLFLOW_STORE, MLFLOW_ARTIFACTS = "mlflow.db", "mlartifacts"  # the local MLflow store's database and artifacts
+TRACKING_FILES = (TRACKING_STATE, MLFLOW_STORE)  # what trackers write in a run directory
+TRACKING_FOLDERS = ("tensorboard", MLFLOW_ARTIFACTS)
 
 
 def flat_parameters(table: dict, prefix: str = "") -> dict[str, str]:
@@ -64,6 +67,12 @@ class Tracker:
         raise NotImplementedError
 
 
+def _scalars(row: dict):
+    """A metrics row's finite values, as (name, value), without its epoch (the step)."""
+    return ((key, float(value)) for key, value in row.items()
+            if key != "epoch" and value is not None and math.isfinite(value))
+
+
 def _figures(folder: Optional[Path]) -> list[Path]:
     return sorted(folder.glob("*.png")) if folder is not None and folder.is_dir() else []
 
@@ -96,9 +105,8 @@ class TensorBoard(Tracker):
 
     def log_rows(self, rows):
         for row in rows:
-            for key, value in row.items():
-                if key != "epoch" and value is not None and math.isfinite(value):
-                    self.writer.add_scalar(f"metrics/{key}", value, int(row["epoch"]))
+            for key, value in _scalars(row):
+                self.writer.add_scalar(f"metrics/{key}", value, int(row["epoch"]))
 
     def finish(self, summary, figures):
         import matplotlib.image
@@ -117,7 +125,8 @@ def _forget_removed_database(uri: str) -> None:
     point at the removed file: "attempt to write a readonly database". For a local database
     that no longer exists, the cached engine and the cached stores are dropped, so that a new
     store creates the new file's tables."""
-    if not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).exists():
+    database = _sqlite_file(uri)
+    if database is None or database.exists():
         return
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
     from mlflow.tracking._tracking_service.registry import TrackingStoreRegistry
@@ -128,12 +137,16 @@ def _forget_removed_database(uri: str) -> None:
         TrackingStoreRegistry._get_store_with_resolved_uri.cache_clear()  # the stores that held it
 
 
+def _sqlite_file(uri: str) -> Optional[Path]:
+    """The database file of a local SQLite tracking URI (``sqlite:///PATH``); None for others."""
+    return Path(uri.removeprefix("sqlite:///")).resolve() if uri.startswith("sqlite:///") else None
+
+
 def _artifacts_beside(uri: str) -> Optional[str]:
     """A local SQLite store keeps its artifacts next to it (MLflow's default is the working
     directory); a server decides for itself."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+    database = _sqlite_file(uri)
+    return None if database is None else (database.parent / MLFLOW_ARTIFACTS).as_uri()
 
 
 @TRACKERS.register("mlflow")
@@ -161,7 +174,7 @@ class MLflow(Tracker):
         run_dir = Path(run_dir).resolve()
         for name in ("mlflow", "alembic"):  # their database set-up is not the run's news
             logging.getLogger(name).setLevel(logging.WARNING)
-        uri = self.uri or f"sqlite:///{run_dir / 'mlflow.db'}"
+        uri = self.uri or f"sqlite:///{run_dir / MLFLOW_STORE}"
         _forget_removed_database(uri)
         self.client = self._client_class(tracking_uri=uri)
         state_path = run_dir / TRACKING_STATE
@@ -185,8 +198,9 @@ class MLflow(Tracker):
                                                   synchronous=False))
 
     def log_rows(self, rows):
-        """Rows are sent together, at most every ``flush_seconds`` (each send costs about 10 ms
-        of the process's time: every epoch, a 2% share of a 0.5 s epoch); the rest at the end."""
+        """Rows are sent together, at most every ``flush_seconds`` (a send costs about 6 ms of
+        the process's CPU, see BENCHMARKS.md: every epoch, over 2% of a 0.3 s epoch); the rest
+        at the end."""
         self.rows += [(int(time.time() * 1000), row) for row in rows]
         if time.perf_counter() - self.flushed >= self.flush_seconds:
             self._send()
@@ -194,8 +208,7 @@ class MLflow(Tracker):
     def _send(self):
         from mlflow.entities import Metric
 
-        metrics = [Metric(key, float(value), stamp, int(row["epoch"])) for stamp, row in self.rows
-                   for key, value in row.items() if key != "epoch" and value is not None and math.isfinite(value)]
+        metrics = [Metric(key, value, stamp, int(row["epoch"])) for stamp, row in self.rows for key, value in _scalars(row)]
         for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
             self.pending.append(self.client.log_batch(self.run_id, metrics=metrics[i:i + 1000], synchronous=False))
         self.rows, self.flushed = [], time.perf_counter()

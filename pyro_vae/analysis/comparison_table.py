@@ -7,11 +7,8 @@ from __future__ import annotations
 import math
 
 
-def _number(value, digits: int) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}".replace("-", "−")
-
-
 def _with_se(value, se, digits: int, signed: bool = False) -> str:
+    """``value ± se`` (just the value when ``se`` is None), with a true minus sign; n/a when not finite."""
     if value is None or not math.isfinite(value):
         return "n/a"
     text = f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
@@ -28,8 +25,8 @@ def comparison_markdown(report: dict) -> str:
                (f"Δ vs {reference}", lambda s: _with_se(s["diff_vs_reference"], s["diff_se"], 2, signed=True)),
                ("ELBO", lambda s: _with_se(s["elbo"], s["elbo_se_seeds"], 2)),
                ("KL", lambda s: _with_se(s["kl"], s["kl_se_seeds"], 2)),
-               ("active units", lambda s: _number(s["active_units"], 1)),
-               ("s/epoch", lambda s: _number(s["seconds_per_epoch"], 2))]
+               ("active units", lambda s: _with_se(s["active_units"], None, 1)),
+               ("s/epoch", lambda s: _with_se(s["seconds_per_epoch"], None, 2))]
     if settings["snr"]:
         columns += [("SNR encoder", lambda s: _with_se(s["snr_encoder"], s["snr_encoder_se_seeds"], 3)),
                     ("SNR decoder", lambda s: _with_se(s["snr_decoder"], s["snr_decoder_se_seeds"], 3))]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ..errors import SpecError
 from ..params import toml_value
-from ..spec import Spec, apply_overrides
+from ..spec import Spec, apply_overrides, lookup
 
 
 @dataclass(frozen=True)
@@ -92,24 +92,16 @@ def parse_table(text: str, flag: str = "vary") -> dict:
     return table
 
 
-def _lookup(raw: dict, path: str):
-    node = raw
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def _is_table(raw: dict, axis: Axis) -> bool:
     """Whether the axis names a slot's table (its values are ``kind[:key=value...]``)."""
-    return isinstance(_lookup(raw, axis.path), dict) and "kind" in _lookup(raw, axis.path)
+    value = lookup(raw, axis.path.split("."))
+    return isinstance(value, dict) and "kind" in value
 
 
 def _apply(raw: dict, axis: Axis, value: str) -> None:
     if _is_table(raw, axis):
         *parents, last = axis.path.split(".")
-        _lookup(raw, ".".join(parents))[last] = parse_table(value, axis.flag)
+        lookup(raw, parents)[last] = parse_table(value, axis.flag)
     else:
         apply_overrides(raw, [f"{axis.path}={value}"])
 

@@ -58,6 +58,7 @@ from ..infer.gradients import SNRProbe, snr_against_k
 from ..infer.train import resolve_device
 from ..runs import CHECKPOINT, METRICS, SUMMARY, RunLock, claim_output_dir, load_run
 from ..spec import DEFAULT_DATA, DEFAULT_INFERENCE, DEFAULT_MODEL, load_spec
+from ..tracking import MLFLOW_ARTIFACTS, MLFLOW_STORE
 from .cells import Axis, Cell, estimator_axis, parse_axis, parse_table, plan_cells
 from .evaluate import evaluate_run, run_dataset
 from .train import resume, train
@@ -87,8 +88,8 @@ METRIC_COLUMNS = [
 CLASSIFICATION_SCORES = ("accuracy", "cluster_accuracy", "nmi")
 DISCRETE_FIGURES = ("snr_classifier", *CLASSIFICATION_SCORES)  # only a model with a discrete latent has them
 PLAN, DONE, SNR_POINTS = "comparison_plan.json", "comparison_done.json", "snr_points.json"
-OUTPUTS = dict(files=("comparison.csv", "comparison.json", "comparison.md", PLAN, "mlflow.db"), folders=("runs", "mlartifacts"),
-               patterns=("comparison_*.png",))
+OUTPUTS = dict(files=("comparison.csv", "comparison.json", "comparison.md", PLAN, MLFLOW_STORE),
+               folders=("runs", MLFLOW_ARTIFACTS), patterns=("comparison_*.png",))
 SNR_AXES = ("inference.estimator", "model.posterior")  # gradient SNR is measured where one of these varies
 
 
@@ -133,12 +134,11 @@ def compare(
                         "or {estimators} LIST")
     out = Path(out)
     base = load_spec(model, inference, data, overrides)
-    if base.tracking is not None and base.tracking["kind"] == "mlflow" and base.tracking.get("uri") is None:
+    if base.tracking is not None and base.tracking["kind"] == "mlflow" and base.tracking["uri"] is None:
         # every cell's run in one MLflow store, under the comparison's folder, an experiment named after it
-        overrides = [*overrides, f"tracking.uri=sqlite:///{(out / 'mlflow.db').resolve()}"]
+        base.tracking["uri"] = f"sqlite:///{(out / MLFLOW_STORE).resolve()}"
         if base.tracking["experiment"] == "pyro-vae":
-            overrides.append(f"tracking.experiment={out.resolve().name}")
-        base = load_spec(model, inference, data, overrides)
+            base.tracking["experiment"] = out.resolve().name
     cells = plan_cells(base, axes, zip_axes)
     labels = [cell.label for cell in cells]
     reference = reference or labels[0]
@@ -164,7 +164,7 @@ def compare(
         timer = _Timer(len(runs), log)
         for number, (cell, seed) in enumerate(runs, 1):
             _run_cell(cell, seed, out, settings, timer, number, progress, log)
-        report = _report(cells, axes, settings, reference, out, estimator_varies, log)
+        report = _report(cells, axes, settings, reference, out, log)
         write_csv(out / "comparison.csv", report["rows"], columns(axes))
         atomic_write_json(out / "comparison.json", report)
         atomic_write_text(out / "comparison.md", comparison_markdown(report))
@@ -267,10 +267,10 @@ def _run_cell(cell: Cell, seed: int, out: Path, settings: dict, timer: _Timer, n
     log(f"{name}: evaluating log p(x) with K = {settings['samples']}")
     summary, _, _ = evaluate_run(run_dir, split=settings["split"], num_samples=settings["samples"],
                                  limit=settings["limit"], seed=0, device=spec.inference.schedule.device)
-    seconds = time.perf_counter() - started
-    atomic_write_json(run_dir / DONE, {"train_seconds": trained - started, "evaluate_seconds": seconds - (trained - started)})
-    timer.done(number, f"{name}: log p(x) {summary['log_likelihood']:.3f} (trained in {_duration(trained - started)}, "
-                       f"evaluated in {_duration(seconds - (trained - started))})", seconds)
+    train_seconds, evaluate_seconds = trained - started, time.perf_counter() - trained
+    atomic_write_json(run_dir / DONE, {"train_seconds": train_seconds, "evaluate_seconds": evaluate_seconds})
+    timer.done(number, f"{name}: log p(x) {summary['log_likelihood']:.3f} (trained in {_duration(train_seconds)}, "
+                       f"evaluated in {_duration(evaluate_seconds)})", train_seconds + evaluate_seconds)
 
 
 def _status(run_dir: Path) -> str:
@@ -284,8 +284,7 @@ def _status(run_dir: Path) -> str:
     return "started" if (run_dir / CHECKPOINT).is_file() else "new"
 
 
-def _report(cells: list[Cell], axes: list[Axis], settings: dict, reference: str, out: Path, estimator_varies: bool,
-            log) -> dict:
+def _report(cells: list[Cell], axes: list[Axis], settings: dict, reference: str, out: Path, log) -> dict:
     """The comparison's figures, read back from the run directories."""
     rows, curves, timings, snr_points, per_example = [], {}, {}, {}, {}
     for seed in range(settings["seeds"]):
@@ -324,7 +323,7 @@ def _report(cells: list[Cell], axes: list[Axis], settings: dict, reference: str,
     for row in rows:
         mine, index = per_example[(row["cell"], row["seed"])]
         theirs, their_index = per_example[(reference, row["seed"])]
-        if len(index) != len(their_index) or not np.array_equal(index, their_index):
+        if not np.array_equal(index, their_index):
             log(f"{row['cell']} (seed {row['seed']}) was evaluated on other examples than {reference}: no paired "
                 "difference (an axis changed the held-out data)")
             row["diff_vs_reference"] = row["diff_se"] = math.nan
@@ -333,7 +332,7 @@ def _report(cells: list[Cell], axes: list[Axis], settings: dict, reference: str,
         row["diff_vs_reference"] = diff.mean().item()
         row["diff_se"] = standard_error(diff) if row["cell"] != reference else 0.0
     labels = [cell.label for cell in cells]
-    snr_k_rows = _snr_against_k(cells, settings, reference, out, log) if estimator_varies and settings["snr_k"] else []
+    snr_k_rows = _snr_against_k(cells, settings, reference, out, log) if settings["snr_k"] else []  # [] unless the estimator varies
     settings = {**settings, "reference": reference, "examples": len(per_example[(reference, 0)][0])}
     return {
         "settings": settings,
