@@ -13,9 +13,12 @@ The reference uses ``torch.optim.Adam`` as plain PyTorch is usually written; the
 library steps a fused Adam. A second reference, plain PyTorch with the same fused
 Adam, isolates what Pyro's tracing and distributions cost on top of the network:
 ``ratio_fused`` = library / that loop. ``ratio_jit`` is the library with Pyro's JIT
-(``[inference.estimator] jit = true``) against the usual plain loop.
+(``[inference.estimator] jit = true``) against the usual plain loop, and
+``ratio_compiled_fused`` the library with its compiled step (``inference.schedule.compile``,
+``--compile`` picks the backend) against the fused plain loop. The library side itself
+runs eagerly (``compile = false``).
 
-    python benchmarks/train_throughput.py [--batch-sizes 128 256] [--epochs 5] [--device auto]
+    python benchmarks/train_throughput.py [--batch-sizes 16 32 64 128 256 1024] [--epochs 5] [--compile true] [--device auto]
 """
 
 from __future__ import annotations
@@ -42,14 +45,15 @@ from pyro_vae.spec import Spec
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "binarized_mnist.npz"
 
 
-def textbook_spec(batch_size: int, device: str, jit: bool = False) -> Spec:
+def textbook_spec(batch_size: int, device: str, jit: bool = False, compile="false") -> Spec:
     mlp = {"kind": "mlp", "hidden": [400], "activation": "softplus"}
     return Spec.from_dict(
         {
             "model": {"latent_dim": 50, "encoder": mlp, "decoder": mlp},
             "inference": {
                 "estimator": {"kind": "trace_elbo", "jit": jit},
-                "schedule": {"batch_size": batch_size, "device": device, "epochs": 1000},
+                "schedule": {"batch_size": batch_size, "device": device, "epochs": 1000,
+                             "compile": {"false": False, "true": True}.get(compile, compile)},
             },
             "data": {"path": str(DATA)},
         }
@@ -101,15 +105,16 @@ def library_epoch(trainer: Trainer) -> float:
     return time.perf_counter() - start
 
 
-def measure(batch_size: int, epochs: int, device_choice: str) -> dict:
+def measure(batch_size: int, epochs: int, device_choice: str, compile_backend: str = "true") -> dict:
     device = resolve_device(device_choice)
     arrays = np.load(DATA)
     train = torch.as_tensor(arrays["train"], dtype=torch.float32)
     valid = torch.as_tensor(arrays["valid"], dtype=torch.float32)
     data = Dataset({"train": train, "valid": valid}, {}, (784,), str(DATA)).to(device)
     sides = {}
-    for name, jit in (("library", False), ("library_jit", True)):
-        spec = textbook_spec(batch_size, device_choice, jit)
+    for name, jit, compile in (("library", False, "false"), ("library_jit", True, "false"),
+                               ("library_compiled", False, compile_backend)):
+        spec = textbook_spec(batch_size, device_choice, jit, compile)
         torch.manual_seed(0)
         vae = build_vae(spec.model, (784,), len(train)).to(device)
         vae.name = name  # two VAEs in one process: their own names in Pyro's param store
@@ -137,6 +142,8 @@ def measure(batch_size: int, epochs: int, device_choice: str) -> dict:
         "plain_s": median["plain"],
         "plain_fused_s": median["plain_fused"],
         "library_jit_s": median["library_jit"],
+        "library_compiled_s": median["library_compiled"],
+        "ratio_compiled_fused": median["library_compiled"] / median["plain_fused"],
         "ratio": median["library"] / median["plain"],
         "ratio_fused": median["library"] / median["plain_fused"],
         "ratio_jit": median["library_jit"] / median["plain"],
@@ -165,7 +172,8 @@ def parse_arguments(doc: str, argv, add) -> argparse.Namespace | None:
 
 def main(argv=None) -> int:
     def add(parser):
-        parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 256])
+        parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32, 64, 128, 256, 1024])
+        parser.add_argument("--compile", default="true", help="the compiled side's inference.schedule.compile (true, graph, inductor, cuda_graph)")
         parser.add_argument("--epochs", type=int, default=5, help="timed epochs of each side (after one warm-up epoch)")
 
     args = parse_arguments(__doc__, argv, add)
@@ -174,12 +182,13 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
     print(f"device: {device} ({machine(device)}), torch {torch.__version__}")
     print(f"{'batch':>6} {'library':>9} {'plain':>9} {'ratio':>6}   {'plain fused':>11} {'ratio_fused':>11}   "
-          f"{'library jit':>11} {'ratio_jit':>9}   (seconds per epoch, medians)")
+          f"{'library jit':>11} {'ratio_jit':>9}   {'compiled':>9} {'compiled/fused':>14}   (seconds per epoch, medians)")
     for batch_size in args.batch_sizes:
-        r = measure(batch_size, args.epochs, args.device)
+        r = measure(batch_size, args.epochs, args.device, args.compile)
         print(
             f"{r['batch_size']:>6} {r['library_s']:>9.3f} {r['plain_s']:>9.3f} {r['ratio']:>6.3f}   "
-            f"{r['plain_fused_s']:>11.3f} {r['ratio_fused']:>11.3f}   {r['library_jit_s']:>11.3f} {r['ratio_jit']:>9.3f}"
+            f"{r['plain_fused_s']:>11.3f} {r['ratio_fused']:>11.3f}   {r['library_jit_s']:>11.3f} {r['ratio_jit']:>9.3f}   "
+            f"{r['library_compiled_s']:>9.3f} {r['ratio_compiled_fused']:>14.3f}", flush=True
         )
     return 0
 

@@ -71,3 +71,8 @@ class Interrupted(Exception):
     def __init__(self, signum: int, epoch: int, step: int):
         super().__init__(f"interrupted by signal {signum} in epoch {epoch} after step {step}")
         self.signum, self.epoch, self.step = signum, epoch, step
+
+
+class NotTraceable(Exception):
+    """A component cannot run inside a traced (compiled) training step; the message says
+    which and why. The trainer then steps eagerly (infer/compiled.py)."""

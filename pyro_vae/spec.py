@@ -111,6 +111,8 @@ class Schedule(_Strict):
     clip_norm: Annotated[float, Field(ge=0)] = 0.0
     checkpoint_every: NonNegativeInt = 0
     collective_timeout: Annotated[float, Field(gt=0, le=86_400)] = 300.0
+    # a traced training step (infer/compiled.py): auto (where it measured faster), true, false, or a backend
+    compile: Literal["auto", "graph", "inductor", "cuda_graph"] | bool = "auto"
 
 
 class InferenceSpec(_Strict):

@@ -4,8 +4,10 @@ import math
 
 import mpmath
 import numpy as np
+import pyro
 import pytest
 import torch
+from pyro.distributions import transforms as T
 from scipy import special, stats
 
 from pyro_vae.model import build_vae
@@ -210,6 +212,103 @@ def test_vamp_is_the_average_of_the_encoders_posteriors(posterior):
             [vae.posterior(vae.encoder(u[None])).log_prob(z.clone()) for u in vae.prior.inputs()], -1
         )
     assert torch.allclose(p, torch.logsumexp(per_component, -1) - math.log(5), atol=1e-4)
+
+
+MIXTURE_PRIORS = [
+    ({"kind": "mixture", "components": 3}, None),
+    ({"kind": "vamp", "components": 4}, {"kind": "diagonal_normal"}),
+    ({"kind": "vamp", "components": 4}, {"kind": "low_rank_normal", "rank": 1}),
+    ({"kind": "vamp", "components": 4}, {"kind": "iaf", "steps": 1, "hidden": [8], "context": 3}),
+]
+
+
+def _mixture_reference(vae, z):
+    """log p(z) of a mixture prior in float64, one component at a time: log sum_k pi_k p_k(z)."""
+    prior = vae.prior
+    if prior.__class__.__name__ == "MixturePrior":
+        scales = torch.nn.functional.softplus(prior.raw_scales)
+        per_component = [torch.distributions.Normal(prior.locs[k], scales[k]).log_prob(z).sum(-1)
+                         for k in range(prior.components)]
+        log_weights = torch.log_softmax(prior.logits, -1)
+    else:
+        vae.eval()
+        per_component = [vae.posterior(vae.encoder(u[None])).log_prob(z.clone()) for u in prior.inputs()]
+        log_weights = torch.full((prior.components,), -math.log(prior.components), dtype=z.dtype)
+    return torch.logsumexp(torch.stack(per_component, -1) + log_weights, -1)
+
+
+@pytest.mark.parametrize("extreme", [False, True], ids=["moderate", "extreme"])
+@pytest.mark.parametrize("prior, posterior", MIXTURE_PRIORS, ids=lambda t: t and "_".join(map(str, t.values()))[:22])
+def test_mixture_priors_score_every_component_exactly(prior, posterior, extreme):
+    """The mixture and the VampPrior (each posterior family) score z against all components in
+    one expression (matrix products for diagonal Gaussians): value and gradients equal a
+    float64 sum over the components one at a time, on the plate-expanded prior too, also
+    with components far from 0 and scales of 1e-4 to 1e-3, where the expansion's terms nearly cancel."""
+    vae = vae_with(prior=prior, posterior=posterior, latent_dim=3)
+    if extreme:
+        with torch.no_grad():
+            if prior["kind"] == "mixture":
+                vae.prior.locs.mul_(100.0)
+                vae.prior.raw_scales.fill_(-9.0)  # scale softplus(-9) = 1.2e-4
+            else:
+                last = vae.encoder.net[-1]
+                last.weight.mul_(1e-3)
+                # the encoder computes the locations in float32: far from 0 they are rounded to
+                # ~1e-7 of their size, which must stay small against the scale (here 2.5e-3)
+                last.bias[:3] = torch.tensor([20.0, -12.0, 8.0])
+                last.bias[3:6] = -6.0
+    reference = vae_with(prior=prior, posterior=posterior, latent_dim=3).double()
+    reference.load_state_dict({k: v.double() for k, v in vae.state_dict().items()})
+    with torch.no_grad():
+        centres = vae.prior().sample((6,))
+    z = (centres + 1e-4 * torch.randn(6, 3) if extreme else torch.randn(6, 3)).requires_grad_()
+    z_reference = z.detach().double().requires_grad_()
+
+    expected = _mixture_reference(reference, z_reference)
+    grads_expected = torch.autograd.grad(expected.sum(), [z_reference, *reference.prior.parameters(), *reference.encoder.parameters()],
+                                         allow_unused=True)
+    vae.eval()
+    for expand in (False, True):
+        p = vae.prior()
+        log_p = (p.expand((6,)) if expand else p).log_prob(z)
+        assert log_p.dtype == torch.float32
+        assert torch.allclose(log_p.double(), expected, rtol=1e-5, atol=1e-3), (log_p, expected)
+        grads = torch.autograd.grad(log_p.sum(), [z, *vae.prior.parameters(), *vae.encoder.parameters()], allow_unused=True)
+        for g, g_expected in zip(grads, grads_expected):
+            if g_expected is None:
+                assert g is None or not g.any()
+                continue
+            # extreme: d log p / d loc = (z - loc) / s^2 carries the float32 rounding of the
+            # encoder's loc (~1e-6 here) amplified by 1 / s^2: up to ~3e-3 of the largest
+            # gradient through the encoder, on the broadcast form (iaf, low_rank) as well
+            tolerance = (1e-2 if extreme else 1e-4) * g_expected.abs().max().item() + 1e-4
+            assert torch.allclose(g.double(), g_expected, atol=tolerance), (g, g_expected)
+    draws = torch.randn(2, 6, 3)  # (samples, batch, latent), as importance sampling scores them
+    with torch.no_grad():
+        assert vae.prior().log_prob(draws).shape == (2, 6)
+
+
+def test_a_component_that_cannot_be_scored_counts_as_density_zero():
+    """A mixture component whose density at z overflows (here an affine flow with scale 1e-30,
+    whose inverse squared is inf; a VampPrior's IAF components do this far from their mass) adds
+    nothing to the mixture and passes no NaN into the gradients."""
+    from pyro_vae.model.priors import _Mixture
+
+    loc = torch.tensor([[0.0, 0.0], [1.0, -1.0]], requires_grad=True)
+    scale = torch.tensor([[1e-30, 1e-30], [0.5, 2.0]], requires_grad=True)
+    base = pyro.distributions.Normal(torch.zeros(2, 2), 1.0).to_event(1)
+    components = pyro.distributions.TransformedDistribution(base, [T.AffineTransform(loc, scale, event_dim=1)])
+    mixture = _Mixture(pyro.distributions.Categorical(logits=torch.zeros(2)), components)
+    z = torch.randn(5, 2)
+    log_p = mixture.log_prob(z)
+    expected = math.log(0.5) + torch.distributions.Normal(loc[1], scale[1]).log_prob(z).sum(-1)
+    assert torch.allclose(log_p, expected, atol=1e-5)
+    grad_loc, grad_scale = torch.autograd.grad(log_p.sum(), [loc, scale])
+    expected_loc, expected_scale = torch.autograd.grad(expected.sum(), [loc, scale])
+    assert torch.isfinite(grad_loc).all() and torch.isfinite(grad_scale).all()
+    assert torch.allclose(grad_loc, expected_loc, atol=1e-5) and torch.allclose(grad_scale, expected_scale, atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(mixture.log_prob(z), expected)
 
 
 def test_vamp_pseudo_inputs_are_trained():

@@ -48,9 +48,13 @@ LIKELIHOODS = {
 
 @pytest.fixture(scope="module")
 def data_files(tmp_path_factory):
+    return write_data_files(tmp_path_factory.mktemp("data"))
+
+
+def write_data_files(folder):
+    """An npz per kind of data (unit, open_unit, levels, counts) in ``folder``: their paths."""
     from sklearn.datasets import load_digits
 
-    folder = tmp_path_factory.mktemp("data")
     digits = load_digits().data[:400]
     rng = np.random.default_rng(0)
     # counts with a per-feature scale to learn (the untrained decoder predicts rates near 0.7)

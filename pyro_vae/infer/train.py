@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from .. import distributed
 from ..errors import Interrupted, SpecError, TrainingDiverged
+from .compiled import CompiledStep, Unsupported, compile_backend
 from .estimators import ESTIMATORS, supports_subsampling
 from .evaluate import elbo_terms
 from .optim import BASELINE_PARAMS, OPTIMIZERS, SingleOptimizer
@@ -179,6 +180,9 @@ class Trainer:
         self.state = TrainState()
         self.best_weights: Optional[dict] = None
         self._validated = False
+        backend = compile_backend(self.schedule.compile, self.device)
+        self.compiled = None if backend is None else CompiledStep(vae, self.estimator, self.optim.params, backend)
+        self._unread = None  # compiled steps' losses not read yet
 
     # --- checkpoint state ------------------------------------------------------------
 
@@ -295,7 +299,7 @@ class Trainer:
                     self.vae.temperature = self.temperature_schedule(state.global_step / self.steps_per_epoch)
                 try:
                     with pyro.validation_enabled(not self._validated):
-                        loss = self.svi.step(x, index)
+                        loss = self._step(x, index, read=self._read_due(i, requested))
                 except TrainingDiverged as exc:
                     raise self._diverged(str(exc)) from None
                 stop = bool(requested)
@@ -306,9 +310,10 @@ class Trainer:
                     # at the next step, so no rank enters the checkpoint's collectives without the others
                     stop = totals[1].item() > 0
                 self._validated = True
-                if not math.isfinite(loss):
-                    raise self._diverged(f"loss is {loss}")
-                state.epoch_loss += loss
+                if loss is not None:
+                    if not math.isfinite(loss):
+                        raise self._diverged(f"loss is {loss}")
+                    state.epoch_loss += loss
                 state.global_step += 1
                 state.step_in_epoch = i + 1
                 if bar is not None:
@@ -327,6 +332,37 @@ class Trainer:
             batches.close()  # stops a read-ahead thread at once, whatever ended the loop
         state.epoch_seconds += time.perf_counter() - started
         return state.epoch_seconds
+
+    def _step(self, x, index, read: bool = True) -> Optional[float]:
+        """One SVI step; its loss, or None when ``read`` is false and the step's loss stays
+        on the device (a compiled step on CUDA: reading it waits for the device, so the
+        losses are summed there and read every few steps, see ``_read_due``).
+
+        The first step is eager (with Pyro's argument checks); then the compiled step,
+        where ``inference.schedule.compile`` asks for one and the estimator and model
+        allow it, else one line says why not and the steps stay eager."""
+        if self.compiled is None or not self._validated:
+            return self.svi.step(x, index)
+        try:
+            loss = self.compiled.step(x, index, self.vae.beta)
+        except Unsupported as exc:
+            self.log(f"inference.schedule.compile: {exc}; training eagerly")
+            self.compiled = None
+            return self.svi.step(x, index)
+        self.optim(self.optim.params)
+        self._unread = loss.detach() if self._unread is None else self._unread + loss.detach()
+        if not read:
+            return None
+        loss, self._unread = self._unread.item(), None
+        return loss
+
+    def _read_due(self, i: int, requested: Sequence[int]) -> bool:
+        """Whether step i's loss must be read now: always off CUDA and under several
+        processes (the loss is all-reduced every step); on CUDA at every progress update,
+        checkpoint, stop request and epoch end."""
+        every = self.schedule.checkpoint_every
+        return (self.device.type != "cuda" or self.group.active or bool(requested) or i % 25 == 0
+                or i + 1 == self.steps_per_epoch or bool(every and (self.state.global_step + 1) % every == 0))
 
     def _diverged(self, what: str) -> TrainingDiverged:
         s = self.state

@@ -1,0 +1,271 @@
+"""A compiled training step (``inference.schedule.compile``).
+
+An eager SVI step runs a good deal of Python: the guide and the model under poutine's
+messengers, every distribution checking and broadcasting its arguments, the ELBO
+walking the traces. For a given model and batch shape that structure is the same at
+every step; only the numbers change. So the step is traced once with ``torch.fx``'s
+``make_fx``: guide, model, the estimator's loss and the backward pass become one graph
+of tensor operations, and Pyro's Python runs once instead of at every step. The
+random draws are operations of that graph on the global generator, in the eager
+step's order, so the compiled step draws the numbers the eager step draws. ``make_fx``
+refuses Python that branches on a tensor's value, so a graph that traced is the step.
+
+The graph then runs by one of three backends (:data:`BACKENDS`):
+
+- ``graph``: the traced graph replayed as it is (bit-identical to the eager step);
+- ``inductor``: the graph compiled by ``torch.compile`` (fused kernels; equal to
+  float tolerance, with Inductor's random numbers replaced by eager's);
+- ``cuda_graph``: the graph captured as a CUDA graph with static input and output
+  buffers; each step copies the batch in and replays (graph-safe RNG: torch
+  registers the default generator's Philox offset with the graph). The capture is
+  behind :class:`Capture`, whose CPU stand-in replays by calling, so the static-buffer
+  logic is tested without a GPU.
+
+The optimizer stays outside the graph: the fused Adam is one kernel, and gradient
+clipping and the all-reduce of several processes keep working unchanged.
+
+Estimators whose loss is a pure function of the traces are supported
+(:func:`traced_loss`): ``trace_elbo`` and ``trace_mean_field`` on reparameterized
+latents, the importance-weighted family and ``tail_adaptive``. Pyro's own loss code
+cannot be traced as it is: it reads the loss with ``.item()``. Anything else (a
+score-function or enumerated discrete site, a relaxed temperature that changes every
+step, Pyro's JIT, a component that branches on values) raises :class:`Unsupported`,
+and the trainer says so in one line and trains eagerly.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from typing import Callable, Optional, Sequence
+
+import pyro
+import torch
+from pyro.distributions.util import scale_and_mask
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from torch import Tensor
+from torch.distributions import kl_divergence
+
+from ..errors import NotTraceable, SpecError
+from .estimators import ImportanceWeightedELBO, TailAdaptive
+
+BACKENDS = ("graph", "inductor", "cuda_graph")
+
+
+def compile_backend(setting, device: torch.device) -> Optional[str]:
+    """The backend ``inference.schedule.compile`` asks for on this device, or None (eager).
+
+    ``true``: a CUDA graph on CUDA, else the replayed graph; a backend's name: that one
+    (``cuda_graph`` only on CUDA); ``auto``: the replayed graph on the CPU, where
+    ``benchmarks/train_throughput.py`` measured it faster than the eager step at every
+    batch size and its tracing (a fraction of a second) is recovered within the first
+    epoch; eager elsewhere, where no measurement was made (no GPU was available).
+    """
+    if setting is False:
+        return None
+    if setting == "cuda_graph" and device.type != "cuda":
+        raise SpecError(f"inference.schedule.compile: cuda_graph needs a CUDA device, and training runs on {device.type}; "
+                        "use true, graph or inductor")
+    if setting is True:
+        return "cuda_graph" if device.type == "cuda" else "graph"
+    if setting == "auto":
+        return "graph" if device.type == "cpu" else None
+    return setting
+
+
+class Unsupported(Exception):
+    """The step cannot be compiled; the message says why, in a phrase."""
+
+
+# --- the loss, written from the traces ------------------------------------------------------
+
+
+def _sample_sites(trace):
+    return [(name, site) for name, site in trace.nodes.items() if site["type"] == "sample"]
+
+
+def _reparameterized(guide_trace) -> None:
+    for name, site in _sample_sites(guide_trace):
+        if not site["is_observed"] and not site["fn"].has_rsample:
+            raise Unsupported(f"guide site {name!r} is not reparameterized (its gradient is a score function)")
+
+
+def _elbo_particle(model_trace, guide_trace) -> Tensor:
+    """log p(x, z) - log q(z|x) of one trace pair, each site scaled (Trace_ELBO's value)."""
+    _reparameterized(guide_trace)
+    model = sum(site["log_prob_sum"] for _, site in _sample_sites(model_trace))
+    guide = sum(site["log_prob_sum"] for _, site in _sample_sites(guide_trace) if not site["is_observed"])
+    return model - guide
+
+
+def _mean_field_particle(model_trace, guide_trace) -> Tensor:
+    """E_q log p(x|z) - KL(q||p), the KL in closed form where registered (TraceMeanField_ELBO's value)."""
+    _reparameterized(guide_trace)
+    elbo = 0.0
+    for name, model_site in _sample_sites(model_trace):
+        if model_site["is_observed"]:
+            elbo = elbo + model_site["log_prob_sum"]
+            continue
+        guide_site = guide_trace.nodes[name]
+        try:
+            kl = scale_and_mask(kl_divergence(guide_site["fn"], model_site["fn"]), guide_site["scale"], guide_site["mask"])
+            elbo = elbo - kl.sum()
+        except NotImplementedError:
+            elbo = elbo + model_site["log_prob_sum"] - guide_site["log_prob_sum"]
+    for name, guide_site in _sample_sites(guide_trace):
+        if name not in model_trace.nodes:  # an auxiliary guide site
+            elbo = elbo - guide_site["log_prob_sum"]
+    return elbo
+
+
+def traced_loss(estimator, model, guide, *args) -> tuple[Tensor, Tensor]:
+    """(loss, surrogate): the step's reported loss and what is differentiated, as tensors
+    (no ``.item()``), for the estimators that can be compiled; else :class:`Unsupported`."""
+    if getattr(estimator, "jit", False):
+        raise Unsupported("inference.estimator.jit = true traces the step with Pyro's JIT already")
+    if isinstance(estimator, ImportanceWeightedELBO):
+        log_w, factor, latents = estimator.log_weights(model, guide, *args)
+        return -factor * estimator.objective(log_w.detach()).sum(), -factor * estimator.surrogate(log_w, latents).sum()
+    if isinstance(estimator, TailAdaptive):
+        log_w = estimator.particle_log_weights(model, guide, *args)
+        return -log_w.detach().mean(), estimator.surrogate(log_w)
+    particle = {Trace_ELBO: _elbo_particle, TraceMeanField_ELBO: _mean_field_particle}.get(type(estimator))
+    if particle is None:
+        raise Unsupported(f"the estimator {type(estimator).__name__} has no traced loss")
+    elbo = sum(particle(m, g) for m, g in estimator._get_traces(model, guide, args, {})) / estimator.num_particles
+    return -elbo.detach(), -elbo
+
+
+# --- capture: CUDA graphs, and their CPU stand-in -------------------------------------------
+
+
+class Capture:
+    """Runs ``fn`` on fixed input buffers into fixed output buffers: ``capture(fn, inputs)``
+    once, then per step copy the new inputs into ``inputs`` and ``replay()``.
+
+    On CUDA a ``torch.cuda.CUDAGraph`` (warmed up on a side stream first, as capture
+    requires); elsewhere the stand-in that calls ``fn`` and copies its results into the
+    outputs, which is the same contract without the graph."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.graph = torch.cuda.CUDAGraph() if device.type == "cuda" else None
+        self.outputs: Optional[list] = None
+
+    def capture(self, fn: Callable, inputs: Sequence[Tensor], warmup: int = 3) -> list:
+        self.fn, self.inputs = fn, inputs
+        if self.graph is None:  # the first replay draws what this call drew
+            with _rng_kept(self.device):
+                self.outputs = [None if t is None else t.clone() for t in fn(*inputs)]
+            return self.outputs
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(warmup):
+                fn(*inputs)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        with torch.cuda.graph(self.graph):
+            self.outputs = list(fn(*inputs))
+        return self.outputs
+
+    def replay(self) -> list:
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            for out, new in zip(self.outputs, self.fn(*self.inputs)):
+                if out is not None:
+                    out.copy_(new)
+        return self.outputs
+
+
+# --- the compiled step ---------------------------------------------------------------------
+
+
+@contextmanager
+def _rng_kept(device: torch.device):
+    """The global random states as they were before: tracing draws numbers the step must draw again."""
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, device)
+
+
+class CompiledStep:
+    """The loss and gradients of one SVI step as a traced graph (see the module docstring).
+
+    ``step(x, index, beta)`` sets ``.grad`` of the parameters (not of those the loss
+    does not reach, as in eager) and returns the loss as a 0-d tensor on the device.
+    The graph is traced at the first call, for that batch shape; a call with another
+    shape traces again."""
+
+    def __init__(self, vae, estimator, params: Sequence[Tensor], backend: str):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend {backend!r}: one of {', '.join(BACKENDS)}")
+        self.vae, self.estimator, self.params, self.backend = vae, estimator, list(params), backend
+        self._shape = None
+
+    def _joint(self, x: Tensor, index: Tensor, beta: Tensor):
+        self.vae.beta = beta
+        loss, surrogate = traced_loss(self.estimator, self.vae.model, self.vae.guide, x, index)
+        grads = torch.autograd.grad(surrogate, self.params, allow_unused=True)
+        self._targets = [p for p, g in zip(self.params, grads) if g is not None]
+        return (loss, *(g for g in grads if g is not None))
+
+    def trace(self, x: Tensor, index: Tensor, beta: Tensor):
+        """The graph of ``_joint`` at these inputs (Unsupported when it cannot be traced)."""
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        with _rng_kept(x.device), pyro.validation_enabled(False), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                return make_fx(lambda x, index, beta: self._joint(x, index, beta))(x, index, beta)
+            except Unsupported:
+                raise
+            except NotTraceable as exc:
+                raise Unsupported(str(exc)) from exc
+            except Exception as exc:  # make_fx refuses value-dependent Python, among others
+                if "get value out of a tracing tensor" in str(exc):
+                    raise Unsupported("a part of the model or estimator branches on a tensor's value in Python") from exc
+                raise Unsupported(f"the step cannot be traced ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from exc
+            finally:
+                self.vae.beta = float(beta)
+
+    def _prepare(self, x: Tensor, index: Tensor, beta: Tensor) -> None:
+        graph = self.trace(x, index, beta)
+        if self.backend == "inductor":
+            import torch._inductor.config as inductor_config
+
+            compiled = torch.compile(graph, dynamic=False)
+
+            def run(*inputs):  # eager's random numbers, not Inductor's own Philox stream
+                with inductor_config.patch(fallback_random=True):
+                    return compiled(*inputs)
+
+            self._run = run
+        elif self.backend == "cuda_graph":
+            self._capture = Capture(x.device)
+            self._inputs = [x.clone(), index.clone(), beta.clone()]
+            self._capture.capture(graph, self._inputs)
+            self._run = self._replay
+        else:
+            self._run = graph
+        self._shape = (x.shape, x.dtype, index.shape)
+
+    def _replay(self, x, index, beta):
+        for buffer, value in zip(self._inputs, (x, index, beta)):
+            buffer.copy_(value)
+        return self._capture.replay()
+
+    def step(self, x: Tensor, index: Tensor, beta: float) -> Tensor:
+        # float64, as eager's Python float: beta * N/B then rounds as in the eager step (not on MPS, which has no float64)
+        beta_t = torch.tensor(float(beta), dtype=torch.float32 if x.device.type == "mps" else torch.float64, device=x.device)
+        if self._shape != (x.shape, x.dtype, index.shape):
+            self._prepare(x, index, beta_t)
+        loss, *grads = self._run(x, index, beta_t)
+        for p, g in zip(self._targets, grads):
+            p.grad = g
+        return loss

@@ -1,0 +1,150 @@
+"""The compiled training step (infer/compiled.py): the same numbers as the eager step.
+
+The traced graph draws the eager step's random numbers in the eager order, so for the
+same seed a compiled run must end with the eager run's parameters exactly, across the
+catalogue (every prior, likelihood and posterior, in the covering set of
+test_combinations.py), every estimator that compiles, and under a KL warm-up (beta
+changes every step). What cannot compile falls back to eager with one line.
+"""
+
+import pytest
+import torch
+
+from helpers import assert_one_line_error
+from pyro_vae.data import load_data
+from pyro_vae.infer.compiled import CompiledStep, compile_backend
+from pyro_vae.infer.train import Trainer
+from pyro_vae.model import build_vae
+from pyro_vae.model.likelihoods import LIKELIHOODS as LIKELIHOOD_CLASSES
+from pyro_vae.spec import Spec
+from test_combinations import COVERING, LIKELIHOODS, POSTERIORS, PRIORS, write_data_files
+
+@pytest.fixture(scope="module")
+def data_files(tmp_path_factory):
+    return write_data_files(tmp_path_factory.mktemp("data"))
+
+
+ESTIMATORS = {
+    "trace_elbo": {},
+    "trace_mean_field": {},
+    "iwae": {"k": 3},
+    "renyi": {"alpha": 0.5, "k": 3},
+    "iwae_dreg": {"k": 3},
+    "stl": {"k": 2},
+    "tail_adaptive": {"num_particles": 3},
+}
+
+
+def _spec(data_files, prior="standard_normal", likelihood="bernoulli", posterior="diagonal_normal",
+          estimator="trace_elbo", compile=False, epochs=2, batch_size=60, warmup=1.0, discrete=None):
+    params, data_kind = LIKELIHOODS[likelihood]
+    small = {"kind": "mlp", "hidden": [16]}
+    model = {"latent_dim": 3, "prior": {"kind": prior, **PRIORS[prior]}, "likelihood": {"kind": likelihood, **params},
+             "posterior": {"kind": posterior, **POSTERIORS[posterior]}, "encoder": small, "decoder": small}
+    if discrete:
+        model["discrete"] = discrete
+    return Spec.from_dict({
+        "model": model,
+        "inference": {"estimator": {"kind": estimator, **ESTIMATORS.get(estimator, {})},
+                      "schedule": {"epochs": epochs, "batch_size": batch_size, "kl_warmup_epochs": warmup,
+                                   "compile": compile}},
+        "data": {"path": str(data_files[data_kind])},
+    })
+
+
+def _train(spec, lines=None):
+    torch.manual_seed(0)
+    likelihood = LIKELIHOOD_CLASSES.resolve(spec.model.likelihood["kind"])
+    data = load_data(spec.data, seed=0, likelihood=likelihood)
+    vae = build_vae(spec.model, data.data_shape, num_data=len(data.splits["train"]))
+    trainer = Trainer(vae, data, spec.inference, progress=False, log=(lines.append if lines is not None else print))
+    state = trainer.fit()
+    return trainer, [row["train_elbo"] for row in state.history], {k: v.clone() for k, v in vae.state_dict().items()}
+
+
+def _same_run(data_files, backend="graph", **settings):
+    """Eager and compiled runs of one spec: the compiled one did compile (the VampPrior over a
+    flow or low-rank posterior says in one line that it cannot), and both end equal."""
+    eager, eager_elbo, eager_weights = _train(_spec(data_files, compile=False, **settings))
+    lines = []
+    compiled, compiled_elbo, compiled_weights = _train(_spec(data_files, compile=backend, **settings), lines)
+    notes = [line for line in lines if line.startswith("inference.schedule.compile")]
+    if settings.get("prior") == "vamp" and settings.get("posterior", "diagonal_normal") != "diagonal_normal":
+        assert len(notes) == 1 and "VampPrior" in notes[0] and compiled.compiled is None, lines
+    else:
+        assert not notes and compiled.compiled is not None, lines  # it compiled, and did not fall back
+        assert compiled.compiled.backend == backend
+    for name, value in eager_weights.items():
+        assert torch.equal(value, compiled_weights[name]), name
+    assert compiled_elbo == pytest.approx(eager_elbo, rel=1e-6)  # the same draws; sums in another order
+
+
+@pytest.mark.parametrize("prior, likelihood, posterior", COVERING, ids=["-".join(c) for c in COVERING])
+def test_the_compiled_step_equals_the_eager_step_across_the_catalogue(prior, likelihood, posterior, data_files):
+    _same_run(data_files, prior=prior, likelihood=likelihood, posterior=posterior)
+
+
+@pytest.mark.parametrize("estimator", list(ESTIMATORS))
+def test_every_estimator_that_compiles_equals_its_eager_step(estimator, data_files):
+    """With a KL warm-up (beta is an input of the graph, not a constant traced into it);
+    tail_adaptive pools the batch, so it takes full batches."""
+    full = estimator == "tail_adaptive"
+    _same_run(data_files, estimator=estimator,
+              batch_size=10_000 if full else 60, epochs=3 if full else 2)
+
+
+def test_the_cuda_graph_logic_on_its_cpu_stand_in(data_files):
+    """The CUDA-graph backend's static buffers (each batch copied into the captured inputs, the
+    gradients read from the captured outputs), run by the CPU stand-in of the capture."""
+    spec = _spec(data_files)
+    eager, _, eager_weights = _train(spec)
+    torch.manual_seed(0)
+    data = load_data(spec.data, seed=0, likelihood=LIKELIHOOD_CLASSES.resolve("bernoulli"))
+    vae = build_vae(spec.model, data.data_shape, num_data=len(data.splits["train"]))
+    trainer = Trainer(vae, data, spec.inference, progress=False)
+    trainer.compiled = CompiledStep(vae, trainer.estimator, trainer.optim.params, "cuda_graph")
+    trainer.fit()
+    assert trainer.compiled is not None and trainer.compiled._capture.graph is None  # the stand-in ran
+    for name, value in eager_weights.items():
+        assert torch.equal(value, vae.state_dict()[name]), name
+
+
+@pytest.mark.slow
+def test_the_inductor_backend_equals_the_eager_step_to_float_tolerance(data_files):
+    eager, eager_elbo, eager_weights = _train(_spec(data_files))
+    compiled, compiled_elbo, compiled_weights = _train(_spec(data_files, compile="inductor"))
+    assert compiled.compiled is not None
+    for name, value in eager_weights.items():
+        assert torch.allclose(value, compiled_weights[name], atol=1e-5), name
+    assert compiled_elbo == pytest.approx(eager_elbo, rel=1e-5)
+
+
+@pytest.mark.parametrize("estimator, discrete, why", [
+    ("trace_graph", None, "TraceGraph_ELBO has no traced loss"),
+    ("trace_elbo", {"classes": 3}, "branches on a tensor's value"),
+])
+def test_what_cannot_compile_trains_eagerly_after_one_line(estimator, discrete, why, data_files):
+    eager, eager_elbo, _ = _train(_spec(data_files, estimator=estimator, discrete=discrete, compile=False))
+    lines = []
+    fallback, fallback_elbo, _ = _train(_spec(data_files, estimator=estimator, discrete=discrete, compile=True), lines)
+    notes = [line for line in lines if line.startswith("inference.schedule.compile")]
+    assert len(notes) == 1 and why in notes[0] and notes[0].endswith("training eagerly"), lines
+    assert fallback.compiled is None
+    assert fallback_elbo == eager_elbo
+
+
+def test_the_backend_each_setting_chooses():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert compile_backend(False, cpu) is None
+    assert compile_backend(True, cpu) == "graph" and compile_backend(True, cuda) == "cuda_graph"
+    assert compile_backend("auto", cpu) == "graph" and compile_backend("auto", cuda) is None
+    assert compile_backend("inductor", cpu) == "inductor"
+
+
+def test_a_cuda_graph_on_the_cpu_is_refused_in_one_line(tmp_path, capsys):
+    from pyro_vae.cli import main
+
+    code = main(["train", "--data", "digits", "--set", "inference.schedule.device=cpu", "--set", "inference.schedule.compile=cuda_graph",
+                 "--set", "inference.schedule.epochs=1", "--out", str(tmp_path / "run")])
+    assert_one_line_error(code, capsys.readouterr().err, "cuda_graph needs a CUDA device", "use true, graph or inductor")
+    assert not (tmp_path / "run").exists()
