@@ -125,15 +125,26 @@ def traced_loss(estimator, model, guide, *args) -> tuple[Tensor, Tensor]:
         raise Unsupported("inference.estimator.jit = true traces the step with Pyro's JIT already")
     if isinstance(estimator, ImportanceWeightedELBO):
         log_w, factor, latents = estimator.log_weights(model, guide, *args)
-        return -factor * estimator.objective(log_w.detach()).sum(), -factor * estimator.surrogate(log_w, latents).sum()
+        loss = -factor * estimator.objective(log_w.detach()).sum().double()  # as eager: factor * sum.item()
+        return loss, -factor * estimator.surrogate(log_w, latents).sum()
     if isinstance(estimator, TailAdaptive):
         log_w = estimator.particle_log_weights(model, guide, *args)
         return -log_w.detach().mean(), estimator.surrogate(log_w)
     particle = {Trace_ELBO: _elbo_particle, TraceMeanField_ELBO: _mean_field_particle}.get(type(estimator))
     if particle is None:
         raise Unsupported(f"the estimator {type(estimator).__name__} has no traced loss")
-    elbo = sum(particle(m, g) for m, g in estimator._get_traces(model, guide, args, {})) / estimator.num_particles
-    return -elbo.detach(), -elbo
+    traces = list(estimator._get_traces(model, guide, args, {}))
+    elbos = [particle(m, g) for m, g in traces]
+    # the reported loss in float64, site by site, as Pyro sums its sites' items in Python floats
+    loss = 0.0
+    for (m, g), elbo in zip(traces, elbos):
+        value = sum(site["log_prob_sum"].detach().double() for _, site in _sample_sites(m)) if particle is _elbo_particle else elbo.detach().double()
+        if particle is _elbo_particle:
+            for _, site in _sample_sites(g):
+                if not site["is_observed"]:
+                    value = value - site["log_prob_sum"].detach().double()
+        loss = loss - value / estimator.num_particles
+    return loss, -sum(elbos) / estimator.num_particles
 
 
 # --- capture: CUDA graphs, and their CPU stand-in -------------------------------------------
