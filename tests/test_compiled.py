@@ -52,12 +52,15 @@ def _spec(data_files, prior="standard_normal", likelihood="bernoulli", posterior
     })
 
 
-def _train(spec, lines=None):
+def _train(spec, lines=None, backend=None):
+    """Train ``spec``; with ``backend``, that compiled step whatever the device."""
     torch.manual_seed(0)
     likelihood = LIKELIHOOD_CLASSES.resolve(spec.model.likelihood["kind"])
     data = load_data(spec.data, seed=0, likelihood=likelihood)
     vae = build_vae(spec.model, data.data_shape, num_data=len(data.splits["train"]))
     trainer = Trainer(vae, data, spec.inference, progress=False, log=(lines.append if lines is not None else print))
+    if backend is not None:
+        trainer.compiled = CompiledStep(vae, trainer.estimator, trainer.optim.params, backend)
     state = trainer.fit()
     return trainer, [row["train_elbo"] for row in state.history], {k: v.clone() for k, v in vae.state_dict().items()}
 
@@ -98,15 +101,10 @@ def test_the_cuda_graph_logic_on_its_cpu_stand_in(data_files):
     gradients read from the captured outputs), run by the CPU stand-in of the capture."""
     spec = _spec(data_files)
     eager, _, eager_weights = _train(spec)
-    torch.manual_seed(0)
-    data = load_data(spec.data, seed=0, likelihood=LIKELIHOOD_CLASSES.resolve("bernoulli"))
-    vae = build_vae(spec.model, data.data_shape, num_data=len(data.splits["train"]))
-    trainer = Trainer(vae, data, spec.inference, progress=False)
-    trainer.compiled = CompiledStep(vae, trainer.estimator, trainer.optim.params, "cuda_graph")
-    trainer.fit()
+    trainer, _, weights = _train(spec, backend="cuda_graph")
     assert trainer.compiled is not None and trainer.compiled._capture.graph is None  # the stand-in ran
     for name, value in eager_weights.items():
-        assert torch.equal(value, vae.state_dict()[name]), name
+        assert torch.equal(value, weights[name]), name
 
 
 @pytest.mark.slow
@@ -139,6 +137,26 @@ def test_the_backend_each_setting_chooses():
     assert compile_backend(True, cpu) == "graph" and compile_backend(True, cuda) == "cuda_graph"
     assert compile_backend("auto", cpu) == "graph" and compile_backend("auto", cuda) is None
     assert compile_backend("inductor", cpu) == "inductor"
+    assert compile_backend("auto", cpu, ["MyLikelihood"]) is None and compile_backend(True, cpu, ["MyLikelihood"]) == "graph"
+
+
+def test_auto_leaves_a_users_component_eager_in_one_line(data_files):
+    """A component from outside the library may keep Python state from step to step (here a
+    call counter that turns the logits NaN after 3 steps), which a traced step would freeze:
+    under auto it trains eagerly, and the counter does its work."""
+    from faulty import NaNAfter
+
+    spec = _spec(data_files, compile="auto")
+    torch.manual_seed(0)
+    data = load_data(spec.data, seed=0, likelihood=LIKELIHOOD_CLASSES.resolve("bernoulli"))
+    vae = build_vae(spec.model, data.data_shape, num_data=len(data.splits["train"]))
+    vae.likelihood = NaNAfter(data.data_shape, after=3)
+    lines = []
+    trainer = Trainer(vae, data, spec.inference, progress=False, log=lines.append)
+    assert trainer.compiled is None
+    assert len(lines) == 1 and "NaNAfter not the library's" in lines[0] and "compile = true" in lines[0], lines
+    with pytest.raises(Exception, match="loss is nan"):
+        trainer.fit()
 
 
 def test_a_cuda_graph_on_the_cpu_is_refused_in_one_line(tmp_path, capsys):

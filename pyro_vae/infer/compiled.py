@@ -8,7 +8,11 @@ every step; only the numbers change. So the step is traced once with ``torch.fx`
 of tensor operations, and Pyro's Python runs once instead of at every step. The
 random draws are operations of that graph on the global generator, in the eager
 step's order, so the compiled step draws the numbers the eager step draws. ``make_fx``
-refuses Python that branches on a tensor's value, so a graph that traced is the step.
+refuses Python that branches on a tensor's value, so a graph that traced is the step,
+with one caveat: Python state a component changes from step to step (a call counter, a
+schedule kept in a float) is read once, at the trace, and frozen. The library's own
+components keep none; a user's component might, so ``auto`` leaves a model with one
+eager (:func:`outside_library`), and ``true`` traces it as asked.
 
 The graph then runs by one of three backends (:data:`BACKENDS`):
 
@@ -29,14 +33,14 @@ Estimators whose loss is a pure function of the traces are supported
 latents, the importance-weighted family and ``tail_adaptive``. Pyro's own loss code
 cannot be traced as it is: it reads the loss with ``.item()``. Anything else (a
 score-function or enumerated discrete site, a relaxed temperature that changes every
-step, Pyro's JIT, a component that branches on values) raises :class:`Unsupported`,
+step, Pyro's JIT, a component that branches on values) raises
+:class:`~pyro_vae.errors.NotTraceable`,
 and the trainer says so in one line and trains eagerly.
 """
 
 from __future__ import annotations
 
 import warnings
-from contextlib import contextmanager
 from typing import Callable, Optional, Sequence
 
 import pyro
@@ -47,19 +51,27 @@ from torch import Tensor
 from torch.distributions import kl_divergence
 
 from ..errors import NotTraceable, SpecError
-from .estimators import ImportanceWeightedELBO, TailAdaptive
+from .estimators import ImportanceWeightedELBO, TailAdaptive, sample_sites
 
 BACKENDS = ("graph", "inductor", "cuda_graph")
 
 
-def compile_backend(setting, device: torch.device) -> Optional[str]:
+def outside_library(vae) -> list[str]:
+    """The classes of ``vae``'s modules that are neither the library's nor torch's or Pyro's:
+    a user's components, which ``auto`` does not trace (see the module docstring)."""
+    own = ("pyro_vae", "torch", "pyro")
+    return sorted({type(m).__qualname__ for m in vae.modules() if type(m).__module__.split(".")[0] not in own})
+
+
+def compile_backend(setting, device: torch.device, foreign: Sequence[str] = ()) -> Optional[str]:
     """The backend ``inference.schedule.compile`` asks for on this device, or None (eager).
 
     ``true``: a CUDA graph on CUDA, else the replayed graph; a backend's name: that one
     (``cuda_graph`` only on CUDA); ``auto``: the replayed graph on the CPU, where
     ``benchmarks/train_throughput.py`` measured it faster than the eager step at every
     batch size and its tracing (a fraction of a second) is recovered within the first
-    epoch; eager elsewhere, where no measurement was made (no GPU was available).
+    epoch; eager elsewhere, where no measurement was made (no GPU was available), and
+    for a model with ``foreign`` (user-written) components.
     """
     if setting is False:
         return None
@@ -69,40 +81,34 @@ def compile_backend(setting, device: torch.device) -> Optional[str]:
     if setting is True:
         return "cuda_graph" if device.type == "cuda" else "graph"
     if setting == "auto":
-        return "graph" if device.type == "cpu" else None
+        return "graph" if device.type == "cpu" and not foreign else None
     return setting
-
-
-class Unsupported(Exception):
-    """The step cannot be compiled; the message says why, in a phrase."""
 
 
 # --- the loss, written from the traces ------------------------------------------------------
 
 
-def _sample_sites(trace):
-    return [(name, site) for name, site in trace.nodes.items() if site["type"] == "sample"]
-
-
 def _reparameterized(guide_trace) -> None:
-    for name, site in _sample_sites(guide_trace):
+    for name, site in sample_sites(guide_trace):
         if not site["is_observed"] and not site["fn"].has_rsample:
-            raise Unsupported(f"guide site {name!r} is not reparameterized (its gradient is a score function)")
+            raise NotTraceable(f"guide site {name!r} is not reparameterized (its gradient is a score function)")
 
 
-def _elbo_particle(model_trace, guide_trace) -> Tensor:
-    """log p(x, z) - log q(z|x) of one trace pair, each site scaled (Trace_ELBO's value)."""
+def _elbo_particle(model_trace, guide_trace) -> tuple[Tensor, Tensor]:
+    """log p(x, z) - log q(z|x) of one trace pair, each site scaled (Trace_ELBO's value), and
+    the same in float64 summed site by site, as Trace_ELBO reports it (its sites' items)."""
     _reparameterized(guide_trace)
-    model = sum(site["log_prob_sum"] for _, site in _sample_sites(model_trace))
-    guide = sum(site["log_prob_sum"] for _, site in _sample_sites(guide_trace) if not site["is_observed"])
-    return model - guide
+    terms = [site["log_prob_sum"] for _, site in sample_sites(model_trace)]
+    terms += [-site["log_prob_sum"] for _, site in sample_sites(guide_trace) if not site["is_observed"]]
+    return sum(terms), sum(t.detach().double() for t in terms)
 
 
-def _mean_field_particle(model_trace, guide_trace) -> Tensor:
-    """E_q log p(x|z) - KL(q||p), the KL in closed form where registered (TraceMeanField_ELBO's value)."""
+def _mean_field_particle(model_trace, guide_trace) -> tuple[Tensor, Tensor]:
+    """E_q log p(x|z) - KL(q||p), the KL in closed form where registered (TraceMeanField_ELBO's
+    value), and its value in float64, as TraceMeanField_ELBO reports it."""
     _reparameterized(guide_trace)
     elbo = 0.0
-    for name, model_site in _sample_sites(model_trace):
+    for name, model_site in sample_sites(model_trace):
         if model_site["is_observed"]:
             elbo = elbo + model_site["log_prob_sum"]
             continue
@@ -112,17 +118,18 @@ def _mean_field_particle(model_trace, guide_trace) -> Tensor:
             elbo = elbo - kl.sum()
         except NotImplementedError:
             elbo = elbo + model_site["log_prob_sum"] - guide_site["log_prob_sum"]
-    for name, guide_site in _sample_sites(guide_trace):
+    for name, guide_site in sample_sites(guide_trace):
         if name not in model_trace.nodes:  # an auxiliary guide site
             elbo = elbo - guide_site["log_prob_sum"]
-    return elbo
+    return elbo, elbo.detach().double()
 
 
 def traced_loss(estimator, model, guide, *args) -> tuple[Tensor, Tensor]:
-    """(loss, surrogate): the step's reported loss and what is differentiated, as tensors
-    (no ``.item()``), for the estimators that can be compiled; else :class:`Unsupported`."""
+    """(loss, surrogate): the step's reported loss (rounded as the eager estimator rounds it)
+    and what is differentiated, as tensors (no ``.item()``), for the estimators that can be
+    compiled; else :class:`~pyro_vae.errors.NotTraceable`."""
     if getattr(estimator, "jit", False):
-        raise Unsupported("inference.estimator.jit = true traces the step with Pyro's JIT already")
+        raise NotTraceable("inference.estimator.jit = true traces the step with Pyro's JIT already")
     if isinstance(estimator, ImportanceWeightedELBO):
         log_w, factor, latents = estimator.log_weights(model, guide, *args)
         loss = -factor * estimator.objective(log_w.detach()).sum().double()  # as eager: factor * sum.item()
@@ -132,19 +139,13 @@ def traced_loss(estimator, model, guide, *args) -> tuple[Tensor, Tensor]:
         return -log_w.detach().mean(), estimator.surrogate(log_w)
     particle = {Trace_ELBO: _elbo_particle, TraceMeanField_ELBO: _mean_field_particle}.get(type(estimator))
     if particle is None:
-        raise Unsupported(f"the estimator {type(estimator).__name__} has no traced loss")
-    traces = list(estimator._get_traces(model, guide, args, {}))
-    elbos = [particle(m, g) for m, g in traces]
-    # the reported loss in float64, site by site, as Pyro sums its sites' items in Python floats
-    loss = 0.0
-    for (m, g), elbo in zip(traces, elbos):
-        value = sum(site["log_prob_sum"].detach().double() for _, site in _sample_sites(m)) if particle is _elbo_particle else elbo.detach().double()
-        if particle is _elbo_particle:
-            for _, site in _sample_sites(g):
-                if not site["is_observed"]:
-                    value = value - site["log_prob_sum"].detach().double()
-        loss = loss - value / estimator.num_particles
-    return loss, -sum(elbos) / estimator.num_particles
+        raise NotTraceable(f"the estimator {type(estimator).__name__} has no traced loss")
+    loss, surrogate = 0.0, 0.0
+    for model_trace, guide_trace in estimator._get_traces(model, guide, args, {}):
+        elbo, reported = particle(model_trace, guide_trace)
+        loss = loss - reported / estimator.num_particles
+        surrogate = surrogate - elbo / estimator.num_particles
+    return loss, surrogate
 
 
 # --- capture: CUDA graphs, and their CPU stand-in -------------------------------------------
@@ -192,17 +193,9 @@ class Capture:
 # --- the compiled step ---------------------------------------------------------------------
 
 
-@contextmanager
 def _rng_kept(device: torch.device):
-    """The global random states as they were before: tracing draws numbers the step must draw again."""
-    cpu = torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    try:
-        yield
-    finally:
-        torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state(cuda, device)
+    """The global random states restored afterwards (tracing draws numbers the step must draw again)."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
 
 
 class CompiledStep:
@@ -227,21 +220,19 @@ class CompiledStep:
         return (loss, *(g for g in grads if g is not None))
 
     def trace(self, x: Tensor, index: Tensor, beta: Tensor):
-        """The graph of ``_joint`` at these inputs (Unsupported when it cannot be traced)."""
+        """The graph of ``_joint`` at these inputs (NotTraceable when it cannot be traced)."""
         from torch.fx.experimental.proxy_tensor import make_fx
 
         with _rng_kept(x.device), pyro.validation_enabled(False), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
                 return make_fx(lambda x, index, beta: self._joint(x, index, beta))(x, index, beta)
-            except Unsupported:
+            except NotTraceable:
                 raise
-            except NotTraceable as exc:
-                raise Unsupported(str(exc)) from exc
             except Exception as exc:  # make_fx refuses value-dependent Python, among others
                 if "get value out of a tracing tensor" in str(exc):
-                    raise Unsupported("a part of the model or estimator branches on a tensor's value in Python") from exc
-                raise Unsupported(f"the step cannot be traced ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from exc
+                    raise NotTraceable("a part of the model or estimator branches on a tensor's value in Python") from exc
+                raise NotTraceable(f"the step cannot be traced ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from exc
             finally:
                 self.vae.beta = float(beta)
 

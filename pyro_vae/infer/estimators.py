@@ -43,6 +43,11 @@ Particles = Annotated[int, Field(gt=0, le=10_000)]
 Samples = Annotated[int, Field(gt=0, le=10_000)]
 
 
+def sample_sites(trace) -> list:
+    """(name, site) of a Pyro trace's sample sites, in order."""
+    return [(name, site) for name, site in trace.nodes.items() if site["type"] == "sample"]
+
+
 def _pyro_elbo(cls, jit_cls, num_particles, vectorize_particles, jit, discrete=None):
     """A Pyro ELBO. ``discrete`` says how it treats a discrete latent y (model/discrete.py):
     ``enumerate``, ``score`` (sampled, score-function gradient) or ``relaxed``; None: it cannot."""
@@ -172,9 +177,7 @@ class TailAdaptive(Trace_ELBO):
         model_trace, guide_trace = self._get_vectorized_trace(model, guide, args, kwargs)
         log_w: Tensor | float = 0.0
         for sign, trace in ((1.0, model_trace), (-1.0, guide_trace)):
-            for name, site in trace.nodes.items():
-                if site["type"] != "sample":
-                    continue
+            for name, site in sample_sites(trace):
                 if sign < 0 and not site["fn"].has_rsample:
                     raise NotImplementedError(f"tail_adaptive needs a reparameterized guide; site {name!r} is not")
                 log_w = log_w + sign * site["log_prob"].reshape(self.num_particles, -1).sum(-1)
@@ -252,9 +255,7 @@ class ImportanceWeightedELBO(ELBO):
         factor = 1.0
         latents = []
         for sign, trace in ((1.0, model_trace), (-1.0, guide_trace)):
-            for name, site in trace.nodes.items():
-                if site["type"] != "sample":
-                    continue
+            for name, site in sample_sites(trace):
                 if not any(f.dim == -1 for f in site["cond_indep_stack"]):
                     raise NotImplementedError(
                         f"{type(self).__name__} needs every latent variable inside the data plate; "

@@ -30,8 +30,8 @@ from pyro.infer import SVI
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..errors import Interrupted, SpecError, TrainingDiverged
-from .compiled import CompiledStep, Unsupported, compile_backend
+from ..errors import Interrupted, NotTraceable, SpecError, TrainingDiverged
+from .compiled import CompiledStep, compile_backend, outside_library
 from .estimators import ESTIMATORS, supports_subsampling
 from .evaluate import elbo_terms
 from .optim import BASELINE_PARAMS, OPTIMIZERS, SingleOptimizer
@@ -180,7 +180,11 @@ class Trainer:
         self.state = TrainState()
         self.best_weights: Optional[dict] = None
         self._validated = False
-        backend = compile_backend(self.schedule.compile, self.device)
+        foreign = outside_library(vae)
+        backend = compile_backend(self.schedule.compile, self.device, foreign)
+        if foreign and self.schedule.compile == "auto" and backend is None and self.device.type == "cpu":
+            self.log(f"inference.schedule.compile = auto: {', '.join(foreign)} not the library's (its Python "
+                     "state would be traced once); training eagerly, set compile = true to trace it")
         self.compiled = None if backend is None else CompiledStep(vae, self.estimator, self.optim.params, backend)
         self._unread = None  # compiled steps' losses not read yet
 
@@ -299,7 +303,7 @@ class Trainer:
                     self.vae.temperature = self.temperature_schedule(state.global_step / self.steps_per_epoch)
                 try:
                     with pyro.validation_enabled(not self._validated):
-                        loss = self._step(x, index, read=self._read_due(i, requested))
+                        loss = self._step(x, index, i, requested)
                 except TrainingDiverged as exc:
                     raise self._diverged(str(exc)) from None
                 stop = bool(requested)
@@ -333,10 +337,10 @@ class Trainer:
         state.epoch_seconds += time.perf_counter() - started
         return state.epoch_seconds
 
-    def _step(self, x, index, read: bool = True) -> Optional[float]:
-        """One SVI step; its loss, or None when ``read`` is false and the step's loss stays
-        on the device (a compiled step on CUDA: reading it waits for the device, so the
-        losses are summed there and read every few steps, see ``_read_due``).
+    def _step(self, x, index, i: int, requested: Sequence[int]) -> Optional[float]:
+        """Step i of the epoch; its loss, or None where a compiled step's loss stays on the
+        device (on CUDA reading it waits for the device, so the losses are summed there and
+        read every few steps, see ``_read_due``).
 
         The first step is eager (with Pyro's argument checks); then the compiled step,
         where ``inference.schedule.compile`` asks for one and the estimator and model
@@ -345,13 +349,13 @@ class Trainer:
             return self.svi.step(x, index)
         try:
             loss = self.compiled.step(x, index, self.vae.beta)
-        except Unsupported as exc:
+        except NotTraceable as exc:
             self.log(f"inference.schedule.compile: {exc}; training eagerly")
             self.compiled = None
             return self.svi.step(x, index)
         self.optim(self.optim.params)
         self._unread = loss.detach() if self._unread is None else self._unread + loss.detach()
-        if not read:
+        if not self._read_due(i, requested):
             return None
         loss, self._unread = self._unread.item(), None
         return loss
