@@ -82,7 +82,8 @@ def test_sigkill_at_random_points_then_resume_reproduces_the_run(reference, tmp_
         if proc.poll() is not None:
             break
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        if proc.wait() == 0:  # it finished between the poll and the kill: nothing left to resume
+            break
         if (out / "checkpoint.pt").exists():
             step = load_checkpoint(out / "checkpoint.pt")["training"]["state"]["global_step"]
             kills_mid_run += 0 < step < total_steps
@@ -120,6 +121,25 @@ def test_sigterm_finishes_the_step_checkpoints_and_says_how_to_resume(reference,
     assert code == 0, stderr
     assert metrics_without_timing(out) == metrics_without_timing(reference)
     assert_same_weights(out, reference)
+
+
+def test_a_run_killed_after_its_last_checkpoint_is_finished_by_resuming(reference, tmp_path):
+    """Killed after the last epoch's checkpoint but before its figures and final summary (the
+    summary still says running): resuming trains nothing and writes what was missing; the
+    summary, written last, is what marks a run ended."""
+    out = tmp_path / "unfinished"
+    shutil.copytree(reference, out)
+    shutil.rmtree(out / "figures")
+    summary = json.loads((out / "summary.json").read_text())
+    (out / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
+    code, _, stderr = run_cli("train", "--resume", out, "--quiet")
+    assert code == 0, stderr
+    assert json.loads((out / "summary.json").read_text())["status"] == "completed"
+    assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(p.name for p in (reference / "figures").iterdir())
+    assert metrics_without_timing(out) == metrics_without_timing(reference)
+    assert_same_weights(out, reference)
+    code, _, stderr = run_cli("train", "--resume", out)
+    assert_one_line_error(code, stderr, "already finished")
 
 
 def test_resume_of_a_finished_run_and_bad_combinations(reference):

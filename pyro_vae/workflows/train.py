@@ -128,6 +128,17 @@ def tracker_of(spec):
     return None if spec.tracking is None else TRACKERS.build(spec.tracking)
 
 
+ENDED = ("completed", "early_stopped")  # the statuses of a run that trained to its end
+
+
+def _summary_of(path) -> dict:
+    """The run's summary.json as last written ({} when absent or unreadable)."""
+    try:
+        return json.loads((Path(path) / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 class _RunWriter:
     """Persists a Trainer's state into its run directory (see runs.py), and sends it to
     the spec's tracker, if any."""
@@ -144,10 +155,7 @@ class _RunWriter:
         if initialized_from is not None:
             self.provenance["initialized_from"] = str(Path(initialized_from).resolve())
         if resumed:
-            try:
-                earlier = json.loads((Path(path) / SUMMARY).read_text())
-            except (OSError, ValueError):
-                earlier = {}
+            earlier = _summary_of(path)
             started = {k: earlier[k] for k in ("command", "git", "pyro_vae_git", "initialized_from") if k in earlier}
             self.provenance = {**started, "resumed": [*earlier.get("resumed", []), self.provenance]}
 
@@ -173,13 +181,15 @@ class _RunWriter:
             self.tracked = len(history)
 
     def finish(self, status: str, message: str = "") -> None:
+        """The figures, then the summary with the final status: a summary that says a run
+        ended is the mark that everything of it is written (see ``_resume``)."""
         trainer = self.trainer
         summary = _summary(trainer, status, message, self.provenance)
-        atomic_write_json(self.path / SUMMARY, summary)
         figures = None
-        if status in ("completed", "early_stopped") and trainer.state.history:
+        if status in ENDED and trainer.state.history:
             training_figures(self.path / FIGURES, trainer.vae, trainer.data.split("valid"), trainer.state.history)
             figures = self.path / FIGURES
+        atomic_write_json(self.path / SUMMARY, summary)
         if self.tracker is not None:
             self.tracker.finish(summary, figures)
 
@@ -303,13 +313,15 @@ def _resume(path: Path, spec, progress, log, extended: bool, on_epoch=None, befo
         if "training" not in checkpoint:
             raise RunError(f"{path / CHECKPOINT}: holds weights only, no training state to resume from")
         state = checkpoint["training"]["state"]
-        if state["stopped_early"]:
+        # a run killed after its last checkpoint, before its figures and summary, is finished by resuming it
+        ended = _summary_of(path).get("status") in ENDED
+        if state["stopped_early"] and ended:
             raise RunError(
                 f"{{resume}} {path}: the run stopped early at epoch {state['epoch']} (no better validation ELBO for "
                 f"inference.schedule.patience epochs); to train on, start a new run from its weights: "
                 f"pyro-vae train --init {path} --out NEW"
             )
-        if state["epoch"] >= spec.inference.schedule.epochs:
+        if state["epoch"] >= spec.inference.schedule.epochs and ended:
             raise RunError(
                 f"{{resume}} {path}: the run already finished (epoch {state['epoch']} of "
                 f"{spec.inference.schedule.epochs}); to train longer: pyro-vae train --resume {path} "
