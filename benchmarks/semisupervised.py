@@ -12,7 +12,8 @@ alpha is the shipped spec's (15000) unless ``--alpha`` gives another (Kingma et 
 Kingma et al. (2014, Table 1) report M2's test accuracy with 50,000 training images:
 88.0% with 100 labels, 96.4% with 1000.
 
-    python benchmarks/semisupervised.py [--epochs 50] [--labels 100,1000] [--alpha A] [--out runs/bench_semisupervised]
+    python benchmarks/semisupervised.py [--epochs 50] [--labels 100,1000] [--alpha A] [--skip-m2 | --skip-gmvae]
+                                        [--gmvae-set KEY=VALUE ...] [--out runs/bench_semisupervised]
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ def main(argv=None) -> int:
                         help="M2's model.discrete.alpha (default: m2_semisupervised's, 15000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-gmvae", action="store_true")
+    parser.add_argument("--skip-m2", action="store_true")
+    parser.add_argument("--gmvae-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override for the GMVAE's spec, e.g. model.discrete.encoder_reads_y=true")
     parser.add_argument("--out", default="runs/bench_semisupervised")
     args = parser.parse_args(argv)
     if not IDX.exists():
@@ -82,7 +86,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     results = {"epochs": args.epochs, "seed": args.seed, "machine": f"{torch.get_num_threads()} threads, cpu", "m2": [],
                "gmvae": None}
-    for count in (int(c) for c in args.labels.split(",")):
+    for count in ([] if args.skip_m2 else (int(c) for c in args.labels.split(","))):
         s = spec("m2_semisupervised", args.epochs, args.seed, [f"data.labelled={count}",
                  *([] if args.alpha is None else [f"model.discrete.alpha={args.alpha}"])])
         started = time.perf_counter()
@@ -95,7 +99,7 @@ def main(argv=None) -> int:
         results["m2"].append(row)
         print(json.dumps(row), flush=True)
     if not args.skip_gmvae:
-        s = spec("gmvae", args.epochs, args.seed)
+        s = spec("gmvae", args.epochs, args.seed, args.gmvae_set)
         started = time.perf_counter()
         trainer = train(s, out / "gmvae", force=True, progress=False, log=lambda _: None)
         seconds = time.perf_counter() - started

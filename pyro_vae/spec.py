@@ -51,7 +51,9 @@ class DiscreteSpec(_Strict):
     Gaussian-mixture VAE; Dilokthanakul et al., 2016; Jiang et al., 2017).
     ``shape = "m2"``: p(y) p(z) p(x|y, z), the decoder sees y (Kingma et al., 2014).
     q(y|x) is the ``classifier`` network; q(z|x, y) the model's encoder and posterior,
-    the encoder reading x and one-hot y concatenated. ``alpha`` weighs the classification
+    the encoder reading x and one-hot y concatenated; with ``encoder_reads_y = false`` the
+    guide is q(y|x) q(z|x), the encoder reading x alone (VaDE's factorization; any encoder
+    kind, conv included). ``alpha`` weighs the classification
     term alpha * E_labelled[log q(y|x)] on labelled examples (``data.labelled``; None:
     0.1 N, the paper's choice, with N training examples); ``labelled_batch`` labelled
     examples enter each step."""
@@ -61,6 +63,7 @@ class DiscreteSpec(_Strict):
     classifier: dict[str, Any] = {"kind": "mlp", "hidden": [500]}
     alpha: Optional[Annotated[float, Field(ge=0, le=1e9)]] = None
     labelled_batch: count(1_000_000) = 100
+    encoder_reads_y: bool = True
 
     @model_validator(mode="after")
     def _resolve_slots(self):
