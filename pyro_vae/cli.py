@@ -318,6 +318,10 @@ def cmd_evaluate(args) -> int:
         ("KL", f"{result['kl']:.3f}"),
         ("active units", describe_active_units(result)),
     ]
+    if "accuracy" in result:  # a discrete latent, on labelled examples
+        rows += [("accuracy", f"{result['accuracy']:.1%} (argmax q(y|x) read as the label)"),
+                 ("clustering", f"{result['cluster_accuracy']:.1%} accuracy under the best one-to-one matching of clusters to labels"),
+                 ("NMI", f"{result['nmi']:.3f}")]
     for name, value in rows:
         _say(f"{name:<16}{value}")
     _say(f"(nats per example, +- one standard error over examples; {result['seconds']:.1f} s on {result['device']})")

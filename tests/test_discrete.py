@@ -317,6 +317,26 @@ def test_bad_discrete_combinations_exit_2_with_one_line(tmp_path, capsys, args, 
     assert not out.exists()
 
 
+def test_a_streamed_semi_supervised_run_equals_the_in_memory_one(tmp_path):
+    """data.in_memory = false with data.labelled: the labelled examples are read from the
+    memory-mapped file, and the weights after two epochs are those of the in-memory run."""
+    from pyro_vae.cli import main
+    from pyro_vae.runs import load_run
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((300, 6)).astype(np.float32), rng.integers(0, 3, 300)
+    np.savez(tmp_path / "d.npz", train=x[:250], train_labels=y[:250], valid=x[250:], valid_labels=y[250:])
+    weights = {}
+    for in_memory in ("true", "false"):
+        out = tmp_path / in_memory
+        assert main(["train", "--model", "m2_semisupervised", "--set", f"data.path={tmp_path / 'd.npz'}", "--set",
+                     f"data.in_memory={in_memory}", "--set", "data.labelled=30", "--set", "model.discrete.classes=3",
+                     "--set", "inference.schedule.epochs=2", "--quiet", "--out", str(out)]) == 0
+        weights[in_memory] = load_run(out).vae.state_dict()
+    for key, value in weights["true"].items():
+        torch.testing.assert_close(value, weights["false"][key], rtol=0, atol=0, msg=key)
+
+
 def test_labelled_on_data_without_labels_exits_2(tmp_path, capsys):
     from pyro_vae.cli import main
 
@@ -329,7 +349,7 @@ def test_labelled_on_data_without_labels_exits_2(tmp_path, capsys):
 
 @pytest.mark.parametrize("inference", ["trace_enum", "trace_graph_neural", "relaxed_straight_through",
                                        *(pytest.param(k, marks=pytest.mark.slow) for k in ("trace_graph", "trace_elbo", "relaxed"))])
-def test_every_estimator_trains_resumes_exactly_and_evaluates(tmp_path, inference):
+def test_every_estimator_trains_resumes_exactly_and_evaluates(tmp_path, capsys, inference):
     """A semi-supervised M2 run killed after its first epoch and resumed ends with the
     weights of the uninterrupted run (baselines and the labelled draws included), and
     evaluate reports the accuracies."""
@@ -347,9 +367,13 @@ def test_every_estimator_trains_resumes_exactly_and_evaluates(tmp_path, inferenc
     a, b = load_run(whole).vae.state_dict(), load_run(part).vae.state_dict()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    capsys.readouterr()
     assert main(["evaluate", str(whole), "--samples", "3"]) == 0
+    printed = capsys.readouterr().out
     summary = json.loads((whole / "evaluation" / "valid.json").read_text())
     assert 0 <= summary["accuracy"] <= 1 and 0 <= summary["nmi"] <= 1
+    assert f"accuracy        {summary['accuracy']:.1%}" in printed, printed  # the terminal shows what the file holds
+    assert f"clustering      {summary['cluster_accuracy']:.1%}" in printed and f"NMI             {summary['nmi']:.3f}" in printed
     assert summary["elbo"] <= summary["log_likelihood"] + 1
 
 
@@ -431,3 +455,40 @@ def test_the_shipped_gmvae_clusters_digits_instead_of_collapsing(tmp_path, seed)
         q_y = torch.softmax(trainer.vae.q_y_logits(valid), -1)
     summary = classification_summary(q_y, trainer.data.labels["valid"])
     assert q_y.argmax(-1).unique().numel() >= 9 and summary["nmi"] > 0.4, summary
+
+
+@pytest.mark.parametrize("reads_y", GUIDES)
+def test_m2_with_library_sizes_scores_counts_as_scipy_does(reads_y):
+    """M2 with a Poisson likelihood whose mean is l(x) * softmax(decoder(z, y)) (scVI's library
+    size, l(x) the observed total): p(x|y, z) per class and the marginal sum_y p(y) p(x|y, z)
+    against scipy's Poisson pmf, and the ELBO summed over y by TraceEnum_ELBO against the
+    hand sum, at counts whose totals differ by 100x."""
+    from scipy.stats import poisson
+
+    torch.manual_seed(0)
+    spec = ModelSpec(latent_dim=D, likelihood={"kind": "poisson", "library_size": True},
+                     encoder={"kind": "mlp", "hidden": [8]}, decoder={"kind": "mlp", "hidden": [8]},
+                     discrete={"classes": C, "shape": "m2", "classifier": {"kind": "mlp", "hidden": [8]},
+                               "encoder_reads_y": reads_y})
+    vae = build_vae(spec, (FEATURES,), num_data=20)
+    x = torch.tensor([[0.0, 1, 2, 1], [50, 120, 30, 100], [3, 0, 0, 7]])
+    z = torch.randn(5, 3, D)
+    eye = torch.eye(C)
+    with torch.no_grad():
+        per_class = []
+        for c in range(C):
+            y = eye[c].expand(5, 3, C)
+            raw = vae.decoder(torch.cat([z, y], -1))[..., 0, :]  # (5, 3, FEATURES): the one output per feature
+            mean = x.sum(-1, keepdim=True) * torch.softmax(raw, -1) + 1e-8
+            expected = poisson.logpmf(x.numpy(), mean.double().numpy()).sum(-1)
+            np.testing.assert_allclose(vae.p_x_given(z, y, x).log_prob(x).numpy(), expected, rtol=1e-5)
+            per_class.append(torch.as_tensor(expected) - math.log(C))
+        np.testing.assert_allclose(vae.p_x(z, x).log_prob(x).numpy(), torch.logsumexp(torch.stack(per_class), 0).numpy(),
+                                   rtol=1e-5)
+    estimator = ESTIMATORS.build({"kind": "trace_enum"})
+    vae.use_estimator(estimator, "trace_enum")
+    index = torch.tensor([0, 4, 9])
+    torch.manual_seed(7)
+    loss = estimator.differentiable_loss(vae.model, vae.guide, x, index)
+    torch.manual_seed(7)
+    assert loss.item() == pytest.approx(-hand_elbo(vae, x, index, 20).item(), rel=1e-5)
