@@ -138,6 +138,9 @@ def test_the_backend_each_setting_chooses():
     assert compile_backend("auto", cpu) == "graph" and compile_backend("auto", cuda) is None
     assert compile_backend("inductor", cpu) == "inductor"
     assert compile_backend("auto", cpu, ["MyLikelihood"]) is None and compile_backend(True, cpu, ["MyLikelihood"]) == "graph"
+    # auto: a run too short to win back the tracing stays eager; the explicit settings do not look
+    assert compile_backend("auto", cpu, steps=999) is None and compile_backend("auto", cpu, steps=1000) == "graph"
+    assert compile_backend(True, cpu, steps=10) == "graph" and compile_backend("inductor", cpu, steps=10) == "inductor"
 
 
 def test_auto_leaves_a_users_component_eager_in_one_line(data_files):
@@ -146,7 +149,7 @@ def test_auto_leaves_a_users_component_eager_in_one_line(data_files):
     under auto it trains eagerly, and the counter does its work."""
     from faulty import NaNAfter
 
-    spec = _spec(data_files, compile="auto")
+    spec = _spec(data_files, compile="auto", epochs=1000)  # long enough for auto to compile the library's own
     torch.manual_seed(0)
     data = load_data(spec.data, seed=0, likelihood=LIKELIHOOD_CLASSES.resolve("bernoulli"))
     vae = build_vae(spec.model, data.data_shape, num_data=len(data.splits["train"]))
@@ -157,6 +160,21 @@ def test_auto_leaves_a_users_component_eager_in_one_line(data_files):
     assert len(lines) == 1 and "NaNAfter not the library's" in lines[0] and "compile = true" in lines[0], lines
     with pytest.raises(Exception, match="loss is nan"):
         trainer.fit()
+
+
+def test_auto_compiles_a_long_run_and_leaves_a_short_one_eager(data_files):
+    """compile = auto traces the step only when the run is long enough to win the tracing
+    back (AUTO_MIN_STEPS planned steps), without a line either way."""
+    from pyro_vae.infer.compiled import AUTO_MIN_STEPS
+
+    for epochs, compiled in ((1, False), (AUTO_MIN_STEPS, True)):
+        spec = _spec(data_files, compile="auto", epochs=epochs)
+        data = load_data(spec.data, seed=0, likelihood=LIKELIHOOD_CLASSES.resolve("bernoulli"))
+        vae = build_vae(spec.model, data.data_shape, num_data=len(data.splits["train"]))
+        lines = []
+        trainer = Trainer(vae, data, spec.inference, progress=False, log=lines.append)
+        assert (trainer.steps_per_epoch * epochs >= AUTO_MIN_STEPS) == compiled
+        assert (trainer.compiled is not None) == compiled and not lines
 
 
 def test_a_cuda_graph_on_the_cpu_is_refused_in_one_line(tmp_path, capsys):

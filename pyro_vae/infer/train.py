@@ -181,8 +181,9 @@ class Trainer:
         self.best_weights: Optional[dict] = None
         self._validated = False
         foreign = outside_library(vae)
-        backend = compile_backend(self.schedule.compile, self.device, foreign)
-        if foreign and self.schedule.compile == "auto" and backend is None and self.device.type == "cpu":
+        steps = self.schedule.epochs * self.steps_per_epoch
+        backend = compile_backend(self.schedule.compile, self.device, foreign, steps)
+        if foreign and self.schedule.compile == "auto" and compile_backend("auto", self.device, (), steps):
             self.log(f"inference.schedule.compile = auto: {', '.join(foreign)} not the library's (its Python "
                      "state would be traced once); training eagerly, set compile = true to trace it")
         self.compiled = None if backend is None else CompiledStep(vae, self.estimator, self.optim.params, backend)
