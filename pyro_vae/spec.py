@@ -53,10 +53,10 @@ class DiscreteSpec(_Strict):
     q(y|x) is the ``classifier`` network; q(z|x, y) the model's encoder and posterior,
     the encoder reading x and one-hot y concatenated; with ``encoder_reads_y = false`` the
     guide is q(y|x) q(z|x), the encoder reading x alone (VaDE's factorization; any encoder
-    kind, conv included). ``alpha`` weighs the classification
-    term alpha * E_labelled[log q(y|x)] on labelled examples (``data.labelled``; None:
-    0.1 N, the paper's choice, with N training examples); ``labelled_batch`` labelled
-    examples enter each step."""
+    kind, conv included). ``alpha`` weighs the classification term
+    alpha * E_labelled[log q(y|x)] on labelled examples (``data.labelled``; None: 0.1 N,
+    the paper's choice, with N training examples); ``labelled_batch`` labelled examples
+    enter each step."""
 
     classes: Annotated[int, Field(ge=2, le=1000)]
     shape: Literal["mixture", "m2"] = "mixture"

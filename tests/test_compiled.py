@@ -19,6 +19,7 @@ from pyro_vae.model.likelihoods import LIKELIHOODS as LIKELIHOOD_CLASSES
 from pyro_vae.spec import Spec
 from test_combinations import COVERING, LIKELIHOODS, POSTERIORS, PRIORS, write_data_files
 
+
 @pytest.fixture(scope="module")
 def data_files(tmp_path_factory):
     return write_data_files(tmp_path_factory.mktemp("data"))
@@ -52,13 +53,21 @@ def _spec(data_files, prior="standard_normal", likelihood="bernoulli", posterior
     })
 
 
+def _trainer(spec, lines=None, likelihood=None) -> Trainer:
+    """The Trainer of ``spec`` from seed 0, its lines logged to ``lines`` (else printed);
+    ``likelihood`` replaces the built one."""
+    torch.manual_seed(0)
+    data = load_data(spec.data, seed=0, likelihood=LIKELIHOOD_CLASSES.resolve(spec.model.likelihood["kind"]))
+    vae = build_vae(spec.model, data.data_shape, num_data=len(data.splits["train"]))
+    if likelihood is not None:
+        vae.likelihood = likelihood(data.data_shape)
+    return Trainer(vae, data, spec.inference, progress=False, log=(lines.append if lines is not None else print))
+
+
 def _train(spec, lines=None, backend=None):
     """Train ``spec``; with ``backend``, that compiled step whatever the device."""
-    torch.manual_seed(0)
-    likelihood = LIKELIHOOD_CLASSES.resolve(spec.model.likelihood["kind"])
-    data = load_data(spec.data, seed=0, likelihood=likelihood)
-    vae = build_vae(spec.model, data.data_shape, num_data=len(data.splits["train"]))
-    trainer = Trainer(vae, data, spec.inference, progress=False, log=(lines.append if lines is not None else print))
+    trainer = _trainer(spec, lines)
+    vae = trainer.vae
     if backend is not None:
         trainer.compiled = CompiledStep(vae, trainer.estimator, trainer.optim.params, backend)
     state = trainer.fit()
@@ -150,12 +159,8 @@ def test_auto_leaves_a_users_component_eager_in_one_line(data_files):
     from faulty import NaNAfter
 
     spec = _spec(data_files, compile="auto", epochs=1000)  # long enough for auto to compile the library's own
-    torch.manual_seed(0)
-    data = load_data(spec.data, seed=0, likelihood=LIKELIHOOD_CLASSES.resolve("bernoulli"))
-    vae = build_vae(spec.model, data.data_shape, num_data=len(data.splits["train"]))
-    vae.likelihood = NaNAfter(data.data_shape, after=3)
     lines = []
-    trainer = Trainer(vae, data, spec.inference, progress=False, log=lines.append)
+    trainer = _trainer(spec, lines, likelihood=lambda shape: NaNAfter(shape, after=3))
     assert trainer.compiled is None
     assert len(lines) == 1 and "NaNAfter not the library's" in lines[0] and "compile = true" in lines[0], lines
     with pytest.raises(Exception, match="loss is nan"):
@@ -168,11 +173,8 @@ def test_auto_compiles_a_long_run_and_leaves_a_short_one_eager(data_files):
     from pyro_vae.infer.compiled import AUTO_MIN_STEPS
 
     for epochs, compiled in ((1, False), (AUTO_MIN_STEPS, True)):
-        spec = _spec(data_files, compile="auto", epochs=epochs)
-        data = load_data(spec.data, seed=0, likelihood=LIKELIHOOD_CLASSES.resolve("bernoulli"))
-        vae = build_vae(spec.model, data.data_shape, num_data=len(data.splits["train"]))
         lines = []
-        trainer = Trainer(vae, data, spec.inference, progress=False, log=lines.append)
+        trainer = _trainer(_spec(data_files, compile="auto", epochs=epochs), lines)
         assert (trainer.steps_per_epoch * epochs >= AUTO_MIN_STEPS) == compiled
         assert (trainer.compiled is not None) == compiled and not lines
 

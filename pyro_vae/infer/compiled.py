@@ -74,8 +74,9 @@ def compile_backend(setting, device: torch.device, foreign: Sequence[str] = (), 
     ``benchmarks/train_throughput.py`` measured it faster than the eager step at every
     batch size, for a run of at least AUTO_MIN_STEPS ``steps``: the tracing takes 0.3 to
     0.5 s and saves 0.65 to 1.06 ms a step (the sweep's batches 16 to 1024), won back after
-    300 to 800 steps, so a shorter run would lose by it. Eager elsewhere, where no measurement was made (no GPU was
-    available), and for a model with ``foreign`` (user-written) components.
+    300 to 800 steps, so a shorter run would lose by it. Eager elsewhere, where no
+    measurement was made (no GPU was available), and for a model with ``foreign``
+    (user-written) components.
     """
     if setting is False:
         return None

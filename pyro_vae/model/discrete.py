@@ -11,9 +11,9 @@ p(y) is uniform. The guide factorizes as q(y|x) q(z|x, y): q(y|x) is the ``class
 network's softmax, q(z|x, y) the spec's posterior on the encoder's output for x and
 one-hot y concatenated; with ``encoder_reads_y = False``, as q(y|x) q(z|x), the encoder
 reading x alone (VaDE's factorization, Jiang et al., 2017), which admits any encoder kind.
-For the mixture shape it clusters better: with q(z|x, y) the encoder's random response to
-one-hot y gives some classes an advantage on every example at the start, and fewer
-clusters survive (``models/gmvae.toml``, BENCHMARKS.md).
+With the mixture shape it clustered digits better: with q(z|x, y) the encoder's random
+response to one-hot y gives some classes an advantage on every example at the start, and
+fewer clusters survived; on MNIST the two guides tie (``models/gmvae.toml``, BENCHMARKS.md).
 
 How the site ``y`` is treated follows the estimator (:meth:`DiscreteVAE.use_estimator`):
 
@@ -146,7 +146,8 @@ def with_class(a: Tensor, y: Tensor) -> Tensor:
 class DiscreteVAE(VAE):
     """A VAE with a categorical latent y (see the module docstring). ``classifier`` maps the
     encoder's input to the logits of q(y|x); ``encoder`` reads x (flattened) and one-hot y,
-    or x alone if not ``encoder_reads_y``; with ``shape = "m2"`` the decoder reads z and one-hot y."""
+    or x alone if not ``encoder_reads_y``; with ``shape = "m2"`` the decoder reads z and
+    one-hot y."""
 
     def __init__(self, prior, likelihood, posterior, encoder, decoder, classifier, classes: int, shape: str,
                  num_data=None, name="vae", input_transform="auto", baseline: Optional[Baseline] = None,
