@@ -69,15 +69,24 @@ class PlainVAE(nn.Module):
         self.encoder = nn.Sequential(nn.Linear(features, hidden), nn.Softplus(), nn.Linear(hidden, 2 * latent))
         self.decoder = nn.Sequential(nn.Linear(latent, hidden), nn.Softplus(), nn.Linear(hidden, features))
 
-    def loss(self, x, num_data):
+    def networks(self, x):
+        """Encoder, reparameterized draw z = loc + scale * eps, decoder: (z, eps, scale, logits)."""
         h = self.encoder(x)
         loc, scale = h[:, : self.latent], F.softplus(h[:, self.latent :]) + 1e-4
         eps = torch.randn_like(loc)
         z = loc + scale * eps
-        log_px_z = -F.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="none").sum(-1)
+        return z, eps, scale, self.decoder(z)
+
+    @staticmethod
+    def objective(x, num_data, z, eps, scale, logits):
+        """-(N/B) sum of log p(x|z) + log p(z) - log q(z|x) over the batch."""
+        log_px_z = -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
         log_pz = -0.5 * (z.square() + math.log(2 * math.pi)).sum(-1)
         log_qz = (-0.5 * (eps.square() + math.log(2 * math.pi)) - scale.log()).sum(-1)
         return -(num_data / len(x)) * (log_px_z + log_pz - log_qz).sum()
+
+    def loss(self, x, num_data):
+        return self.objective(x, num_data, *self.networks(x))
 
 
 def plain_epoch(model, optimizer, train, batch_size, generator) -> float:

@@ -64,19 +64,35 @@ def outside_library(vae) -> list[str]:
 
 
 AUTO_MIN_STEPS = 1000
+AUTO_INDUCTOR_STEPS = 25_000
+
+
+def _cpp_compiler() -> Optional[str]:
+    """The C++ compiler Inductor's CPU code needs (``$CXX``, else g++ or clang++), if any."""
+    import os
+    import shutil
+
+    return next(filter(None, (shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "clang++") if c)), None)
 
 
 def compile_backend(setting, device: torch.device, foreign: Sequence[str] = (), steps: Optional[int] = None) -> Optional[str]:
     """The backend ``inference.schedule.compile`` asks for on this device, or None (eager).
 
     ``true``: a CUDA graph on CUDA, else the replayed graph; a backend's name: that one
-    (``cuda_graph`` only on CUDA); ``auto``: the replayed graph on the CPU, where
-    ``benchmarks/train_throughput.py`` measured it faster than the eager step at every
-    batch size, for a run of at least AUTO_MIN_STEPS ``steps``: the tracing takes 0.3 to
-    0.5 s and saves 0.65 to 1.06 ms a step (the sweep's batches 16 to 1024), won back after
-    300 to 800 steps, so a shorter run would lose by it. Eager elsewhere, where no
-    measurement was made (no GPU was available), and for a model with ``foreign``
-    (user-written) components.
+    (``cuda_graph`` only on CUDA); ``auto``, on the CPU, by the run's planned ``steps``
+    (``benchmarks/train_throughput.py`` and ``step_breakdown.py``, 2-core CPU):
+
+    - at least AUTO_MIN_STEPS: the replayed graph, faster than the eager step at every
+      batch size; its tracing takes 0.3 to 0.5 s and saves 0.65 to 1.06 ms a step
+      (batches 16 to 1024), won back after 300 to 800 steps;
+    - at least AUTO_INDUCTOR_STEPS, where a C++ compiler is installed: ``inductor``,
+      another 0.7 to 1.5 ms a step faster than the graph (batches 32 to 256: 0.96x to
+      0.88x plain PyTorch with the same fused Adam), after a compilation of 9 s (cached)
+      to 17 s (first time), won back after 6,000 to 24,000 steps;
+    - shorter runs train eagerly.
+
+    Eager elsewhere, where no measurement was made (no GPU was available), and for a
+    model with ``foreign`` (user-written) components.
     """
     if setting is False:
         return None
@@ -86,8 +102,9 @@ def compile_backend(setting, device: torch.device, foreign: Sequence[str] = (), 
     if setting is True:
         return "cuda_graph" if device.type == "cuda" else "graph"
     if setting == "auto":
-        long_enough = steps is None or steps >= AUTO_MIN_STEPS
-        return "graph" if device.type == "cpu" and not foreign and long_enough else None
+        if device.type != "cpu" or foreign or (steps is not None and steps < AUTO_MIN_STEPS):
+            return None
+        return "inductor" if steps is not None and steps >= AUTO_INDUCTOR_STEPS and _cpp_compiler() else "graph"
     return setting
 
 
@@ -263,6 +280,24 @@ class CompiledStep:
             self._run = graph
         self._shape = (x.shape, x.dtype, index.shape)
 
+    def _first_run(self, x, index, beta):
+        """The first call, in which Inductor compiles: its failure (no working C++ compiler,
+        an operation it cannot lower) is NotTraceable, the random state left as it was, so
+        the trainer takes this step eagerly."""
+        if self.backend != "inductor":
+            return self._run(x, index, beta)
+        cuda = x.device.type == "cuda"
+        rng = torch.get_rng_state(), torch.cuda.get_rng_state(x.device) if cuda else None
+        try:
+            return self._run(x, index, beta)
+        except Exception as exc:
+            torch.set_rng_state(rng[0])
+            if cuda:
+                torch.cuda.set_rng_state(rng[1], x.device)
+            self._shape = None
+            raise NotTraceable(f"Inductor could not compile the step ({type(exc).__name__}: "
+                               f"{str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ''})") from exc
+
     def _replay(self, x, index, beta):
         for buffer, value in zip(self._inputs, (x, index, beta)):
             buffer.copy_(value)
@@ -273,7 +308,9 @@ class CompiledStep:
         beta_t = torch.tensor(float(beta), dtype=torch.float32 if x.device.type == "mps" else torch.float64, device=x.device)
         if self._shape != (x.shape, x.dtype, index.shape):
             self._prepare(x, index, beta_t)
-        loss, *grads = self._run(x, index, beta_t)
+            loss, *grads = self._first_run(x, index, beta_t)
+        else:
+            loss, *grads = self._run(x, index, beta_t)
         for p, g in zip(self._targets, grads):
             p.grad = g
         return loss

@@ -186,6 +186,9 @@ class Trainer:
         if foreign and self.schedule.compile == "auto" and compile_backend("auto", self.device, (), steps):
             self.log(f"inference.schedule.compile = auto: {', '.join(foreign)} not the library's (its Python "
                      "state would be traced once); training eagerly, set compile = true to trace it")
+        if backend == "inductor" and self.schedule.compile == "auto":
+            self.log("inference.schedule.compile = auto: a long run, so Inductor compiles the step first "
+                     "(10-20 s, once; then about 1 ms a step saved); compile = \"graph\" skips the compilation")
         self.compiled = None if backend is None else CompiledStep(vae, self.estimator, self.optim.params, backend)
         self._unread = None  # compiled steps' losses not read yet
 
