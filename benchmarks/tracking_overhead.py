@@ -33,6 +33,7 @@ from pathlib import Path
 
 from pyro_vae.infer.train import resolve_device
 from pyro_vae.spec import load_spec
+from pyro_vae.tracking import TRACKERS
 from pyro_vae.workflows.train import train
 from train_throughput import DATA, machine, parse_arguments
 
@@ -62,8 +63,6 @@ def process_cpu() -> float:
 def tracker_cost(kind: str, rows: int, pace: float, folder: Path) -> tuple[float, float]:
     """(training thread ms per row, process CPU ms per row) of ``kind`` logging ``rows``
     metrics rows, one every ``pace`` seconds."""
-    from pyro_vae.tracking import TRACKERS
-
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     tracker = TRACKERS.build({"kind": kind})
@@ -101,8 +100,10 @@ def main(argv=None) -> int:
     print(f"{machine(resolve_device(args.device))}; {args.epochs} epochs per run on MNIST, 8 x as many on the digits "
           "(the first left out), "
           f"{args.repeats} runs per setting, in turns")
-    print(f"{'workload':<16}{'tracking':<13}{'s/epoch':>9}{'ratio':>8}")
-    for name, workload in ({} if args.direct_only else WORKLOADS).items():
+    workloads = {} if args.direct_only else WORKLOADS
+    if workloads:
+        print(f"{'workload':<16}{'tracking':<13}{'s/epoch':>9}{'ratio':>8}")
+    for name, workload in workloads.items():
         walls = {kind: [] for kind in KINDS}
         for repeat in range(args.repeats):
             order = KINDS[repeat % len(KINDS):] + KINDS[:repeat % len(KINDS)]

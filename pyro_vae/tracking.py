@@ -84,8 +84,8 @@ class TensorBoard(Tracker):
     images, the summary as text (``tensorboard --logdir RUN/tensorboard``)."""
 
     # events queued for the writer's thread before the training thread waits for it: with
-    # SummaryWriter's default of 10, the 8 scalars of every epoch filled it, and the training
-    # thread waited about 1.4 ms an epoch for the writes (2-3% of a 46 ms epoch on the digits)
+    # SummaryWriter's default of 10 and an event per scalar, 8 a row, rows logged in a burst
+    # (a resumed run's history) made the training thread wait about 1.4 ms a row (BENCHMARKS.md)
     QUEUE = 1000
 
     def __init__(self, *, log_dir: Optional[str] = None):

@@ -14,7 +14,8 @@ import torch
 
 from helpers import assert_one_line_error
 from pyro_vae.data import load_data
-from pyro_vae.infer.compiled import CompiledStep, compile_backend
+from pyro_vae.infer import compiled as compiled_module
+from pyro_vae.infer.compiled import AUTO_INDUCTOR_STEPS, AUTO_MIN_STEPS, CompiledStep, compile_backend
 from pyro_vae.infer.train import Trainer
 from pyro_vae.model import build_vae
 from pyro_vae.model.likelihoods import LIKELIHOODS as LIKELIHOOD_CLASSES
@@ -157,23 +158,21 @@ def test_the_backend_each_setting_chooses():
 def test_auto_picks_inductor_for_runs_long_enough_to_win_its_compilation_back(monkeypatch):
     """Inductor's compilation (9-17 s) pays from AUTO_INDUCTOR_STEPS planned steps on, where
     a C++ compiler is installed; without one, or below, auto keeps the replayed graph."""
-    from pyro_vae.infer import compiled
-
     cpu = torch.device("cpu")
-    monkeypatch.setattr(compiled, "_cpp_compiler", lambda: "/usr/bin/g++")
-    long = compiled.AUTO_INDUCTOR_STEPS
+    monkeypatch.setattr(compiled_module, "_cpp_compiler", lambda: "/usr/bin/g++")
+    long = AUTO_INDUCTOR_STEPS
     assert compile_backend("auto", cpu, steps=long) == "inductor" and compile_backend("auto", cpu, steps=long - 1) == "graph"
     assert compile_backend("auto", cpu, steps=None) == "graph"  # a run of unknown length: not the long compilation
     assert compile_backend("auto", cpu, ["MyLikelihood"], steps=long) is None
     assert compile_backend("auto", torch.device("cuda"), steps=long) is None
-    monkeypatch.setattr(compiled, "_cpp_compiler", lambda: None)
+    monkeypatch.setattr(compiled_module, "_cpp_compiler", lambda: None)
     assert compile_backend("auto", cpu, steps=long) == "graph"
     monkeypatch.undo()
     monkeypatch.setenv("PATH", "/nonexistent")  # nothing on the path: no compiler, unless $CXX names one
     monkeypatch.delenv("CXX", raising=False)
-    assert compiled._cpp_compiler() is None
+    assert compiled_module._cpp_compiler() is None
     monkeypatch.setenv("CXX", sys.executable)
-    assert compiled._cpp_compiler() == sys.executable
+    assert compiled_module._cpp_compiler() == sys.executable
 
 
 def test_a_step_inductor_cannot_compile_is_taken_eagerly_in_one_line(data_files, monkeypatch):
@@ -219,13 +218,11 @@ def test_auto_compiles_a_long_run_and_leaves_a_short_one_eager(data_files, monke
     """compile = auto traces the step only when the run is long enough to win the tracing
     back (AUTO_MIN_STEPS planned steps), without a line either way; from AUTO_INDUCTOR_STEPS
     on it picks Inductor, and says so."""
-    from pyro_vae.infer import compiled as compiled_module
-    from pyro_vae.infer.compiled import AUTO_INDUCTOR_STEPS, AUTO_MIN_STEPS
-
     for epochs, compiled in ((1, False), (AUTO_MIN_STEPS, True)):
         lines = []
         trainer = _trainer(_spec(data_files, compile="auto", epochs=epochs), lines)
-        assert AUTO_MIN_STEPS <= trainer.steps_per_epoch * AUTO_MIN_STEPS < AUTO_INDUCTOR_STEPS
+        assert (trainer.steps_per_epoch * epochs >= AUTO_MIN_STEPS) == compiled
+        assert trainer.steps_per_epoch * epochs < AUTO_INDUCTOR_STEPS
         assert (trainer.compiled is not None) == compiled and not lines
         assert not compiled or trainer.compiled.backend == "graph"
     # long enough for Inductor (compiled at the first compiled step, not here): one line says

@@ -40,6 +40,8 @@ and the trainer says so in one line and trains eagerly.
 
 from __future__ import annotations
 
+import os
+import shutil
 import warnings
 from typing import Callable, Optional, Sequence
 
@@ -69,9 +71,6 @@ AUTO_INDUCTOR_STEPS = 25_000
 
 def _cpp_compiler() -> Optional[str]:
     """The C++ compiler Inductor's CPU code needs (``$CXX``, else g++ or clang++), if any."""
-    import os
-    import shutil
-
     return next(filter(None, (shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "clang++") if c)), None)
 
 
@@ -216,6 +215,12 @@ class Capture:
 # --- the compiled step ---------------------------------------------------------------------
 
 
+def _first_line(exc: Exception) -> str:
+    """``Type: the first line of the message`` (at most 120 characters of it), for one line."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:120] if lines else ''}"
+
+
 def _rng_kept(device: torch.device):
     """The global random states restored afterwards (tracing draws numbers the step must draw again)."""
     return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
@@ -255,7 +260,7 @@ class CompiledStep:
             except Exception as exc:  # make_fx refuses value-dependent Python, among others
                 if "get value out of a tracing tensor" in str(exc):
                     raise NotTraceable("a part of the model or estimator branches on a tensor's value in Python") from exc
-                raise NotTraceable(f"the step cannot be traced ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from exc
+                raise NotTraceable(f"the step cannot be traced ({_first_line(exc)})") from exc
             finally:
                 self.vae.beta = float(beta)
 
@@ -295,8 +300,7 @@ class CompiledStep:
             if cuda:
                 torch.cuda.set_rng_state(rng[1], x.device)
             self._shape = None
-            raise NotTraceable(f"Inductor could not compile the step ({type(exc).__name__}: "
-                               f"{str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ''})") from exc
+            raise NotTraceable(f"Inductor could not compile the step ({_first_line(exc)})") from exc
 
     def _replay(self, x, index, beta):
         for buffer, value in zip(self._inputs, (x, index, beta)):
