@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__, distributed
+from . import __version__, distributed, stops
 from .errors import Interrupted, TrainingDiverged, UserError
 from .infer.evaluate import describe_active_units
 from .spec import DEFAULT_DATA, DEFAULT_INFERENCE, DEFAULT_MODEL, SLOTS, Spec, load_spec, parse_override, shipped, spec_summary
@@ -405,7 +405,11 @@ def raise_usage(message: str):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    with stops.command_scope():  # a SIGTERM stops the command at once, and a repeated one cuts nothing short
+        return _run_command(args)
 
+
+def _run_command(args) -> int:
     try:
         distributed.init()  # under torchrun: join the ranks (nothing otherwise)
         return args.handler(args)
@@ -423,6 +427,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = getattr(args, "resume", None) or getattr(args, "out", None) or "RUN"
         launcher = "torchrun ... -m pyro_vae" if distributed.current().active else "pyro-vae"
         _tell(f"pyro-vae {args.command}: {exc}; checkpoint written. Resume with: {launcher} train --resume {one_line(where)}")
+        return 128 + exc.signum
+    except stops.Stopped as exc:  # outside training: nothing to checkpoint
+        _tell(f"pyro-vae {args.command}: {exc}")
         return 128 + exc.signum
     except KeyboardInterrupt:
         _tell(f"pyro-vae {args.command}: stopped")

@@ -103,17 +103,24 @@ def test_sigkill_at_random_points_then_resume_reproduces_the_run(reference, tmp_
     assert not list(out.glob(".*.tmp*"))
 
 
-def test_sigterm_finishes_the_step_checkpoints_and_says_how_to_resume(reference, tmp_path):
+def test_sigterms_finish_the_step_checkpoint_and_say_how_to_resume(reference, tmp_path):
+    """SIGTERM after SIGTERM, every millisecond until the process ends (as when torchrun's
+    launcher dies: Linux sends the parent-death signal once per launcher thread; or when a
+    scheduler signals both launcher and workers): the first stops training after a step and
+    the rest are ignored, so the checkpoint, the summary, the lock's release and the resume
+    line are all written, and the run resumes exactly. A signal after the last of them may
+    still end the process (-15)."""
     out = tmp_path / "term"
     proc = spawn("train", "--out", out, *LONG)
-    deadline = time.time() + 120
-    while not (out / "checkpoint.pt").exists() and time.time() < deadline:
-        time.sleep(0.05)
+    assert wait_for(lambda: (out / "checkpoint.pt").exists(), proc)
     time.sleep(0.3)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, stderr
-    assert f"pyro-vae train --resume {out}" in stderr and "Traceback" not in stderr
+    while proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.001)
+    stderr = proc.stderr.read()
+    assert proc.returncode in (128 + signal.SIGTERM, -signal.SIGTERM), stderr
+    assert stderr.count(f"Resume with: pyro-vae train --resume {out}") == 1 and "Traceback" not in stderr, stderr
+    assert (out / ".lock").read_text() == ""  # released
     state = load_checkpoint(out / "checkpoint.pt")["training"]["state"]
     assert state["global_step"] > 0
     assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
@@ -275,3 +282,36 @@ def test_resume_before_the_first_checkpoint_starts_again(tmp_path, reference):
     assert code == 0, stderr
     assert not (out / ".checkpoint.pt.tmp999").exists()
     assert metrics_without_timing(out) == metrics_without_timing(reference)
+
+
+def _sigterm_to_self(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)  # the handler runs before this returns
+    raise AssertionError("SIGTERM did not stop the command")
+
+
+def test_sigterm_before_training_stops_in_one_line(monkeypatch, capsys):
+    from pyro_vae import cli
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(cli.distributed, "init", _sigterm_to_self)
+    assert cli.main(["train", "--quiet"]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err == "pyro-vae train: stopped by signal 15\n"
+    assert signal.getsignal(signal.SIGTERM) is before  # the command's handler is gone with it
+
+
+def test_sigterm_after_the_lock_is_taken_releases_it(monkeypatch, tmp_path, capsys):
+    """Stopped where training has not started (after the run directory is claimed, before
+    the first step): the lock is released and the directory resumes."""
+    import importlib
+
+    from pyro_vae import cli
+
+    out = tmp_path / "early"
+    monkeypatch.setattr(importlib.import_module("pyro_vae.workflows.train"), "_run", _sigterm_to_self)
+    assert cli.main(["train", "--out", str(out), "--set", "inference.schedule.epochs=1"]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "pyro-vae train: stopped by signal 15"
+    assert (out / ".lock").read_text() == ""
+    monkeypatch.undo()
+    assert cli.main(["train", "--resume", str(out), "--quiet"]) == 0
+    assert json.loads((out / "summary.json").read_text())["status"] == "completed"

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pyro_vae"
 
 # lower numbers sit lower; a module imports its own layer or lower ones only
 LAYERS = {
-    "errors": 0, "params": 0, "registry": 0, "files": 0, "provenance": 0, "distributed": 0, "tracking": 0,
+    "errors": 0, "params": 0, "registry": 0, "files": 0, "provenance": 0, "distributed": 0, "tracking": 0, "stops": 0,
     "data": 1, "model": 1,
     "infer": 2, "analysis": 3,
     "spec": 4,

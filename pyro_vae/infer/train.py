@@ -17,10 +17,8 @@ from __future__ import annotations
 import math
 import signal
 import sys
-import threading
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -31,6 +29,7 @@ from tqdm.auto import tqdm
 
 from .. import distributed
 from ..errors import Interrupted, NotTraceable, SpecError, TrainingDiverged
+from ..stops import stop_requests
 from .compiled import CompiledStep, compile_backend, outside_library
 from .estimators import ESTIMATORS, supports_subsampling
 from .evaluate import elbo_terms
@@ -92,28 +91,6 @@ def kl_weight(schedule, global_step: int, steps_per_epoch: int) -> float:
     if warmup_steps <= 0:
         return schedule.beta
     return schedule.beta * min(1.0, (global_step + 1) / warmup_steps)
-
-
-@contextmanager
-def stop_requests():
-    """SIGINT/SIGTERM set a flag that the loop reads after each step; a second SIGINT
-    stops at once. Outside the main thread nothing is installed."""
-    requested: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield requested
-        return
-
-    def handler(signum, frame):
-        if requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        requested.append(signum)
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield requested
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 class Trainer:
