@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__, distributed, stops
-from .errors import Interrupted, TrainingDiverged, UserError
+from .errors import Interrupted, Stopped, TrainingDiverged, UserError
 from .infer.evaluate import describe_active_units
 from .spec import DEFAULT_DATA, DEFAULT_INFERENCE, DEFAULT_MODEL, SLOTS, Spec, load_spec, parse_override, shipped, spec_summary
 from .tracking import TRACKERS
@@ -428,7 +428,7 @@ def _run_command(args) -> int:
         launcher = "torchrun ... -m pyro_vae" if distributed.current().active else "pyro-vae"
         _tell(f"pyro-vae {args.command}: {exc}; checkpoint written. Resume with: {launcher} train --resume {one_line(where)}")
         return 128 + exc.signum
-    except stops.Stopped as exc:  # outside training: nothing to checkpoint
+    except Stopped as exc:  # outside training: nothing to checkpoint
         _tell(f"pyro-vae {args.command}: {exc}")
         return 128 + exc.signum
     except KeyboardInterrupt:

@@ -73,6 +73,15 @@ class Interrupted(Exception):
         self.signum, self.epoch, self.step = signum, epoch, step
 
 
+class Stopped(Exception):
+    """SIGTERM outside training (see stops.py): the command stops at once, with nothing to
+    checkpoint (exit 128 + signal)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
+
+
 class NotTraceable(Exception):
     """A component cannot run inside a traced (compiled) training step; the message says
     which and why. The trainer then steps eagerly (infer/compiled.py)."""

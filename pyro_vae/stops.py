@@ -6,7 +6,7 @@ Two scopes, both for the main thread (elsewhere nothing is installed):
   step, where it writes a checkpoint and raises ``Interrupted``; a second SIGINT stops at
   once (KeyboardInterrupt).
 * :func:`command_scope`, a command's (the CLI holds it for the whole command): outside
-  training the first SIGTERM raises :class:`Stopped` at once, so ``finally`` blocks still
+  training the first SIGTERM raises ``errors.Stopped`` at once, so ``finally`` blocks still
   run (a run's lock is released) and the command says so in one line instead of dying
   silently.
 
@@ -24,15 +24,9 @@ import signal
 import threading
 from contextlib import contextmanager
 
+from .errors import Stopped
+
 _under_way: list[int] = []  # the signals of the stop this command is taking (main thread only)
-
-
-class Stopped(Exception):
-    """SIGTERM outside training: the command stops at once (exit 128 + signal)."""
-
-    def __init__(self, signum: int):
-        super().__init__(f"stopped by signal {signum}")
-        self.signum = signum
 
 
 def _main_thread() -> bool:
@@ -64,7 +58,7 @@ def stop_requests():
 
 @contextmanager
 def command_scope():
-    """A command's scope: the first SIGTERM outside training raises :class:`Stopped`; once
+    """A command's scope: the first SIGTERM outside training raises ``Stopped``; once
     a stop is under way (that one, or one training took), further SIGTERMs are ignored.
     The previous handler is restored on exit."""
     if not _main_thread():
