@@ -102,11 +102,58 @@ def test_categorical_likelihood():
     assert torch.allclose(total, torch.zeros(F_, dtype=torch.float64), atol=1e-9)
 
 
-def _discretized_logistic_reference(x, logits, loc, scale):
-    """P(x) for x in 0..255 as differences of logistic CDFs, in float64 with scipy."""
-    xs = 2 * x / 255 - 1
-    upper = np.where(x == 255, np.inf, xs + 1 / 255)
-    lower = np.where(x == 0, -np.inf, xs - 1 / 255)
+@pytest.mark.parametrize("levels", [1, 16, 255])
+def test_binomial_likelihood(levels):
+    lik, out = likelihood("binomial", levels=levels)
+    assert lik.outputs == 1 and lik.domain.bounds == (0.0, levels)
+    out = out * 4  # logits far from 0 as well
+    x = torch.tensor(np.random.default_rng(levels).integers(0, levels + 1, (4, F_)), dtype=torch.float64)
+    x[0] = torch.tensor([0, levels, 0, levels, levels // 2, 1], dtype=torch.float64)
+    p = special.expit(out[:, 0].numpy())
+    expected = stats.binom.logpmf(x.numpy(), levels, p).sum(-1)
+    assert np.allclose(lik(out).log_prob(x).numpy(), expected, rtol=1e-10, atol=1e-8)
+    assert np.allclose(lik.mean(out).numpy(), levels * p)
+    # the gradient in the logits is x - L p (float64 autograd against the closed form)
+    logits = out.clone().requires_grad_(True)
+    lik(logits).log_prob(x).sum().backward()
+    assert np.allclose(logits.grad[:, 0].numpy(), x.numpy() - levels * p)
+    # float32: the binomial coefficient in float64 keeps a 784-pixel image exact to 1e-3 nats at L = 255
+    lik32 = LIKELIHOODS.build({"kind": "binomial", "levels": levels}, (784,))
+    logits32 = torch.randn(2, 1, 784) * 3
+    x32 = torch.tensor(np.random.default_rng(1).integers(0, levels + 1, (2, 784)), dtype=torch.float32)
+    exact = stats.binom.logpmf(x32.numpy(), levels, special.expit(logits32[:, 0].double().numpy())).sum(-1)
+    assert np.allclose(lik32(logits32).log_prob(x32).double().numpy(), exact, atol=2e-3)
+
+
+def test_level_likelihoods_take_their_levels():
+    """categorical and discretized_logistic over 0..L, with L given (training sets it from the data)."""
+    lik, out = likelihood("categorical", levels=16)
+    assert out.shape == (4, 17, F_) and lik.domain.description == "integer levels 0..16"
+    x = torch.randint(0, 17, (4, F_)).double()
+    logp = special.log_softmax(out.numpy(), axis=1)
+    expected = np.take_along_axis(logp, x.long().numpy()[:, None, :], 1)[:, 0].sum(-1)
+    assert np.allclose(lik(out).log_prob(x).numpy(), expected)
+    assert not lik.domain.contains(torch.tensor([17.0, -1.0, 2.5])).any()
+    assert torch.allclose(lik.encoder_input(torch.tensor([16.0])), torch.tensor([1.0]))
+
+    lik, out = likelihood("discretized_logistic", components=3, levels=16)
+    params = out.movedim(1, -1).numpy()
+    logits, loc, scale = params[..., :3], np.tanh(params[..., 3:6]), softplus(params[..., 6:]) + 1e-3
+    x = np.array([0, 1, 7, 8, 15, 16], dtype=np.float64)[None].repeat(4, 0)
+    expected = _discretized_logistic_reference(x, logits, loc, scale, levels=16).sum(-1)
+    assert np.allclose(lik(out).log_prob(torch.tensor(x)).numpy(), expected, atol=1e-6)
+    levels = torch.arange(17, dtype=torch.float64)[:, None].expand(17, F_)
+    d = lik(out[:1].expand(17, -1, -1)).base_dist
+    p = d.log_prob(levels).exp()
+    assert torch.allclose(p.sum(0), torch.ones(F_, dtype=torch.float64), atol=1e-9)
+    assert torch.allclose(lik.mean(out[:1])[0], (levels * p).sum(0), atol=1e-9)  # the mean over 0..16
+
+
+def _discretized_logistic_reference(x, logits, loc, scale, levels=255):
+    """P(x) for x in 0..L as differences of logistic CDFs, in float64 with scipy."""
+    xs = 2 * x / levels - 1
+    upper = np.where(x == levels, np.inf, xs + 1 / levels)
+    lower = np.where(x == 0, -np.inf, xs - 1 / levels)
     mass = stats.logistic.cdf(upper[..., None], loc, scale) - stats.logistic.cdf(lower[..., None], loc, scale)
     return np.log((special.softmax(logits, -1) * mass).sum(-1))
 
@@ -150,8 +197,9 @@ def test_count_likelihoods():
 
 
 def test_decoder_is_sized_from_the_likelihood():
-    for kind, outputs in (("bernoulli", 1), ("beta", 2), ("categorical", 256), ("zinb", 2)):
-        spec = Spec.from_dict({"model": {"latent_dim": 2, "likelihood": {"kind": kind}}}).model
+    for kind, outputs, params in (("bernoulli", 1, {}), ("beta", 2, {}), ("categorical", 256, {}), ("zinb", 2, {}),
+                                  ("categorical", 17, {"levels": 16}), ("binomial", 1, {"levels": 16})):
+        spec = Spec.from_dict({"model": {"latent_dim": 2, "likelihood": {"kind": kind, **params}}}).model
         vae = build_vae(spec, (3, 4))
         assert vae.decoder.out_shape == (outputs, 3, 4)
         assert vae.decoder(torch.randn(5, 2)).shape == (5, outputs, 3, 4)

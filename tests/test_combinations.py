@@ -38,6 +38,7 @@ LIKELIHOODS = {
     "laplace": ({"min_scale": 0.05}, "unit"),
     "student_t": ({"min_scale": 0.05}, "unit"),
     "beta": ({}, "open_unit"),
+    "binomial": ({}, "levels"),
     "categorical": ({}, "levels"),
     "discretized_logistic": ({"components": 2}, "levels"),
     "poisson": ({}, "counts"),

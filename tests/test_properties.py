@@ -115,14 +115,11 @@ def mass_beta(lik):
     return np.array(masses)
 
 
-LEVEL_VALUES = np.arange(256)
-
-
 def mass_categorical(lik):
     rng = np.random.default_rng(0)
-    rows = [rng.normal(0, 1, 256), rng.normal(0, 30, 256), np.where(np.arange(256) == 7, 100.0, -100.0),
-            np.full(256, 100.0)]
-    return _discrete_mass(lik(_out(lik, *rows)), LEVEL_VALUES)
+    n = lik.levels + 1
+    rows = [rng.normal(0, 1, n), rng.normal(0, 30, n), np.where(np.arange(n) == 7, 100.0, -100.0), np.full(n, 100.0)]
+    return _discrete_mass(lik(_out(lik, *rows)), np.arange(n))
 
 
 def mass_discretized_logistic(lik):
@@ -132,7 +129,25 @@ def mass_discretized_logistic(lik):
         for raw_scale in (-100.0, -5.0, 0.0, 3.0):  # the scale at its 1e-3 floor up to ~3
             rows.append([0.0] * k + [loc] * k + [raw_scale] * k)
     rows.append([100.0, -100.0] + [0.0] * (k - 2) + [0.5, -0.5] + [0.0] * (k - 2) + [-100.0] * k)
-    return _discrete_mass(lik(_out(lik, *rows)), LEVEL_VALUES)
+    return _discrete_mass(lik(_out(lik, *rows)), np.arange(lik.levels + 1))
+
+
+def mass_binomial(lik):
+    """At L = 255 (built without data) and at the digits' L = 16, logits from -100 to 100."""
+    masses = []
+    for levels in (lik.levels, 16):
+        binomial = LIKELIHOODS.build({"kind": "binomial", "levels": levels}, (1,))
+        masses.append(_discrete_mass(binomial(_out(binomial, *EXTREME_LOGITS)), np.arange(levels + 1)))
+    return np.concatenate(masses)
+
+
+def _at_levels(mass, levels):
+    """``mass`` of the same kind built over the levels 0..``levels`` as well (taken from data)."""
+    def both(lik):
+        other = LIKELIHOODS.build({"kind": lik.kind, "levels": levels, **({"components": lik.components}
+                                                                         if hasattr(lik, "components") else {})}, (1,))
+        return np.concatenate([mass(lik), mass(other)])
+    return both
 
 
 def _count_grid(mean: float, theta: float = math.inf) -> np.ndarray:
@@ -171,8 +186,9 @@ NORMALIZATION = {
     "laplace": _location_scale_cases("laplace"),
     "student_t": _location_scale_cases("student_t"),
     "beta": mass_beta,
-    "categorical": mass_categorical,
-    "discretized_logistic": mass_discretized_logistic,
+    "binomial": mass_binomial,
+    "categorical": _at_levels(mass_categorical, 16),
+    "discretized_logistic": _at_levels(mass_discretized_logistic, 16),
     "poisson": mass_poisson,
     "negative_binomial": _dispersed_mass("negative_binomial", [()]),
     "zinb": _dispersed_mass("zinb", [(-100.0,), (0.0,), (100.0,)]),

@@ -224,6 +224,7 @@ class Dataset:
     label_names: Optional[list[str]] = None
     sha256: Optional[str] = None
     origin: dict[str, np.ndarray] = field(default_factory=dict)  # each split's rows in the source's array
+    max_level: Optional[int] = None  # the source's largest integer level where it knows one (digits: 16), undivided
 
     @property
     def streamed(self) -> bool:

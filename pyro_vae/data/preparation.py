@@ -155,7 +155,9 @@ def prepare(raw: RawData, spec, seed: int, likelihood=None, device=None, preproc
     shape = next(iter(raw.splits.values())).row_shape
     labels = {k: torch.as_tensor(np.asarray(v, dtype=np.int64)) for k, v in raw.labels.items()}
     origin = {k: raw.origin.get(k, np.arange(len(rows))) for k, rows in raw.splits.items()}
-    return Dataset(splits, labels, tuple(shape), raw.source, dynamic, preprocessing, raw.label_names, raw.sha256, origin)
+    max_level = raw.max_level if preprocessing.divide is None and preprocessing.mean is None else None
+    return Dataset(splits, labels, tuple(shape), raw.source, dynamic, preprocessing, raw.label_names, raw.sha256, origin,
+                   max_level)
 
 
 def _check_intensities(rows: RowSource, name: str, preprocessing: Preprocessing, raw: RawData, mode: str) -> None:
@@ -187,6 +189,16 @@ def check_support(data: Dataset, likelihood) -> None:
             problem = likelihood.check(part, where)
             if problem:
                 raise DataError(problem)
+
+
+def largest_level(data: Dataset) -> int:
+    """The largest level L of integer data, for a likelihood over the levels 0..L: the
+    source's own maximum where it knows one (16 for the digits, 255 for 8-bit integer
+    arrays), else the largest value in any split (at least 1)."""
+    if data.max_level is not None:
+        return int(data.max_level)
+    high = max(part.max().item() for name in data.splits for part in split_chunks(data.scored(name, seed=0)))
+    return max(1, int(math.ceil(high)))
 
 
 def load_data(spec, seed: int, likelihood=None, device="cpu", preprocessing: Optional[Preprocessing] = None) -> Dataset:

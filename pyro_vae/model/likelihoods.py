@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Annotated, Callable, Literal, Optional
 
 import pyro.distributions as dist
@@ -82,12 +83,21 @@ def _fix_open_unit(v: Values) -> str:
     return f"choose {REAL_KINDS} for data outside [0, 1], or rescale them into (0, 1)"
 
 
-def _fix_levels(v: Values) -> str:
+def _fix_levels(levels: int, v: Values) -> str:
     if not v.integers and 0 <= v.low and v.high <= 1:
-        return "the data look divided into [0, 1]: set data.normalize = false to keep 8-bit levels 0..255"
+        return "the data look divided into [0, 1]: set data.normalize = false to keep the integer levels"
+    if v.integers and v.low >= 0:
+        return (f"whole numbers beyond 0..{levels}: leave model.likelihood.levels unset (it is taken from the training "
+                f"data), or choose {COUNT_KINDS}")
     if v.integers:
-        return f"whole numbers beyond 0..255 are not 8-bit levels: choose {COUNT_KINDS} or {REAL_KINDS}"
+        return f"levels are never negative: choose {REAL_KINDS}"
     return f"the data are not whole levels: choose {REAL_KINDS}, or continuous_bernoulli for data in [0, 1]"
+
+
+def levels_domain(levels: int) -> Domain:
+    """Integer levels 0..``levels``."""
+    return Domain(f"integer levels 0..{levels}", lambda x: (x >= 0) & (x <= levels) & _is_integer(x),
+                  partial(_fix_levels, levels), (0.0, float(levels)))
 
 
 def _fix_counts(v: Values) -> str:
@@ -102,8 +112,6 @@ def _fix_counts(v: Values) -> str:
 UNIT = Domain("values in [0, 1]", lambda x: (x >= 0) & (x <= 1), _fix_unit, (0.0, 1.0))
 OPEN_UNIT = Domain("values strictly inside (0, 1)", lambda x: (x > 0) & (x < 1), _fix_open_unit, (0.0, 1.0))
 REAL = Domain("finite real values", lambda x: torch.ones_like(x, dtype=torch.bool))
-LEVELS_8BIT = Domain("integer levels 0..255", lambda x: (x >= 0) & (x <= LEVELS - 1) & _is_integer(x), _fix_levels,
-                     (0.0, LEVELS - 1.0))
 COUNTS = Domain("non-negative integer counts", lambda x: (x >= 0) & _is_integer(x), _fix_counts, (0.0, None))
 
 
@@ -385,20 +393,60 @@ class BetaLikelihood(Likelihood):
         return Beta(a, b).to_event(self.event_dim)
 
 
-class _EightBit(Likelihood):
-    domain = LEVELS_8BIT
+LevelsParam = Optional[Annotated[int, Field(ge=1, le=65_535)]]
+
+
+class _Levels(Likelihood):
+    """A probability mass function over integer levels 0..L. ``levels`` = L, the largest
+    level; unset, training takes it from the data (the source's known maximum: 16 for the
+    digits, 255 for 8-bit integer arrays; else the largest value in any split) and records
+    it in the run's spec. Built without data it is 255 (8-bit). The encoder sees x / L."""
+
     encoder_input_bounds = (0.0, 1.0)
     raw_integers = True
 
+    def __init__(self, data_shape, *, levels: LevelsParam = None):
+        super().__init__(data_shape)
+        self.levels = LEVELS - 1 if levels is None else levels
+        self.domain = levels_domain(self.levels)
+
     def encoder_input(self, x):
-        return x / (LEVELS - 1)
+        return x / self.levels
+
+
+class Binomial(dist.Binomial):
+    """The binomial from logits l: log p(k) = k l - n softplus(l) + log C(n, k), computed in
+    float64 and returned in the logits' dtype: in float32 the terms (~5000 at n = 255, l = 20;
+    the coefficient's lgamma terms ~1160) cancel to a mass off by 3e-5 per feature."""
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        n, k, logits = self.total_count.double(), value.double(), self.logits.double()
+        log_choose = torch.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
+        return (k * logits - n * F.softplus(logits) + log_choose).to(self.logits.dtype)
+
+
+@LIKELIHOODS.register("binomial")
+class BinomialLikelihood(_Levels):
+    """Binomial(L, sigma(decoder output)) per feature: a pmf over the levels 0..L with one
+    decoder output per feature, mean L p and variance L p (1 - p)."""
+
+    def forward(self, out):
+        (logits,) = self.split(out)
+        return Binomial(self.levels, logits=logits).to_event(self.event_dim)
+
+    def mean(self, out):
+        return self.levels * torch.sigmoid(self.split(out)[0])
 
 
 @LIKELIHOODS.register("categorical")
-class CategoricalLikelihood(_EightBit):
-    """A 256-way categorical per feature for 8-bit data (levels 0..255)."""
+class CategoricalLikelihood(_Levels):
+    """An (L + 1)-way categorical per feature over the levels 0..L (L = 255: 8-bit data)."""
 
-    outputs = LEVELS
+    def __init__(self, data_shape, *, levels: LevelsParam = None):
+        super().__init__(data_shape, levels=levels)
+        self.outputs = self.levels + 1
 
     def logits(self, out: Tensor) -> Tensor:
         return out.movedim(-self.event_dim - 1, -1)
@@ -408,39 +456,45 @@ class CategoricalLikelihood(_EightBit):
 
     def mean(self, out):
         probs = torch.softmax(self.logits(out), -1)
-        return probs @ torch.arange(LEVELS, dtype=probs.dtype, device=probs.device)
+        return probs @ torch.arange(self.levels + 1, dtype=probs.dtype, device=probs.device)
 
 
 class DiscretizedLogisticMixture(dist.TorchDistribution):
-    """Mixture of logistics discretized to 256 levels (Salimans et al., 2017, PixelCNN++).
+    """Mixture of logistics discretized to the levels 0..L (Salimans et al., 2017, PixelCNN++,
+    where L = 255).
 
-    x in {0..255} is rescaled to x' in [-1, 1] with bin half-width 1/255;
-    P(x) = sum_k pi_k [sigma((x' + 1/255 - mu_k)/s_k) - sigma((x' - 1/255 - mu_k)/s_k)],
-    with the edge bins x = 0 and x = 255 taking all mass below and above.
+    x in {0..L} is rescaled to x' = 2 x / L - 1 in [-1, 1] with bin half-width 1/L;
+    P(x) = sum_k pi_k [sigma((x' + 1/L - mu_k)/s_k) - sigma((x' - 1/L - mu_k)/s_k)],
+    with the edge bins x = 0 and x = L taking all mass below and above.
     Components are on the last dimension of the parameters.
     """
 
     arg_constraints = {"logits": constraints.real, "loc": constraints.real, "scale": constraints.positive}
-    support = constraints.integer_interval(0, LEVELS - 1)
 
-    def __init__(self, logits, loc, scale, validate_args=None):
+    def __init__(self, logits, loc, scale, levels: int = LEVELS - 1, validate_args=None):
         self.logits, self.loc, self.scale = torch.broadcast_tensors(logits, loc, scale)
+        self.levels = levels
         super().__init__(self.loc.shape[:-1], validate_args=validate_args)
+
+    @constraints.dependent_property(is_discrete=True, event_dim=0)
+    def support(self):
+        return constraints.integer_interval(0, self.levels)
 
     def expand(self, batch_shape, _instance=None):
         shape = torch.Size(batch_shape) + self.loc.shape[-1:]
         return DiscretizedLogisticMixture(
-            self.logits.expand(shape), self.loc.expand(shape), self.scale.expand(shape)
+            self.logits.expand(shape), self.loc.expand(shape), self.scale.expand(shape), self.levels
         )
 
     def log_prob(self, value):
-        x = (2 * value / (LEVELS - 1) - 1).unsqueeze(-1)
-        half_bin = 1.0 / (LEVELS - 1)
+        top = self.levels
+        x = (2 * value / top - 1).unsqueeze(-1)
+        half_bin = 1.0 / top
         inv_s = 1 / self.scale
         upper = (x + half_bin - self.loc) * inv_s
         lower = (x - half_bin - self.loc) * inv_s
         log_cdf_upper = F.logsigmoid(upper)  # log P(X <= upper edge): the bin at 0
-        log_sf_lower = -F.softplus(lower)  # log P(X >= lower edge): the bin at 255
+        log_sf_lower = -F.softplus(lower)  # log P(X >= lower edge): the bin at L
         # log(sigma(u) - sigma(l)) = log sigma(u) + log(1 - exp(log sigma(l) - log sigma(u)))
         log_mass = log_cdf_upper + torch.log(
             -torch.expm1((F.logsigmoid(lower) - log_cdf_upper).clamp(max=-1e-12))
@@ -460,29 +514,30 @@ class DiscretizedLogisticMixture(dist.TorchDistribution):
             scale = self.scale.expand(shape + self.scale.shape[-1:]).gather(-1, k).squeeze(-1)
             u = torch.rand(shape, device=loc.device).clamp(1e-5, 1 - 1e-5)
             x = loc + scale * (torch.log(u) - torch.log1p(-u))
-            return torch.round((x.clamp(-1, 1) + 1) * (LEVELS - 1) / 2)
+            return torch.round((x.clamp(-1, 1) + 1) * self.levels / 2)
 
     @property
     def mean(self):
-        """E[x] = sum_l l P(l) = sum_{l=0}^{254} P(X > l) = 255 - sum_{l=0}^{254} CDF(l), with
-        CDF(l) = sum_k pi_k sigma((x'_l + 1/255 - mu_k) / s_k): the edge bins and the
+        """E[x] = sum_l l P(l) = sum_{l=0}^{L-1} P(X > l) = L - sum_{l=0}^{L-1} CDF(l), with
+        CDF(l) = sum_k pi_k sigma((x'_l + 1/L - mu_k) / s_k): the edge bins and the
         clamping included, exactly."""
+        top = self.levels
         weights = torch.softmax(self.logits, -1)
-        levels = torch.arange(LEVELS - 1, dtype=self.loc.dtype, device=self.loc.device)
-        upper = levels * 2 / (LEVELS - 1) - 1 + 1.0 / (LEVELS - 1)  # the upper edge of bin l, l = 0..254
+        levels = torch.arange(top, dtype=self.loc.dtype, device=self.loc.device)
+        upper = levels * 2 / top - 1 + 1.0 / top  # the upper edge of bin l, l = 0..L-1
         cdf_sum = 0.0
-        for k in range(weights.shape[-1]):  # one component at a time: (..., 255) values, not (..., 255, K)
+        for k in range(weights.shape[-1]):  # one component at a time: (..., L) values, not (..., L, K)
             loc, scale = self.loc[..., k : k + 1], self.scale[..., k : k + 1]
             cdf_sum = cdf_sum + weights[..., k] * torch.sigmoid((upper - loc) / scale).sum(-1)
-        return (LEVELS - 1) - cdf_sum
+        return top - cdf_sum
 
 
 @LIKELIHOODS.register("discretized_logistic")
-class DiscretizedLogisticLikelihood(_EightBit):
-    """A mixture of discretized logistics per feature for 8-bit data, as in PixelCNN++."""
+class DiscretizedLogisticLikelihood(_Levels):
+    """A mixture of discretized logistics per feature over the levels 0..L, as in PixelCNN++ (L = 255)."""
 
-    def __init__(self, data_shape, *, components: count(64) = 5):
-        super().__init__(data_shape)
+    def __init__(self, data_shape, *, components: count(64) = 5, levels: LevelsParam = None):
+        super().__init__(data_shape, levels=levels)
         self.components = components
         self.outputs = 3 * components
 
@@ -491,7 +546,7 @@ class DiscretizedLogisticLikelihood(_EightBit):
         params = out.movedim(-self.event_dim - 1, -1)
         logits, loc, raw_scale = params[..., :k], params[..., k : 2 * k], params[..., 2 * k :]
         scale = F.softplus(raw_scale) + 1e-3
-        return DiscretizedLogisticMixture(logits, torch.tanh(loc), scale).to_event(self.event_dim)
+        return DiscretizedLogisticMixture(logits, torch.tanh(loc), scale, self.levels).to_event(self.event_dim)
 
 
 class _Counts(Likelihood):

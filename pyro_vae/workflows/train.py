@@ -15,7 +15,7 @@ import torch
 
 from .. import distributed
 from ..analysis.figures import training_figures
-from ..data import binarize, check_support, labelled_rows, load_data, split_chunks
+from ..data import binarize, check_support, labelled_rows, largest_level, load_data, split_chunks
 from ..data.statistics import DataStatistics
 from ..errors import DataError, Interrupted, RunError, SpecError, TrainingDiverged
 from ..files import atomic_write_json, atomic_write_text, write_csv
@@ -47,6 +47,7 @@ def _prepare(spec):
     train = data.split("train")
     if "valid" not in data.splits:
         raise DataError(f"{data.source}: no validation split; add a 'valid' array or a 'train' array to split from")
+    _levels_from_data(spec, data)
     vae = build_vae(spec.model, data.data_shape, num_data=len(train))
     check_support(data, vae.likelihood)
     statistics = DataStatistics.of(split_chunks(train))
@@ -56,6 +57,15 @@ def _prepare(spec):
     if spec.data.labelled is not None:
         _supervise(vae, data, spec)
     return vae, data
+
+
+def _levels_from_data(spec, data) -> None:
+    """A likelihood over levels 0..L (binomial, categorical, discretized_logistic) with
+    ``levels`` unset takes L from the data (:func:`~pyro_vae.data.largest_level`); the spec
+    the run writes records it, so the run is rebuilt and resumed with the same L."""
+    table = spec.model.likelihood
+    if "levels" in table and table["levels"] is None:
+        table["levels"] = largest_level(data)
 
 
 def _supervise(vae, data, spec) -> None:
