@@ -277,7 +277,8 @@ def _report_training(trainer, out: Path) -> int:
     _say(f"saved weights: epoch {epoch} ({which}), validation ELBO {elbo:.3f} nats/example"
          + (f"; the best was {s.best_val:.3f} at epoch {s.best_epoch}" if s.best_epoch != epoch else "")
          + (" (stopped early)" if s.stopped_early else ""))
-    _say(f"{s.epoch} epochs, {s.train_seconds:.1f} s of training on {trainer.device}")
+    _say(f"{s.epoch} epochs, {s.train_seconds:.1f} s of training on {trainer.device}; ELBOs in "
+         + trainer.data.preprocessing.units(trainer.data.data_shape, trainer.vae.likelihood.density))
     _say(f"figures: {out / 'figures'}; next: pyro-vae evaluate {out}  |  pyro-vae analyze {out}")
     return 0
 
@@ -324,7 +325,7 @@ def cmd_evaluate(args) -> int:
                  ("NMI", f"{result['nmi']:.3f}")]
     for name, value in rows:
         _say(f"{name:<16}{value}")
-    _say(f"(nats per example, +- one standard error over examples; {result['seconds']:.1f} s on {result['device']})")
+    _say(f"({result['units']}; +- one standard error over examples; {result['seconds']:.1f} s on {result['device']})")
     _say(f"written: {paths[0]} and {paths[1]}")
     return 0
 
@@ -345,7 +346,7 @@ def cmd_analyze(args) -> int:
     bands = d["khat_bands"]
     _say(f"{d['n']} examples of {d['split']}, {d['samples']} draws each")
     _say(f"log p(x): IS {d['is_log_likelihood']['mean']:.3f} +- {d['is_log_likelihood']['se']:.3f}, "
-         f"PSIS {d['psis_log_likelihood']['mean']:.3f} +- {d['psis_log_likelihood']['se']:.3f} nats/example")
+         f"PSIS {d['psis_log_likelihood']['mean']:.3f} +- {d['psis_log_likelihood']['se']:.3f} ({d['units']})")
     _say(f"k-hat: good (<0.5) {bands['good']['share']:.1%}, usable (0.5-0.7) {bands['ok']['share']:.1%}, "
          f"unreliable (>=0.7) {bands['bad']['share']:.1%}")
     _say(f"report: {result['folder'] / 'report.md'}")

@@ -215,6 +215,11 @@ class Run:
         return read_csv(self.path / METRICS)
 
     @property
+    def units(self) -> str:
+        """The units of this run's ELBO and log p(x), in words (see Preprocessing.units)."""
+        return (self.preprocessing or Preprocessing()).units(self.vae.data_shape, self.vae.likelihood.density)
+
+    @property
     def preprocessing(self):
         """The map from stored values to what the model saw in training (normalization,
         standardization), kept in the checkpoint; None for a run from before it was kept."""
@@ -292,6 +297,8 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run
     try:
         vae = build_vae(spec.model, tuple(checkpoint["data_shape"]), int(checkpoint["num_data"]))
         load_weights(vae, checkpoint["weights"])
+        preprocessing = Preprocessing.from_state(checkpoint.get("preprocessing"))
+        vae.likelihood.use_data_units(preprocessing.log_jacobian(vae.data_shape))
     except (RuntimeError, KeyError, TypeError) as exc:
         raise RunError(f"{path / CHECKPOINT}: does not match {path / SPEC} ({str(exc).splitlines()[0][:160]})") from None
     except UserError:

@@ -139,7 +139,7 @@ class DataSpec(_Strict):
     path: Optional[str] = None
     binarize: Literal["none", "static", "dynamic"] = "none"
     normalize: Literal["auto"] | bool = "auto"
-    standardize: Literal["per_feature"] | bool = False
+    standardize: Literal["auto", "per_feature"] | bool = "auto"
     valid_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
     test_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
     in_memory: Literal["auto"] | bool = "auto"

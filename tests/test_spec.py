@@ -17,7 +17,7 @@ def test_default_spec_is_fully_resolved():
     assert raw["inference"]["estimator"]["kind"] == "trace_elbo"
     assert raw["inference"]["optimizer"]["lr"] == 1e-3
     assert raw["data"] == {"name": "digits", "binarize": "none", "normalize": "auto", "valid_fraction": 0.1,
-                           "test_fraction": 0.1, "standardize": False, "in_memory": "auto"}
+                           "test_fraction": 0.1, "standardize": "auto", "in_memory": "auto"}
     # the resolved form reads back to the same spec
     assert Spec.from_dict(raw) == spec
 

@@ -72,6 +72,28 @@ class Preprocessing:
             x = (x - self.mean.to(x.device)) / self.sd.to(x.device)
         return x
 
+    def log_jacobian(self, data_shape: tuple[int, ...]) -> float:
+        """log |det d(prepared)/d(given)| for one example, the normalize division left out:
+        -sum_j log sd_j over its features (0 without standardization). A density of the
+        prepared data plus this is the density of the data in their own units."""
+        if self.sd is None:
+            return 0.0
+        return -float(torch.log(self.sd.double()).expand(data_shape).sum())
+
+    def units(self, data_shape: tuple[int, ...], density: bool = True) -> str:
+        """The units the ELBO and log p(x) of these data are reported in, in words."""
+        if not density:
+            divided = f" of the levels divided by {self.divide:g} (data.normalize)" if self.divide else ""
+            return f"nats per example{divided}"
+        if self.divide:
+            shift = math.prod(data_shape) * math.log(self.divide)
+            standardized = ", the standardization's log-Jacobian included" if self.sd is not None else ""
+            return (f"nats per example, a density of the data divided by {self.divide:g} (data.normalize){standardized}; "
+                    f"in the stored values' units subtract {shift:.1f} ({math.prod(data_shape)} log {self.divide:g})")
+        if self.sd is not None:
+            return "nats per example, a density in the data's own units (the standardization's log-Jacobian included)"
+        return "nats per example, a density in the data's own units"
+
     def state(self) -> dict:
         """Tensors only (checkpoints hold nothing else)."""
         state = {"divide": torch.tensor(float(self.divide or 0.0))}

@@ -9,7 +9,10 @@ Preparation, in order:
    8-bit files; :func:`~.readers.integer_levels`) when ``normalize`` says so: with
    ``"auto"`` for every likelihood but those of integer values (:func:`divides_levels`).
 3. **Standardize** (``standardize = true``: one mean and sd; ``"per_feature"``: per
-   feature): x -> (x - mean) / sd with both computed on the training split.
+   feature; ``"auto"``: per feature for a likelihood of real values, see
+   :func:`standardizes`): x -> (x - mean) / sd with both computed on the training split.
+   Reported ELBOs and log p(x) add the log-Jacobian -sum_j log sd_j, so they are
+   densities of the data in their own units (``Likelihood.use_data_units``).
 4. **Binarize.** ``static``: x ~ Bernoulli(intensity) drawn once (:func:`~.dataset.binarize`);
    ``dynamic``: the training set redrawn at every batch, held-out splits drawn once.
 
@@ -73,6 +76,18 @@ def divides_levels(normalize, likelihood=None) -> bool:
     return bool(normalize)
 
 
+def standardizes(standardize, likelihood=None, binarize: str = "none"):
+    """What ``standardize`` does: ``"auto"`` standardizes per feature for a likelihood of real
+    values (its support unbounded: gaussian, laplace, student_t), whose fit depends on the
+    data's location and scale, and not for levels, counts, values in [0, 1], binarized data
+    or without a likelihood; ``true`` (one mean and sd), ``"per_feature"`` and ``false`` force."""
+    if standardize != "auto":
+        return standardize
+    domain = getattr(likelihood, "domain", None)
+    real = domain is not None and tuple(domain.bounds) == (None, None)
+    return "per_feature" if real and binarize == "none" else False
+
+
 def available_memory() -> int:
     """Bytes of RAM available to this process (Linux: MemAvailable), else the physical total."""
     try:
@@ -124,7 +139,7 @@ def prepare(raw: RawData, spec, seed: int, likelihood=None, device=None, preproc
     ``preprocessing``, when given (a trained run's), replaces normalizing and
     standardizing from these data: new data are prepared as the training data were."""
     raw = draw_splits(raw, spec.valid_fraction, spec.test_fraction, seed)
-    standardize = spec.standardize
+    standardize = standardizes(spec.standardize, likelihood, spec.binarize)
     if preprocessing is None:
         divide = raw.max_level if divides_levels(spec.normalize, likelihood) and raw.max_level else None
         preprocessing = Preprocessing(float(divide) if divide else None)

@@ -115,6 +115,51 @@ REAL = Domain("finite real values", lambda x: torch.ones_like(x, dtype=torch.boo
 COUNTS = Domain("non-negative integer counts", lambda x: (x >= 0) & _is_integer(x), _fix_counts, (0.0, None))
 
 
+class InDataUnits(dist.TorchDistribution):
+    """A distribution of prepared data whose log-density is expressed per unit of the data as
+    given: log p(x) = log p_prepared(x) + log_jacobian (values, samples and moments stay those
+    of the prepared data)."""
+
+    arg_constraints = {}
+
+    def __init__(self, base: dist.Distribution, log_jacobian: float):
+        self.base_dist, self.log_jacobian = base, log_jacobian
+        super().__init__(base.batch_shape, base.event_shape, validate_args=False)
+
+    @property
+    def support(self):
+        return self.base_dist.support
+
+    @property
+    def has_rsample(self):
+        return self.base_dist.has_rsample
+
+    def expand(self, batch_shape, _instance=None):
+        return InDataUnits(self.base_dist.expand(batch_shape), self.log_jacobian)
+
+    def log_prob(self, value):
+        return self.base_dist.log_prob(value) + self.log_jacobian
+
+    def sample(self, sample_shape=torch.Size()):
+        return self.base_dist.sample(sample_shape)
+
+    def rsample(self, sample_shape=torch.Size()):
+        return self.base_dist.rsample(sample_shape)
+
+    @property
+    def mean(self):
+        return self.base_dist.mean
+
+    @property
+    def variance(self):
+        return self.base_dist.variance
+
+
+def _in_data_units(likelihood: "Likelihood", inputs, distribution):
+    """Every likelihood's forward hook: its distribution in the data's own units (see use_data_units)."""
+    return distribution if not likelihood.log_jacobian else InDataUnits(distribution, likelihood.log_jacobian)
+
+
 @LIKELIHOODS.protocol
 class Likelihood(nn.Module):
     """p(x|z) from the decoder's output; see the module docstring for the protocol."""
@@ -125,10 +170,20 @@ class Likelihood(nn.Module):
     encoder_input_bounds: tuple[float | None, float | None] = (None, None)
     # models integer values as they are (levels, counts): data.normalize = "auto" keeps them undivided
     raw_integers: bool = False
+    # a density (of real values) rather than a mass function: reported in the data's own units
+    density: bool = True
 
     def __init__(self, data_shape: tuple[int, ...]):
         super().__init__()
         self.data_shape = tuple(data_shape)
+        self.log_jacobian = 0.0
+        self.register_forward_hook(_in_data_units)
+
+    def use_data_units(self, log_jacobian: float) -> None:
+        """Report the density of the data in their own units: ``log_jacobian`` = log |det
+        d(prepared x)/d(given x)| (a standardization's -sum_j log sd_j) is added to every
+        log p(x|z), a constant that leaves every gradient as it is. Mass functions ignore it."""
+        self.log_jacobian = float(log_jacobian) if self.density else 0.0
 
     @property
     def domain_bounds(self) -> tuple[float | None, float | None]:
@@ -179,6 +234,7 @@ class BernoulliLikelihood(Likelihood):
 
     domain = UNIT
     encoder_input_bounds = (0.0, 1.0)
+    density = False
 
     def forward(self, out):
         # validate_args=False: grayscale values in [0, 1] are allowed as soft targets
@@ -402,8 +458,10 @@ class _Levels(Likelihood):
     digits, 255 for 8-bit integer arrays; else the largest value in any split) and records
     it in the run's spec. Built without data it is 255 (8-bit). The encoder sees x / L."""
 
+    domain = levels_domain(LEVELS - 1)
     encoder_input_bounds = (0.0, 1.0)
     raw_integers = True
+    density = False
 
     def __init__(self, data_shape, *, levels: LevelsParam = None):
         super().__init__(data_shape)
@@ -435,6 +493,64 @@ class BinomialLikelihood(_Levels):
     def forward(self, out):
         (logits,) = self.split(out)
         return Binomial(self.levels, logits=logits).to_event(self.event_dim)
+
+    def mean(self, out):
+        return self.levels * torch.sigmoid(self.split(out)[0])
+
+
+class BetaBinomial(dist.TorchDistribution):
+    """The beta-binomial: k ~ Binomial(n, p), p ~ Beta(a, b). Its log-pmf
+    log C(n, k) + log B(k + a, n - k + b) - log B(a, b) is computed in float64 (the lgamma
+    terms cancel) and returned in the parameters' dtype. Mean n a / (a + b)."""
+
+    arg_constraints = {"concentration1": constraints.positive, "concentration0": constraints.positive}
+
+    def __init__(self, concentration1: Tensor, concentration0: Tensor, total_count: int, validate_args=None):
+        self.concentration1, self.concentration0 = torch.broadcast_tensors(concentration1, concentration0)
+        self.total_count = total_count
+        super().__init__(self.concentration1.shape, validate_args=validate_args)
+
+    @constraints.dependent_property(is_discrete=True, event_dim=0)
+    def support(self):
+        return constraints.integer_interval(0, self.total_count)
+
+    def expand(self, batch_shape, _instance=None):
+        shape = torch.Size(batch_shape)
+        return BetaBinomial(self.concentration1.expand(shape), self.concentration0.expand(shape), self.total_count)
+
+    def log_prob(self, value):
+        n, k = float(self.total_count), value.double()
+        a, b = self.concentration1.double(), self.concentration0.double()
+        log_choose = math.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
+        log_beta_ratio = (torch.lgamma(k + a) + torch.lgamma(n - k + b) - torch.lgamma(n + a + b)
+                          - torch.lgamma(a) - torch.lgamma(b) + torch.lgamma(a + b))
+        return (log_choose + log_beta_ratio).to(self.concentration1.dtype)
+
+    def sample(self, sample_shape=torch.Size()):
+        with torch.no_grad():
+            p = dist.Beta(self.concentration1, self.concentration0).sample(sample_shape)
+            return dist.Binomial(self.total_count, probs=p).sample()
+
+    @property
+    def mean(self):
+        return self.total_count * self.concentration1 / (self.concentration1 + self.concentration0)
+
+
+@LIKELIHOODS.register("beta_binomial")
+class BetaBinomialLikelihood(_Levels):
+    """Beta-binomial over the levels 0..L: mean L p with p = sigma(decoder output), and a
+    learned concentration c per feature (a = p c, b = (1 - p) c): variance L p (1 - p)
+    (L + c) / (1 + c), wider than the binomial's for levels that vary more than a binomial
+    allows (c -> infinity is the binomial). One decoder output per feature."""
+
+    def __init__(self, data_shape, *, levels: LevelsParam = None, initial_concentration: PositiveFloat = 10.0):
+        super().__init__(data_shape, levels=levels)
+        self.raw_concentration = nn.Parameter(torch.full(self.data_shape, softplus_inverse(initial_concentration)))
+
+    def forward(self, out):
+        (logits,) = self.split(out)
+        c = F.softplus(self.raw_concentration) + 1e-4
+        return BetaBinomial(c * torch.sigmoid(logits), c * torch.sigmoid(-logits), self.levels).to_event(self.event_dim)
 
     def mean(self, out):
         return self.levels * torch.sigmoid(self.split(out)[0])
@@ -558,6 +674,7 @@ class _Counts(Likelihood):
     domain = COUNTS
     encoder_input_bounds = (0.0, None)
     raw_integers = True
+    density = False
 
     def __init__(self, data_shape, *, library_size: bool = False):
         super().__init__(data_shape)

@@ -77,6 +77,7 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
         "khat_bands": khat_bands(khat),
         "khat_max": float(khat.max()),
         "psis_log_likelihood": psis_ll["psis"],
+        "units": run.units,
         "is_log_likelihood": psis_ll["is"],
         **active_unit_summary(moments.mean, moments.mc_variance),
         "most_active_dimensions": top,
@@ -191,8 +192,8 @@ def _report(run, diagnostics: dict, figures: dict, folder: Path, pair) -> str:
     return f"""# Analysis of `{run.path.name}`
 
 {diagnostics['n']} examples of the `{diagnostics['split']}` split of {diagnostics['data']}, {diagnostics['samples']} draws
-from q(z|x) per example ({diagnostics['draws_stored']} stored in `posterior.nc`). Log-likelihoods are in nats per
-example, +- one standard error over examples.
+from q(z|x) per example ({diagnostics['draws_stored']} stored in `posterior.nc`). Log-likelihoods are in
+{diagnostics['units']}, +- one standard error over examples.
 
 | quantity | value |
 | --- | --- |

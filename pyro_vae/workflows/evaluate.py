@@ -102,7 +102,7 @@ def evaluate_run(path, data=None, split="valid", num_samples=5000, limit=None, s
         torch.cuda.synchronize(device)
     summary = summarize(result, num_samples)
     summary.update(split=split, data=examples.source, seconds=time.perf_counter() - started, device=str(device),
-                   seed=seed, processes=group.world_size, limit=limit)
+                   seed=seed, processes=group.world_size, limit=limit, units=run.units)
     if result.class_probs is not None and examples.labels is not None:
         summary.update(classification_summary(result.class_probs, examples.labels))
     folder = Path(path) / "evaluation"

@@ -50,6 +50,7 @@ def _prepare(spec):
     _levels_from_data(spec, data)
     vae = build_vae(spec.model, data.data_shape, num_data=len(train))
     check_support(data, vae.likelihood)
+    vae.likelihood.use_data_units(data.preprocessing.log_jacobian(data.data_shape))
     statistics = DataStatistics.of(split_chunks(train))
     vae.likelihood.initialize_from_data(statistics)
     data.preprocessing.low, data.preprocessing.high = statistics.low, statistics.high
@@ -116,6 +117,7 @@ def _summary(trainer: Trainer, status: str, message: str = "", provenance: Optio
         "versions": _versions(),
         "num_parameters": sum(p.numel() for p in trainer.vae.parameters()),
         "data": _data_summary(data),
+        "units": data.preprocessing.units(data.data_shape, trainer.vae.likelihood.density),
         **(provenance or {}),
     }
     if message:
