@@ -358,25 +358,56 @@ def test_figures_of_tabular_and_count_runs(tmp_path):
 # --- the quick-start demo -------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_the_default_demo_shows_a_working_vae(tmp_path):
-    """The README's first command: at least half the latent units active, and a logistic-
-    regression classifier trained on the digits reads at least 95% of the validation
-    digits' reconstructions at the posterior mean."""
+def _demo(out, seed):
+    """The README's first command with ``seed``: (run, data prepared as the run's, classifier
+    trained on the digits as the model sees them)."""
     from sklearn.linear_model import LogisticRegression
 
     from pyro_vae.data import load_data
+
+    code, stdout, stderr = run_cli("train", "--out", out, "--quiet", "--set", f"inference.schedule.seed={seed}", cwd=ROOT)
+    assert code == 0, stderr
+    run = load_run(out)
+    data = load_data(run.spec.data, seed, likelihood=run.vae.likelihood, preprocessing=run.preprocessing)
+    classifier = LogisticRegression(max_iter=2000).fit(data.split("train").numpy(), data.labels["train"].numpy())
+    return run, data, classifier
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_default_demo_is_a_working_probability_model(tmp_path, seed):
+    """The README's first command on seeds 0-2: a binomial over the digits' levels 0..16, so
+    log p(x) is a log-probability (negative); at least half the latent units active; a
+    logistic-regression classifier trained on the digits reads at least 95% of the validation
+    digits' reconstructions at the posterior mean."""
     from pyro_vae.infer.evaluate import active_units
 
     out = tmp_path / "digits"
-    code, stdout, stderr = run_cli("train", "--out", out, "--quiet", cwd=ROOT)
-    assert code == 0, stderr
-    run = load_run(out)
-    data = load_data(run.spec.data, run.spec.inference.schedule.seed)
-    train, valid = data.split("train"), data.split("valid")
-    classifier = LogisticRegression(max_iter=2000).fit(train.numpy(), data.labels["train"].numpy())
+    run, data, classifier = _demo(out, seed)
+    assert run.spec.model.likelihood == {"kind": "binomial", "levels": 16}
+    valid = data.split("valid")
+    assert valid.max() == 16 and torch.equal(valid, valid.round())  # the levels as stored
     with torch.no_grad():
         q = run.vae.q(valid)
         reconstructions = run.vae.decode_mean(q.mean, valid)
     assert active_units(q.mean) >= run.vae.latent_dim / 2
     assert classifier.score(reconstructions.numpy(), data.labels["valid"].numpy()) >= 0.95
+    assert main(["evaluate", str(out), "--samples", "1000"]) == 0
+    result = json.loads((out / "evaluation" / "valid.json").read_text())
+    assert result["log_likelihood"] < 0 and result["units"] == "nats per example"
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 29's k-hat and prior-sample targets, not met by the binomial demo: "
+                   "k-hat >= 0.7 for ~90% of examples, 75% of samples assigned with p >= 0.8 (seed 0)")
+def test_the_default_demo_meets_the_importance_sampling_and_sample_targets(tmp_path):
+    """At least 80% of validation examples with PSIS k-hat < 0.7, and at least 80% of 100
+    prior samples assigned to some class with probability at least 0.8."""
+    out = tmp_path / "digits"
+    run, data, classifier = _demo(out, 0)
+    assert main(["analyze", str(out), "--draws", "20"]) == 0
+    bands = json.loads((out / "analysis" / "diagnostics.json").read_text())["khat_bands"]
+    torch.manual_seed(0)
+    samples = run.vae.sample(100)[1]
+    confident = (classifier.predict_proba(samples.numpy()).max(1) >= 0.8).mean()
+    assert bands["good"]["share"] + bands["ok"]["share"] >= 0.8 and confident >= 0.8
