@@ -164,3 +164,31 @@ def test_shared_binarized_mnist():
     data = prepare(read_source(None, str(MNIST)), spec(path=str(MNIST), test_fraction=0.0), seed=0)
     assert {k: tuple(v.shape) for k, v in data.splits.items()} == {"train": (50000, 784), "valid": (10000, 784)}
     assert set(data.splits["valid"].unique().tolist()) == {0.0, 1.0}
+
+
+@pytest.mark.parametrize("kind", ["binomial", "categorical", "discretized_logistic"])
+def test_level_likelihoods_take_their_levels_from_the_data(tmp_path, kind):
+    """Unset, levels is the source's own maximum (digits: 16; integer arrays in 0..255: 255),
+    else the largest value in any split; the run's spec records it; a value beyond it is
+    refused with the fix."""
+    from pyro_vae.cli import main
+    from pyro_vae.runs import read_spec
+    from pyro_vae.spec import load_spec
+    from pyro_vae.workflows.train import check
+
+    rng = np.random.default_rng(0)
+    floats = write_npz(tmp_path / "floats.npz", train=rng.integers(0, 30, (60, 4)).astype(np.float32),
+                       valid=np.full((5, 4), 41.0, dtype=np.float32))  # the largest value is in valid
+    uint8 = write_npz(tmp_path / "uint8.npz", train=rng.integers(0, 200, (60, 4)).astype(np.uint8))
+    for data, levels in (("digits", 16), (str(floats), 41), (str(uint8), 255)):
+        spec = load_spec(data=data, overrides=[f"model.likelihood.kind={kind}"])
+        vae, prepared = check(spec)
+        assert spec.model.likelihood["levels"] == levels and vae.likelihood.levels == levels, data
+        assert prepared.split("train").max() <= levels and prepared.split("train").max() > 1  # not divided
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(floats), "--out", str(out), "--quiet", "--set", f"model.likelihood.kind={kind}",
+                 "--set", "inference.schedule.epochs=1", "--set", "model.latent_dim=2"]) == 0
+    assert read_spec(out).model.likelihood["levels"] == 41
+    given = load_spec(data=str(floats), overrides=[f"model.likelihood.kind={kind}", "model.likelihood.levels=20"])
+    with pytest.raises(DataError, match=r"integer levels 0..20.*whole numbers beyond 0..20: leave model.likelihood.levels"):
+        check(given)
