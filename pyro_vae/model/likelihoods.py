@@ -62,7 +62,7 @@ class Values:
         return cls(x.min().item(), x.max().item(), bool(_is_integer(x).all()))
 
 
-REAL_KINDS = "a likelihood for real values (gaussian, laplace, student_t)"
+REAL_KINDS = "a likelihood for real values (gaussian, laplace, student_t; the shipped model gaussian_per_feature has one)"
 COUNT_KINDS = "a likelihood for counts (poisson, negative_binomial, zinb)"
 
 
