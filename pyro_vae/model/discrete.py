@@ -60,6 +60,7 @@ from pyro import poutine
 from torch import Tensor, nn
 
 from ..errors import SpecError
+from .layers import concatenated
 from .networks import NETWORKS
 from .numerics import softplus_inverse
 from .priors import Prior
@@ -137,12 +138,6 @@ class Baseline(nn.Module):
         return self.scale * self.net(u.reshape(len(u), -1)).squeeze(-1)
 
 
-def with_class(a: Tensor, y: Tensor) -> Tensor:
-    """[a, y] along the last dimension, the other dimensions broadcast."""
-    batch = torch.broadcast_shapes(a.shape[:-1], y.shape[:-1])
-    return torch.cat([a.expand(*batch, a.shape[-1]), y.expand(*batch, y.shape[-1])], -1)
-
-
 class DiscreteVAE(VAE):
     """A VAE with a categorical latent y (see the module docstring). ``classifier`` maps the
     encoder's input to the logits of q(y|x); ``encoder`` reads x (flattened) and one-hot y,
@@ -215,7 +210,7 @@ class DiscreteVAE(VAE):
 
     def _z_encoded(self, u: Tensor, y: Tensor) -> Tensor:
         """The encoder's output for the encoder's input u and one-hot y (or u alone)."""
-        return self.encoder(with_class(self._flat(u), y) if self.encoder_reads_y else u)
+        return self.encoder(concatenated(self._flat(u), y) if self.encoder_reads_y else u)
 
     def q_z(self, u: Tensor, y: Tensor):
         """q(z|x, y) (or q(z|x)) from the encoder's input u and one-hot y."""
@@ -227,7 +222,7 @@ class DiscreteVAE(VAE):
 
     def _decoded(self, z: Tensor, y: Tensor) -> Tensor:
         """The decoder's output for z (mixture) or z and y (M2)."""
-        return self.decoder(z if self.shape == "mixture" else with_class(z, y))
+        return self.decoder(z if self.shape == "mixture" else concatenated(z, y))
 
     def p_x_given(self, z: Tensor, y: Tensor, x: Optional[Tensor] = None):
         """p(x|z) (mixture) or p(x|y, z) (M2)."""
