@@ -64,6 +64,7 @@ from .layers import concatenated
 from .networks import NETWORKS
 from .numerics import softplus_inverse
 from .priors import Prior
+from .traits import traits_of
 from .vae import VAE
 
 MODES = ("enumerate", "score", "relaxed")
@@ -167,23 +168,24 @@ class DiscreteVAE(VAE):
     # --- configuration ---------------------------------------------------------------
 
     def use_estimator(self, estimator, kind: str) -> None:
-        """Treat y as the estimator needs: ``estimator.discrete`` is one of MODES."""
-        mode = getattr(estimator, "discrete", None)
+        """Treat y as the estimator needs: its traits' ``discrete`` is one of MODES."""
+        traits = traits_of(estimator)
+        mode = traits.discrete
         if mode not in MODES:
             raise SpecError(
                 f"inference.estimator: {kind} cannot handle model.discrete's categorical y (it needs every latent "
                 "reparameterized); use trace_enum, trace_graph, trace_elbo or relaxed"
             )
-        if getattr(estimator, "jit", False):
+        if traits.jit:
             raise SpecError(f"inference.estimator: {kind} with jit = true cannot trace model.discrete's data-dependent "
                             "labelled rows; set jit = false")
         self.mode = mode
         self.baseline_options = {}
-        if mode == "score" and getattr(estimator, "baseline", "none") != "none":
-            self.baseline_options = {"use_decaying_avg_baseline": True, "baseline_beta": estimator.baseline_beta}
-            if estimator.baseline == "neural":
+        if mode == "score" and traits.baseline != "none":
+            self.baseline_options = {"use_decaying_avg_baseline": True, "baseline_beta": traits.baseline_beta}
+            if traits.baseline == "neural":
                 self.baseline_options.update(nn_baseline=self.baseline)
-        self.straight_through = bool(getattr(estimator, "straight_through", False))
+        self.straight_through = traits.straight_through
 
     def supervise(self, x: Tensor, y: Tensor, rows: Tensor, alpha: float, batch: int) -> None:
         """Observe y on the labelled training examples x (rows ``rows`` of the N training

@@ -48,6 +48,7 @@ from .layers import JointLatent, Structure, UpperLayer, concatenated, ladder_mer
 from .likelihoods import Likelihood
 from .posteriors import Posterior
 from .priors import Prior
+from .traits import traits_of
 
 
 
@@ -270,10 +271,18 @@ class VAE(nn.Module):
         return self.q(x)
 
     def use_estimator(self, estimator, kind: str) -> None:
-        """Refuses estimators of a discrete latent this VAE does not have."""
-        if getattr(estimator, "discrete", None) == "relaxed":
+        """Refuses what the estimator's traits cannot do on this structure: relaxing a discrete
+        latent this VAE does not have; an analytic KL(q(z_l|.) || p(z_l|z_(l+1))) where the
+        guide draws z_l before z_(l+1) (``bottom_up``: the KL at a z_(l+1) drawn given z_l is
+        biased)."""
+        traits = traits_of(estimator)
+        if traits.discrete == "relaxed":
             raise SpecError(f"inference.estimator: {kind} relaxes a discrete latent y, and this model has none; "
                             "add a [model.discrete] table, or use trace_elbo")
+        if traits.analytic_kl and self.upper and self.structure.inference_network == "bottom_up":
+            raise SpecError(f"inference.estimator: {kind}'s closed-form KL of z_l against p(z_l | z_(l+1)) is biased "
+                            "when the guide draws z_(l+1) after z_l (model.inference_network = \"bottom_up\"); use "
+                            "trace_elbo, or inference_network = \"top_down\" or \"ladder\"")
 
     # --- Pyro model and guide --------------------------------------------------------
 
