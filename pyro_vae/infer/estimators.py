@@ -32,6 +32,7 @@ from pyro.infer import (
     TraceEnum_ELBO,
     TraceMeanField_ELBO,
 )
+from pyro.poutine.replay_messenger import ReplayMessenger
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 
@@ -331,6 +332,18 @@ class IWAE(RenyiBound):
         super().__init__(num_particles, alpha=0.0)
 
 
+class _ReplayValues(ReplayMessenger):
+    """``poutine.replay`` that takes the trace's values and keeps each site's own ``infer``:
+    Pyro's replay also copies the trace's ``infer`` dict (pyro/poutine/replay_messenger.py),
+    which would bring back the stopped density built at the first draw's inputs instead of
+    the one at the replayed views."""
+
+    def _pyro_sample(self, msg) -> None:
+        infer = msg["infer"]
+        super()._pyro_sample(msg)
+        msg["infer"] = infer
+
+
 class DReG(IWAE):
     """IWAE with doubly reparameterized gradients (Tucker et al., 2019).
 
@@ -354,12 +367,12 @@ class DReG(IWAE):
 
     def _get_trace(self, model, guide, args, kwargs):
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        latent = [name for name, site in sample_sites(guide_trace) if not site["is_observed"]]
+        latent = [name for name, site in sample_sites(prune_subsample_sites(guide_trace)) if not site["is_observed"]]
         if len(latent) > 1:
             for name in latent:
                 site = guide_trace.nodes[name]
                 site["value"] = site["value"].view_as(site["value"])
-            guide_trace = poutine.trace(poutine.replay(guide, trace=guide_trace)).get_trace(*args, **kwargs)
+            guide_trace = poutine.trace(_ReplayValues(trace=guide_trace)(guide)).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
         return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
 
@@ -367,9 +380,18 @@ class DReG(IWAE):
         weights = torch.softmax(log_w.detach(), 0)
         for z in latents:
             if z.requires_grad:
-                w = weights.reshape(*z.shape[:-1], 1)
+                batch = _batch_dims(z, weights.numel())
+                w = weights.reshape(*batch, *(1,) * (z.dim() - len(batch)))
                 z.register_hook(lambda grad, w=w: grad * w)
         return self.objective(log_w)
+
+
+def _batch_dims(z: Tensor, count: int) -> tuple[int, ...]:
+    """z's leading dimensions that hold ``count`` (particles x examples) draws; the rest is its event."""
+    for i in range(z.dim() + 1):
+        if math.prod(z.shape[:i]) == count:
+            return tuple(z.shape[:i])
+    raise ValueError(f"draws of shape {tuple(z.shape)} do not hold {count} weights")
 
 
 class STL(RenyiBound):

@@ -48,7 +48,8 @@ def values_per_draw(vae) -> int:
     (with a discrete latent, q for every class, and M2's decoder for every class)."""
     classes = getattr(vae, "classes", 1)
     decoded = vae.likelihood.outputs * math.prod(vae.data_shape) * (classes if getattr(vae, "shape", None) == "m2" else 1)
-    return decoded + vae.prior.values_per_draw + vae.posterior.values_per_draw * classes
+    layers = sum(layer.posterior.values_per_draw + 2 * layer.down.latent_dim for layer in vae.upper)  # q and p of each upper layer
+    return decoded + vae.prior.values_per_draw + vae.posterior.values_per_draw * classes + layers
 
 
 def example_blocks(vae, num_examples: int, num_samples: int, budget: int = BUDGET) -> int:
@@ -62,10 +63,10 @@ def example_blocks(vae, num_examples: int, num_samples: int, budget: int = BUDGE
 def importance_chunks(vae, x: Tensor, num_samples: int, budget: int = BUDGET, prior=None) -> Iterator[tuple[slice, object, Tensor, ImportanceTerms]]:
     """(examples, q, z of shape (s, b, latent), the log-densities) chunk by chunk.
 
-    p(z) is built once (``prior``, or ``vae.prior()``): a VampPrior runs the encoder on
+    p(z) is built once (``prior``, or ``vae.latent_prior()``): a VampPrior runs the encoder on
     all its pseudo-inputs to build it."""
     per_chunk, samples = chunk_plan(num_samples, len(x), values_per_draw(vae), budget)
-    prior = vae.prior() if prior is None else prior
+    prior = vae.latent_prior() if prior is None else prior
     for start in range(0, len(x), per_chunk):
         xb = x[start : start + per_chunk]
         q = vae.q(xb)
@@ -172,7 +173,7 @@ def importance_sample(vae, x: Tensor, num_samples: int, budget: int = BUDGET) ->
     moments = PosteriorMoments(n, vae.latent_dim, S, like)
     kl_dims: Optional[Tensor] = torch.zeros(n, vae.latent_dim, **like)
     first_chunk: set[int] = set()
-    prior = vae.prior()
+    prior = vae.latent_prior()
     for rows, q, z, terms in importance_chunks(vae, x, S, budget, prior):
         log_w = terms.log_weights
         lse[rows] = torch.logaddexp(lse[rows], torch.logsumexp(log_w, 0))

@@ -44,7 +44,7 @@ from pyro import poutine
 from torch import Tensor, nn
 
 from ..errors import SpecError
-from .layers import JointLatent, Structure, UpperLayer, concatenated, ladder_merge
+from .layers import JointLatent, Structure, UpperLayer, concatenated, ladder_merge, stopped_call
 from .likelihoods import Likelihood
 from .posteriors import Posterior
 from .priors import Prior
