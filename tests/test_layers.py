@@ -205,3 +205,129 @@ def test_the_analytic_kl_of_an_ordered_guide_matches_monte_carlo(guide):
     mf, mc = runs["trace_mean_field"], runs["trace_elbo"]
     se = math.sqrt(mf.var(ddof=1) / len(mf) + mc.var(ddof=1) / len(mc))
     assert abs(mf.mean() - mc.mean()) < 4 * se + 1e-9, (mf.mean(), mc.mean(), se)
+
+
+# --- two layers through the library: compiled step, commands, spec errors ---------------
+
+from helpers import run_cli  # noqa: E402
+from pyro_vae.data import load_data  # noqa: E402
+from pyro_vae.infer.compiled import CompiledStep  # noqa: E402
+from pyro_vae.infer.train import Trainer  # noqa: E402
+from pyro_vae.model import build_vae  # noqa: E402
+from pyro_vae.model.likelihoods import LIKELIHOODS  # noqa: E402
+from pyro_vae.spec import Spec  # noqa: E402
+from test_layers_identity_configs import SMALL, write_data  # noqa: E402
+
+TWO_LAYERS = {"latent_dim": 3, "encoder": SMALL, "decoder": SMALL,
+              "upper_layers": [{"latent_dim": 2, "encoder": SMALL, "prior_network": SMALL}]}
+
+
+def _two_layer_run(folder, guide, estimator, compile=False, **model):
+    spec = Spec.from_dict({
+        "model": {**TWO_LAYERS, "inference_network": guide, **model},
+        "inference": {"estimator": estimator, "schedule": {"epochs": 2, "batch_size": 50, "compile": compile}},
+        "data": {"path": str(write_data(folder))},
+    })
+    torch.manual_seed(0)
+    data = load_data(spec.data, seed=0, likelihood=LIKELIHOODS.resolve(spec.model.likelihood["kind"]))
+    vae = build_vae(spec.model, data.data_shape, num_data=len(data.splits["train"]))
+    lines = []
+    trainer = Trainer(vae, data, spec.inference, progress=False, log=lines.append)
+    if compile:
+        trainer.compiled = CompiledStep(vae, trainer.estimator, trainer.optim.params, compile)
+    state = trainer.fit()
+    return trainer, [row["train_elbo"] for row in state.history], vae.state_dict(), lines
+
+
+@pytest.mark.parametrize("guide, estimator", [
+    ("bottom_up", {"kind": "trace_elbo"}), ("top_down", {"kind": "iwae", "k": 3}),
+    ("ladder", {"kind": "iwae_dreg", "k": 3}), ("ladder", {"kind": "stl", "k": 2}),
+    ("top_down", {"kind": "trace_mean_field"}),
+])
+def test_the_compiled_two_layer_step_equals_the_eager_step(guide, estimator, tmp_path):
+    _, eager_elbo, eager, _ = _two_layer_run(tmp_path, guide, estimator)
+    trainer, compiled_elbo, compiled, lines = _two_layer_run(tmp_path, guide, estimator, compile="graph")
+    assert trainer.compiled is not None and not [line for line in lines if "compile" in line], lines
+    for name, value in eager.items():
+        assert torch.equal(value, compiled[name]), name
+    assert compiled_elbo == pytest.approx(eager_elbo, rel=1e-6)
+
+
+def test_two_layers_vamp_on_top_trains_and_its_prior_is_the_top_posterior_mixture(tmp_path):
+    trainer, elbo, _, _ = _two_layer_run(tmp_path, "top_down", {"kind": "trace_elbo"},
+                                         prior={"kind": "vamp", "components": 4}, decoder_reads="all")
+    vae = trainer.vae
+    assert all(math.isfinite(e) for e in elbo)
+    z2 = torch.randn(7, 2)
+    u = vae.prior.inputs()
+    expected = torch.logsumexp(vae.upper[-1].posterior(vae.upper[-1].encoder(u)).log_prob(z2.unsqueeze(-2)), -1) - math.log(4)
+    assert torch.allclose(vae.prior().log_prob(z2), expected, atol=1e-5)
+    assert vae.decoder.in_shape == (5,)  # the decoder reads z1 and z2
+
+
+@pytest.mark.parametrize("change, fragments", [
+    ({"inference_network": "ladder", "posterior": {"kind": "iaf"}}, ["ladder", "diagonal_normal"]),
+    ({"prior": {"kind": "vamp"}}, ["vamp", "bottom_up", "top_down"]),
+    ({"discrete": {"classes": 3}}, ["upper_layers", "discrete"]),
+])
+def test_structures_that_cannot_work_are_refused_in_one_line(change, fragments, tmp_path):
+    data = write_data(tmp_path)
+    spec = tmp_path / "spec.toml"
+    model = {**TWO_LAYERS, **change}
+    import tomli_w
+
+    spec.write_text(tomli_w.dumps({"model": model, "data": {"path": str(data)}}))
+    code, _, err = run_cli("train", "--spec", spec, "--out", tmp_path / "run", "--quiet")
+    assert_one_line_error(code, err, *fragments)
+
+
+def test_a_bad_layer_key_names_its_place(tmp_path):
+    code, _, err = run_cli("train", "--model", "hvae", "--data", write_data(tmp_path), "--out", tmp_path / "run",
+                           "--set", "model.upper_layers=[{latent_dim=2, widht=3}]", "--quiet")
+    assert_one_line_error(code, err, "upper_layers", "widht")
+
+
+@pytest.mark.parametrize("name", ["hvae", "hvae_vampprior", "ladder"])
+def test_the_shipped_hierarchies_are_listed_and_build(name):
+    code, out, _ = run_cli("specs")
+    assert code == 0 and name in out
+    from pyro_vae.spec import load_spec  # noqa: F401  (the catalogue's own loader below)
+
+    spec = Spec.from_dict({"model": __import__("tomllib").loads(
+        (Path(__file__).resolve().parents[1] / "models" / f"{name}.toml").read_text())["model"]})
+    vae = build_vae(spec.model, (784,))
+    assert vae.layers == 2 and len(vae.site_names) == 2
+
+
+def test_train_evaluate_analyze_encode_sample_on_two_layers(tmp_path):
+    anndata = pytest.importorskip("anndata")
+    from sklearn.datasets import load_digits
+
+    x = (load_digits().data[:240] / 16 > 0.5).astype(np.float32)
+    h5ad = tmp_path / "cells.h5ad"
+    anndata.AnnData(X=x).write_h5ad(h5ad)
+    run = tmp_path / "run"
+    code, _, err = run_cli("train", "--model", "ladder", "--data", h5ad, "--out", run, "--set", "inference.schedule.epochs=2",
+                           "--set", "model.latent_dim=4", "--set", "model.upper_layers=[{latent_dim=3}]", "--quiet")
+    assert code == 0, err
+    code, out, err = run_cli("evaluate", run, "--samples", "20")
+    assert code == 0, err
+    summary = json.loads((run / "evaluation" / "valid.json").read_text())
+    assert summary["layer_dims"] == [4, 3] and len(summary["active_units_per_layer"]) == 2
+    assert sum(summary["active_units_per_layer"]) == summary["active_units"]
+    assert "z1 " in out and "of 4" in out and "z2 " in out and "of 3" in out
+    code, _, err = run_cli("analyze", run, "--samples", "30")
+    assert code == 0, err
+    az = pytest.importorskip("arviz")
+    posterior = az.from_netcdf(run / "analysis" / "posterior.nc").posterior
+    assert posterior["z1"].shape[-1] == 4 and posterior["z2"].shape[-1] == 3
+    assert np.array_equal(posterior["z2"].values, posterior["z"].values[..., 4:])
+    code, _, err = run_cli("encode", run, "--out", tmp_path / "codes.h5ad")
+    assert code == 0, err
+    codes = anndata.read_h5ad(tmp_path / "codes.h5ad")
+    assert codes.obsm["X_pyro_vae_z1"].shape == (240, 4) and codes.obsm["X_pyro_vae_z2_std"].shape == (240, 3)
+    assert np.array_equal(codes.obsm["X_pyro_vae_z2"], codes.obsm["X_pyro_vae"][:, 4:])
+    code, _, err = run_cli("sample", run, "--n", "5")
+    assert code == 0, err
+    samples = np.load(run / "samples" / "samples.npz")
+    assert samples["z"].shape == (5, 7) and samples["mean"].shape[0] == 5

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -316,29 +316,39 @@ def active_units(posterior_mean: Tensor, mc_variance: Optional[Tensor] = None, t
     return int((covariance > threshold).sum().item())
 
 
-def active_unit_summary(posterior_mean: Tensor, mc_variance: Optional[Tensor] = None) -> dict:
+def active_unit_summary(posterior_mean: Tensor, mc_variance: Optional[Tensor] = None,
+                        layer_dims: Optional[Sequence[int]] = None) -> dict:
     """``active_units``, ``posterior_mean_variance`` (Cov_x(E_q[z_d|x]) per dimension) and
     ``posterior_mean_mc_variance`` (the Monte Carlo part removed from it), as evaluate and
     analyze report them; all None when they cannot be estimated (a posterior without a
-    closed-form mean and fewer than 2 draws)."""
+    closed-form mean and fewer than 2 draws). With stacked layers (``layer_dims``, the
+    sizes of z_1 ... z_L in the latent vector), also ``active_units_per_layer``."""
     covariance, mc = posterior_mean_covariance(posterior_mean, mc_variance)
     latent_dim = posterior_mean.shape[-1]
+    layer_dims = list(layer_dims or [latent_dim])
     if not torch.isfinite(mc).all():
-        return {"active_units": None, "latent_dim": latent_dim, "posterior_mean_variance": None,
-                "posterior_mean_mc_variance": None}
+        return {"active_units": None, "latent_dim": latent_dim, "layer_dims": layer_dims, "active_units_per_layer": None,
+                "posterior_mean_variance": None, "posterior_mean_mc_variance": None}
+    active = covariance > ACTIVE_THRESHOLD
     return {
-        "active_units": active_units(posterior_mean, mc_variance),
+        "active_units": int(active.sum().item()),
         "latent_dim": latent_dim,
+        "layer_dims": layer_dims,
+        "active_units_per_layer": [int(part.sum().item()) for part in torch.split(active, layer_dims)],
         "posterior_mean_variance": covariance.tolist(),
         "posterior_mean_mc_variance": mc.tolist(),
     }
 
 
 def describe_active_units(summary: dict) -> str:
-    """'5 of 16', or why there is no count."""
+    """'5 of 16' (with several layers '5 of 24: z1 4 of 16, z2 1 of 8'), or why there is no count."""
     if summary["active_units"] is None:
         return "n/a (a posterior without a closed-form mean needs at least 2 draws)"
-    return f"{summary['active_units']} of {summary['latent_dim']}"
+    text = f"{summary['active_units']} of {summary['latent_dim']}"
+    per_layer, dims = summary.get("active_units_per_layer"), summary.get("layer_dims") or []
+    if per_layer and len(dims) > 1:
+        text += ": " + ", ".join(f"z{i + 1} {a} of {d}" for i, (a, d) in enumerate(zip(per_layer, dims)))
+    return text
 
 
 def standard_error(values: Tensor | np.ndarray) -> float:
@@ -346,7 +356,7 @@ def standard_error(values: Tensor | np.ndarray) -> float:
     return (values.std() / math.sqrt(len(values))).item() if len(values) > 1 else math.nan
 
 
-def summarize(result: PerExample, num_samples: int) -> dict:
+def summarize(result: PerExample, num_samples: int, layer_dims: Optional[Sequence[int]] = None) -> dict:
     """The dataset-level figures of an evaluation (nats per example). ``posterior_mean_variance``
     is Cov_x(E_q[z_d|x]) per dimension, which active units threshold at 0.01, and
     ``posterior_mean_mc_variance`` the Monte Carlo part removed from it (0 for exact means)."""
@@ -357,7 +367,7 @@ def summarize(result: PerExample, num_samples: int) -> dict:
         "elbo_se": standard_error(result.elbo),
         "reconstruction": result.reconstruction.double().mean().item(),
         "kl": result.kl.double().mean().item(),
-        **active_unit_summary(result.posterior_mean, result.posterior_mean_mc_variance),
+        **active_unit_summary(result.posterior_mean, result.posterior_mean_mc_variance, layer_dims),
         "kl_per_dim": None if result.kl_per_dim is None else result.kl_per_dim.double().mean(0).tolist(),
         "samples": num_samples,
         "n": len(result.log_likelihood),
