@@ -19,8 +19,18 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import DataError
+from .checks import SCAN, check_sparse
 
 CHUNK_BYTES = 32 * 2**20  # dense float32 bytes per chunk when a whole source is scanned
+
+
+def native(dtype) -> np.dtype:
+    """The dtype rows are returned in: ``dtype`` in native byte order, extended precision
+    (float128) as float64 (torch has no such type)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f" and dtype.itemsize > 8:
+        return np.dtype(np.float64)
+    return dtype.newbyteorder("=")
 
 
 class RowSource:
@@ -48,7 +58,7 @@ class RowSource:
         if len(index) and (index.min() < 0 or index.max() >= len(self)):
             raise IndexError(f"rows out of range 0..{len(self) - 1}")
         unique, inverse = np.unique(index, return_inverse=True)
-        rows = self._read(unique)
+        rows = self._read(unique).astype(self.dtype, copy=False)
         return rows if len(unique) == len(index) and np.array_equal(unique, index) else rows[inverse]
 
     def _read(self, sorted_rows: np.ndarray) -> np.ndarray:
@@ -70,7 +80,7 @@ class ArrayRows(RowSource):
     def __init__(self, array):
         self.array = array
         self.shape = tuple(array.shape)
-        self.dtype = np.dtype(array.dtype)
+        self.dtype = native(array.dtype)
         self.sparse = hasattr(array, "toarray")
 
     def _read(self, rows):
@@ -97,9 +107,9 @@ class NpyRows(RowSource):
                 raise DataError(f"{self.path}: an .npy of object dtype (pickled Python objects) is refused; "
                                 "save a numeric array") from None
             raise DataError(f"{self.path}: not a readable .npy file ({exc}); check the file") from None
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, OverflowError) as exc:
             raise DataError(f"{self.path}: not a readable .npy file ({exc}); check the file") from None
-        self.shape, self.dtype = tuple(mapped.shape), mapped.dtype
+        self.shape, self.dtype, self.stored_dtype = tuple(mapped.shape), native(mapped.dtype), mapped.dtype
         self.fortran = bool(mapped.flags.f_contiguous and not mapped.flags.c_contiguous)
         self.offset = mapped.offset
         del mapped
@@ -112,7 +122,7 @@ class NpyRows(RowSource):
             with open(self.path, "rb") as f:
                 self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         count = math.prod(self.shape)
-        return np.frombuffer(self._map, dtype=self.dtype, count=count, offset=self.offset).reshape(self.shape)
+        return np.frombuffer(self._map, dtype=self.stored_dtype, count=count, offset=self.offset).reshape(self.shape)
 
     def _read(self, rows):
         if self.fortran:  # rows are not contiguous: let numpy's memory map gather them
@@ -127,18 +137,51 @@ class NpyRows(RowSource):
 
 
 class MatrixRows(RowSource):
-    """A cells x genes matrix of an ``.h5ad`` file read in place: an h5py dataset (dense)
-    or anndata's backed CSR/CSC dataset (``anndata.io.sparse_dataset``), densified per read."""
+    """A dense cells x genes matrix of an ``.h5ad`` file read in place (an h5py dataset)."""
 
-    def __init__(self, matrix, where: str):
-        self.matrix, self.where = matrix, where
+    def __init__(self, matrix):
+        self.matrix = matrix
         self.shape = tuple(int(n) for n in matrix.shape)
-        self.dtype = np.dtype(matrix.dtype)
-        self.sparse = not hasattr(matrix, "id")  # h5py datasets have an id; anndata's sparse ones do not
+        self.dtype = native(matrix.dtype)
 
     def _read(self, rows):
-        out = self.matrix[rows]
-        return out.toarray() if hasattr(out, "toarray") else np.asarray(out)
+        return np.asarray(self.matrix[rows])
+
+
+class SparseRows(RowSource):
+    """A CSR or CSC matrix of an ``.h5ad`` file (anndata's encoding: ``data``, ``indices``,
+    ``indptr`` and a ``shape`` attribute) read in place, its structure checked on opening
+    (:func:`~.checks.check_sparse`). Rows are densified by scatter-adding their stored
+    entries (duplicates add, as in scipy): CSR reads each run of consecutive rows in one
+    slice; CSC has no row access, so each read passes over all its entries, SCAN at a time."""
+
+    sparse = True
+
+    def __init__(self, group, where: str):
+        self.format, self.shape, self.indptr = check_sparse(group, where)
+        self.data, self.indices = group["data"], group["indices"]
+        self.dtype = native(self.data.dtype)
+
+    def _read(self, rows):
+        out = np.zeros((len(rows), self.shape[1]), dtype=self.dtype)
+        if not len(rows):
+            return out
+        if self.format == "csr":
+            breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+            for first, last in zip(np.r_[0, breaks], np.r_[breaks, len(rows)]):
+                bounds = self.indptr[rows[first] : rows[last - 1] + 2]
+                low, high = int(bounds[0]), int(bounds[-1])
+                which = np.repeat(np.arange(first, last), np.diff(bounds))
+                np.add.at(out, (which, self.indices[low:high]), self.data[low:high].astype(self.dtype))
+            return out
+        for low in range(0, int(self.indptr[-1]), SCAN):
+            high = min(low + SCAN, int(self.indptr[-1]))
+            row_of = self.indices[low:high].astype(np.int64)
+            column_of = np.searchsorted(self.indptr, np.arange(low, high), side="right") - 1
+            position = np.minimum(np.searchsorted(rows, row_of), len(rows) - 1)
+            keep = rows[position] == row_of
+            np.add.at(out, (position[keep], column_of[keep]), self.data[low:high][keep].astype(self.dtype))
+        return out
 
 
 class SubsetRows(RowSource):
