@@ -27,11 +27,14 @@ import math
 import os
 import stat
 from pathlib import Path
+from tokenize import TokenError
 
 import numpy as np
 
 from ..errors import DataError
 
+HDF5_ERRORS = (OSError, RuntimeError, KeyError)  # what h5py raises where an HDF5 file's structure is corrupt
+HEADER_ERRORS = (ValueError, SyntaxError, TokenError, OverflowError)  # what numpy raises on a corrupt .npy header
 RATIO = 100  # the most bytes a file may declare per byte it stores (above FLOOR)
 FLOOR = 64 * 2**20  # declared bytes allowed whatever the file's size
 SCAN = 2**22  # entries of a sparse matrix's indices checked at a time
@@ -49,8 +52,16 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def corrupt(what: str, exc: BaseException) -> DataError:
+    """The one-line refusal of a file that a library could not read (``exc``)."""
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return DataError(f"{what} cannot be read ({reason}); the file is corrupt")
+
+
 def size(n: float) -> str:
-    """Bytes for a message: 1.5 GiB, 12.0 MiB, 300 bytes."""
+    """Bytes for a message: 1.5 GiB, 12.0 MiB, 300 bytes; 2^k bytes beyond 2^60."""
+    if abs(n) >= 2**60:
+        return f"2^{int(abs(n)).bit_length() - 1} bytes"
     for unit, scale in (("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if abs(n) >= scale:
             return f"{n / scale:.1f} {unit}"

@@ -34,7 +34,8 @@ import numpy as np
 
 from ..errors import DataError
 from ..registry import Registry
-from .checks import check_declared, check_example, check_fits, check_hdf5_sizes, regular_file, size
+from .checks import (HDF5_ERRORS, HEADER_ERRORS, check_declared, check_example, check_fits, check_hdf5_sizes, corrupt,
+                     regular_file, size)
 from .sources import ArrayRows, MatrixRows, NpyRows, RowSource, SparseRows, subset
 
 DATASETS = Registry("data set")
@@ -93,6 +94,8 @@ def _check_numeric(name: str, dtype: np.dtype, shape, source: str) -> None:
     if 0 in shape[1:]:
         raise DataError(f"{source}: array {name!r} has shape {tuple(shape)}: examples without features; check the file")
     check_example(shape, f"{source}: array {name!r}")
+    check_fits(32 * int(shape[0]), f"{source}: array {name!r} of {shape[0]} examples",
+               "its examples' row numbers (32 bytes each, for the splits) do not fit; check the file's shape")
 
 
 def _array(name: str, array: np.ndarray, source: str) -> ArrayRows:
@@ -178,7 +181,7 @@ def read_npz(path: Path, options=None) -> RawData:
             found = archive.files
     except FileNotFoundError:
         raise DataError(f"{source}: no such data file") from None
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error, NotImplementedError) as exc:
+    except (zipfile.BadZipFile, *HEADER_ERRORS, OSError, EOFError, zlib.error, NotImplementedError) as exc:
         if isinstance(exc, DataError):
             raise
         raise DataError(f"{source}: not a readable .npz archive ({exc}); check the file") from None
@@ -302,11 +305,20 @@ def read_h5ad(path: Path, options=None) -> RawData:
         import h5py
     except ImportError:
         raise DataError(f"{path}: reading .h5ad needs anndata: pip install \"pyro-vae[anndata]\"") from None
-    layer = getattr(options, "layer", None)
     try:
         handle = h5py.File(path, "r")
     except OSError as exc:
         raise DataError(f"{path}: not a readable .h5ad (HDF5) file ({exc}); check the file") from None
+    try:
+        return _read_h5ad(handle, path, options)
+    except HDF5_ERRORS as exc:
+        raise corrupt(str(path), exc) from None
+
+
+def _read_h5ad(handle, path: Path, options) -> RawData:
+    import h5py
+
+    layer = getattr(options, "layer", None)
     check_hdf5_sizes(handle, path)
     if layer is None:
         where, element = "X", handle.get("X")
@@ -319,7 +331,7 @@ def read_h5ad(path: Path, options=None) -> RawData:
     if element is None:
         raise DataError(f"{path}: no X matrix; name a layer with data.layer")
     if isinstance(element, h5py.Dataset):
-        rows = MatrixRows(element)
+        rows = MatrixRows(element, f"{path} {where}")
     elif isinstance(element, h5py.Group):
         rows = SparseRows(element, f"{path} {where}")
     else:

@@ -19,7 +19,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import DataError
-from .checks import SCAN, check_sparse
+from .checks import HDF5_ERRORS, HEADER_ERRORS, SCAN, check_sparse, corrupt
 
 CHUNK_BYTES = 32 * 2**20  # dense float32 bytes per chunk when a whole source is scanned
 
@@ -102,12 +102,12 @@ class NpyRows(RowSource):
         self.path = Path(path)
         try:
             mapped = np.load(self.path, mmap_mode="r", allow_pickle=False)  # the header only: no page is read
-        except ValueError as exc:
+        except HEADER_ERRORS as exc:
             if "object" in str(exc).lower():
                 raise DataError(f"{self.path}: an .npy of object dtype (pickled Python objects) is refused; "
                                 "save a numeric array") from None
             raise DataError(f"{self.path}: not a readable .npy file ({exc}); check the file") from None
-        except (OSError, EOFError, OverflowError) as exc:
+        except (OSError, EOFError) as exc:
             raise DataError(f"{self.path}: not a readable .npy file ({exc}); check the file") from None
         self.shape, self.dtype, self.stored_dtype = tuple(mapped.shape), native(mapped.dtype), mapped.dtype
         self.fortran = bool(mapped.flags.f_contiguous and not mapped.flags.c_contiguous)
@@ -139,13 +139,16 @@ class NpyRows(RowSource):
 class MatrixRows(RowSource):
     """A dense cells x genes matrix of an ``.h5ad`` file read in place (an h5py dataset)."""
 
-    def __init__(self, matrix):
-        self.matrix = matrix
+    def __init__(self, matrix, where: str):
+        self.matrix, self.where = matrix, where
         self.shape = tuple(int(n) for n in matrix.shape)
         self.dtype = native(matrix.dtype)
 
     def _read(self, rows):
-        return np.asarray(self.matrix[rows])
+        try:
+            return np.asarray(self.matrix[rows])
+        except HDF5_ERRORS as exc:  # a corrupt chunk
+            raise corrupt(self.where, exc) from None
 
 
 class SparseRows(RowSource):
@@ -159,10 +162,16 @@ class SparseRows(RowSource):
 
     def __init__(self, group, where: str):
         self.format, self.shape, self.indptr = check_sparse(group, where)
-        self.data, self.indices = group["data"], group["indices"]
+        self.data, self.indices, self.where = group["data"], group["indices"], where
         self.dtype = native(self.data.dtype)
 
     def _read(self, rows):
+        try:
+            return self._densify(rows)
+        except HDF5_ERRORS as exc:  # a corrupt chunk
+            raise corrupt(self.where, exc) from None
+
+    def _densify(self, rows):
         out = np.zeros((len(rows), self.shape[1]), dtype=self.dtype)
         if not len(rows):
             return out
