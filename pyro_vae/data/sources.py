@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import scipy.sparse as sp
 
 from ..errors import DataError
 from .checks import HDF5_ERRORS, HEADER_ERRORS, SCAN, check_sparse, corrupt
@@ -154,9 +155,9 @@ class MatrixRows(RowSource):
 class SparseRows(RowSource):
     """A CSR or CSC matrix of an ``.h5ad`` file (anndata's encoding: ``data``, ``indices``,
     ``indptr`` and a ``shape`` attribute) read in place, its structure checked on opening
-    (:func:`~.checks.check_sparse`). Rows are densified by scatter-adding their stored
-    entries (duplicates add, as in scipy): CSR reads each run of consecutive rows in one
-    slice; CSC has no row access, so each read passes over all its entries, SCAN at a time."""
+    (:func:`~.checks.check_sparse`), so that scipy, which trusts the offsets it is given,
+    only ever sees consistent arrays. CSR: each run of consecutive rows is one slice;
+    CSC has no row access, so a read passes over blocks of columns of about SCAN entries."""
 
     sparse = True
 
@@ -164,6 +165,11 @@ class SparseRows(RowSource):
         self.format, self.shape, self.indptr = check_sparse(group, where)
         self.data, self.indices, self.where = group["data"], group["indices"], where
         self.dtype = native(self.data.dtype)
+        self.values_dtype = np.dtype(np.float32) if self.dtype == np.float16 else self.dtype  # scipy has no float16
+        if self.format == "csc":  # column blocks [start, stop) of about SCAN entries (at least one column)
+            ends = np.searchsorted(self.indptr, np.arange(SCAN, int(self.indptr[-1]) + SCAN, SCAN), side="right") - 1
+            stops = np.unique(np.clip(np.r_[ends, self.shape[1]], 1, self.shape[1])) if self.shape[1] else np.array([], int)
+            self.blocks = list(zip(np.r_[0, stops[:-1]], stops))
 
     def _read(self, rows):
         try:
@@ -171,25 +177,26 @@ class SparseRows(RowSource):
         except HDF5_ERRORS as exc:  # a corrupt chunk
             raise corrupt(self.where, exc) from None
 
+    def _slice(self, low: int, high: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.data[low:high].astype(self.values_dtype), self.indices[low:high]
+
     def _densify(self, rows):
         out = np.zeros((len(rows), self.shape[1]), dtype=self.dtype)
         if not len(rows):
             return out
-        if self.format == "csr":
+        if self.format == "csr":  # one slice of the file per run of consecutive rows
             breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-            for first, last in zip(np.r_[0, breaks], np.r_[breaks, len(rows)]):
-                bounds = self.indptr[rows[first] : rows[last - 1] + 2]
-                low, high = int(bounds[0]), int(bounds[-1])
-                which = np.repeat(np.arange(first, last), np.diff(bounds))
-                np.add.at(out, (which, self.indices[low:high]), self.data[low:high].astype(self.dtype))
-            return out
-        for low in range(0, int(self.indptr[-1]), SCAN):
-            high = min(low + SCAN, int(self.indptr[-1]))
-            row_of = self.indices[low:high].astype(np.int64)
-            column_of = np.searchsorted(self.indptr, np.arange(low, high), side="right") - 1
-            position = np.minimum(np.searchsorted(rows, row_of), len(rows) - 1)
-            keep = rows[position] == row_of
-            np.add.at(out, (position[keep], column_of[keep]), self.data[low:high][keep].astype(self.dtype))
+            runs = [self._slice(self.indptr[rows[first]], self.indptr[rows[last - 1] + 1])
+                    for first, last in zip(np.r_[0, breaks], np.r_[breaks, len(rows)])]
+            indptr = np.r_[0, np.cumsum(self.indptr[rows + 1] - self.indptr[rows])]
+            values, indices = (np.concatenate(part) for part in zip(*runs))
+            return sp.csr_matrix((values, indices, indptr), shape=(len(rows), self.shape[1])).toarray().astype(self.dtype)
+        index = slice(int(rows[0]), int(rows[-1]) + 1) if rows[-1] - rows[0] + 1 == len(rows) else rows
+        for start, stop in self.blocks:
+            bounds = self.indptr[start : stop + 1]
+            block = sp.csc_matrix((*self._slice(bounds[0], bounds[-1]), bounds - bounds[0]),
+                                  shape=(self.shape[0], stop - start))
+            out[:, start:stop] = block[index].toarray()
         return out
 
 
