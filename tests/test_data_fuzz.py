@@ -6,7 +6,7 @@ lie, decompression bombs, sparse structures broken, HDF5 groups removed or repla
 paths that are not regular files. Every case is loaded, and all its rows read, in a worker
 process (tests/data_fuzz_worker.py) with capped memory and a timeout per case: each must
 end loaded or refused with a one-line DataError; none in another exception, a crash or a
-hang. PYRO_VAE_DATA_FUZZ_EXAMPLES sets the mutations per format (default 30).
+hang. PYRO_VAE_DATA_FUZZ_EXAMPLES sets the mutations per format (default 20).
 
 HDF5 files are mutated through their structure (h5py) and truncated, not bytes flipped:
 libhdf5 (h5py 3.16) can loop without end inside its own C code on corrupt metadata (a
@@ -32,7 +32,7 @@ import pytest
 anndata = pytest.importorskip("anndata", reason="the anndata extra (in dev) is needed for .h5ad")
 h5py = pytest.importorskip("h5py")
 
-EXAMPLES = int(os.environ.get("PYRO_VAE_DATA_FUZZ_EXAMPLES", "30"))
+EXAMPLES = int(os.environ.get("PYRO_VAE_DATA_FUZZ_EXAMPLES", "20"))
 CASE_TIMEOUT = 20.0
 WORKER = Path(__file__).with_name("data_fuzz_worker.py")
 

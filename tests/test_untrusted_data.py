@@ -192,6 +192,15 @@ def test_headers_declaring_more_than_the_file_or_memory_holds_are_refused(tmp_pa
     with zipfile.ZipFile(liar, "w") as z:
         z.writestr("train.npy", header.getvalue() + bytes(80))
     refused(liar, "declares shape (1000000, 1000) (7.5 GiB) but holds", "truncated or corrupt")
+    # a member flagged as encrypted (zipfile raises RuntimeError)
+    locked = tmp_path / "locked.npz"
+    np.savez(locked, train=np.zeros((10, 4)))
+    content = bytearray(locked.read_bytes())
+    for signature, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = content.find(signature) + offset
+        content[at] |= 1
+    locked.write_bytes(bytes(content))
+    refused(locked, "not a readable .npz archive", "encrypted")
     # arrays read whole, against the memory there is; one example against a batch's share
     np.savez(tmp_path / "a.npz", train=np.zeros((100, 50), np.float32))
     (tmp_path / "t.csv").write_text("1,2\n3,4\n" * 400)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import lzma
 import math
 import struct
 import zipfile
@@ -181,7 +182,8 @@ def read_npz(path: Path, options=None) -> RawData:
             found = archive.files
     except FileNotFoundError:
         raise DataError(f"{source}: no such data file") from None
-    except (zipfile.BadZipFile, *HEADER_ERRORS, OSError, EOFError, zlib.error, NotImplementedError) as exc:
+    except (zipfile.BadZipFile, *HEADER_ERRORS, OSError, EOFError, zlib.error, lzma.LZMAError, NotImplementedError,
+            RuntimeError) as exc:  # RuntimeError: an encrypted member
         if isinstance(exc, DataError):
             raise
         raise DataError(f"{source}: not a readable .npz archive ({exc}); check the file") from None
@@ -408,7 +410,7 @@ def read_idx(path: Path, options=None) -> RawData:
     label_path = path.with_name(path.name.replace("images-idx3", "labels-idx1"))
     if label_path != path and label_path.is_file():
         values = _read_idx(label_path)
-        if len(values) == len(images):
+        if values.ndim == 1 and len(values) == len(images):
             labels["train"] = values.astype(np.int64)
     return RawData({"train": ArrayRows(images)}, labels, str(path))
 
