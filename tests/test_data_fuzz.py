@@ -179,6 +179,8 @@ H5AD_EDITS = {
     "X complex": lambda f, r: (f.__delitem__("X"), f.__setitem__("X", np.ones((24, 5), np.complex64))),
     "X link": lambda f, r: (f.__delitem__("X"), f.__setitem__("X", h5py.SoftLink("/nowhere"))),
     "X external": lambda f, r: (f.__delitem__("X"), f.__setitem__("X", h5py.ExternalLink("/dev/zero", "/X"))),
+    "X stored in /dev/zero": lambda f, r: (f.__delitem__("X"), f.create_dataset("X", shape=(24, 5), dtype="f4",
+                                                                                   external=[("/dev/zero", 0, 480)])),
     "no obs": lambda f, r: f.__delitem__("obs"),
     "obs plain": lambda f, r: (f.__delitem__("obs"), f.__setitem__("obs", np.arange(24))),
     "obs empty group": lambda f, r: (f.__delitem__("obs"), f.create_group("obs")),

@@ -164,6 +164,39 @@ def test_h5ad_fill_values_declaring_16_gib_are_refused_at_once(tmp_path):
     refused(path, "dataset 'X' declares 14.9 GiB from", "more than 100 times as much", "decompression bomb")
 
 
+def test_h5ad_values_kept_in_other_files_are_refused(tmp_path):
+    """External storage (raw bytes of any file, /dev/zero included), virtual datasets and
+    external links read files that the .h5ad names, not the .h5ad: refused, not followed."""
+    base = write_h5ad(tmp_path / "base.h5ad", counts())
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.arange(24 * 7, dtype="<f4").tobytes())
+
+    def external_storage(f):
+        del f["X"]
+        f.create_dataset("X", shape=(24, 7), dtype="<f4", external=[(str(secret), 0, 24 * 7 * 4)])
+
+    def virtual(f):
+        del f["X"]
+        layout = h5py.VirtualLayout(shape=(24, 7), dtype="f4")
+        layout[:] = h5py.VirtualSource(str(base), "X", shape=(24, 7))
+        f.create_virtual_dataset("X", layout)
+
+    def linked(f):
+        del f["X"]
+        f["X"] = h5py.ExternalLink(str(base), "/X")
+
+    def linked_obs(f):
+        del f["obs"]
+        f["obs"] = h5py.ExternalLink(str(base), "/obs")
+
+    with h5py.File(edited(tmp_path / "e.h5ad", base, external_storage), "r") as f:
+        assert np.array_equal(f["X"][()].ravel(), np.arange(24 * 7))  # h5py itself would read the other file
+    refused(tmp_path / "e.h5ad", "dataset 'X' keeps its values in other files", "self-contained")
+    refused(edited(tmp_path / "v.h5ad", base, virtual), "dataset 'X' keeps its values in other files")
+    refused(edited(tmp_path / "l.h5ad", base, linked), "'X' is a link to another file (")
+    refused(edited(tmp_path / "o.h5ad", base, linked_obs), "'obs' is a link to another file", labels="kind")
+
+
 def _zeros_npz(path, nbytes):
     np.savez_compressed(path, train=np.zeros((nbytes // 64, 64), dtype=np.uint8))
     return path

@@ -15,6 +15,8 @@ write out of bounds:
   more than RATIO times its size is corrupt or a decompression bomb;
 - bytes read whole: at most half the available memory (:func:`check_fits`);
 - one example as float32 (what a batch holds of it): at most 1/64 of the available memory;
+- an HDF5 file (``.h5ad``) holds its own values: no external storage, virtual datasets or
+  links to other files (:func:`check_hdf5`);
 - a compressed sparse matrix (CSR or CSC, anndata's encoding, :func:`check_sparse`): a
   2-D ``shape`` of non-negative integers; ``indptr`` of ``major + 1`` integers from 0,
   never decreasing, ending at nnz = len(indices) = len(data); every entry of ``indices``
@@ -122,7 +124,7 @@ def check_sparse(group, where: str) -> tuple[str, tuple[int, int], np.ndarray]:
                         "integers; the file is corrupt")
     parts = {}
     for name in ("data", "indices", "indptr"):
-        part = group.get(name)
+        part = hdf5_member(group, name, where)
         if not hasattr(part, "dtype") or part.ndim != 1:
             raise DataError(f"{where}: the sparse matrix has no one-dimensional {name!r} array; the file is corrupt")
         if name != "data" and part.dtype.kind not in "iu":
@@ -147,13 +149,30 @@ def check_sparse(group, where: str) -> tuple[str, tuple[int, int], np.ndarray]:
     return encoding[:3], (rows, columns), indptr
 
 
-def check_hdf5_sizes(handle, path: Path) -> None:
-    """Every dataset of an HDF5 file against the file's size (:func:`check_declared`): a
-    dataset read through a fill value or an external file stores nothing in it."""
+def check_hdf5(handle, path: Path) -> None:
+    """Every dataset of an HDF5 file: stored in the file itself (not in other files, through
+    external storage or a virtual layout, which would read whatever they name, ``/dev/zero``
+    included), and declaring no more than :func:`check_declared` allows against the file's
+    size (a dataset read through a fill value stores nothing)."""
     stored = path.stat().st_size
 
     def visit(name, item):
-        if hasattr(item, "dtype") and item.shape is not None:
+        if not hasattr(item, "dtype"):
+            return
+        if item.external or item.is_virtual:
+            raise DataError(f"{path}: dataset {name!r} keeps its values in other files (HDF5 external storage or a "
+                            "virtual dataset); save a self-contained file")
+        if item.shape is not None:
             check_declared(item.size * item.dtype.itemsize, stored, f"{path}: dataset {name!r}")
 
     handle.visititems(visit)
+
+
+def hdf5_member(group, name: str, where: str):
+    """``group[name]``, or None where absent; a link to another file is refused."""
+    import h5py
+
+    link = group.get(name, getlink=True)
+    if isinstance(link, h5py.ExternalLink):
+        raise DataError(f"{where}: {name!r} is a link to another file ({link.filename}); save a self-contained file")
+    return group.get(name) if link is not None else None

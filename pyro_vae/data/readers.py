@@ -35,8 +35,8 @@ import numpy as np
 
 from ..errors import DataError
 from ..registry import Registry
-from .checks import (HDF5_ERRORS, HEADER_ERRORS, check_declared, check_example, check_fits, check_hdf5_sizes, corrupt,
-                     regular_file, size)
+from .checks import (HDF5_ERRORS, HEADER_ERRORS, check_declared, check_example, check_fits, check_hdf5, corrupt,
+                     hdf5_member, regular_file, size)
 from .sources import ArrayRows, MatrixRows, NpyRows, RowSource, SparseRows, subset
 
 DATASETS = Registry("data set")
@@ -283,7 +283,7 @@ def _h5ad_obs(handle, path: Path, rows: int):
     """``obs`` as a data frame of ``rows`` rows, refused in one line where it is not one."""
     import anndata.io
 
-    obs = handle.get("obs")
+    obs = hdf5_member(handle, "obs", str(path))
     if obs is None:
         raise DataError(f"{path}: no obs (the cells' annotations), which data.labels and data.split_column read; "
                         "leave them out, or write the file with anndata")
@@ -321,15 +321,15 @@ def _read_h5ad(handle, path: Path, options) -> RawData:
     import h5py
 
     layer = getattr(options, "layer", None)
-    check_hdf5_sizes(handle, path)
+    check_hdf5(handle, path)
     if layer is None:
-        where, element = "X", handle.get("X")
+        where, element = "X", hdf5_member(handle, "X", str(path))
     else:
-        layers = handle.get("layers")
+        layers = hdf5_member(handle, "layers", str(path))
         if not isinstance(layers, h5py.Group) or layer not in layers:
             have = ", ".join(layers) if isinstance(layers, h5py.Group) and len(layers) else "none"
             raise DataError(f"{path}: no layer {layer!r} (layers: {have}); set data.layer to one of them, or leave it out for X")
-        where, element = f"layers[{layer!r}]", layers[layer]
+        where, element = f"layers[{layer!r}]", hdf5_member(layers, layer, f"{path} layers")
     if element is None:
         raise DataError(f"{path}: no X matrix; name a layer with data.layer")
     if isinstance(element, h5py.Dataset):
