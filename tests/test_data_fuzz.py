@@ -169,7 +169,7 @@ H5AD_EDITS = {
     "data text": lambda f, r: _replace(f["X"], "data", f["X/data"][()].astype("S3")),
     "data big-endian": lambda f, r: _replace(f["X"], "data", f["X/data"][()].astype(">f8")),
     "shape": lambda f, r: f["X"].attrs.__setitem__("shape", np.array(pick(r, [[-1, 5], [10**12, 5], [24, 10**12], [24], [0, 0]]))),
-    "encoding": lambda f, r: f["X"].attrs.__setitem__("encoding-type", pick(r, ["dense", "coo_matrix", ""])),
+    "encoding": lambda f, r: f["X"].attrs.__setitem__("encoding-type", pick(r, ["dense", "coo_matrix", "", np.arange(2)])),
     "no attrs": lambda f, r: [f["X"].attrs.__delitem__(k) for k in list(f["X"].attrs)],
     "no X": lambda f, r: f.__delitem__("X"),
     "X scalar": lambda f, r: (f.__delitem__("X"), f.__setitem__("X", 3.0)),

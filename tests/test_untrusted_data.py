@@ -296,6 +296,8 @@ def test_malformed_h5ad_structure_is_refused_in_one_line(tmp_path):
         del f["obs"]
 
     refused(edited(tmp_path / "s.h5ad", base, strip), "X is an HDF5 group without anndata's sparse encoding")
+    odd = edited(tmp_path / "a.h5ad", base, lambda f: f["X"].attrs.__setitem__("encoding-type", np.arange(2)))
+    refused(odd, "without anndata's sparse encoding", "found array([0, 1])")
     no_obs = edited(tmp_path / "n.h5ad", base, lambda f: f.__delitem__("obs"))
     assert len(load_data(DataSpec(path=str(no_obs)), seed=0).split("train")) > 0  # obs is read only when named
     refused(no_obs, "no obs (the cells' annotations)", split_column="part")

@@ -115,7 +115,7 @@ def check_sparse(group, where: str) -> tuple[str, tuple[int, int], np.ndarray]:
     ("csr" or "csc"), shape and ``indptr`` (int64, read whole: major + 1 entries)."""
     encoding = group.attrs.get("encoding-type")
     encoding = encoding.decode() if isinstance(encoding, bytes) else encoding
-    if encoding not in ("csr_matrix", "csc_matrix"):
+    if not isinstance(encoding, str) or encoding not in ("csr_matrix", "csc_matrix"):
         raise DataError(f"{where} is an HDF5 group without anndata's sparse encoding (encoding-type csr_matrix or "
                         f"csc_matrix, found {encoding!r}); write the file with anndata")
     shape = np.asarray(group.attrs.get("shape", []))

@@ -313,8 +313,9 @@ def read_h5ad(path: Path, options=None) -> RawData:
         raise DataError(f"{path}: not a readable .h5ad (HDF5) file ({exc}); check the file") from None
     try:
         return _read_h5ad(handle, path, options)
-    except HDF5_ERRORS as exc:
-        raise corrupt(str(path), exc) from None
+    except (DataError, *HDF5_ERRORS) as exc:
+        handle.close()  # kept open only for a source read in place
+        raise exc if isinstance(exc, DataError) else corrupt(str(path), exc) from None
 
 
 def _read_h5ad(handle, path: Path, options) -> RawData:
