@@ -331,3 +331,29 @@ def test_train_evaluate_analyze_encode_sample_on_two_layers(tmp_path):
     assert code == 0, err
     samples = np.load(run / "samples" / "samples.npz")
     assert samples["z"].shape == (5, 7) and samples["mean"].shape[0] == 5
+
+
+@pytest.mark.parametrize("guide", GUIDES)
+def test_three_layers_pyro_sites_and_the_joint_vector_agree(guide):
+    """With three layers, the guide's and the model's Pyro sites score what the joint q(z|x),
+    p(z) and p(x|z) over the concatenated vector score (the two views evaluation and
+    training take), and the draws come in the guide's order."""
+    three = {**TWO_LAYERS, "inference_network": guide, "decoder_reads": "all",
+             "upper_layers": [{"latent_dim": 2, "encoder": SMALL, "prior_network": SMALL},
+                              {"latent_dim": 4, "encoder": SMALL, "prior_network": SMALL}]}
+    torch.manual_seed(0)
+    vae = build_vae(Spec.from_dict({"model": three}).model, (10,)).double()
+    assert vae.layer_dims == [3, 4, 2] and vae.site_names == ["z1", "z2", "z3"]
+    x = torch.rand(6, 10, dtype=torch.float64).round()
+    guide_trace = poutine.trace(vae.guide).get_trace(x)
+    order = [n for n, s in guide_trace.nodes.items() if s["type"] == "sample" and n != "data"]
+    assert order == (["z1", "z2", "z3"] if guide == "bottom_up" else ["z3", "z2", "z1"])
+    z = torch.cat([guide_trace.nodes[n]["value"] for n in vae.site_names], -1)
+    log_q = sum(guide_trace.nodes[n]["fn"].log_prob(guide_trace.nodes[n]["value"]) for n in order)
+    assert torch.allclose(vae.q(x).log_prob(z), log_q, atol=1e-10)
+    model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
+    log_p = {n: model_trace.nodes[n]["fn"].log_prob(model_trace.nodes[n]["value"]) for n in [*vae.site_names, "x"]}
+    assert torch.allclose(vae.latent_prior().log_prob(z), sum(log_p[n] for n in vae.site_names), atol=1e-10)
+    assert torch.allclose(vae.p_x(z, x).log_prob(x), log_p["x"], atol=1e-10)
+    samples = vae.latent_prior().sample((5,))
+    assert samples.shape == (5, 9) and torch.isfinite(vae.latent_prior().log_prob(samples)).all()
