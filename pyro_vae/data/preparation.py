@@ -25,7 +25,6 @@ free GPU memory when training on CUDA) and streams them from their source otherw
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import replace
 from typing import Optional
 
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from .checks import available_memory
 from .dataset import Dataset, Preprocessing, StreamedSplit, binarize, split_chunks
 from .statistics import DataStatistics
 from .readers import RawData, read_source
@@ -86,18 +86,6 @@ def standardizes(standardize, likelihood=None, binarize: str = "none"):
     domain = getattr(likelihood, "domain", None)
     real = domain is not None and tuple(domain.bounds) == (None, None)
     return "per_feature" if real and binarize == "none" else False
-
-
-def available_memory() -> int:
-    """Bytes of RAM available to this process (Linux: MemAvailable), else the physical total."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def memory_budget(device=None) -> int:
