@@ -135,7 +135,7 @@ def test_scoring_a_dynamically_binarized_train_split_draws_binary_data(tmp_path)
     from pyro_vae.runs import load_run
 
     out = tmp_path / "dynamic"
-    assert main(["train", "--out", str(out), "--set", "data.binarize=dynamic", "--set", "inference.schedule.epochs=1",
+    assert main(["train", "--model", "bernoulli_mlp", "--out", str(out), "--set", "data.binarize=dynamic", "--set", "inference.schedule.epochs=1",
                  "--quiet"]) == 0
     run = load_run(out, "cpu")
     x = heldout(run, split="train").x
