@@ -35,7 +35,7 @@ def test_evaluate_writes_summary_and_per_example_values(digits_run, capsys):
 def test_evaluate_on_a_file_with_only_a_test_split(digits_run, tmp_path, capsys):
     from sklearn.datasets import load_digits
 
-    path = write_npz(tmp_path / "test_only.npz", test=load_digits().data[:40].astype(np.float32) / 16)
+    path = write_npz(tmp_path / "test_only.npz", test=load_digits().data[:40].astype(np.float32))  # levels as stored
     code, _, stderr = run_cli("evaluate", digits_run, "--data", path, "--samples", "10")
     assert_one_line_error(code, stderr, "no 'valid' split", "test")
     assert main(["evaluate", str(digits_run), "--data", str(path), "--split", "test", "--samples", "50"]) == 0
