@@ -125,6 +125,20 @@ def test_binomial_likelihood(levels):
     assert np.allclose(lik32(logits32).log_prob(x32).double().numpy(), exact, atol=2e-3)
 
 
+@pytest.mark.parametrize("levels", [1, 16, 255])
+def test_beta_binomial_likelihood(levels):
+    lik, out = likelihood("beta_binomial", levels=levels, initial_concentration=3.0)
+    with torch.no_grad():
+        lik.raw_concentration.normal_()  # a learned concentration per feature
+    out = out * 4
+    x = torch.tensor(np.random.default_rng(levels).integers(0, levels + 1, (4, F_)), dtype=torch.float64)
+    p = special.expit(out[:, 0].numpy())
+    c = softplus(lik.raw_concentration.detach().numpy()) + 1e-4
+    expected = stats.betabinom.logpmf(x.numpy(), levels, np.maximum(p * c, 1e-8), np.maximum((1 - p) * c, 1e-8)).sum(-1)
+    assert np.allclose(lik(out).log_prob(x).detach().numpy(), expected, rtol=1e-10, atol=1e-8)
+    assert np.allclose(lik.mean(out).numpy(), levels * p)
+
+
 def test_level_likelihoods_take_their_levels():
     """categorical and discretized_logistic over 0..L, with L given (training sets it from the data)."""
     lik, out = likelihood("categorical", levels=16)

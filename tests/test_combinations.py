@@ -39,6 +39,7 @@ LIKELIHOODS = {
     "student_t": ({"min_scale": 0.05}, "unit"),
     "beta": ({}, "open_unit"),
     "binomial": ({}, "levels"),
+    "beta_binomial": ({}, "levels"),
     "categorical": ({}, "levels"),
     "discretized_logistic": ({"components": 2}, "levels"),
     "poisson": ({}, "counts"),

@@ -141,6 +141,17 @@ def mass_binomial(lik):
     return np.concatenate(masses)
 
 
+def mass_beta_binomial(lik):
+    """At L = 255 and 16, logits from -100 to 100, concentrations from 1e-2 (near the edges
+    only) to 1e4 (near the binomial)."""
+    masses = []
+    for levels in (lik.levels, 16):
+        for concentration in (1e-2, 1.0, 1e4):
+            bb = LIKELIHOODS.build({"kind": "beta_binomial", "levels": levels, "initial_concentration": concentration}, (1,))
+            masses.append(_discrete_mass(bb(_out(bb, *EXTREME_LOGITS)), np.arange(levels + 1)))
+    return np.concatenate(masses)
+
+
 def _at_levels(mass, levels):
     """``mass`` of the same kind built over the levels 0..``levels`` as well (taken from data)."""
     def both(lik):
@@ -187,6 +198,7 @@ NORMALIZATION = {
     "student_t": _location_scale_cases("student_t"),
     "beta": mass_beta,
     "binomial": mass_binomial,
+    "beta_binomial": mass_beta_binomial,
     "categorical": _at_levels(mass_categorical, 16),
     "discretized_logistic": _at_levels(mass_discretized_logistic, 16),
     "poisson": mass_poisson,

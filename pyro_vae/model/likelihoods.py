@@ -539,7 +539,7 @@ class BetaBinomial(dist.TorchDistribution):
 @LIKELIHOODS.register("beta_binomial")
 class BetaBinomialLikelihood(_Levels):
     """Beta-binomial over the levels 0..L: mean L p with p = sigma(decoder output), and a
-    learned concentration c per feature (a = p c, b = (1 - p) c): variance L p (1 - p)
+    learned concentration c per feature (a = p c, b = (1 - p) c, each at least 1e-8): variance L p (1 - p)
     (L + c) / (1 + c), wider than the binomial's for levels that vary more than a binomial
     allows (c -> infinity is the binomial). One decoder output per feature."""
 
@@ -550,7 +550,9 @@ class BetaBinomialLikelihood(_Levels):
     def forward(self, out):
         (logits,) = self.split(out)
         c = F.softplus(self.raw_concentration) + 1e-4
-        return BetaBinomial(c * torch.sigmoid(logits), c * torch.sigmoid(-logits), self.levels).to_event(self.event_dim)
+        # floored at 1e-8: at |logit| > ~88 float32 rounds c sigma(-|logit|) to 0
+        a, b = (c * torch.sigmoid(logits)).clamp(min=1e-8), (c * torch.sigmoid(-logits)).clamp(min=1e-8)
+        return BetaBinomial(a, b, self.levels).to_event(self.event_dim)
 
     def mean(self, out):
         return self.levels * torch.sigmoid(self.split(out)[0])
