@@ -48,7 +48,7 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
             layer = idata.posterior["z"].isel(latent=slice(start, start + dim))
             idata.posterior[name] = layer.rename(latent=f"latent_{name}").assign_coords({f"latent_{name}": np.arange(dim)})
             start += dim
-    discrete = getattr(run.vae, "classes", None)
+    discrete = run.vae.classes
     if discrete:  # q(y|x) per example, beside the draws of z
         class_probs = class_probabilities(run.vae, x)
         idata.posterior["q_y"] = (("obs", "y"), class_probs)
