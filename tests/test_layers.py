@@ -357,3 +357,21 @@ def test_three_layers_pyro_sites_and_the_joint_vector_agree(guide):
     assert torch.allclose(vae.p_x(z, x).log_prob(x), log_p["x"], atol=1e-10)
     samples = vae.latent_prior().sample((5,))
     assert samples.shape == (5, 9) and torch.isfinite(vae.latent_prior().log_prob(samples)).all()
+
+
+def test_compare_sets_the_ladder_beside_bottom_up_with_active_units_per_layer(tmp_path):
+    import csv
+
+    data = write_data(tmp_path)
+    code, out, err = run_cli("compare", "--model", "ladder", "--data", data, "--set", "model.latent_dim=4",
+                             "--set", "model.encoder.hidden=[16]", "--set", "model.decoder.hidden=[16]",
+                             "--set", "model.upper_layers=[{latent_dim=2, encoder={kind=\"mlp\", hidden=[8]}, "
+                                      "prior_network={kind=\"mlp\", hidden=[8]}}]",
+                             "--set", "inference.schedule.epochs=1", "--vary", "model.inference_network=bottom_up,ladder",
+                             "--seeds", "1", "--samples", "10", "--out", tmp_path / "cmp")
+    assert code == 0, err
+    rows = list(csv.DictReader(open(tmp_path / "cmp" / "comparison.csv")))
+    assert [row["model.inference_network"] for row in rows] == ["bottom_up", "ladder"]
+    for row in rows:
+        assert " of 6: z1 " in row["active_units_by_layer"] and " of 4, z2 " in row["active_units_by_layer"]
+        assert row["active_units_by_layer"].startswith(row["active_units"] + " of 6")

@@ -53,7 +53,7 @@ from ..analysis.compare_figures import comparison_figures
 from ..analysis.comparison_table import comparison_markdown
 from ..errors import RunError, SpecError
 from ..files import atomic_write_json, atomic_write_text, read_csv, write_csv
-from ..infer.evaluate import standard_error
+from ..infer.evaluate import describe_active_units, standard_error
 from ..infer.gradients import SNRProbe, snr_against_k
 from ..infer.train import resolve_device
 from ..runs import CHECKPOINT, METRICS, SUMMARY, RunLock, claim_output_dir, load_run
@@ -72,6 +72,7 @@ METRIC_COLUMNS = [
     "elbo",
     "kl",
     "active_units",
+    "active_units_by_layer",
     "seconds_per_step",
     "seconds_per_epoch",
     "snr_encoder",
@@ -309,6 +310,7 @@ def _report(cells: list[Cell], axes: list[Axis], settings: dict, reference: str,
                 "elbo": summary["elbo"],
                 "kl": summary["kl"],
                 "active_units": summary["active_units"],
+                "active_units_by_layer": describe_active_units(summary),  # 'a of d: z1 a1 of d1, ...' with layers
                 "seconds_per_step": float(np.median(step_seconds)) if step_seconds else math.nan,
                 "seconds_per_epoch": float(np.median([r["seconds"] for r in history])) if history else math.nan,
                 **{key: final.get(key, math.nan) for key in ("snr_encoder", "snr_decoder", "grad_var_encoder",
