@@ -62,7 +62,7 @@ def metrics(run: Path) -> list[dict]:
 
 def test_two_processes_take_the_one_process_steps(tmp_path):
     """One all-reduced step with W = 2 equals one process's step on the same global batch
-    (1e-6 relative), and 20 steps stay within float tolerance. The posterior is a point
+    (1e-6 relative), for one latent layer and for two, and 20 steps stay within float tolerance. The posterior is a point
     mass, so the draws are the same in any process; rank 1 starts from other weights,
     which the broadcast from rank 0 must replace."""
     code, _, err = torchrun("dist_worker.py", tmp_path)
@@ -70,7 +70,7 @@ def test_two_processes_take_the_one_process_steps(tmp_path):
     subprocess.run([sys.executable, str(TESTS / "dist_worker.py"), str(tmp_path)], check=True, timeout=120)
     two = torch.load(tmp_path / "weights_w2.pt", weights_only=True)
     one = torch.load(tmp_path / "weights_w1.pt", weights_only=True)
-    for run, tolerance in (("one_step", 1e-6), ("sgd_one_step", 1e-6), ("twenty_steps", 1e-5)):
+    for run, tolerance in (("one_step", 1e-6), ("sgd_one_step", 1e-6), ("twenty_steps", 1e-5), ("two_layers_one_step", 1e-6)):
         for name in one[run]:
             a, b = one[run][name], two[run][name]
             assert torch.allclose(a, b, rtol=tolerance, atol=1e-9), (run, name, (a - b).abs().max())
