@@ -90,11 +90,10 @@ def runs(tmp_path_factory):
     code, out, err = torchrun("-m", "pyro_vae", "train", "--out", two, *EPOCHS, "--quiet")
     assert code == 0, err[-3000:]
     launcher = torchrun("-m", "pyro_vae", "train", "--out", killed, *EPOCHS, "--quiet", wait=False)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not ((killed / "metrics.csv").exists() and len(metrics(killed)) >= 2):
-        time.sleep(0.05)
-    workers = _worker_pids(launcher.pid)
-    os.kill(launcher.pid, signal.SIGKILL)  # the launcher alone: its workers run in sessions of their own
+    workers = _poll(lambda: len(found := _worker_pids(launcher.pid)) == 2 and found, launcher)  # found before the kill
+    _poll(lambda: (killed / "metrics.csv").exists() and len(metrics(killed)) >= 2, launcher)  # epoch 2 of 8 done
+    os.kill(launcher.pid, signal.SIGKILL)  # at once, so 6 epochs remain on any machine: the launcher alone,
+    # its workers run in sessions of their own
     _wait_gone(workers.values(), 60)  # they stop on their own (SIGTERM when the launcher dies)
     _, killed_err = launcher.communicate(timeout=60)  # the workers wrote to the same pipe
     return {"one": one, "two": two, "killed": killed, "two_stdout": out, "killed_workers": len(workers),
@@ -210,6 +209,18 @@ def test_sharded_analysis_equals_one_process(runs):
     assert sharded["khat_max"] == pytest.approx(single["khat_max"], rel=1e-4)
 
 
+def _poll(condition, process, timeout=120):
+    """``condition()``'s first true value, checked every 5 ms; fails if ``process`` ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if value := condition():
+            return value
+        time.sleep(0.005)
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    pytest.fail(f"torchrun ended (exit {process.poll()}) or overran {timeout} s before the chosen point")
+
+
 def _worker_pids(launcher_pid: int) -> dict[int, int]:
     """{rank: pid} of the launcher's worker processes (its children with a RANK), from /proc."""
     found = {}
@@ -244,12 +255,9 @@ def test_a_rank_killed_on_purpose_stops_the_others_and_keeps_the_checkpoint(tmp_
     launcher = torchrun("-m", "pyro_vae", "train", "--out", out, "--set", "inference.schedule.epochs=200",
                         "--set", "inference.schedule.collective_timeout=30", "--quiet", wait=False)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not ((out / "metrics.csv").exists() and len(metrics(out)) >= 1):
-            time.sleep(0.05)
+        _poll(lambda: (out / "metrics.csv").exists() and len(metrics(out)) >= 1, launcher)
         saved = (out / "checkpoint.pt").read_bytes()
-        time.sleep(0.3)  # mid-epoch
-        os.kill(_worker_pids(launcher.pid)[1], signal.SIGKILL)
+        os.kill(_worker_pids(launcher.pid)[1], signal.SIGKILL)  # in epoch 2 of 200
         started = time.monotonic()
         _, err = launcher.communicate(timeout=90)
         elapsed = time.monotonic() - started
