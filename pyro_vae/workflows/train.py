@@ -120,7 +120,21 @@ def _data_summary(data) -> dict:
         summary["sha256"] = data.sha256
     if data.label_names:
         summary["label_names"] = data.label_names
+    if data.drawn:
+        summary["drawn_from_train"] = data.drawn
     return summary
+
+
+def carved_test_note(data, test_fraction: float) -> Optional[str]:
+    """The line that says a test split was carved from the training rows of a source that
+    brought its own validation split (so its training rows are the published ones, e.g.
+    binarized MNIST's 50,000): training then sees fewer of them. None otherwise."""
+    if "test" not in data.drawn or "valid" in data.drawn:
+        return None
+    test, train = data.drawn["test"], len(data.split("train"))
+    return (f"data: {data.source} has a validation split but no test split, so data.test_fraction = {test_fraction:g} "
+            f"takes {test:,} of its {test + train:,} training rows as the test split and trains on {train:,}; "
+            "set data.test_fraction = 0 to train on all of them")
 
 
 def tracker_of(spec):
@@ -222,6 +236,8 @@ def train(spec, out=None, *, force: bool = False, progress: Optional[bool] = Non
     if init is not None:
         load_initial_weights(vae, init)
     trainer = Trainer(vae, data, spec.inference, progress=progress, log=log, on_epoch=on_epoch)
+    if note := carved_test_note(data, spec.data.test_fraction):
+        trainer.log(note)
     tracker = tracker_of(spec) if out is not None and trainer.group.is_main else None
     if before is not None:
         before(trainer)
