@@ -19,6 +19,7 @@ from typing import Sequence
 
 from . import __version__, distributed, stops
 from .analysis.comparison_table import comparison_text
+from .analysis.inference_data import khat_advice
 from .errors import Interrupted, Stopped, TrainingDiverged, UserError
 from .infer.evaluate import describe_active_units
 from .spec import DEFAULT_DATA, DEFAULT_INFERENCE, DEFAULT_MODEL, SLOTS, Spec, load_spec, parse_override, shipped, spec_summary
@@ -348,6 +349,7 @@ def cmd_analyze(args) -> int:
          f"PSIS {d['psis_log_likelihood']['mean']:.3f} +- {d['psis_log_likelihood']['se']:.3f} nats/example")
     _say(f"k-hat: good (<0.5) {bands['good']['share']:.1%}, usable (0.5-0.7) {bands['ok']['share']:.1%}, "
          f"unreliable (>=0.7) {bands['bad']['share']:.1%}")
+    _say(khat_advice(bands))
     _say(f"report: {result['folder'] / 'report.md'}")
     return 0
 

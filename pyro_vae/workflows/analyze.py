@@ -13,7 +13,8 @@ from ..infer.evaluate import (BUDGET, active_unit_summary, classification_summar
 from .. import distributed
 from ..analysis.discrete import class_probabilities, class_samples, confusion_matrix
 from ..analysis.figures import Look, elbo_curves, image_panel, reconstruction_panel
-from ..analysis.inference_data import arviz, draws_to_inference_data, khat_bands, posterior_draws_sharded, quiet_arviz
+from ..analysis.inference_data import (arviz, draws_to_inference_data, khat_advice, khat_bands, posterior_draws_sharded,
+                                       quiet_arviz)
 from ..analysis.plots import example_posteriors, interpolation, khat_plot, latent_space, traversals
 from ..files import atomic_path, atomic_write_json, atomic_write_text
 from ..infer.train import resolve_device
@@ -197,6 +198,8 @@ example, +- one standard error over examples.
 | quantity | value |
 | --- | --- |
 {table}
+
+{khat_advice(bands)}
 
 k-hat is the Pareto shape of the largest importance weights p(x, z)/q(z|x) (PSIS, Vehtari et al., 2024): it says
 how trustworthy q(z|x) is as a proposal for p(z|x) for each example (Yao et al., 2018). These are per-example
