@@ -129,3 +129,29 @@ def test_without_a_gaussian_q_the_figures_show_the_draws_and_their_density_estim
     assert all(not ax.texts for ax in marginals.axes) and "90% HDI [" in marginals.axes[0].get_title()
     legend_texts = [t.get_text() for legend in pair.legends for t in legend.get_texts()]
     assert legend_texts == ["150 draws from q(z|x)", "kernel density estimate of the draws"]
+
+
+def test_a_csv_headers_names_label_the_features(saved, tmp_path):
+    """Training on a CSV with a header keeps its feature columns' names (summary.json, and
+    the heat maps' feature axis, where f0, f1, ... or column indices stood)."""
+    import json
+
+    from pyro_vae.cli import main
+
+    names = [f"gene_{c}" for c in "abcdefghijkl"]
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(120, 12)).round(3)
+    path = tmp_path / "table.csv"
+    path.write_text(",".join(["kind", *names]) + "\n" + "\n".join(
+        ",".join([str(i % 2), *map(str, row)]) for i, row in enumerate(rows)) + "\n")
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(path), "--set", "data.labels=kind", "--set", "inference.schedule.epochs=1",
+                 "--quiet", "--out", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text())["data"]["feature_names"] == names
+    reconstructions = saved[1]
+    ticks = [[t.get_text() for t in ax.get_xticklabels()] for ax in reconstructions.axes if ax.get_xlabel() == "feature"]
+    assert ticks == [names, names]  # inputs and reconstructions
+    saved.clear()
+    look = figures.Look((12,), feature_names=None)
+    figures.image_panel(tmp_path / "t.png", [("x", torch.zeros(3, 12))], look, "numbered without names")
+    assert [ax.get_xlabel() for ax in saved[0].axes][0] == "feature (column index)"

@@ -53,12 +53,13 @@ class Look:
     bounds: tuple[Optional[float], Optional[float]] = (None, None)
     counts: bool = False
     fixed: Optional[tuple[float, float]] = None  # one colour range for several figures (see ``spanning``)
+    feature_names: Optional[tuple[str, ...]] = None  # a CSV header's: the heat maps' feature axis
 
     @classmethod
-    def of(cls, vae) -> "Look":
+    def of(cls, vae, feature_names: Optional[Sequence[str]] = None) -> "Look":
         likelihood = vae.likelihood
         return cls(tuple(vae.data_shape), tuple(likelihood.domain_bounds), bool(getattr(likelihood, "raw_integers", False))
-                   and likelihood.domain_bounds[1] is None)
+                   and likelihood.domain_bounds[1] is None, feature_names=tuple(feature_names) if feature_names else None)
 
     @property
     def image_shape(self) -> Optional[tuple[int, int, int]]:
@@ -133,12 +134,19 @@ def _show_images(ax, images: np.ndarray, columns: int, vrange):
     return mappable
 
 
-def _show_table(ax, x: np.ndarray, vrange, rows: Sequence[str]):
-    """Examples x features as a heat map: integer feature ticks, one named row per example."""
+def _show_table(ax, x: np.ndarray, vrange, rows: Sequence[str], features: Optional[Sequence[str]] = None):
+    """Examples x features as a heat map, one named row per example; the features named
+    (a CSV header's names, up to 40 of them shown) or else numbered."""
     flat = x.reshape(len(x), -1)
     mappable = ax.imshow(flat, aspect="auto", cmap="viridis", vmin=vrange[0], vmax=vrange[1], interpolation="nearest")
-    ax.xaxis.set_major_locator(ticker().MaxNLocator(nbins=10, integer=True))
-    ax.set_xlabel("feature (column index)", fontsize=8)
+    if features is not None and len(features) == flat.shape[1]:
+        every = max(1, math.ceil(len(features) / 40))
+        ax.set_xticks(range(0, len(features), every), [features[j] for j in range(0, len(features), every)],
+                      rotation=90, fontsize=6)
+        ax.set_xlabel("feature", fontsize=8)
+    else:
+        ax.xaxis.set_major_locator(ticker().MaxNLocator(nbins=10, integer=True))
+        ax.set_xlabel("feature (column index)", fontsize=8)
     step = max(1, math.ceil(len(flat) / 12))
     ax.set_yticks(range(0, len(flat), step), [rows[i] for i in range(0, len(flat), step)], fontsize=7)
     ax.tick_params(axis="x", labelsize=7)
@@ -169,7 +177,7 @@ def image_panel(path: Path, panels: Sequence[tuple], look: Look, title: str, col
         axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
         for ax, panel, x in zip(axes, panels, arrays):
             names = panel[2] if len(panel) > 2 else [f"example {i}" for i in range(len(x))]
-            mappable = _show_table(ax, x, vrange, names)
+            mappable = _show_table(ax, x, vrange, names, look.feature_names)
             ax.set_title(panel[0], fontsize=9)
     if not bounded or look.image_shape is None:
         note = "" if bounded else " (1st-99th percentile; beyond it clipped)"
@@ -233,13 +241,15 @@ def elbo_curves(path: Path, metrics: Sequence[dict]) -> Path:
     return save_figure(fig, path)
 
 
-def training_figures(folder: Path, vae, x_valid: torch.Tensor, metrics: Sequence[dict], num_samples: int = 64) -> list[Path]:
-    """elbo.png, reconstructions.png and samples.png for a trained VAE."""
+def training_figures(folder: Path, vae, x_valid: torch.Tensor, metrics: Sequence[dict], num_samples: int = 64,
+                     feature_names: Optional[Sequence[str]] = None) -> list[Path]:
+    """elbo.png, reconstructions.png and samples.png for a trained VAE (``feature_names``:
+    the data's, where it names them)."""
     folder = Path(folder)
     inputs = x_valid[:16]
     reconstructions = vae.reconstruct(inputs)
     _, samples = vae.sample(num_samples)
-    look = Look.of(vae).spanning(inputs, reconstructions, samples)
+    look = Look.of(vae, feature_names).spanning(inputs, reconstructions, samples)
     return [
         elbo_curves(folder / "elbo.png", metrics),
         reconstruction_panel(folder / "reconstructions.png", inputs, reconstructions, "validation", look),

@@ -226,6 +226,7 @@ class Dataset:
     sha256: Optional[str] = None
     origin: dict[str, np.ndarray] = field(default_factory=dict)  # each split's rows in the source's array
     drawn: dict[str, int] = field(default_factory=dict)  # held-out splits carved from the training rows
+    feature_names: Optional[list[str]] = None  # a CSV header's, which label the figures' features
 
     @property
     def streamed(self) -> bool:

@@ -158,7 +158,7 @@ def prepare(raw: RawData, spec, seed: int, likelihood=None, device=None, preproc
     labels = {k: torch.as_tensor(np.asarray(v, dtype=np.int64)) for k, v in raw.labels.items()}
     origin = {k: raw.origin.get(k, np.arange(len(rows))) for k, rows in raw.splits.items()}
     return Dataset(splits, labels, tuple(shape), raw.source, dynamic, preprocessing, raw.label_names, raw.sha256, origin,
-                   drawn)
+                   drawn, raw.feature_names)
 
 
 def _check_intensities(rows: RowSource, name: str, preprocessing: Preprocessing, raw: RawData, mode: str) -> None:

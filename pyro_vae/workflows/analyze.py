@@ -108,7 +108,7 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
     figures["elbo"] = elbo_curves(folder / "elbo.png", metrics)
     vae = run.vae
     reconstructions, samples = vae.reconstruct(x[:16]), vae.sample(32)[1]
-    look = Look.of(vae).spanning(x[:16], reconstructions, samples)  # one colour scale for the figures of the data
+    look = Look.of(vae, run.summary.get("data", {}).get("feature_names")).spanning(x[:16], reconstructions, samples)  # one colour scale for the figures of the data
     figures["reconstructions"] = reconstruction_panel(folder / "reconstructions.png", x[:16], reconstructions, split, look)
     figures["samples"] = image_panel(folder / "samples.png",
                                      [("E[x|z], z ~ p(z)", samples, [f"sample {i}" for i in range(32)])],

@@ -122,6 +122,8 @@ def _data_summary(data) -> dict:
         summary["label_names"] = data.label_names
     if data.drawn:
         summary["drawn_from_train"] = data.drawn
+    if data.feature_names:
+        summary["feature_names"] = data.feature_names
     return summary
 
 
@@ -201,7 +203,8 @@ class _RunWriter:
         summary = _summary(trainer, status, message, self.provenance)
         figures = None
         if status in ENDED and trainer.state.history:
-            training_figures(self.path / FIGURES, trainer.vae, trainer.data.split("valid"), trainer.state.history)
+            training_figures(self.path / FIGURES, trainer.vae, trainer.data.split("valid"), trainer.state.history,
+                             feature_names=trainer.data.feature_names)
             figures = self.path / FIGURES
         atomic_write_json(self.path / SUMMARY, summary)
         if self.tracker is not None:
