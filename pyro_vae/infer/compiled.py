@@ -53,6 +53,7 @@ from torch import Tensor
 from torch.distributions import kl_divergence
 
 from ..errors import NotTraceable, SpecError
+from ..model.traits import traits_of
 from .estimators import ImportanceWeightedELBO, TailAdaptive, sample_sites
 
 BACKENDS = ("graph", "inductor", "cuda_graph")
@@ -150,7 +151,7 @@ def traced_loss(estimator, model, guide, *args) -> tuple[Tensor, Tensor]:
     """(loss, surrogate): the step's reported loss (rounded as the eager estimator rounds it)
     and what is differentiated, as tensors (no ``.item()``), for the estimators that can be
     compiled; else :class:`~pyro_vae.errors.NotTraceable`."""
-    if getattr(estimator, "jit", False):
+    if traits_of(estimator).jit:
         raise NotTraceable("inference.estimator.jit = true traces the step with Pyro's JIT already")
     if isinstance(estimator, ImportanceWeightedELBO):
         log_w, factor, latents = estimator.log_weights(model, guide, *args)
