@@ -128,7 +128,19 @@ def test_without_a_gaussian_q_the_figures_show_the_draws_and_their_density_estim
     marginals, pair = saved
     assert all(not ax.texts for ax in marginals.axes) and "90% HDI [" in marginals.axes[0].get_title()
     legend_texts = [t.get_text() for legend in pair.legends for t in legend.get_texts()]
-    assert legend_texts == ["150 draws from q(z|x)", "kernel density estimate of the draws"]
+    assert legend_texts == ["150 draws from q(z|x)", *(f"kernel density estimate: {m} of the draws inside"
+                                                       for m in ("39%", "86%", "99%"))]
+    ax = pair.axes[0]  # each contour holds its share of the draws (within the kernel's smoothing)
+    points = draws[:, 0, [2, 0]]
+    for collection, share in zip([c for c in ax.collections if hasattr(c, "get_paths") and c.get_paths()][1:],
+                                 (0.39, 0.86, 0.99)):
+        from matplotlib.path import Path as MPath
+
+        inside = np.zeros(len(points), dtype=bool)
+        for path in collection.get_paths():
+            for polygon in path.to_polygons():
+                inside |= MPath(polygon).contains_points(points)
+        assert abs(inside.mean() - share) < 0.05, (share, inside.mean())
 
 
 def test_a_csv_headers_names_label_the_features(saved, tmp_path):

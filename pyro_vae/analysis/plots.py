@@ -125,11 +125,20 @@ def example_posteriors(path_posterior: Path, path_pair: Path, idata, examples: S
                 ring = mean[:, None] + r * root @ circle
                 ax.plot(*ring, color=color, lw=1.2, label=f"q(z|x): {1 - np.exp(-r * r / 2):.0%} of its mass inside")
             ax.plot(*mean, "k+", ms=9, label="mean")
-        else:
-            with quiet_arviz():
-                az.plot_kde(draws[:, n, a], draws[:, n, b], ax=ax, contour=True, fill_last=False,
-                            contour_kwargs={"colors": "C0", "linewidths": 1})
-            ax.plot([], [], color="C0", label="kernel density estimate of the draws")
+        else:  # a kernel density estimate's contours, each around as many of the draws as a ring above holds
+            from scipy.stats import gaussian_kde
+
+            points = np.stack([draws[:, n, a], draws[:, n, b]])
+            kde = gaussian_kde(points)
+            low, high = points.min(1), points.max(1)
+            low, high = low - 0.3 * (high - low), high + 0.3 * (high - low)  # room for the outer contour to close
+            gx, gy = np.meshgrid(np.linspace(low[0], high[0], 100), np.linspace(low[1], high[1], 100))
+            density = kde(np.stack([gx.ravel(), gy.ravel()])).reshape(gx.shape)
+            at_draws = kde(points)
+            for r, color in zip(MAHALANOBIS, ("C3", "C1", "C0")):
+                share = 1 - np.exp(-r * r / 2)
+                ax.contour(gx, gy, density, levels=[np.quantile(at_draws, 1 - share)], colors=color, linewidths=1.2)
+                ax.plot([], [], color=color, label=f"kernel density estimate: {share:.0%} of the draws inside")
         ax.set_title(f"example {n}", fontsize=9)
         ax.set_xlabel(f"z[{a}]")
         ax.set_ylabel(f"z[{b}]")
