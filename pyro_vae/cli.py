@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import math
 import os
 import sys
 import time
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__, distributed, stops
+from .analysis.comparison_table import comparison_text
+from .analysis.inference_data import khat_advice
 from .errors import Interrupted, Stopped, TrainingDiverged, UserError
 from .infer.evaluate import describe_active_units
 from .spec import DEFAULT_DATA, DEFAULT_INFERENCE, DEFAULT_MODEL, SLOTS, Spec, load_spec, parse_override, shipped, spec_summary
@@ -348,6 +349,7 @@ def cmd_analyze(args) -> int:
          f"PSIS {d['psis_log_likelihood']['mean']:.3f} +- {d['psis_log_likelihood']['se']:.3f} nats/example")
     _say(f"k-hat: good (<0.5) {bands['good']['share']:.1%}, usable (0.5-0.7) {bands['ok']['share']:.1%}, "
          f"unreliable (>=0.7) {bands['bad']['share']:.1%}")
+    _say(khat_advice(bands))
     _say(f"report: {result['folder'] / 'report.md'}")
     return 0
 
@@ -365,24 +367,8 @@ def cmd_compare(args) -> int:
                      samples=args.samples, limit=args.limit, snr_repeats=args.snr_repeats, snr_k=snr_k, progress=None,
                      log=_say)
     settings = report["settings"]
-    reference, seeds = settings["reference"], settings["seeds"]
-    width = max(6, *(len(label) + 2 for label in report["summary"]))
-    snr = "".join(f"{h:>9}" for h in ("SNR enc", "SNR dec")) if settings["snr"] else ""
-    diff = max(24, len(reference) + 11)
-    _say(f"\n{'cell':<{width}}{'log p(x)':>10}{'diff vs ' + reference:>{diff}}{'SE seeds':>10}{'SE examples':>12}{'ELBO':>10}"
-         f"{'KL':>8}{'AU':>5}{'ms/step (IQR)':>22}{snr}")
-    for label, s in report["summary"].items():
-        seeds_se = f"{s['diff_se_seeds']:.3f}" if s["diff_se_seeds"] is not None else "n/a"
-        low, high = (1000 * q for q in s["seconds_per_step_quartiles"])
-        timing = f"{1000 * s['seconds_per_step']:.2f} ({low:.2f}-{high:.2f})"
-        snr = f"{s['snr_encoder']:>9.3f}{s['snr_decoder']:>9.3f}" if settings["snr"] else ""
-        _say(f"{label:<{width}}{s['log_likelihood']:>10.3f}{s['diff_vs_reference']:>+{diff}.3f}{seeds_se:>10}"
-             f"{s['diff_se_examples']:>12.3f}{s['elbo']:>10.3f}{s['kl']:>8.2f}{s['active_units']:>5.0f}{timing:>22}{snr}")
-    discrete = [(label, s) for label, s in report["summary"].items() if math.isfinite(s["accuracy"])]
-    if discrete:  # a discrete latent y: q(y|x)'s gradient SNR and how q(y|x) agrees with the labels
-        _say(f"\n{'cell':<{width}}{'SNR q(y|x)':>11}{'accuracy':>10}{'cluster acc':>12}{'NMI':>7}")
-        for label, s in discrete:
-            _say(f"{label:<{width}}{s['snr_classifier']:>11.3f}{s['accuracy']:>10.3f}{s['cluster_accuracy']:>12.3f}{s['nmi']:>7.3f}")
+    seeds = settings["seeds"]
+    _say("\n" + comparison_text(report))
     _say(f"(means over {seeds} seed(s); log p(x) with K = {settings['samples']} on "
          f"{settings['split']}; differences paired by example, with their standard error over seeds "
          f"(training's randomness{', the one to go by' if seeds > 1 else '; n/a with one seed'}) and over examples; "

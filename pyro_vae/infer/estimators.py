@@ -156,8 +156,8 @@ def trace_graph(
     baseline_beta: Annotated[float, Field(ge=0, lt=1)] = 0.9,
 ) -> ELBO:
     """TraceGraph_ELBO: Rao-Blackwellized score-function terms for non-reparameterized sites
-    (Pyro), for a discrete y with a baseline: a decaying average of each example's downstream
-    cost (``average``), that plus a network of x fitted to the residual (``neural``; Mnih &
+    (Pyro), for a discrete y with a baseline: a decaying average of the downstream cost,
+    one per batch position, not per example (``average``), that plus a network of x fitted to the residual (``neural``; Mnih &
     Gregor, 2014), or ``none``."""
     return _pyro_elbo(TraceGraph_ELBO, JitTraceGraph_ELBO, num_particles, vectorize_particles, jit, discrete="score",
                       baseline=baseline, baseline_beta=baseline_beta)

@@ -13,8 +13,9 @@ from ..infer.evaluate import (BUDGET, active_unit_summary, classification_summar
 from .. import distributed
 from ..analysis.discrete import class_probabilities, class_samples, confusion_matrix
 from ..analysis.figures import Look, elbo_curves, image_panel, reconstruction_panel
-from ..analysis.inference_data import arviz, draws_to_inference_data, khat_bands, posterior_draws_sharded, quiet_arviz
-from ..analysis.plots import example_posteriors, interpolation, khat_plot, latent_space, traversals
+from ..analysis.inference_data import (arviz, draws_to_inference_data, khat_advice, khat_bands, posterior_draws_sharded,
+                                       quiet_arviz)
+from ..analysis.plots import example_posteriors, gaussian_moments, interpolation, khat_plot, latent_space, traversals
 from ..files import atomic_path, atomic_write_json, atomic_write_text
 from ..infer.train import resolve_device
 from ..runs import load_run
@@ -105,20 +106,25 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
             figures["confusion"] = confusion_matrix(folder / "confusion.png", np.asarray(scores["confusion"]),
                                                     examples_label_names)
     atomic_write_json(folder / "diagnostics.json", diagnostics)
+    with torch.no_grad():
+        gaussian = gaussian_moments(run.vae.q(x[examples]))
     figures["posterior"], figures["pair"] = example_posteriors(folder / "posterior_examples.png", folder / "pair_examples.png",
-                                                               idata, examples, top[:2] if len(top) > 1 else top)
+                                                               idata, examples, top[:2] if len(top) > 1 else top, gaussian)
     metrics = run.metrics
     figures["elbo"] = elbo_curves(folder / "elbo.png", metrics)
     vae = run.vae
-    figures["reconstructions"] = reconstruction_panel(folder / "reconstructions.png", vae, x[:16], split)
+    reconstructions, samples = vae.reconstruct(x[:16]), vae.sample(32)[1]
+    look = Look.of(vae, run.summary.get("data", {}).get("feature_names")).spanning(x[:16], reconstructions, samples)  # one colour scale for the figures of the data
+    figures["reconstructions"] = reconstruction_panel(folder / "reconstructions.png", x[:16], reconstructions, split, look)
     figures["samples"] = image_panel(folder / "samples.png",
-                                     [("E[x|z], z ~ p(z)", vae.sample(32)[1], [f"sample {i}" for i in range(32)])],
-                                     Look.of(vae), "Decoded samples from the prior")
+                                     [("E[x|z], z ~ p(z)", samples, [f"sample {i}" for i in range(32)])],
+                                     look, "Decoded samples from the prior")
     means_t = torch.as_tensor(means, device=x.device, dtype=x.dtype)
     a, b = _distinct_pair(labels, len(x))
-    figures["interpolation"] = interpolation(folder / "interpolation.png", vae, means_t[a], means_t[b])
+    figures["interpolation"] = interpolation(folder / "interpolation.png", vae, means_t[a], means_t[b], x[a], x[b],
+                                             (a, b), look)
     figures["traversals"] = traversals(folder / "traversals.png", vae, means_t.mean(0), top,
-                                       torch.as_tensor(spread, device=x.device, dtype=x.dtype).clamp_min(1e-3))
+                                       torch.as_tensor(spread, device=x.device, dtype=x.dtype).clamp_min(1e-3), look)
     atomic_write_text(folder / "report.md", _report(run, diagnostics, figures, folder, (a, b)))
     return {"diagnostics": diagnostics, "figures": figures, "folder": folder}
 
@@ -203,6 +209,8 @@ example, +- one standard error over examples.
 | quantity | value |
 | --- | --- |
 {table}
+
+{khat_advice(bands)}
 
 k-hat is the Pareto shape of the largest importance weights p(x, z)/q(z|x) (PSIS, Vehtari et al., 2024): it says
 how trustworthy q(z|x) is as a proposal for p(z|x) for each example (Yao et al., 2018). These are per-example

@@ -322,6 +322,7 @@ def _report(cells: list[Cell], axes: list[Axis], settings: dict, reference: str,
             timings[(cell.label, seed)] = step_seconds
             if points:
                 snr_points[(cell.label, seed)] = points
+    paired = {}  # (cell, seed): (per-example differences to the reference, their source rows), or None
     for row in rows:
         mine, index = per_example[(row["cell"], row["seed"])]
         theirs, their_index = per_example[(reference, row["seed"])]
@@ -329,10 +330,12 @@ def _report(cells: list[Cell], axes: list[Axis], settings: dict, reference: str,
             log(f"{row['cell']} (seed {row['seed']}) was evaluated on other examples than {reference}: no paired "
                 "difference (an axis changed the held-out data)")
             row["diff_vs_reference"] = row["diff_se"] = math.nan
+            paired[(row["cell"], row["seed"])] = None
             continue
         diff = mine - theirs
         row["diff_vs_reference"] = diff.mean().item()
         row["diff_se"] = standard_error(diff) if row["cell"] != reference else 0.0
+        paired[(row["cell"], row["seed"])] = (diff.numpy(), np.asarray(index))
     labels = [cell.label for cell in cells]
     snr_k_rows = _snr_against_k(cells, settings, reference, out, log) if settings["snr_k"] else []  # [] unless the estimator varies
     settings = {**settings, "reference": reference, "examples": len(per_example[(reference, 0)][0])}
@@ -340,7 +343,7 @@ def _report(cells: list[Cell], axes: list[Axis], settings: dict, reference: str,
         "settings": settings,
         "cells": {cell.label: cell.values for cell in cells},
         "rows": rows,
-        "summary": _aggregate(rows, labels, timings),
+        "summary": _aggregate(rows, labels, timings, paired),
         "snr_points": [{"cell": l, "seed": s, "points": p} for (l, s), p in snr_points.items()],
         "snr_vs_k": snr_k_rows,
         "learning_curves": [{"cell": l, "seed": s, "val_elbo": c} for (l, s), c in curves.items()],
@@ -373,12 +376,30 @@ def _slug(label: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in label.replace(":", "_").replace("=", ""))
 
 
-def _aggregate(rows: list[dict], labels: list[str], timings: dict) -> dict:
+def se_over_examples(paired: list) -> float:
+    """The standard error over examples of the paired difference's mean over seeds,
+    mean_s mean_n d_sn (d_sn: seed s, example n; ``paired``: one (d_s, source rows) per
+    seed, None where there is no paired difference).
+
+    When every seed was evaluated on the same examples (a source's own held-out split,
+    ``--limit`` subsets drawn with one seed), one example's differences are correlated
+    across seeds, so they are averaged first: SE = std_n(mean_s d_sn) / sqrt(n). When each
+    seed has examples of its own (splits drawn with the seed), the seeds' means are
+    independent: SE = sqrt(sum_s SE_s^2) / S, with SE_s = std_n(d_sn) / sqrt(n_s)."""
+    if not paired or any(p is None for p in paired):
+        return math.nan
+    if all(np.array_equal(index, paired[0][1]) for _, index in paired):
+        return standard_error(np.mean([d for d, _ in paired], axis=0))
+    return math.sqrt(sum(standard_error(d) ** 2 for d, _ in paired)) / len(paired)
+
+
+def _aggregate(rows: list[dict], labels: list[str], timings: dict, paired: dict) -> dict:
     """Per cell: the mean over seeds of each figure with its standard error over seeds;
-    the paired difference's standard error over examples (``diff_se_examples``) and over
-    seeds (``diff_se_seeds``), the headline ``diff_se`` being the one over seeds when there
-    are several (it covers training's randomness, which the examples' does not); timings
-    as medians with their interquartile range over all epochs of all seeds."""
+    the paired difference's standard error over examples (``diff_se_examples``, see
+    :func:`se_over_examples`; ``paired``: {(cell, seed): (differences, rows) or None}) and
+    over seeds (``diff_se_seeds``), the headline ``diff_se`` being the one over seeds when
+    there are several (it covers training's randomness, which the examples' does not);
+    timings as medians with their interquartile range over all epochs of all seeds."""
     summary = {}
     for label in labels:
         mine = [r for r in rows if r["cell"] == label]
@@ -388,7 +409,7 @@ def _aggregate(rows: list[dict], labels: list[str], timings: dict) -> dict:
             values = np.array([r.get(key, math.nan) if key in DISCRETE_FIGURES else r[key] for r in mine], dtype=float)
             entry[key] = float(values.mean())
             entry[f"{key}_se_seeds"] = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
-        entry["diff_se_examples"] = float(np.sqrt(np.mean([r["diff_se"] ** 2 for r in mine])) / math.sqrt(len(mine)))
+        entry["diff_se_examples"] = float(se_over_examples([paired[(label, r["seed"])] for r in mine]))
         entry["diff_se_seeds"] = entry.pop("diff_vs_reference_se_seeds")
         several = entry["diff_se_seeds"] is not None
         entry["diff_se"] = entry["diff_se_seeds"] if several else entry["diff_se_examples"]

@@ -20,7 +20,7 @@ def sample_run(path, n: int, seed: int = 0) -> tuple[Path, Path]:
     z, mean = run.vae.sample(n)
     folder = run.path / "samples"
     png = image_panel(folder / "samples.png", [("E[x|z], z ~ p(z)", mean, [f"sample {i}" for i in range(n)])],
-                      Look.of(run.vae), f"{n} decoded samples from the prior (seed {seed})")
+                      Look.of(run.vae, run.summary.get("data", {}).get("feature_names")), f"{n} decoded samples from the prior (seed {seed})")
     npz = folder / "samples.npz"
     atomic_write(npz, lambda f: np.savez(f, z=z.numpy(), mean=mean.numpy()))
     return png, npz

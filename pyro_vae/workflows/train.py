@@ -120,7 +120,23 @@ def _data_summary(data) -> dict:
         summary["sha256"] = data.sha256
     if data.label_names:
         summary["label_names"] = data.label_names
+    if data.drawn:
+        summary["drawn_from_train"] = data.drawn
+    if data.feature_names:
+        summary["feature_names"] = data.feature_names
     return summary
+
+
+def carved_test_note(data, test_fraction: float) -> Optional[str]:
+    """The line that says a test split was carved from the training rows of a source that
+    brought its own validation split (so its training rows are the published ones, e.g.
+    binarized MNIST's 50,000): training then sees fewer of them. None otherwise."""
+    if "test" not in data.drawn or "valid" in data.drawn:
+        return None
+    test, train = data.drawn["test"], len(data.split("train"))
+    return (f"data: {data.source} has a validation split but no test split, so data.test_fraction = {test_fraction:g} "
+            f"takes {test:,} of its {test + train:,} training rows as the test split and trains on {train:,}; "
+            "set data.test_fraction = 0 to train on all of them")
 
 
 def tracker_of(spec):
@@ -187,7 +203,8 @@ class _RunWriter:
         summary = _summary(trainer, status, message, self.provenance)
         figures = None
         if status in ENDED and trainer.state.history:
-            training_figures(self.path / FIGURES, trainer.vae, trainer.data.split("valid"), trainer.state.history)
+            training_figures(self.path / FIGURES, trainer.vae, trainer.data.split("valid"), trainer.state.history,
+                             feature_names=trainer.data.feature_names)
             figures = self.path / FIGURES
         atomic_write_json(self.path / SUMMARY, summary)
         if self.tracker is not None:
@@ -222,6 +239,8 @@ def train(spec, out=None, *, force: bool = False, progress: Optional[bool] = Non
     if init is not None:
         load_initial_weights(vae, init)
     trainer = Trainer(vae, data, spec.inference, progress=progress, log=log, on_epoch=on_epoch)
+    if note := carved_test_note(data, spec.data.test_fraction):
+        trainer.log(note)
     tracker = tracker_of(spec) if out is not None and trainer.group.is_main else None
     if before is not None:
         before(trainer)
