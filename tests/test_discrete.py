@@ -156,7 +156,7 @@ def test_the_gradient_probe_leaves_trace_graph_average_baselines_as_it_found_the
     in Pyro's param store; it puts them back bit for bit (mid-training), and removes those it
     created (before the first step), so training continues as without the probe."""
     from pyro_vae.infer.gradients import gradient_snr
-    from pyro_vae.infer.optim import BASELINE_PARAMS
+    from pyro_vae.infer.pyro_internals import BASELINE_PREFIX as BASELINE_PARAMS
 
     vae = small_vae("mixture", num_data=40)
     x, index = data(8), torch.arange(8)

@@ -42,7 +42,6 @@ from scipy.special import logsumexp, softplus  # noqa: E402
 
 import linear_gaussian as lg  # noqa: E402
 from helpers import assert_one_line_error  # noqa: E402
-from pyro_vae.errors import SpecError  # noqa: E402
 from pyro_vae.infer.estimators import ESTIMATORS  # noqa: E402
 from pyro_vae.infer.evaluate import importance_sample  # noqa: E402
 
@@ -291,8 +290,6 @@ def test_a_bad_layer_key_names_its_place(tmp_path):
 def test_the_shipped_hierarchies_are_listed_and_build(name):
     code, out, _ = run_cli("specs")
     assert code == 0 and name in out
-    from pyro_vae.spec import load_spec  # noqa: F401  (the catalogue's own loader below)
-
     spec = Spec.from_dict({"model": __import__("tomllib").loads(
         (Path(__file__).resolve().parents[1] / "models" / f"{name}.toml").read_text())["model"]})
     vae = build_vae(spec.model, (784,))

@@ -34,7 +34,6 @@ from pyro.infer import (
     TraceEnum_ELBO,
     TraceMeanField_ELBO,
 )
-from pyro.poutine.replay_messenger import ReplayMessenger
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 from torch.distributions import kl_divergence
@@ -42,6 +41,7 @@ from torch.distributions import kl_divergence
 from ..errors import NotTraceable
 from ..model.traits import EstimatorTraits, traits_of
 from ..registry import Registry
+from .pyro_internals import ReplayValues, particle_traces, vectorized_traces
 
 ESTIMATORS = Registry("estimator")
 ESTIMATORS.protocol(ELBO)
@@ -99,7 +99,7 @@ def _particles_loss(particle):
     particle's value from ``particle(model_trace, guide_trace)``."""
     def traced_loss(estimator, model, guide, *args) -> tuple[Tensor, Tensor]:
         loss, surrogate = 0.0, 0.0
-        for model_trace, guide_trace in estimator._get_traces(model, guide, args, {}):
+        for model_trace, guide_trace in particle_traces(estimator, model, guide, args, {}):
             elbo, reported = particle(model_trace, guide_trace)
             loss = loss - reported / estimator.num_particles
             surrogate = surrogate - elbo / estimator.num_particles
@@ -233,7 +233,7 @@ class TailAdaptive(Trace_ELBO):
 
     def particle_log_weights(self, model, guide, *args, **kwargs) -> Tensor:
         """log w_k of shape (K,): log p(x, z_k) - log q(z_k|x), each site scaled (beta)."""
-        model_trace, guide_trace = self._get_vectorized_trace(model, guide, args, kwargs)
+        model_trace, guide_trace = vectorized_traces(self, model, guide, args, kwargs)
         log_w: Tensor | float = 0.0
         for sign, trace in ((1.0, model_trace), (-1.0, guide_trace)):
             for name, site in sample_sites(trace):
@@ -312,7 +312,7 @@ class ImportanceWeightedELBO(ELBO):
 
     def log_weights(self, model, guide, *args, **kwargs) -> tuple[Tensor, float, list[Tensor]]:
         """(log w of shape (K, B), the N/B scale, the latent samples z)."""
-        model_trace, guide_trace = self._get_vectorized_trace(model, guide, args, kwargs)
+        model_trace, guide_trace = vectorized_traces(self, model, guide, args, kwargs)
         log_w: Tensor | float = 0.0
         factor = 1.0
         latents = []
@@ -406,18 +406,6 @@ class IWAE(RenyiBound):
         super().__init__(num_particles, alpha=0.0)
 
 
-class _ReplayValues(ReplayMessenger):
-    """``poutine.replay`` that takes the trace's values and keeps each site's own ``infer``:
-    Pyro's replay also copies the trace's ``infer`` dict (pyro/poutine/replay_messenger.py),
-    which would bring back the stopped density built at the first draw's inputs instead of
-    the one at the replayed views."""
-
-    def _pyro_sample(self, msg) -> None:
-        infer = msg["infer"]
-        super()._pyro_sample(msg)
-        msg["infer"] = infer
-
-
 class DReG(IWAE):
     """IWAE with doubly reparameterized gradients (Tucker et al., 2019).
 
@@ -446,7 +434,7 @@ class DReG(IWAE):
             for name in latent:
                 site = guide_trace.nodes[name]
                 site["value"] = site["value"].view_as(site["value"])
-            guide_trace = poutine.trace(_ReplayValues(trace=guide_trace)(guide)).get_trace(*args, **kwargs)
+            guide_trace = poutine.trace(ReplayValues(trace=guide_trace)(guide)).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
         return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
 

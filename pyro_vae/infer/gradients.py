@@ -10,11 +10,10 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-import pyro
 import torch
 
 from .estimators import ESTIMATORS
-from .optim import BASELINE_PARAMS
+from .pyro_internals import baselines, set_baselines
 
 @dataclass
 class GradientStats:
@@ -31,8 +30,7 @@ def gradient_snr(vae, estimator, x, index, repeats: int, beta: float = 1.0) -> d
     value). Random-number states, the mode, the VAE's beta and TraceGraph_ELBO's
     decaying-average baselines (in Pyro's param store, which every estimate moves) are
     restored afterwards, so training continues unchanged."""
-    store = pyro.get_param_store()
-    baselines = {k: v.detach().clone() for k, v in store.items() if k.startswith(BASELINE_PARAMS)}
+    kept_baselines = baselines()
     rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if x.is_cuda else None
     was_training, previous_beta = vae.training, vae.beta
@@ -59,10 +57,7 @@ def gradient_snr(vae, estimator, x, index, repeats: int, beta: float = 1.0) -> d
         p.grad = None
     vae.train(was_training)
     vae.beta = previous_beta
-    for name in [k for k in store.keys() if k.startswith(BASELINE_PARAMS) and k not in baselines]:
-        del store[name]  # created by the probe (before the first step): training starts its own
-    for name, value in baselines.items():
-        store[name] = value
+    set_baselines(kept_baselines, remove_others=True)  # those the probe created (before the first step) go: training starts its own
     torch.set_rng_state(rng)
     if cuda_rng is not None:
         torch.cuda.set_rng_state_all(cuda_rng)

@@ -33,7 +33,8 @@ from ..stops import stop_requests
 from .compiled import CompiledStep, compile_backend, outside_library
 from .estimators import ESTIMATORS, supports_subsampling
 from .evaluate import elbo_terms
-from .optim import BASELINE_PARAMS, OPTIMIZERS, SingleOptimizer
+from . import pyro_internals
+from .optim import OPTIMIZERS, SingleOptimizer
 
 VALIDATION_BLOCK = 1024  # validation examples per seeded block (the same blocks whatever the number of ranks)
 
@@ -190,7 +191,7 @@ class Trainer:
         last = {k: v.detach().clone() for k, v in self.vae.state_dict().items()}
         # TraceGraph_ELBO keeps its decaying-average baselines in Pyro's param store, each rank
         # its own (averages of its own shard's costs): every rank's is kept, as the RNG states are
-        baselines = {k: v.detach().clone() for k, v in sorted(pyro.get_param_store().items()) if k.startswith(BASELINE_PARAMS)}
+        baselines = pyro_internals.baselines()
         if self.group.active:
             baselines = {k: self.group.gather_rows(v) for k, v in baselines.items()}
         return {
@@ -211,10 +212,10 @@ class Trainer:
         self.optim.set_state(training["optimizer"])
         self.state = TrainState(**training["state"])
         rank = self.group.rank
-        for name, value in training.get("baselines", {}).items():
-            pyro.get_param_store()[name] = value.to(self.device)
-        for name, value in training.get("baselines_ranks", {}).items():  # (W, ...): each rank takes its own
-            pyro.get_param_store()[name] = value[rank].clone().to(self.device)
+        pyro_internals.set_baselines({name: value.to(self.device) for name, value in training.get("baselines", {}).items()})
+        # (W, ...): each rank takes its own
+        pyro_internals.set_baselines({name: value[rank].clone().to(self.device)
+                                      for name, value in training.get("baselines_ranks", {}).items()})
         rng = training["rng"]
         # clone(): a row of the gathered states is a view at an offset into their storage, and
         # torch.set_rng_state rejects it ("Invalid mt19937 state") where a copy of it is fine
