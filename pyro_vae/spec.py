@@ -328,9 +328,18 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
                 table.clear()
         node = raw
         for depth, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
+            if isinstance(node, list):  # an array of tables (model.upper_layers.0.latent_dim): by its index
+                child = node[int(part)] if part.isdigit() and int(part) < len(node) else None
+            else:
+                child = node.setdefault(part, {})
+            if isinstance(child, list) and parts[depth + 1].isdigit():
+                node = child
+                continue
             if not isinstance(child, dict):
                 where = ".".join(parts[: depth + 1])
+                if isinstance(node, list):
+                    held = f"holds {len(node)} tables; index them 0 to {len(node) - 1}" if node else "holds no tables"
+                    raise SpecError(f"--set {text!r}: {'.'.join(parts[:depth])} {held}")
                 raise SpecError(f"--set {text!r}: {where} is a value, not a table")
             node = child
         node[parts[-1]] = value
@@ -343,9 +352,12 @@ def lookup(raw: dict[str, Any], parts: Sequence[str]) -> Any:
     """The value at key path ``parts`` in the raw tables, or None."""
     node: Any = raw
     for part in parts:
-        if not isinstance(node, dict) or part not in node:
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):  # an array of tables, by index
+            node = node[int(part)]
+        elif not isinstance(node, dict) or part not in node:
             return None
-        node = node[part]
+        else:
+            node = node[part]
     return node
 
 

@@ -372,3 +372,20 @@ def test_compare_sets_the_ladder_beside_bottom_up_with_active_units_per_layer(tm
     for row in rows:
         assert " of 6: z1 " in row["active_units_by_layer"] and " of 4, z2 " in row["active_units_by_layer"]
         assert row["active_units_by_layer"].startswith(row["active_units"] + " of 6")
+
+
+def test_set_and_vary_reach_into_a_layer_by_its_index():
+    from pyro_vae.spec import load_spec
+    from pyro_vae.workflows.cells import parse_axis
+
+    spec = load_spec(model="hvae", overrides=["model.upper_layers.0.posterior.kind=iaf", "model.upper_layers.0.latent_dim=7"])
+    layer = spec.model.upper_layers[0]
+    assert layer.posterior["kind"] == "iaf" and layer.posterior["steps"] == 2 and layer.latent_dim == 7
+    assert layer.encoder["hidden"] == [100, 100]  # the rest of the layer as the file has it
+    assert load_spec(model="hvae", overrides=["model.upper_layers=[]"]).model.upper_layers == []
+    for override, fragment in (("model.upper_layers.3.latent_dim=7", "holds 1 tables; index them 0 to 0"),
+                               ("model.upper_layers.0.latent_dim=7", "model.upper_layers")):
+        with pytest.raises(Exception, match=fragment):
+            load_spec(model="hvae" if "3" in override else "bernoulli_mlp", overrides=[override])
+    axis = parse_axis('model.upper_layers=[],[{latent_dim=4}]')  # the number of layers as an axis of compare
+    assert axis.values == ("[]", "[{latent_dim=4}]")
