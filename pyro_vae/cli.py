@@ -22,13 +22,14 @@ from . import __version__, distributed, stops
 from .errors import Interrupted, Stopped, TrainingDiverged, UserError
 from .infer.evaluate import describe_active_units
 from .spec import DEFAULT_DATA, DEFAULT_INFERENCE, DEFAULT_MODEL, SLOTS, Spec, load_spec, parse_override, shipped, spec_summary
+from .registry import trusting_code
 from .tracking import TRACKERS
 from .workflows.analyze import analyze_run
 from .workflows.compare import compare
 from .workflows.encode import encode_run
 from .workflows.evaluate import evaluate_run
 from .workflows.sample import sample_run
-from .workflows.train import EXTENDABLE, check, resume, saved_weights, train
+from .workflows.train import CONFIRMABLE, EXTENDABLE, check, resume, saved_weights, train
 
 EXIT_USAGE, EXIT_DIVERGED, EXIT_PEER_FAILED = 2, 3, 4
 
@@ -76,6 +77,13 @@ def _spec_arguments(p: argparse.ArgumentParser, spec_file: bool = False) -> None
                    "the same as --set tracking.kind=KIND; needs pip install 'pyro-vae[KIND]'")
 
 
+def _trust_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-code", action="store_true",
+                   help="import the modules that a spec file or a run's spec.toml names as kinds "
+                   "(package.module:Name); without it such a kind is refused, unless given with --set. "
+                   "Pass it only for specs and runs whose author you trust: importing a module runs its code")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pyro-vae", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -93,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "with a fresh optimizer")
     p.add_argument("--check", action="store_true", help="validate the spec, the data and the model, print the resolved spec, and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    _trust_argument(p)
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("sample", help="decode samples from the prior of a trained run",
@@ -100,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN", help="a run directory written by pyro-vae train")
     p.add_argument("--n", type=_positive, default=64, help="how many samples (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    _trust_argument(p)
     p.set_defaults(handler=cmd_sample)
 
     p = sub.add_parser("specs", help="list shipped specs and every registered kind",
@@ -110,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Estimate log p(x) by importance sampling with q(z|x) (K samples per example), with the "
                        "ELBO, KL, reconstruction and active units; writes RUN/evaluation/<split>.json and <split>.npz.")
     _heldout_arguments(p, samples=5000)
+    _trust_argument(p)
     p.set_defaults(handler=cmd_evaluate)
 
     p = sub.add_parser("compare", help="train and compare model variants or estimators on equal terms",
@@ -146,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive, default=2000, metavar="N", help="a random subset of N held-out examples, the same for all (default: %(default)s)")
     p.add_argument("--snr-repeats", type=_positive, default=50, metavar="M", help="gradient estimates per SNR measurement (default: %(default)s)")
     p.add_argument("--snr-k", default="1,5,20", metavar="K,K,...", help="K values for SNR against K, where the estimator varies (default: %(default)s; empty: skip)")
+    _trust_argument(p)
     p.set_defaults(handler=cmd_compare)
     p = sub.add_parser("encode", help="write a run's latent codes of its data, or of other data",
                        description="For every example: the posterior mean and sd of q(z|x) (Monte Carlo for posteriors "
@@ -161,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--seed", type=int, default=0, help="random seed for the draws (default: %(default)s)")
     p.add_argument("--device", default="auto", metavar="DEVICE", help="auto (CUDA when available), cpu, cuda, cuda:N, ... (default: %(default)s)")
+    _trust_argument(p)
     p.set_defaults(handler=cmd_encode)
 
     p = sub.add_parser("analyze", help="ArviZ analysis of a run: PSIS diagnostics, figures, report",
@@ -168,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "with PSIS k-hat, and write RUN/analysis/: posterior.nc, diagnostics.json, figures and report.md.")
     _heldout_arguments(p, samples=1000, limit=1000)
     p.add_argument("--draws", type=_positive, default=200, help="draws per example stored in posterior.nc (default: %(default)s)")
+    _trust_argument(p)
     p.set_defaults(handler=cmd_analyze)
     return parser
 
@@ -223,7 +237,7 @@ def cmd_train(args) -> int:
         if given:
             raise_usage(f"--resume continues RUN with its own spec.toml; drop {', '.join(given)}")
         trainer = resume(args.resume, progress=False if args.quiet else None, log=_quiet_log(args),
-                         epochs=_extension(args.overrides))
+                         epochs=_extension(args.overrides), tracking=_tracking_destinations(args.overrides))
         return _report_training(trainer, Path(args.resume))
     # resolved on rank 0 and broadcast: the ranks cannot train different specs
     text = distributed.broadcast_text(
@@ -251,12 +265,24 @@ def _overrides(args) -> list[str]:
     return [*args.overrides, *([f"tracking.kind={args.track}"] if args.track else [])]
 
 
+def _tracking_destinations(overrides: Sequence[str]) -> dict:
+    """``--resume RUN --set tracking.uri=URI``: the destinations the user gives again."""
+    found = {}
+    for text in overrides:
+        parts, value = parse_override(text)
+        if ".".join(parts) in CONFIRMABLE:
+            found[parts[-1]] = str(value)
+    return found
+
+
 def _extension(overrides: Sequence[str]):
     """The epochs of ``--resume RUN --set inference.schedule.epochs=N`` (None without --set);
-    any other key is refused: a resumed run keeps its spec."""
+    any other key but a tracking destination is refused: a resumed run keeps its spec."""
     epochs = None
     for text in overrides:
         parts, value = parse_override(text)
+        if ".".join(parts) in CONFIRMABLE:
+            continue
         if ".".join(parts) not in EXTENDABLE:
             raise_usage(f"--resume takes --set {EXTENDABLE[0]}=N only (to train a run longer), not --set {text}; "
                         "to change anything else, start a new run (--init RUN starts from its weights)")
@@ -405,7 +431,8 @@ def raise_usage(message: str):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    with stops.command_scope():  # a SIGTERM stops the command at once, and a repeated one cuts nothing short
+    with stops.command_scope(), trusting_code(getattr(args, "trust_code", False)):
+        # a SIGTERM stops the command at once, and a repeated one cuts nothing short
         return _run_command(args)
 
 

@@ -22,9 +22,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary name beside ``path`` to write to; renamed over ``path`` on success,
     removed on failure, so ``path`` is either the old file or the complete new one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)  # never write through a link planted under the temporary name
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -35,6 +36,24 @@ def atomic_path(path: Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def output_folder(folder: Path) -> Path:
+    """``folder`` (a run's ``evaluation/``, ``analysis/``, ``samples/``, ``figures/``), created
+    when missing. A symbolic link or a file in its place is refused: a run directory may come
+    from someone else, and a command writes only inside it."""
+    folder = Path(folder)
+    if folder.is_symlink():
+        raise RunError(f"{folder}: is a symbolic link (to {os.readlink(folder)}); outputs are written only inside the "
+                       "run directory: remove the link, or copy the run")
+    if folder.exists() and not folder.is_dir():
+        raise RunError(f"{folder}: exists and is not a folder; move it away, then run again")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"{folder}: cannot create the folder ({exc.strerror or exc}); make the run directory "
+                       "writable, or copy the run somewhere writable") from None
+    return folder
 
 
 def atomic_write(path: Path, write: Callable[[io.BufferedWriter], Any]) -> None:

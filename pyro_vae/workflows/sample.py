@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from ..analysis.figures import Look, image_panel
-from ..files import atomic_write
-from ..runs import load_run
+from ..files import atomic_write, output_folder
+from ..runs import load_run, record_outputs
 
 
 def sample_run(path, n: int, seed: int = 0) -> tuple[Path, Path]:
@@ -18,9 +18,10 @@ def sample_run(path, n: int, seed: int = 0) -> tuple[Path, Path]:
     run = load_run(path)
     torch.manual_seed(seed)
     z, mean = run.vae.sample(n)
-    folder = run.path / "samples"
+    folder = output_folder(run.path / "samples")
     png = image_panel(folder / "samples.png", [("E[x|z], z ~ p(z)", mean, [f"sample {i}" for i in range(n)])],
                       Look.of(run.vae), f"{n} decoded samples from the prior (seed {seed})")
     npz = folder / "samples.npz"
     atomic_write(npz, lambda f: np.savez(f, z=z.numpy(), mean=mean.numpy()))
+    record_outputs(run.path, [png, npz])
     return png, npz
