@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Draw z ~ p(z), decode E[x|z], and write RUN/samples/samples.png and samples.npz.")
     p.add_argument("run", metavar="RUN", help="a run directory written by pyro-vae train")
     p.add_argument("--n", type=_positive, default=64, help="how many samples (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default: %(default)s)")
     _trust_argument(p)
     p.set_defaults(handler=cmd_sample)
 
@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=_nonnegative, default=0, metavar="S", help="draws of z per example to write too (default: %(default)s)")
     p.add_argument("--out", required=True, metavar="FILE", help="FILE.npz, FILE.csv or FILE.h5ad")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
-    p.add_argument("--seed", type=int, default=0, help="random seed for the draws (default: %(default)s)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed for the draws (default: %(default)s)")
     p.add_argument("--device", default="auto", metavar="DEVICE", help="auto (CUDA when available), cpu, cuda, cuda:N, ... (default: %(default)s)")
     _trust_argument(p)
     p.set_defaults(handler=cmd_encode)
@@ -192,24 +192,25 @@ def _heldout_arguments(p: argparse.ArgumentParser, samples: int, limit: int | No
     p.add_argument("--split", default="valid", choices=["valid", "test", "train"], help="which split (default: %(default)s)")
     p.add_argument("--samples", type=_positive, default=samples, metavar="K", help="importance samples per example (default: %(default)s)")
     p.add_argument("--limit", type=_positive, default=limit, metavar="N", help="a random subset of N examples (default: all)" if limit is None else "a random subset of N examples (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed for the samples and the subset (default: %(default)s)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed for the samples and the subset (default: %(default)s)")
     p.add_argument("--device", default="auto", metavar="DEVICE", help="auto (CUDA when available), cpu, cuda, cuda:N, ... (default: %(default)s)")
 
 
-def _whole_number(minimum: int, wanted: str):
-    """An argparse type: a whole number >= ``minimum`` (``wanted`` says which in the error)."""
+def _whole_number(minimum: int, wanted: str, maximum: int | None = None):
+    """An argparse type: a whole number in ``minimum``..``maximum`` (``wanted`` says which in the error)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
-        if value < minimum:
+        if value < minimum or (maximum is not None and value > maximum):
             raise argparse.ArgumentTypeError(f"expected {wanted}, got {value}")
         return value
     return parse
 
 
 _positive = _whole_number(1, "a positive whole number")
+_seed = _whole_number(0, f"a seed 0..{2**63 - 1}", 2**63 - 1)
 _nonnegative = _whole_number(0, "a whole number >= 0")
 
 
@@ -228,7 +229,13 @@ def _tell(text: str) -> None:
 # --- commands ------------------------------------------------------------------------
 
 
+def _nonempty_out(args) -> None:
+    if getattr(args, "out", None) == "":
+        raise_usage("--out is empty; give a path")
+
+
 def cmd_train(args) -> int:
+    _nonempty_out(args)
     if args.resume:
         given = [flag for flag, value in (("--spec", args.spec), ("--out", args.out), ("--init", args.init),
                                           ("--model", args.model), ("--inference", args.inference),
@@ -253,7 +260,7 @@ def cmd_train(args) -> int:
     stamp = distributed.broadcast_text(lambda: time.strftime("%Y%m%d-%H%M%S"))  # one name on every rank
 
     name = Path(args.model).stem if args.model else Path(args.spec).parent.name if args.spec else DEFAULT_MODEL
-    out = Path(args.out) if args.out else Path("runs") / f"{name}-{stamp}"
+    out = Path(args.out) if args.out is not None else Path("runs") / f"{name}-{stamp}"
     args.out = str(out)  # for the resume hint if interrupted
     trainer = train(spec, out, force=args.force, progress=False if args.quiet else None, log=_quiet_log(args),
                     init=args.init)
@@ -379,6 +386,7 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    _nonempty_out(args)
     try:
         snr_k = [int(k) for k in args.snr_k.split(",") if k.strip()]
     except ValueError:

@@ -8,6 +8,8 @@ import csv
 import io
 import json
 import os
+import resource
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -54,6 +56,24 @@ def output_folder(folder: Path) -> Path:
         raise RunError(f"{folder}: cannot create the folder ({exc.strerror or exc}); make the run directory "
                        "writable, or copy the run somewhere writable") from None
     return folder
+
+
+def check_room(path: Path, nbytes: int) -> None:
+    """Refuse, before writing, a file of about ``nbytes`` that the file size limit (``ulimit
+    -f``) or the free disk space would cut short: for writers that cannot fail cleanly half
+    way (HDF5, whose half-written file crashes the process when it is closed)."""
+    path = Path(path)
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY and nbytes > soft:
+        raise RunError(f"could not write {path}: about {nbytes / 1e6:.3g} MB, over this process's file size limit of "
+                       f"{soft / 1e6:.3g} MB (ulimit -f); raise the limit")
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return
+    if nbytes > free:
+        raise RunError(f"could not write {path}: about {nbytes / 1e6:.3g} MB, and its disk has {free / 1e6:.3g} MB free; "
+                       "free some space")
 
 
 def atomic_write(path: Path, write: Callable[[io.BufferedWriter], Any]) -> None:

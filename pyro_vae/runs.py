@@ -216,8 +216,6 @@ def claim_output_dir(path: Path, *, force: bool, log: Callable[[str], None] | No
     other file is kept and named. The folder is then marked anew. Returns the lock, held
     until released."""
     path = Path(path)
-    if str(path) == "":
-        raise RunError("{out}: empty; give a folder")
     if path.is_symlink() and not path.exists():
         raise RunError(f"{{out}} {path}: a symbolic link to {os.readlink(path)}, which does not exist; choose another path")
     if path.exists() and not path.is_dir():
@@ -285,7 +283,7 @@ def _clear(path: Path, kind: str) -> list[str]:
     for folder, folders, files in os.walk(path, topdown=False):  # never into a linked folder
         folder = Path(folder)
         left += [(folder / name).relative_to(path).as_posix() for name in files + folders
-                 if (folder / name).is_symlink() or not (folder / name).is_dir()]
+                 if (folder / name).is_symlink() or (folder / name).is_file()]
         if folder != path and not any(folder.iterdir()):  # folders left empty
             folder.rmdir()
     return sorted(name for name in left if name not in (LOCK, MANIFEST))
@@ -409,6 +407,27 @@ def load_weights(vae, weights: dict) -> None:
         raise RuntimeError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
 
 
+def _check_preprocessing(path: Path, checkpoint: dict) -> None:
+    """Refuse a checkpoint whose data shape or preprocessing is not what pyro-vae writes
+    (a crafted file): finite numbers, of shapes that fit the data's."""
+    try:
+        shape = tuple(int(n) for n in checkpoint["data_shape"])
+        if not shape or min(shape) < 1 or math.prod(shape) > 2**31 or int(checkpoint["num_data"]) < 1:
+            raise ValueError("data_shape or num_data")
+        p = Preprocessing.from_state(checkpoint.get("preprocessing"))
+        for value in (p.mean, p.sd):
+            if value is not None:
+                if not isinstance(value, torch.Tensor) or not torch.isfinite(value).all():
+                    raise ValueError("mean or sd")
+                torch.broadcast_shapes(value.shape, shape)
+        for value in (p.divide, p.low, p.high):
+            if value is not None and not math.isfinite(float(value)):
+                raise ValueError("divide or range")
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, OverflowError) as exc:
+        raise RunError(f"{path / CHECKPOINT}: its data description ({_first_line(exc)}) is not one pyro-vae writes; "
+                       "the file was altered: restore it or train again") from None
+
+
 def _check_finite(path: Path, checkpoint: dict) -> None:
     """Refuse weights holding NaN or infinite values, naming the epoch they come from."""
     bad = [name for name, value in checkpoint["weights"].items()
@@ -437,6 +456,7 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu", trust_
         spec = read_spec(path)
     checkpoint = load_checkpoint(path / CHECKPOINT)
     _check_finite(path, checkpoint)
+    _check_preprocessing(path, checkpoint)
     try:
         vae = build_vae(spec.model, tuple(checkpoint["data_shape"]), int(checkpoint["num_data"]))
         load_weights(vae, checkpoint["weights"])

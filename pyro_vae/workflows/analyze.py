@@ -15,7 +15,7 @@ from ..analysis.discrete import class_probabilities, class_samples, confusion_ma
 from ..analysis.figures import Look, elbo_curves, image_panel, reconstruction_panel
 from ..analysis.inference_data import arviz, draws_to_inference_data, khat_bands, posterior_draws_sharded, quiet_arviz
 from ..analysis.plots import example_posteriors, interpolation, khat_plot, latent_space, traversals
-from ..files import atomic_path, atomic_write_json, atomic_write_text, output_folder
+from ..files import atomic_path, atomic_write_json, atomic_write_text, check_room, output_folder
 from ..infer.train import resolve_device
 from ..runs import load_run, record_outputs
 from .evaluate import heldout
@@ -48,6 +48,8 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
         idata.posterior["q_y"] = (("obs", "y"), class_probs)
         idata.posterior = idata.posterior.assign_coords(y=np.arange(discrete))
     folder = output_folder(Path(path) / FOLDER)
+    # uncompressed size and a margin for HDF5's own structures
+    check_room(folder / "posterior.nc", sum(idata[group].nbytes for group in idata.groups()) + 2**20)
     with atomic_path(folder / "posterior.nc") as tmp:
         idata.to_netcdf(str(tmp), engine="h5netcdf")
 

@@ -234,7 +234,7 @@ def train(spec, out=None, *, force: bool = False, progress: Optional[bool] = Non
 
         def claim() -> None:
             nonlocal lock
-            lock = claim_output_dir(out, force=force, log=trainer.log)
+            lock = claim_output_dir(out, force=force, log=say_on_stderr)  # what --force keeps is said even when quiet
             atomic_write_text(Path(out) / SPEC, spec.to_toml())
             record_outputs(out, [Path(out) / SPEC])
 
@@ -337,7 +337,13 @@ def _resume(path: Path, spec, progress, log, extended: bool, on_epoch=None, befo
     if checkpoint is not None:
         if "training" not in checkpoint:
             raise RunError(f"{path / CHECKPOINT}: holds weights only, no training state to resume from")
-        state = checkpoint["training"]["state"]
+        try:
+            state = checkpoint["training"]["state"]
+            state["stopped_early"], state["epoch"] = bool(state["stopped_early"]), int(state["epoch"])
+            checkpoint["data_shape"], checkpoint["num_data"] = list(checkpoint["data_shape"]), int(checkpoint["num_data"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RunError(f"{path / CHECKPOINT}: its training state is incomplete ({type(exc).__name__}: "
+                           f"{str(exc)[:80]}); the file was altered: restore it or start a new run") from None
         # a run killed after its last checkpoint, before its figures and summary, is finished by resuming it
         ended = _summary_of(path).get("status") in ENDED
         if state["stopped_early"] and ended:
