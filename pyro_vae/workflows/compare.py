@@ -61,6 +61,7 @@ from ..spec import DEFAULT_DATA, DEFAULT_INFERENCE, DEFAULT_MODEL, load_spec
 from ..tracking import MLFLOW_STORE, tracking_outputs
 from .cells import Axis, Cell, estimator_axis, parse_axis, parse_table, plan_cells
 from .evaluate import evaluate_run, run_dataset
+from .memory import check_runs
 from .train import resume, train
 
 METRIC_COLUMNS = [
@@ -138,6 +139,7 @@ def compare(
         if base.tracking["experiment"] == "pyro-vae":
             base.tracking["experiment"] = out.resolve().name
     cells = plan_cells(base, axes, zip_axes)
+    check_runs(len(cells), seeds, limit)
     labels = [cell.label for cell in cells]
     reference = reference or labels[0]
     if reference not in labels:

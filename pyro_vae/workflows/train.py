@@ -23,6 +23,7 @@ from ..infer.train import Trainer, resolve_device, say_on_stderr
 from ..model import build_vae
 from ..model.likelihoods import LIKELIHOODS
 from ..provenance import provenance
+from .memory import check_training_step
 from ..runs import (CHECKPOINT, CHECKPOINT_FORMAT, FIGURES, METRIC_COLUMNS, METRICS, SPEC, SUMMARY, RunLock, claim_output_dir,
                    load_checkpoint, load_weights, read_spec, record_outputs, remove_partial_writes, save_checkpoint)
 from ..spec import Spec
@@ -48,6 +49,7 @@ def _prepare(spec):
     if "valid" not in data.splits:
         raise DataError(f"{data.source}: no validation split; add a 'valid' array or a 'train' array to split from")
     vae = build_vae(spec.model, data.data_shape, num_data=len(train))
+    check_training_step(spec, vae, data.data_shape, device)
     check_support(data, vae.likelihood)
     statistics = DataStatistics.of(split_chunks(train))
     vae.likelihood.initialize_from_data(statistics)
