@@ -338,7 +338,13 @@ class Run:
 
     @property
     def metrics(self) -> list[dict[str, float]]:
-        return read_csv(self.path / METRICS)
+        """metrics.csv's rows; refused when it lacks the epoch and ELBO columns or any row."""
+        rows = read_csv(self.path / METRICS)
+        missing = [c for c in ("epoch", "train_elbo", "val_elbo") if not rows or c not in rows[0]]
+        if missing:
+            raise RunError(f"{self.path / METRICS}: " + (f"no column {missing[0]!r}" if rows else "no rows")
+                           + "; the file is not one pyro-vae wrote: restore it")
+        return rows
 
     @property
     def preprocessing(self):
