@@ -178,13 +178,17 @@ class Registry:
 MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\Z")  # package.module, no relative imports
 LIBRARY = __package__  # kinds from the library's own modules need no trust
 
-_TRUSTED = contextvars.ContextVar("pyro_vae_trusted_code", default=False)
+# (every kind trusted, the kinds trusted): what the caller said may be imported
+_TRUSTED = contextvars.ContextVar("pyro_vae_trusted_code", default=(False, frozenset()))
 
 
 @contextmanager
-def trusting_code(trusted: bool = True):
-    """Within it, import-path kinds read from spec files are imported (``--trust-code``)."""
-    token = _TRUSTED.set(_TRUSTED.get() or trusted)
+def trusting_code(trusted: bool = True, kinds=()):
+    """Within it, import-path kinds read from spec files are imported: all of them
+    (``trusted``, the command line's ``--trust-code``), or those in ``kinds`` (the ones the
+    caller itself gave, e.g. a comparison's ``--vary`` values, when it reads its runs back)."""
+    everything, known = _TRUSTED.get()
+    token = _TRUSTED.set((everything or trusted, known | frozenset(kinds)))
     try:
         yield
     finally:
@@ -229,7 +233,8 @@ def check_code_trusted(raw: Any, source: str, given: frozenset = frozenset(), ru
                 raise SpecError(f"{source}: {where} = {kind!r} names module {module!r}, which would be imported from "
                                 f"the run directory {run_dir} itself ({origin}); pyro-vae never imports code shipped "
                                 "inside a run: install the module, or run from another folder")
-        if kind in given or _TRUSTED.get():
+        everything, known = _TRUSTED.get()
+        if everything or kind in given or kind in known:
             continue
         raise SpecError(f"{source}: {where} = {kind!r} would import and run module {module!r}, code from outside "
                         f"pyro-vae; pass {{trust_code}} only if you trust whoever wrote {source} (read the module first)")

@@ -415,3 +415,18 @@ def test_many_samples_are_drawn_in_chunks_and_the_figure_shows_the_first(receive
     z, mean = vae.sample(16)  # the first chunk's draws, as one call draws them
     assert np.allclose(arrays["z"][:16], z.numpy(), atol=1e-6)
     assert png.stat().st_size > 0 and SHOWN == 64
+
+
+def test_a_comparison_reads_back_the_runs_of_kinds_given_with_vary(tmp_path, capsys):
+    code = main(["compare", "--out", str(tmp_path / "cmp"), "--vary",
+                 "model.posterior.kind=diagonal_normal,user_components:StandardNormalPosterior", "--seeds", "1",
+                 "--samples", "5", "--limit", "10", "--snr-k", "", "--set", "inference.schedule.epochs=1",
+                 "--set", "model.latent_dim=2"])
+    assert code == 0, capsys.readouterr().err
+    manifest = read_manifest(tmp_path / "cmp", "comparison")
+    assert len(manifest["runs"]) == 2 and "comparison.csv" in manifest["files"]
+    # what the user typed is trusted in that command only: reading the run back later needs --trust-code
+    run = tmp_path / "cmp" / manifest["runs"][1]
+    with pytest.raises(RunError, match="trust_code=True"):
+        load_run(run)
+    assert load_run(run, trust_code=True).spec.model.posterior["kind"] == "user_components:StandardNormalPosterior"

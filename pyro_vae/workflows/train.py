@@ -229,8 +229,6 @@ def train(spec, out=None, *, force: bool = False, progress: Optional[bool] = Non
         load_initial_weights(vae, init)
     trainer = Trainer(vae, data, spec.inference, progress=progress, log=log, on_epoch=on_epoch)
     tracker = tracker_of(spec) if out is not None and trainer.group.is_main else None
-    if before is not None:
-        before(trainer)
     writer, lock = None, None
     if out is not None:  # only once spec, data and model are known good; rank 0 alone writes
 
@@ -244,6 +242,8 @@ def train(spec, out=None, *, force: bool = False, progress: Optional[bool] = Non
         if trainer.group.is_main:
             writer = _RunWriter(Path(out), trainer, initialized_from=init, tracker=tracker, spec=spec)
     try:
+        if before is not None:  # once the run directory is claimed: what it writes there is the run's
+            before(trainer)
         return _run(trainer, writer)
     finally:
         if lock is not None:
