@@ -357,8 +357,11 @@ def load_spec(
         raw["data"] = data_table(data)
     raw = apply_overrides(raw, overrides)
     files = [ref for ref in (spec_file, model, inference) if ref is not None and ref not in shipped_names()]
+    # a run's spec.toml (its folder holds the manifest.json runs.py writes): never code from inside that run
+    run_dir = Path(spec_file).parent if spec_file is not None and (Path(spec_file).parent / "manifest.json").is_file() \
+        else None
     with trusting_code(trust_code):
-        check_code_trusted(raw, " and ".join(files) or "the spec", given_kinds(overrides))
+        check_code_trusted(raw, " and ".join(files) or "the spec", given_kinds(overrides), run_dir=run_dir)
     return Spec.from_dict(raw)
 
 

@@ -18,7 +18,7 @@ import torch
 from helpers import assert_one_line_error, run_cli
 from pyro_vae.errors import RunError
 from pyro_vae.files import atomic_write
-from pyro_vae.runs import load_checkpoint, load_run
+from pyro_vae.runs import load_checkpoint, load_run, record_outputs, sha256_file
 
 TESTS = Path(__file__).parent
 LONG = ["--set", "inference.schedule.epochs=12", "--set", "inference.schedule.batch_size=16",
@@ -203,6 +203,7 @@ def test_a_planted_pickle_is_refused_and_runs_nothing(digits_run, tmp_path):
             return (os.system, (f"touch {marker}",))
 
     torch.save({"format": 1, "weights": Payload(), "data_shape": [64], "num_data": 1}, run / "checkpoint.pt")
+    record_outputs(run, [], checkpoint_sha256=sha256_file(run / "checkpoint.pt"))  # its sender rewrote the hash too
     before = (run / "checkpoint.pt").read_bytes()
     code, _, stderr = run_cli("evaluate", run, "--samples", "5")
     assert_one_line_error(code, stderr, "refused to load", "only load checkpoints written by pyro-vae")
@@ -258,6 +259,7 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path):
     checkpoint["training"]["state"]["epoch"] = 1
     checkpoint["training"]["state"]["history"] = checkpoint["training"]["state"]["history"][:1]
     torch.save(checkpoint, out / "checkpoint.pt")
+    record_outputs(out, [], checkpoint_sha256=sha256_file(out / "checkpoint.pt"))
     before = (out / "checkpoint.pt").read_bytes()
     limit = len(before) - 1000
 

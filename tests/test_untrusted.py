@@ -79,6 +79,8 @@ def test_a_module_planted_in_the_run_is_never_imported(received, tmp_path, capsy
         code, err = _cli(capsys, "evaluate", ".", *FEW, *trust)
         assert_one_line_error(code, err, "module 'planted_issue30'", "imported from the run directory",
                               "never imports code shipped inside a run")
+    code, err = _cli(capsys, "train", "--check", "--spec", "spec.toml", "--trust-code")
+    assert_one_line_error(code, err, "imported from the run directory")
     assert not marker.exists() and "planted_issue30" not in sys.modules
     assert not (received / "evaluation").exists()
 
@@ -344,6 +346,21 @@ def test_a_read_only_run_is_one_line(received, capsys):
     finally:
         os.chmod(received, 0o755)
     assert_one_line_error(code, err, "evaluation")
+
+
+def test_a_folder_that_cannot_be_created_is_one_line(received, capsys, monkeypatch):
+    """What a read-only run folder gives anyone but root (who may write there anyway)."""
+    real_mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if self.name in ("evaluation", "samples"):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    for args, folder in ((["evaluate", received, *FEW], "evaluation"), (["sample", received, "--n", "2"], "samples")):
+        code, err = _cli(capsys, *args)
+        assert_one_line_error(code, err, f"{received / folder}: cannot create the folder (Permission denied)")
 
 
 @pytest.mark.parametrize("command", [["sample", "{run}"], ["evaluate", "{run}"], ["encode", "{run}", "--out", "x.npz"]])
