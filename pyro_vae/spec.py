@@ -71,8 +71,33 @@ class DiscreteSpec(_Strict):
         return self
 
 
+MAX_LAYERS = 8
+
+
+class UpperLayerSpec(_Strict):
+    """A stochastic layer above the bottom one (``[[model.upper_layers]]``, top first):
+    its size, its posterior family, the ``encoder`` network of its guide (reading the layer
+    below's z in the bottom_up guide, x and the layer above's z in top_down, the layer
+    below's deterministic output in the ladder) and the ``prior_network`` that gives the
+    mean and scale of p(z_below | z_this), a diagonal Gaussian (``model/layers.py``)."""
+
+    latent_dim: Annotated[int, Field(gt=0, le=MAX_LATENT)]
+    posterior: dict[str, Any] = {"kind": "diagonal_normal"}
+    encoder: dict[str, Any] = {"kind": "mlp", "hidden": [256]}
+    prior_network: dict[str, Any] = {"kind": "mlp", "hidden": [256]}
+
+    @model_validator(mode="after")
+    def _resolve_slots(self):
+        self.posterior = _in_slot("posterior", POSTERIORS, self.posterior, "diagonal_normal")
+        for name in ("encoder", "prior_network"):
+            setattr(self, name, _in_slot(name, NETWORKS, getattr(self, name), "mlp"))
+        return self
+
+
 class ModelSpec(_Strict):
-    """What is fit: p(z), p(x|z), q(z|x) and the two networks (and, optionally, a discrete latent y)."""
+    """What is fit: p(z), p(x|z), q(z|x) and the two networks (and, optionally, a discrete
+    latent y, or stochastic layers above z: ``upper_layers``, with the guide's
+    ``inference_network`` and what the decoder reads)."""
 
     latent_dim: Annotated[int, Field(gt=0, le=MAX_LATENT)] = 16
     prior: dict[str, Any] = {"kind": "standard_normal"}
@@ -82,6 +107,10 @@ class ModelSpec(_Strict):
     decoder: dict[str, Any] = {"kind": "mlp"}
     encoder_input: Literal["auto", "identity", "log1p"] = "auto"  # what the encoder sees of x
     discrete: Optional[DiscreteSpec] = None
+    # stochastic layers above z (the bottom layer, latent_dim and posterior above), top first
+    upper_layers: Annotated[list[UpperLayerSpec], Field(max_length=MAX_LAYERS - 1)] = []
+    inference_network: Literal["bottom_up", "top_down", "ladder"] = "bottom_up"
+    decoder_reads: Literal["bottom", "all"] = "bottom"
 
     @model_validator(mode="after")
     def _resolve_slots(self):

@@ -22,7 +22,6 @@ free GPU memory when training on CUDA) and streams them from their source otherw
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import replace
 from typing import Optional
 
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from .checks import available_memory
 from .dataset import Dataset, Preprocessing, StreamedSplit, binarize, split_chunks
 from .statistics import DataStatistics
 from .readers import RawData, read_source
@@ -71,18 +71,6 @@ def divides_levels(normalize, likelihood=None) -> bool:
     if normalize == "auto":
         return not getattr(likelihood, "raw_integers", False)
     return bool(normalize)
-
-
-def available_memory() -> int:
-    """Bytes of RAM available to this process (Linux: MemAvailable), else the physical total."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def memory_budget(device=None) -> int:

@@ -17,10 +17,21 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import scipy.sparse as sp
 
 from ..errors import DataError
+from .checks import HDF5_ERRORS, HEADER_ERRORS, SCAN, check_sparse, corrupt
 
 CHUNK_BYTES = 32 * 2**20  # dense float32 bytes per chunk when a whole source is scanned
+
+
+def native(dtype) -> np.dtype:
+    """The dtype rows are returned in: ``dtype`` in native byte order, extended precision
+    (float128) as float64 (torch has no such type)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f" and dtype.itemsize > 8:
+        return np.dtype(np.float64)
+    return dtype.newbyteorder("=")
 
 
 class RowSource:
@@ -48,7 +59,7 @@ class RowSource:
         if len(index) and (index.min() < 0 or index.max() >= len(self)):
             raise IndexError(f"rows out of range 0..{len(self) - 1}")
         unique, inverse = np.unique(index, return_inverse=True)
-        rows = self._read(unique)
+        rows = self._read(unique).astype(self.dtype, copy=False)
         return rows if len(unique) == len(index) and np.array_equal(unique, index) else rows[inverse]
 
     def _read(self, sorted_rows: np.ndarray) -> np.ndarray:
@@ -70,7 +81,7 @@ class ArrayRows(RowSource):
     def __init__(self, array):
         self.array = array
         self.shape = tuple(array.shape)
-        self.dtype = np.dtype(array.dtype)
+        self.dtype = native(array.dtype)
         self.sparse = hasattr(array, "toarray")
 
     def _read(self, rows):
@@ -92,14 +103,14 @@ class NpyRows(RowSource):
         self.path = Path(path)
         try:
             mapped = np.load(self.path, mmap_mode="r", allow_pickle=False)  # the header only: no page is read
-        except ValueError as exc:
+        except HEADER_ERRORS as exc:
             if "object" in str(exc).lower():
                 raise DataError(f"{self.path}: an .npy of object dtype (pickled Python objects) is refused; "
                                 "save a numeric array") from None
             raise DataError(f"{self.path}: not a readable .npy file ({exc}); check the file") from None
         except (OSError, EOFError) as exc:
             raise DataError(f"{self.path}: not a readable .npy file ({exc}); check the file") from None
-        self.shape, self.dtype = tuple(mapped.shape), mapped.dtype
+        self.shape, self.dtype, self.stored_dtype = tuple(mapped.shape), native(mapped.dtype), mapped.dtype
         self.fortran = bool(mapped.flags.f_contiguous and not mapped.flags.c_contiguous)
         self.offset = mapped.offset
         del mapped
@@ -112,7 +123,7 @@ class NpyRows(RowSource):
             with open(self.path, "rb") as f:
                 self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         count = math.prod(self.shape)
-        return np.frombuffer(self._map, dtype=self.dtype, count=count, offset=self.offset).reshape(self.shape)
+        return np.frombuffer(self._map, dtype=self.stored_dtype, count=count, offset=self.offset).reshape(self.shape)
 
     def _read(self, rows):
         if self.fortran:  # rows are not contiguous: let numpy's memory map gather them
@@ -127,18 +138,66 @@ class NpyRows(RowSource):
 
 
 class MatrixRows(RowSource):
-    """A cells x genes matrix of an ``.h5ad`` file read in place: an h5py dataset (dense)
-    or anndata's backed CSR/CSC dataset (``anndata.io.sparse_dataset``), densified per read."""
+    """A dense cells x genes matrix of an ``.h5ad`` file read in place (an h5py dataset)."""
 
     def __init__(self, matrix, where: str):
         self.matrix, self.where = matrix, where
         self.shape = tuple(int(n) for n in matrix.shape)
-        self.dtype = np.dtype(matrix.dtype)
-        self.sparse = not hasattr(matrix, "id")  # h5py datasets have an id; anndata's sparse ones do not
+        self.dtype = native(matrix.dtype)
 
     def _read(self, rows):
-        out = self.matrix[rows]
-        return out.toarray() if hasattr(out, "toarray") else np.asarray(out)
+        try:
+            return np.asarray(self.matrix[rows])
+        except HDF5_ERRORS as exc:  # a corrupt chunk
+            raise corrupt(self.where, exc) from None
+
+
+class SparseRows(RowSource):
+    """A CSR or CSC matrix of an ``.h5ad`` file (anndata's encoding: ``data``, ``indices``,
+    ``indptr`` and a ``shape`` attribute) read in place, its structure checked on opening
+    (:func:`~.checks.check_sparse`), so that scipy, which trusts the offsets it is given,
+    only ever sees consistent arrays. CSR: each run of consecutive rows is one slice;
+    CSC has no row access, so a read passes over blocks of columns of about SCAN entries."""
+
+    sparse = True
+
+    def __init__(self, group, where: str):
+        self.format, self.shape, self.indptr = check_sparse(group, where)
+        self.data, self.indices, self.where = group["data"], group["indices"], where
+        self.dtype = native(self.data.dtype)
+        self.values_dtype = np.dtype(np.float32) if self.dtype == np.float16 else self.dtype  # scipy has no float16
+        if self.format == "csc":  # column blocks [start, stop) of about SCAN entries (at least one column)
+            ends = np.searchsorted(self.indptr, np.arange(SCAN, int(self.indptr[-1]) + SCAN, SCAN), side="right") - 1
+            stops = np.unique(np.clip(np.r_[ends, self.shape[1]], 1, self.shape[1])) if self.shape[1] else np.array([], int)
+            self.blocks = list(zip(np.r_[0, stops[:-1]], stops))
+
+    def _read(self, rows):
+        try:
+            return self._densify(rows)
+        except HDF5_ERRORS as exc:  # a corrupt chunk
+            raise corrupt(self.where, exc) from None
+
+    def _slice(self, low: int, high: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.data[low:high].astype(self.values_dtype), self.indices[low:high]
+
+    def _densify(self, rows):
+        out = np.zeros((len(rows), self.shape[1]), dtype=self.dtype)
+        if not len(rows):
+            return out
+        if self.format == "csr":  # one slice of the file per run of consecutive rows
+            breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+            runs = [self._slice(self.indptr[rows[first]], self.indptr[rows[last - 1] + 1])
+                    for first, last in zip(np.r_[0, breaks], np.r_[breaks, len(rows)])]
+            indptr = np.r_[0, np.cumsum(self.indptr[rows + 1] - self.indptr[rows])]
+            values, indices = (np.concatenate(part) for part in zip(*runs))
+            return sp.csr_matrix((values, indices, indptr), shape=(len(rows), self.shape[1])).toarray().astype(self.dtype)
+        index = slice(int(rows[0]), int(rows[-1]) + 1) if rows[-1] - rows[0] + 1 == len(rows) else rows
+        for start, stop in self.blocks:
+            bounds = self.indptr[start : stop + 1]
+            block = sp.csc_matrix((*self._slice(bounds[0], bounds[-1]), bounds - bounds[0]),
+                                  shape=(self.shape[0], stop - start))
+            out[:, start:stop] = block[index].toarray()
+        return out
 
 
 class SubsetRows(RowSource):

@@ -17,11 +17,13 @@ reduced over the K particles per example, and only then summed and scaled by N/B
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Annotated, Literal
 
 import torch
 from pydantic import Field
 from pyro import poutine
+from pyro.distributions.util import scale_and_mask
 from pyro.infer import (
     ELBO,
     JitTrace_ELBO,
@@ -32,9 +34,13 @@ from pyro.infer import (
     TraceEnum_ELBO,
     TraceMeanField_ELBO,
 )
+from pyro.poutine.replay_messenger import ReplayMessenger
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
+from torch.distributions import kl_divergence
 
+from ..errors import NotTraceable
+from ..model.traits import EstimatorTraits, traits_of
 from ..registry import Registry
 
 ESTIMATORS = Registry("estimator")
@@ -48,17 +54,73 @@ def sample_sites(trace) -> list:
     return [(name, site) for name, site in trace.nodes.items() if site["type"] == "sample"]
 
 
-def _pyro_elbo(cls, jit_cls, num_particles, vectorize_particles, jit, discrete=None):
-    """A Pyro ELBO. ``discrete`` says how it treats a discrete latent y (model/discrete.py):
-    ``enumerate``, ``score`` (sampled, score-function gradient) or ``relaxed``; None: it cannot."""
+# --- the traced losses of Pyro's Trace_ELBO and TraceMeanField_ELBO (infer/compiled.py) -----
+# Pyro's own loss code reads the loss with .item(), which a traced graph cannot hold.
+
+
+def _reparameterized(guide_trace) -> None:
+    for name, site in sample_sites(guide_trace):
+        if not site["is_observed"] and not site["fn"].has_rsample:
+            raise NotTraceable(f"guide site {name!r} is not reparameterized (its gradient is a score function)")
+
+
+def _elbo_particle(model_trace, guide_trace) -> tuple[Tensor, Tensor]:
+    """log p(x, z) - log q(z|x) of one trace pair, each site scaled (Trace_ELBO's value), and
+    the same in float64 summed site by site, as Trace_ELBO reports it (its sites' items)."""
+    _reparameterized(guide_trace)
+    terms = [site["log_prob_sum"] for _, site in sample_sites(model_trace)]
+    terms += [-site["log_prob_sum"] for _, site in sample_sites(guide_trace) if not site["is_observed"]]
+    return sum(terms), sum(t.detach().double() for t in terms)
+
+
+def _mean_field_particle(model_trace, guide_trace) -> tuple[Tensor, Tensor]:
+    """E_q log p(x|z) - KL(q||p), the KL in closed form where registered (TraceMeanField_ELBO's
+    value), and its value in float64, as TraceMeanField_ELBO reports it."""
+    _reparameterized(guide_trace)
+    elbo = 0.0
+    for name, model_site in sample_sites(model_trace):
+        if model_site["is_observed"]:
+            elbo = elbo + model_site["log_prob_sum"]
+            continue
+        guide_site = guide_trace.nodes[name]
+        try:
+            kl = scale_and_mask(kl_divergence(guide_site["fn"], model_site["fn"]), guide_site["scale"], guide_site["mask"])
+            elbo = elbo - kl.sum()
+        except NotImplementedError:
+            elbo = elbo + model_site["log_prob_sum"] - guide_site["log_prob_sum"]
+    for name, guide_site in sample_sites(guide_trace):
+        if name not in model_trace.nodes:  # an auxiliary guide site
+            elbo = elbo - guide_site["log_prob_sum"]
+    return elbo, elbo.detach().double()
+
+
+def _particles_loss(particle):
+    """A Pyro ELBO's ``traced_loss``: (loss, surrogate) averaged over its particles, each
+    particle's value from ``particle(model_trace, guide_trace)``."""
+    def traced_loss(estimator, model, guide, *args) -> tuple[Tensor, Tensor]:
+        loss, surrogate = 0.0, 0.0
+        for model_trace, guide_trace in estimator._get_traces(model, guide, args, {}):
+            elbo, reported = particle(model_trace, guide_trace)
+            loss = loss - reported / estimator.num_particles
+            surrogate = surrogate - elbo / estimator.num_particles
+        return loss, surrogate
+
+    return traced_loss
+
+
+def _pyro_elbo(cls, jit_cls, num_particles, vectorize_particles, jit, particle=None, **traits):
+    """A Pyro ELBO with its :class:`EstimatorTraits` (``traits``: how it treats a discrete
+    latent y, whether its KL is analytic, ...) and, where its value at one trace pair is
+    ``particle``, its ``traced_loss`` for the compiled step."""
     elbo = (jit_cls if jit else cls)(
         num_particles=num_particles,
         vectorize_particles=vectorize_particles,
         max_plate_nesting=1,
         **({"ignore_jit_warnings": True} if jit else {}),
     )
-    elbo.supports_subsampling = True
-    elbo.discrete, elbo.jit = discrete, jit
+    elbo.traits = EstimatorTraits(jit=jit, **traits)
+    if particle is not None:
+        elbo.traced_loss = partial(_particles_loss(particle), elbo)
     return elbo
 
 
@@ -67,20 +129,21 @@ def trace_elbo(*, num_particles: Particles = 1, vectorize_particles: bool = Fals
     """Trace_ELBO: E_q[log p(x,z) - log q(z|x)], reparameterized Monte Carlo (Pyro); a discrete
     y gets the plain score function, each example's own log-weight as its signal (Pyro
     Rao-Blackwellizes over plates), no baseline."""
-    return _pyro_elbo(Trace_ELBO, JitTrace_ELBO, num_particles, vectorize_particles, jit, "score")
+    return _pyro_elbo(Trace_ELBO, JitTrace_ELBO, num_particles, vectorize_particles, jit, _elbo_particle, discrete="score")
 
 
 @ESTIMATORS.register("trace_enum")
 def trace_enum(*, num_particles: Particles = 1, vectorize_particles: bool = False) -> ELBO:
     """TraceEnum_ELBO: a discrete y summed out exactly by parallel enumeration in the guide,
     sum_y q(y|x) [E_q(z|x,y) log p(x,y,z)/q(z|x,y) - log q(y|x)] (Pyro)."""
-    return _pyro_elbo(TraceEnum_ELBO, None, num_particles, vectorize_particles, False, "enumerate")
+    return _pyro_elbo(TraceEnum_ELBO, None, num_particles, vectorize_particles, False, discrete="enumerate")
 
 
 @ESTIMATORS.register("trace_mean_field")
 def trace_mean_field(*, num_particles: Particles = 1, vectorize_particles: bool = False, jit: bool = False) -> ELBO:
     """TraceMeanField_ELBO: analytic KL(q||p) where registered, Monte Carlo otherwise (Pyro)."""
-    return _pyro_elbo(TraceMeanField_ELBO, JitTraceMeanField_ELBO, num_particles, vectorize_particles, jit)
+    return _pyro_elbo(TraceMeanField_ELBO, JitTraceMeanField_ELBO, num_particles, vectorize_particles, jit,
+                      _mean_field_particle, analytic_kl=True)
 
 
 @ESTIMATORS.register("trace_graph")
@@ -96,9 +159,8 @@ def trace_graph(
     (Pyro), for a discrete y with a baseline: a decaying average of each example's downstream
     cost (``average``), that plus a network of x fitted to the residual (``neural``; Mnih &
     Gregor, 2014), or ``none``."""
-    elbo = _pyro_elbo(TraceGraph_ELBO, JitTraceGraph_ELBO, num_particles, vectorize_particles, jit, "score")
-    elbo.baseline, elbo.baseline_beta = baseline, baseline_beta
-    return elbo
+    return _pyro_elbo(TraceGraph_ELBO, JitTraceGraph_ELBO, num_particles, vectorize_particles, jit, discrete="score",
+                      baseline=baseline, baseline_beta=baseline_beta)
 
 
 class RelaxedELBO(Trace_ELBO):
@@ -110,15 +172,12 @@ class RelaxedELBO(Trace_ELBO):
 
     Biased: the objective is exact only as tau -> 0 (model/discrete.py says how)."""
 
-    discrete = "relaxed"
-    supports_subsampling = True
-    jit = False
-
     def __init__(self, initial_temperature: float, final_temperature: float, anneal_epochs: float, straight_through: bool,
                  num_particles: int = 1):
         super().__init__(num_particles=num_particles, max_plate_nesting=1)
         self.initial_temperature, self.final_temperature = initial_temperature, final_temperature
-        self.anneal_epochs, self.straight_through = anneal_epochs, straight_through
+        self.anneal_epochs = anneal_epochs
+        self.traits = EstimatorTraits(discrete="relaxed", straight_through=straight_through)
 
     def temperature(self, epochs: float) -> float:
         """tau after ``epochs`` (a fraction) of training."""
@@ -166,7 +225,7 @@ class TailAdaptive(Trace_ELBO):
     once more than the weights' normalization needs.
     """
 
-    supports_subsampling = False
+    traits = EstimatorTraits(subsampling=False)
 
     def __init__(self, num_particles: int, tail_adaptive_beta: float = -1.0):
         super().__init__(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
@@ -200,6 +259,11 @@ class TailAdaptive(Trace_ELBO):
     def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
         return self.surrogate(self.particle_log_weights(model, guide, *args, **kwargs))
 
+    def traced_loss(self, model, guide, *args) -> tuple[Tensor, Tensor]:
+        """(loss, surrogate) as tensors, for the compiled step."""
+        log_w = self.particle_log_weights(model, guide, *args)
+        return -log_w.detach().mean(), self.surrogate(log_w)
+
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         log_w = self.particle_log_weights(model, guide, *args, **kwargs)
         surrogate = self.surrogate(log_w)
@@ -232,13 +296,11 @@ class ImportanceWeightedELBO(ELBO):
     :meth:`objective`. With ``stop_q``, log q is evaluated with the guide's parameters
     detached, so their gradient flows through the samples z only (the path derivative):
     the guide site gives ``infer["stopped_log_prob"]``, z -> that log-density, as
-    ``VAE.guide`` does (see ``Posterior.stopped_log_prob``). ``single_latent`` refuses
-    guides with several latent sites.
+    ``VAE.guide`` does (see ``Posterior.stopped_log_prob``).
     """
 
-    supports_subsampling = True
+    traits = EstimatorTraits()
     stop_q = False
-    single_latent = False
 
     def __init__(self, num_particles: int):
         super().__init__(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
@@ -271,11 +333,6 @@ class ImportanceWeightedELBO(ELBO):
                 else:
                     log_p = site["fn"].log_prob(site["value"])
                 log_w = log_w + sign * (site["scale"] / factor) * log_p
-        if self.single_latent and len(latents) > 1:
-            raise NotImplementedError(
-                f"{type(self).__name__} supports one latent site; this guide has {len(latents)}, whose gradient "
-                "hooks would compound through dependent sites: use iwae, or a guide with one latent site"
-            )
         if log_w.dim() == 1:  # K = 1: Pyro adds no particle plate
             log_w = log_w.unsqueeze(0)
         return log_w, factor, latents
@@ -305,6 +362,13 @@ class ImportanceWeightedELBO(ELBO):
         with torch.no_grad():
             log_w, factor, _ = self.log_weights(model, guide, *args, **kwargs)
             return -factor * self.objective(log_w).sum().item()
+
+    def traced_loss(self, model, guide, *args) -> tuple[Tensor, Tensor]:
+        """(loss, surrogate) as tensors, for the compiled step; the loss rounded as the eager
+        estimator rounds it (factor * sum.item())."""
+        log_w, factor, latents = self.log_weights(model, guide, *args)
+        loss = -factor * self.objective(log_w.detach()).sum().double()
+        return loss, -factor * self.surrogate(log_w, latents).sum()
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         log_w, factor, latents = self.log_weights(model, guide, *args, **kwargs)
@@ -342,28 +406,66 @@ class IWAE(RenyiBound):
         super().__init__(num_particles, alpha=0.0)
 
 
+class _ReplayValues(ReplayMessenger):
+    """``poutine.replay`` that takes the trace's values and keeps each site's own ``infer``:
+    Pyro's replay also copies the trace's ``infer`` dict (pyro/poutine/replay_messenger.py),
+    which would bring back the stopped density built at the first draw's inputs instead of
+    the one at the replayed views."""
+
+    def _pyro_sample(self, msg) -> None:
+        infer = msg["infer"]
+        super()._pyro_sample(msg)
+        msg["infer"] = infer
+
+
 class DReG(IWAE):
     """IWAE with doubly reparameterized gradients (Tucker et al., 2019).
 
     The decoder's gradient is IWAE's, sum_k w~_k grad_theta log w_k. The encoder's is
     sum_k w~_k^2 (d log w_k / d z_k)(d z_k / d phi) with log q's parameters stopped:
     the same expectation as IWAE's, without the score term whose variance grows with K.
+    It holds for any number of reparameterized sites z = (z_1, ..., z_L) (Tucker et al.,
+    section 4): d log w_k / d z_k is then the partial derivative in each layer, and d z_k /
+    d phi the total derivative of the ancestral draw.
+
     Implemented as IWAE's surrogate with log q stopped and a hook that multiplies each
     sample's incoming gradient by its normalized weight w~_k once more. With several
-    dependent latent sites the hooks would compound (the gradient reaching z1 through
-    z2 would be multiplied twice), so such guides are refused.
+    layers, where one layer's draw depends on another's, a hook on the drawn z_l would
+    also catch the gradient that reaches z_l through a later layer's draw and multiply it
+    twice; so the guide and the model are replayed at views of the draws
+    (:meth:`_get_trace`): the log-densities read the views, whose hooks weight each
+    partial derivative once, and the draws' own graph carries it to phi unweighted.
     """
 
     stop_q = True
-    single_latent = True
+
+    def _get_trace(self, model, guide, args, kwargs):
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        latent = [name for name, site in sample_sites(prune_subsample_sites(guide_trace)) if not site["is_observed"]]
+        if len(latent) > 1:
+            for name in latent:
+                site = guide_trace.nodes[name]
+                site["value"] = site["value"].view_as(site["value"])
+            guide_trace = poutine.trace(_ReplayValues(trace=guide_trace)(guide)).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+        return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
 
     def surrogate(self, log_w, latents):
         weights = torch.softmax(log_w.detach(), 0)
         for z in latents:
             if z.requires_grad:
-                w = weights.reshape(*z.shape[:-1], 1)
+                batch = _batch_dims(z, weights.numel())
+                w = weights.reshape(*batch, *(1,) * (z.dim() - len(batch)))
                 z.register_hook(lambda grad, w=w: grad * w)
         return self.objective(log_w)
+
+
+def _batch_dims(z: Tensor, count: int) -> tuple[int, ...]:
+    """z's leading dimensions that hold ``count`` (particles x examples) draws; the rest is its event."""
+    for i in range(z.dim() + 1):
+        if math.prod(z.shape[:i]) == count:
+            return tuple(z.shape[:i])
+    raise ValueError(f"draws of shape {tuple(z.shape)} do not hold {count} weights")
 
 
 class STL(RenyiBound):
@@ -402,4 +504,4 @@ def stl(*, k: Samples = 1) -> ELBO:
 
 
 def supports_subsampling(elbo: ELBO) -> bool:
-    return getattr(elbo, "supports_subsampling", True)
+    return traits_of(elbo).subsampling

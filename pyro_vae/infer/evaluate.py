@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -43,29 +43,21 @@ def chunk_plan(num_samples: int, num_examples: int, values_per_sample: int, budg
     return max(1, min(num_examples, rows // num_samples)), num_samples
 
 
-def values_per_draw(vae) -> int:
-    """Values one draw of z holds in memory: decoder outputs, and scoring z under p and q
-    (with a discrete latent, q for every class, and M2's decoder for every class)."""
-    classes = getattr(vae, "classes", 1)
-    decoded = vae.likelihood.outputs * math.prod(vae.data_shape) * (classes if getattr(vae, "shape", None) == "m2" else 1)
-    return decoded + vae.prior.values_per_draw + vae.posterior.values_per_draw * classes
-
-
 def example_blocks(vae, num_examples: int, num_samples: int, budget: int = BUDGET) -> int:
     """Examples per seeded block of a sharded evaluation: within one chunk's budget, and
     about 1/16 of the examples so that several ranks share the work. It depends on the
     data and the model only, never on the number of ranks (so neither do the results)."""
-    per_chunk, _ = chunk_plan(num_samples, num_examples, values_per_draw(vae), budget)
+    per_chunk, _ = chunk_plan(num_samples, num_examples, vae.values_per_draw, budget)
     return max(1, min(per_chunk, math.ceil(num_examples / 16)))
 
 
 def importance_chunks(vae, x: Tensor, num_samples: int, budget: int = BUDGET, prior=None) -> Iterator[tuple[slice, object, Tensor, ImportanceTerms]]:
     """(examples, q, z of shape (s, b, latent), the log-densities) chunk by chunk.
 
-    p(z) is built once (``prior``, or ``vae.prior()``): a VampPrior runs the encoder on
+    p(z) is built once (``prior``, or ``vae.latent_prior()``): a VampPrior runs the encoder on
     all its pseudo-inputs to build it."""
-    per_chunk, samples = chunk_plan(num_samples, len(x), values_per_draw(vae), budget)
-    prior = vae.prior() if prior is None else prior
+    per_chunk, samples = chunk_plan(num_samples, len(x), vae.values_per_draw, budget)
+    prior = vae.latent_prior() if prior is None else prior
     for start in range(0, len(x), per_chunk):
         xb = x[start : start + per_chunk]
         q = vae.q(xb)
@@ -163,7 +155,7 @@ class PerExample:
 
 @torch.no_grad()
 def importance_sample(vae, x: Tensor, num_samples: int, budget: int = BUDGET) -> PerExample:
-    if getattr(vae, "classes", None):
+    if vae.classes:
         return importance_sample_classes(vae, x, num_samples, budget)
     n, S = len(x), num_samples
     like = {"device": x.device, "dtype": x.dtype}
@@ -172,7 +164,7 @@ def importance_sample(vae, x: Tensor, num_samples: int, budget: int = BUDGET) ->
     moments = PosteriorMoments(n, vae.latent_dim, S, like)
     kl_dims: Optional[Tensor] = torch.zeros(n, vae.latent_dim, **like)
     first_chunk: set[int] = set()
-    prior = vae.prior()
+    prior = vae.latent_prior()
     for rows, q, z, terms in importance_chunks(vae, x, S, budget, prior):
         log_w = terms.log_weights
         lse[rows] = torch.logaddexp(lse[rows], torch.logsumexp(log_w, 0))
@@ -210,7 +202,7 @@ def importance_sample_classes(vae, x: Tensor, num_samples: int, budget: int = BU
     (y's KL included), and E_q[z|x] = sum_y q(y|x) E_q[z|x, y]."""
     n, S, C = len(x), num_samples, vae.classes
     like = {"device": x.device, "dtype": x.dtype}
-    per_chunk, samples = chunk_plan(S, n, values_per_draw(vae), budget)
+    per_chunk, samples = chunk_plan(S, n, vae.values_per_draw, budget)
     log_py = torch.log_softmax(vae.class_logits, -1)
     log_px = torch.empty(n, C, **like)
     elbo_y, rec_y = torch.empty(n, C, **like), torch.empty(n, C, **like)
@@ -315,29 +307,39 @@ def active_units(posterior_mean: Tensor, mc_variance: Optional[Tensor] = None, t
     return int((covariance > threshold).sum().item())
 
 
-def active_unit_summary(posterior_mean: Tensor, mc_variance: Optional[Tensor] = None) -> dict:
+def active_unit_summary(posterior_mean: Tensor, mc_variance: Optional[Tensor] = None,
+                        layer_dims: Optional[Sequence[int]] = None) -> dict:
     """``active_units``, ``posterior_mean_variance`` (Cov_x(E_q[z_d|x]) per dimension) and
     ``posterior_mean_mc_variance`` (the Monte Carlo part removed from it), as evaluate and
     analyze report them; all None when they cannot be estimated (a posterior without a
-    closed-form mean and fewer than 2 draws)."""
+    closed-form mean and fewer than 2 draws). With stacked layers (``layer_dims``, the
+    sizes of z_1 ... z_L in the latent vector), also ``active_units_per_layer``."""
     covariance, mc = posterior_mean_covariance(posterior_mean, mc_variance)
     latent_dim = posterior_mean.shape[-1]
+    layer_dims = list(layer_dims or [latent_dim])
     if not torch.isfinite(mc).all():
-        return {"active_units": None, "latent_dim": latent_dim, "posterior_mean_variance": None,
-                "posterior_mean_mc_variance": None}
+        return {"active_units": None, "latent_dim": latent_dim, "layer_dims": layer_dims, "active_units_per_layer": None,
+                "posterior_mean_variance": None, "posterior_mean_mc_variance": None}
+    active = covariance > ACTIVE_THRESHOLD
     return {
-        "active_units": active_units(posterior_mean, mc_variance),
+        "active_units": int(active.sum().item()),
         "latent_dim": latent_dim,
+        "layer_dims": layer_dims,
+        "active_units_per_layer": [int(part.sum().item()) for part in torch.split(active, layer_dims)],
         "posterior_mean_variance": covariance.tolist(),
         "posterior_mean_mc_variance": mc.tolist(),
     }
 
 
 def describe_active_units(summary: dict) -> str:
-    """'5 of 16', or why there is no count."""
+    """'5 of 16' (with several layers '5 of 24: z1 4 of 16, z2 1 of 8'), or why there is no count."""
     if summary["active_units"] is None:
         return "n/a (a posterior without a closed-form mean needs at least 2 draws)"
-    return f"{summary['active_units']} of {summary['latent_dim']}"
+    text = f"{summary['active_units']} of {summary['latent_dim']}"
+    per_layer, dims = summary.get("active_units_per_layer"), summary.get("layer_dims") or []
+    if per_layer and len(dims) > 1:
+        text += ": " + ", ".join(f"z{i + 1} {a} of {d}" for i, (a, d) in enumerate(zip(per_layer, dims)))
+    return text
 
 
 def standard_error(values: Tensor | np.ndarray) -> float:
@@ -345,7 +347,7 @@ def standard_error(values: Tensor | np.ndarray) -> float:
     return (values.std() / math.sqrt(len(values))).item() if len(values) > 1 else math.nan
 
 
-def summarize(result: PerExample, num_samples: int) -> dict:
+def summarize(result: PerExample, num_samples: int, layer_dims: Optional[Sequence[int]] = None) -> dict:
     """The dataset-level figures of an evaluation (nats per example). ``posterior_mean_variance``
     is Cov_x(E_q[z_d|x]) per dimension, which active units threshold at 0.01, and
     ``posterior_mean_mc_variance`` the Monte Carlo part removed from it (0 for exact means)."""
@@ -356,7 +358,7 @@ def summarize(result: PerExample, num_samples: int) -> dict:
         "elbo_se": standard_error(result.elbo),
         "reconstruction": result.reconstruction.double().mean().item(),
         "kl": result.kl.double().mean().item(),
-        **active_unit_summary(result.posterior_mean, result.posterior_mean_mc_variance),
+        **active_unit_summary(result.posterior_mean, result.posterior_mean_mc_variance, layer_dims),
         "kl_per_dim": None if result.kl_per_dim is None else result.kl_per_dim.double().mean(0).tolist(),
         "samples": num_samples,
         "n": len(result.log_likelihood),

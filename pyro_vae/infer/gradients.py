@@ -14,13 +14,6 @@ import torch
 
 from .estimators import ESTIMATORS
 
-ENCODER_PARTS, DECODER_PARTS = ("encoder", "posterior"), ("decoder", "likelihood", "prior")
-
-
-def _parts(vae, parts: Sequence[str]) -> list[torch.Tensor]:
-    return [p for part in parts for p in getattr(vae, part).parameters()]
-
-
 @dataclass
 class GradientStats:
     snr: float
@@ -40,9 +33,7 @@ def gradient_snr(vae, estimator, x, index, repeats: int, beta: float = 1.0) -> d
     was_training, previous_beta = vae.training, vae.beta
     vae.train()
     vae.beta = beta
-    groups = {"encoder": _parts(vae, ENCODER_PARTS), "decoder": _parts(vae, DECODER_PARTS)}
-    if hasattr(vae, "classifier"):  # q(y|x) of a discrete latent: where the estimators differ most
-        groups["classifier"] = _parts(vae, ("classifier",))
+    groups = vae.parameter_groups()
     stats: dict[str, list] = {}
     scale = 1.0 / (vae.num_data or len(x))
     for _ in range(repeats):

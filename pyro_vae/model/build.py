@@ -9,6 +9,7 @@ layers. ``compare`` relies on it (common random numbers across the cells of a se
 
 from __future__ import annotations
 
+import math
 import zlib
 from contextlib import contextmanager
 from typing import Optional
@@ -17,6 +18,7 @@ import torch
 
 from ..errors import SpecError
 from .discrete import build_discrete
+from .layers import ConditionalNormal, Structure, UpperLayer
 from .likelihoods import LIKELIHOODS
 from .networks import NETWORKS
 from .posteriors import POSTERIORS
@@ -61,13 +63,19 @@ def build_vae(spec, data_shape: tuple[int, ...], num_data: Optional[int] = None)
                 f"model.encoder_input = \"log1p\" needs non-negative data, but the {spec.likelihood['kind']} likelihood "
                 "models any real value; use it with count or [0, 1] likelihoods, or set model.encoder_input = \"auto\""
             )
+        upper_specs = getattr(spec, "upper_layers", [])
         if getattr(spec, "discrete", None) is not None:
+            if upper_specs:
+                raise SpecError("model.upper_layers: stacked layers with model.discrete are not supported yet; "
+                                "remove one of the two")
             return build_discrete(spec, parts, data_shape, num_data, transform, stream)
         posterior = parts["posterior"](spec.latent_dim)
-        encoder = parts["encoder"](data_shape, (posterior.encoder_outputs,))
-        decoder = parts["decoder"]((spec.latent_dim,), (likelihood.outputs, *data_shape))
-        prior = parts["prior"](spec.latent_dim)
-        return VAE(prior, likelihood, posterior, encoder, decoder, num_data, input_transform=transform)
+        if not upper_specs:
+            encoder = parts["encoder"](data_shape, (posterior.encoder_outputs,))
+            decoder = parts["decoder"]((spec.latent_dim,), (likelihood.outputs, *data_shape))
+            prior = parts["prior"](spec.latent_dim)
+            return VAE(prior, likelihood, posterior, encoder, decoder, num_data, input_transform=transform)
+        return build_layers(spec, parts, likelihood, posterior, data_shape, num_data, transform, stream)
 
     with torch.device("meta"):
         count = sum(p.numel() for p in build().parameters())
@@ -77,3 +85,54 @@ def build_vae(spec, data_shape: tuple[int, ...], num_data: Optional[int] = None)
             f"{MAX_PARAMETERS:,}; use smaller hidden widths or latent_dim"
         )
     return build()
+
+
+def build_layers(spec, parts: dict, likelihood, bottom_posterior, data_shape, num_data, transform, stream) -> VAE:
+    """A VAE with ``spec.upper_layers`` above its bottom layer z_1 (see model/layers.py), each
+    layer's networks sized by the guide's ``inference_network``: in ``bottom_up`` layer l's
+    encoder reads z_(l-1), in ``top_down`` x and z_(l+1) (the top layer x alone), in the
+    ``ladder`` the layer below's encoder output."""
+    guide = spec.inference_network
+    upper_specs = list(reversed(spec.upper_layers))  # bottom first: layer 2, 3, ..., L
+    dims = [spec.latent_dim] + [layer.latent_dim for layer in upper_specs]
+    L, features = len(dims), math.prod(data_shape)
+    if guide == "ladder":
+        kinds = [spec.posterior["kind"]] + [layer.posterior["kind"] for layer in upper_specs[:-1]]
+        if any(kind != "diagonal_normal" for kind in kinds):
+            raise SpecError("model.inference_network = \"ladder\" merges each layer below the top with its "
+                            "Gaussian p(z_l | z_(l+1)): those layers need posterior diagonal_normal (only the top "
+                            "layer's may be another kind); change the posteriors or use bottom_up")
+    if guide == "bottom_up" and spec.prior["kind"] == "vamp":
+        raise SpecError("model.prior: vamp scores the top layer under q(z_L | pseudo-input), which the bottom_up guide "
+                        "does not have (its q(z_L) reads z_(L-1)); set model.inference_network = \"top_down\" or \"ladder\"")
+
+    def built(what: str, registry, table, *sizes):
+        try:
+            with stream(what):
+                return registry.build(table, *sizes)
+        except SpecError as exc:
+            raise SpecError(f"model.{what}: {exc}") from None
+
+    posteriors = [bottom_posterior] + [built(f"upper_layers.{L - 1 - i}.posterior", POSTERIORS, upper_specs[i - 1].posterior, dims[i])
+                                       for i in range(1, L)]
+
+    def encoder_in(i: int) -> tuple[int, ...]:
+        if guide == "bottom_up":
+            return data_shape if i == 0 else (dims[i - 1],)
+        if guide == "top_down":
+            return data_shape if i == L - 1 else (features + dims[i + 1],)
+        return data_shape if i == 0 else (posteriors[i - 1].encoder_outputs,)
+
+    encoder = parts["encoder"](encoder_in(0), (bottom_posterior.encoder_outputs,))
+    upper = []
+    for i in range(1, L):
+        where = f"upper_layers.{L - 1 - i}"  # the spec lists the layers top first
+        layer_encoder = built(f"{where}.encoder", NETWORKS, upper_specs[i - 1].encoder, encoder_in(i),
+                              (posteriors[i].encoder_outputs,))
+        down = built(f"{where}.prior_network", NETWORKS, upper_specs[i - 1].prior_network, (dims[i],), (2 * dims[i - 1],))
+        upper.append(UpperLayer(layer_encoder, posteriors[i], ConditionalNormal(down, dims[i - 1])))
+    decoder_in = dims[0] if spec.decoder_reads == "bottom" else sum(dims)
+    decoder = parts["decoder"]((decoder_in,), (likelihood.outputs, *data_shape))
+    prior = parts["prior"](dims[-1])
+    return VAE(prior, likelihood, bottom_posterior, encoder, decoder, num_data, input_transform=transform, upper=upper,
+               structure=Structure(guide, spec.decoder_reads))

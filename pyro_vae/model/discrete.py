@@ -60,9 +60,11 @@ from pyro import poutine
 from torch import Tensor, nn
 
 from ..errors import SpecError
+from .layers import concatenated
 from .networks import NETWORKS
 from .numerics import softplus_inverse
 from .priors import Prior
+from .traits import traits_of
 from .vae import VAE
 
 MODES = ("enumerate", "score", "relaxed")
@@ -137,12 +139,6 @@ class Baseline(nn.Module):
         return self.scale * self.net(u.reshape(len(u), -1)).squeeze(-1)
 
 
-def with_class(a: Tensor, y: Tensor) -> Tensor:
-    """[a, y] along the last dimension, the other dimensions broadcast."""
-    batch = torch.broadcast_shapes(a.shape[:-1], y.shape[:-1])
-    return torch.cat([a.expand(*batch, a.shape[-1]), y.expand(*batch, y.shape[-1])], -1)
-
-
 class DiscreteVAE(VAE):
     """A VAE with a categorical latent y (see the module docstring). ``classifier`` maps the
     encoder's input to the logits of q(y|x); ``encoder`` reads x (flattened) and one-hot y,
@@ -169,26 +165,37 @@ class DiscreteVAE(VAE):
         self.register_buffer("labelled_y", None, persistent=False)
         self.register_buffer("is_labelled", None, persistent=False)
 
+    def parameter_groups(self) -> dict:
+        """The VAE's groups, and q(y|x)'s ``classifier``: where the estimators differ most."""
+        return {**super().parameter_groups(), "classifier": list(self.classifier.parameters())}
+
+    @property
+    def values_per_draw(self) -> int:
+        """As the VAE's, with q scored for every class, and M2's decoder run for every class."""
+        decoded = self.likelihood.outputs * math.prod(self.data_shape) * (self.classes if self.shape == "m2" else 1)
+        return decoded + self.prior.values_per_draw + self.posterior.values_per_draw * self.classes
+
     # --- configuration ---------------------------------------------------------------
 
     def use_estimator(self, estimator, kind: str) -> None:
-        """Treat y as the estimator needs: ``estimator.discrete`` is one of MODES."""
-        mode = getattr(estimator, "discrete", None)
+        """Treat y as the estimator needs: its traits' ``discrete`` is one of MODES."""
+        traits = traits_of(estimator)
+        mode = traits.discrete
         if mode not in MODES:
             raise SpecError(
                 f"inference.estimator: {kind} cannot handle model.discrete's categorical y (it needs every latent "
                 "reparameterized); use trace_enum, trace_graph, trace_elbo or relaxed"
             )
-        if getattr(estimator, "jit", False):
+        if traits.jit:
             raise SpecError(f"inference.estimator: {kind} with jit = true cannot trace model.discrete's data-dependent "
                             "labelled rows; set jit = false")
         self.mode = mode
         self.baseline_options = {}
-        if mode == "score" and getattr(estimator, "baseline", "none") != "none":
-            self.baseline_options = {"use_decaying_avg_baseline": True, "baseline_beta": estimator.baseline_beta}
-            if estimator.baseline == "neural":
+        if mode == "score" and traits.baseline != "none":
+            self.baseline_options = {"use_decaying_avg_baseline": True, "baseline_beta": traits.baseline_beta}
+            if traits.baseline == "neural":
                 self.baseline_options.update(nn_baseline=self.baseline)
-        self.straight_through = bool(getattr(estimator, "straight_through", False))
+        self.straight_through = traits.straight_through
 
     def supervise(self, x: Tensor, y: Tensor, rows: Tensor, alpha: float, batch: int) -> None:
         """Observe y on the labelled training examples x (rows ``rows`` of the N training
@@ -215,7 +222,7 @@ class DiscreteVAE(VAE):
 
     def _z_encoded(self, u: Tensor, y: Tensor) -> Tensor:
         """The encoder's output for the encoder's input u and one-hot y (or u alone)."""
-        return self.encoder(with_class(self._flat(u), y) if self.encoder_reads_y else u)
+        return self.encoder(concatenated(self._flat(u), y) if self.encoder_reads_y else u)
 
     def q_z(self, u: Tensor, y: Tensor):
         """q(z|x, y) (or q(z|x)) from the encoder's input u and one-hot y."""
@@ -227,7 +234,7 @@ class DiscreteVAE(VAE):
 
     def _decoded(self, z: Tensor, y: Tensor) -> Tensor:
         """The decoder's output for z (mixture) or z and y (M2)."""
-        return self.decoder(z if self.shape == "mixture" else with_class(z, y))
+        return self.decoder(z if self.shape == "mixture" else concatenated(z, y))
 
     def p_x_given(self, z: Tensor, y: Tensor, x: Optional[Tensor] = None):
         """p(x|z) (mixture) or p(x|y, z) (M2)."""

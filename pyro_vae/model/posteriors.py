@@ -45,10 +45,12 @@ class Posterior(nn.Module):
     def forward(self, h: Tensor) -> dist.Distribution:
         raise NotImplementedError
 
-    def stopped_log_prob(self, h: Tensor, z: Tensor) -> Tensor:
+    def stopped_log_prob(self, h: Tensor, z: Tensor, detach_input: bool = True) -> Tensor:
         """log q(z|h) with h and every parameter of this posterior detached, so that its
         gradient reaches z only: the path derivative of STL (Roeder et al., 2017) and DReG
-        (Tucker et al., 2019).
+        (Tucker et al., 2019). With ``detach_input = False`` h stays live: a layer whose
+        encoder reads another layer's z passes h computed with detached parameters, so the
+        gradient reaches that z as well.
 
         The whole log-density is evaluated inside one ``torch.func.functional_call``: a
         distribution that runs networks inside ``log_prob`` (an IAF's autoregressive
@@ -59,7 +61,7 @@ class Posterior(nn.Module):
         ``inv(z)`` from the cache filled when z was drawn, with the live parameters.
         """
         detached = {f"posterior.{name}": p.detach() for name, p in self.named_parameters()}
-        return torch.func.functional_call(_LogDensity(self), detached, (h.detach(), z.view_as(z)))
+        return torch.func.functional_call(_LogDensity(self), detached, (h.detach() if detach_input else h, z.view_as(z)))
 
     def loc_scale(self, h: Tensor) -> tuple[Tensor, Tensor]:
         """The diagonal Gaussian read off the first 2 * latent_dim encoder outputs."""

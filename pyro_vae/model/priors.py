@@ -218,7 +218,7 @@ class VampPrior(Prior):
 
     def bind(self, vae):
         self._posterior_of = vae.posterior_from_encoder_input  # not a submodule: no double registration
-        self._networks = (vae.encoder, vae.posterior)  # a tuple: not registered as submodules either
+        self._networks = (vae.encoder, vae.posterior, vae.upper)  # a tuple: not registered as submodules either
         self._component_values = 4 * vae.posterior.values_per_draw
         self.bounds = vae.encoder_input_bounds if self.constrained else (None, None)
         self.pseudo_inputs = nn.Parameter(0.05 + 0.01 * torch.randn(self.components, *vae.data_shape))

@@ -42,7 +42,13 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
         return None
     torch.manual_seed(seed)  # the figures' draws
     idata = draws_to_inference_data(posterior, x, labels)
-    discrete = getattr(run.vae, "classes", None)
+    if run.vae.layers > 1:  # one variable per stochastic layer beside the whole vector z
+        start = 0
+        for name, dim in zip(run.vae.site_names, run.vae.layer_dims):
+            layer = idata.posterior["z"].isel(latent=slice(start, start + dim))
+            idata.posterior[name] = layer.rename(latent=f"latent_{name}").assign_coords({f"latent_{name}": np.arange(dim)})
+            start += dim
+    discrete = run.vae.classes
     if discrete:  # q(y|x) per example, beside the draws of z
         class_probs = class_probabilities(run.vae, x)
         idata.posterior["q_y"] = (("obs", "y"), class_probs)
@@ -79,7 +85,7 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
         "khat_max": float(khat.max()),
         "psis_log_likelihood": psis_ll["psis"],
         "is_log_likelihood": psis_ll["is"],
-        **active_unit_summary(moments.mean, moments.mc_variance),
+        **active_unit_summary(moments.mean, moments.mc_variance, run.vae.layer_dims),
         "most_active_dimensions": top,
         "latent_summary": {"examples": examples, "table": summary.reset_index().rename(columns={"index": "variable"}).to_dict("records")},
         "note": "k-hat and PSIS log p(x) diagnose q(z|x) as an importance-sampling proposal per example "

@@ -2,9 +2,9 @@
 
 | ``--out`` | what it holds |
 | --- | --- |
-| ``FILE.npz`` | arrays ``mean``, ``std`` (n, latent), ``samples`` (n, S, latent) with ``--samples S``, ``q_y`` (n, classes) with a categorical latent, ``labels`` and ``label_names`` when the data have them, ``index`` (each example's row in its source array) and ``split`` |
+| ``FILE.npz`` | arrays ``mean``, ``std`` (n, latent), ``samples`` (n, S, latent) with ``--samples S``, ``q_y`` (n, classes) with a categorical latent, ``layer_dims`` (the sizes of z_1 ... z_L in the latent vector) with stacked layers, ``labels`` and ``label_names`` when the data have them, ``index`` (each example's row in its source array) and ``split`` |
 | ``FILE.csv`` | one row per example: index, split, label, mean_0.., std_0.., q_y_0.. (with a categorical latent) |
-| ``FILE.h5ad`` | for ``.h5ad`` input: a copy of the input with ``obsm["X_pyro_vae"]`` (means), ``obsm["X_pyro_vae_std"]`` and ``obsm["X_pyro_vae_q_y"]`` (rows of cells not encoded are NaN); the input is never written |
+| ``FILE.h5ad`` | for ``.h5ad`` input: a copy of the input with ``obsm["X_pyro_vae"]`` (means), ``obsm["X_pyro_vae_std"]`` and ``obsm["X_pyro_vae_q_y"]``, with stacked layers also ``obsm["X_pyro_vae_z1"]``, ``obsm["X_pyro_vae_z1_std"]``, ... per layer (rows of cells not encoded are NaN); the input is never written |
 
 Every file is written to a temporary name and renamed, so an interrupted encode leaves
 nothing half-written.
@@ -73,6 +73,8 @@ def encode_run(path, out, data: Optional[str] = None, split: str = "all", sample
     for key in ("samples", "q_y"):
         if key in parts[0][2]:
             result[key] = np.concatenate([c[key] for _, _, c in parts])
+    if run.vae.layers > 1:  # the latent vector is (z_1, ..., z_L): each layer's size
+        result["layer_dims"] = np.array(run.vae.layer_dims)
     if all(e.labels is not None for _, e, _ in parts):
         result["labels"] = np.concatenate([e.labels.cpu().numpy() for _, e, _ in parts])
         if parts[0][1].label_names:
@@ -119,6 +121,11 @@ def _write_h5ad(out: Path, result: dict, source: Path) -> None:
         array = np.full((n_obs, result[key].shape[1]), np.nan, dtype=np.float32)
         array[result["index"]] = result[key]
         full[name] = array
+    if "layer_dims" in result:  # one key per stochastic layer too: X_pyro_vae_z1, X_pyro_vae_z1_std, ...
+        bounds = np.cumsum([0, *result["layer_dims"]])
+        for i, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
+            full[f"X_pyro_vae_z{i + 1}"] = full["X_pyro_vae"][:, start:stop]
+            full[f"X_pyro_vae_z{i + 1}_std"] = full["X_pyro_vae_std"][:, start:stop]
     if "samples" in result:
         array = np.full((n_obs, *result["samples"].shape[1:]), np.nan, dtype=np.float32)
         array[result["index"]] = result["samples"]

@@ -100,7 +100,7 @@ def evaluate_run(path, data=None, split="valid", num_samples=5000, limit=None, s
     result = importance_sample_sharded(run.vae, examples.x, num_samples, budget, seed, group)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    summary = summarize(result, num_samples)
+    summary = summarize(result, num_samples, run.vae.layer_dims)
     summary.update(split=split, data=examples.source, seconds=time.perf_counter() - started, device=str(device),
                    seed=seed, processes=group.world_size, limit=limit)
     if result.class_probs is not None and examples.labels is not None:

@@ -1,0 +1,49 @@
+"""One-layer configurations trained in process, for the bit-identity test against runs of
+the code before stacked layers existed (tests/data/one_layer_reference.json, recorded at
+commit 939f783 with the same functions)."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pyro_vae.data import load_data
+from pyro_vae.infer.train import Trainer
+from pyro_vae.model import build_vae
+from pyro_vae.model.likelihoods import LIKELIHOODS
+from pyro_vae.spec import Spec
+
+SMALL = {"kind": "mlp", "hidden": [16]}
+CONFIGS = {
+    "standard-trace_elbo": ({}, {"kind": "trace_elbo"}, False),
+    "vamp-iwae": ({"prior": {"kind": "vamp", "components": 5}}, {"kind": "iwae", "k": 3}, False),
+    "iaf-mean_field": ({"posterior": {"kind": "iaf"}}, {"kind": "trace_mean_field"}, False),
+    "lowrank-dreg-compiled": ({"posterior": {"kind": "low_rank_normal"}}, {"kind": "iwae_dreg", "k": 3}, "graph"),
+    "mixture-stl": ({"prior": {"kind": "mixture", "components": 3}}, {"kind": "stl", "k": 2}, False),
+    "gmvae-enum": ({"discrete": {"classes": 3, "classifier": SMALL}}, {"kind": "trace_enum"}, False),
+}
+
+
+def write_data(folder) -> Path:
+    from sklearn.datasets import load_digits
+
+    path = Path(folder) / "unit.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, train=load_digits().data[:300] / 16)
+    return path
+
+
+def train_config(name: str, folder) -> tuple[list[float], dict]:
+    """(per-epoch train ELBO, final state dict) of configuration ``name`` from seed 0."""
+    model, estimator, compile = CONFIGS[name]
+    spec = Spec.from_dict({
+        "model": {"latent_dim": 3, "encoder": SMALL, "decoder": SMALL, **model},
+        "inference": {"estimator": estimator, "schedule": {"epochs": 3, "batch_size": 50, "compile": compile}},
+        "data": {"path": str(write_data(folder))},
+    })
+    torch.manual_seed(0)
+    data = load_data(spec.data, seed=0, likelihood=LIKELIHOODS.resolve(spec.model.likelihood["kind"]))
+    vae = build_vae(spec.model, data.data_shape, num_data=len(data.splits["train"]))
+    trainer = Trainer(vae, data, spec.inference, progress=False, log=lambda line: None)
+    state = trainer.fit()
+    return [row["train_elbo"] for row in state.history], vae.state_dict()
