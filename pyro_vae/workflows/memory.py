@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from ..data.preparation import available_memory
+from ..data.checks import available_memory
 from ..errors import UserError
 
 FLOAT = 4  # bytes of a float32
