@@ -17,7 +17,7 @@ import torch
 from helpers import assert_one_line_error, run_cli
 from pyro_vae.errors import RunError
 from pyro_vae.files import atomic_write
-from pyro_vae.runs import load_checkpoint, load_run
+from pyro_vae.runs import load_checkpoint, load_run, record_outputs, sha256_file
 
 TESTS = Path(__file__).parent
 LONG = ["--set", "inference.schedule.epochs=12", "--set", "inference.schedule.batch_size=16",
@@ -182,7 +182,7 @@ def test_a_nan_stops_training_naming_epoch_and_step_and_keeps_the_last_good_chec
     assert [row["epoch"] for row in metrics_without_timing(out)] == ["1", "2"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "diverged" and "epoch 3, step 9" in summary["message"]
-    assert all(torch.isfinite(t).all() for t in load_run(out).vae.state_dict().values())
+    assert all(torch.isfinite(t).all() for t in load_run(out, trust_code=True).vae.state_dict().values())
 
 
 def test_gradient_clipping_bounds_the_step():
@@ -214,6 +214,7 @@ def test_a_planted_pickle_is_refused_and_runs_nothing(digits_run, tmp_path):
             return (os.system, (f"touch {marker}",))
 
     torch.save({"format": 1, "weights": Payload(), "data_shape": [64], "num_data": 1}, run / "checkpoint.pt")
+    record_outputs(run, [], checkpoint_sha256=sha256_file(run / "checkpoint.pt"))  # its sender rewrote the hash too
     before = (run / "checkpoint.pt").read_bytes()
     code, _, stderr = run_cli("evaluate", run, "--samples", "5")
     assert_one_line_error(code, stderr, "refused to load", "only load checkpoints written by pyro-vae")
@@ -229,8 +230,11 @@ def test_truncated_checkpoint_missing_files_and_misnamed_data(digits_run, tmp_pa
     (run / "checkpoint.pt").write_bytes(data[: len(data) // 2])
     for args in (("evaluate", run, "--samples", "5"), ("analyze", run, "--samples", "5"), ("sample", run)):
         code, _, stderr = run_cli(*args)
-        assert_one_line_error(code, stderr, "corrupt or truncated checkpoint")
+        assert_one_line_error(code, stderr, "corrupt: its SHA-256 is not the one recorded")
     assert (run / "checkpoint.pt").read_bytes() == data[: len(data) // 2]  # nothing overwritten
+    (run / "manifest.json").unlink()  # a run from before manifests: torch's reader still refuses it
+    code, _, stderr = run_cli("evaluate", run, "--samples", "5")
+    assert_one_line_error(code, stderr, "corrupt or truncated checkpoint")
     (run / "spec.toml").unlink()
     code, _, stderr = run_cli("evaluate", run)
     assert_one_line_error(code, stderr, "spec.toml: missing")
@@ -269,6 +273,7 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path):
     checkpoint["training"]["state"]["epoch"] = 1
     checkpoint["training"]["state"]["history"] = checkpoint["training"]["state"]["history"][:1]
     torch.save(checkpoint, out / "checkpoint.pt")
+    record_outputs(out, [], checkpoint_sha256=sha256_file(out / "checkpoint.pt"))
     before = (out / "checkpoint.pt").read_bytes()
     limit = len(before) - 1000
 

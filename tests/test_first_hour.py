@@ -16,7 +16,7 @@ from helpers import QUICK, ROOT, assert_one_line_error, run_cli, write_npz
 from pyro_vae import load_run
 from pyro_vae.cli import main
 from pyro_vae.errors import DataError, RunError
-from pyro_vae.runs import LOCK, RunLock, claim_output_dir, load_checkpoint
+from pyro_vae.runs import LOCK, RunLock, claim_output_dir, load_checkpoint, record_outputs
 from pyro_vae.spec import load_spec
 
 
@@ -61,8 +61,9 @@ def test_a_class_in_the_wrong_slot_is_one_line(capsys):
     one_line_exit_2(capsys, ["train", "--check", "--set",
                              "model.prior.kind=pyro_vae.model.likelihoods:BernoulliLikelihood"],
                     "model.prior.kind", "is a BernoulliLikelihood", "not a prior", "pyro_vae.model.priors.Prior")
+    # a function is refused before it is called: an import path names a class
     one_line_exit_2(capsys, ["train", "--check", "--set", "inference.estimator.kind=pyro_vae.infer.optim:adam"],
-                    "cannot be built as an estimator")
+                    "is a function, not a class", "pyro.infer.elbo.ELBO")
 
 
 def test_command_line_and_git_commit_are_recorded(digits_run, tmp_path):
@@ -129,17 +130,25 @@ def test_a_stale_lock_is_taken_over_with_a_message(tmp_path):
 
 def test_force_clears_what_an_earlier_comparison_wrote_and_nothing_else(tmp_path):
     out = tmp_path / "cmp"
+    claim_output_dir(out, force=False, kind="comparison").release()
     (out / "runs" / "old_estimator-seed9").mkdir(parents=True)
-    for name in ("comparison.csv", "comparison.json", "comparison_snr.png", "notes.txt"):
+    (out / "runs" / "theirs").mkdir()
+    for name in ("comparison.csv", "comparison.json", "comparison_snr.png", "notes.txt", "runs/theirs/spec.toml"):
         (out / name).write_text("x")
-    kwargs = dict(files=("comparison.csv", "comparison.json"), folders=("runs",), patterns=("comparison_*.png",),
-                  resumable=False)
+    claim_output_dir(out / "runs" / "old_estimator-seed9", force=False).release()
+    (out / "runs" / "old_estimator-seed9" / "spec.toml").write_text("x")
+    record_outputs(out / "runs" / "old_estimator-seed9", [out / "runs" / "old_estimator-seed9" / "spec.toml"])
+    record_outputs(out, [out / "comparison.csv", out / "comparison.json", out / "comparison_snr.png"],
+                   runs=["runs/old_estimator-seed9"])
     with pytest.raises(RunError) as refused:
-        claim_output_dir(out, force=False, **kwargs)
+        claim_output_dir(out, force=False, kind="comparison", resumable=False)
     message = refused.value.for_command_line()
     assert "--resume" not in message and "--force" in message
-    claim_output_dir(out, force=True, **kwargs).release()
-    assert sorted(p.name for p in out.iterdir()) == [LOCK, "notes.txt"]
+    said = []
+    claim_output_dir(out, force=True, kind="comparison", resumable=False, log=said.append).release()
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        LOCK, "manifest.json", "notes.txt", "runs/theirs/spec.toml"]
+    assert said == [f"{out}: kept 2 file(s) that pyro-vae did not write there: notes.txt, runs/theirs/spec.toml"]
 
 
 def _weights(run):
@@ -233,11 +242,14 @@ def test_a_component_beside_the_spec_is_imported_from_the_working_directory(tmp_
     run = tmp_path / "run"
     assert main(["train", "--out", str(run), "--set", f"model.prior.kind={kind}", "--set", "model.latent_dim=4",
                  "--set", "inference.schedule.epochs=1", "--quiet"]) == 0
-    assert load_run(run).spec.model.prior["kind"] == kind  # the spec records the reference
-    assert main(["evaluate", str(run), "--samples", "20", "--limit", "30"]) == 0
+    assert load_run(run, trust_code=True).spec.model.prior["kind"] == kind  # the spec records the reference
+    # a run's spec.toml may come from someone else: its modules are imported only with --trust-code
+    assert main(["evaluate", str(run), "--samples", "20", "--limit", "30"]) == 2
+    assert f"would import and run module '{package}.parts'" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--samples", "20", "--limit", "30", "--trust-code"]) == 0
     assert "active units" in (out := capsys.readouterr().out) and " of 4" in out and "?" not in out
-    assert main(["train", "--resume", str(run), "--set", "inference.schedule.epochs=2", "--quiet"]) == 0
-    assert main(["analyze", str(run), "--samples", "20", "--limit", "20", "--draws", "10"]) == 0
+    assert main(["train", "--resume", str(run), "--set", "inference.schedule.epochs=2", "--quiet", "--trust-code"]) == 0
+    assert main(["analyze", str(run), "--samples", "20", "--limit", "20", "--draws", "10", "--trust-code"]) == 0
     assert (run / "analysis" / "report.md").exists()
 
 

@@ -16,9 +16,9 @@ from ..analysis.figures import Look, elbo_curves, image_panel, reconstruction_pa
 from ..analysis.inference_data import (arviz, draws_to_inference_data, khat_advice, khat_bands, posterior_draws_sharded,
                                        quiet_arviz)
 from ..analysis.plots import example_posteriors, gaussian_moments, interpolation, khat_plot, latent_space, traversals
-from ..files import atomic_path, atomic_write_json, atomic_write_text
+from ..files import atomic_path, atomic_write_json, atomic_write_text, check_room, output_folder
 from ..infer.train import resolve_device
-from ..runs import load_run
+from ..runs import load_run, record_outputs
 from .evaluate import heldout
 
 FOLDER = "analysis"
@@ -54,8 +54,9 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
         class_probs = class_probabilities(run.vae, x)
         idata.posterior["q_y"] = (("obs", "y"), class_probs)
         idata.posterior = idata.posterior.assign_coords(y=np.arange(discrete))
-    folder = Path(path) / FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = output_folder(Path(path) / FOLDER)
+    # uncompressed size and a margin for HDF5's own structures
+    check_room(folder / "posterior.nc", sum(idata[group].nbytes for group in idata.groups()) + 2**20)
     with atomic_path(folder / "posterior.nc") as tmp:
         idata.to_netcdf(str(tmp), engine="h5netcdf")
 
@@ -126,6 +127,7 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
     figures["traversals"] = traversals(folder / "traversals.png", vae, means_t.mean(0), top,
                                        torch.as_tensor(spread, device=x.device, dtype=x.dtype).clamp_min(1e-3), look)
     atomic_write_text(folder / "report.md", _report(run, diagnostics, figures, folder, (a, b)))
+    record_outputs(path, [folder / "posterior.nc", folder / "diagnostics.json", folder / "report.md", *figures.values()])
     return {"diagnostics": diagnostics, "figures": figures, "folder": folder}
 
 
@@ -176,6 +178,11 @@ def _fmt(entry) -> str:
     return f"{entry['mean']:.3f} +- {entry['se']:.3f}" if entry else "n/a"
 
 
+def _number(value) -> float:
+    """A number read from summary.json, NaN when it is not one (a file edited by hand)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
+
+
 def _report(run, diagnostics: dict, figures: dict, folder: Path, pair) -> str:
     s = run.summary
     spec = run.spec
@@ -186,7 +193,7 @@ def _report(run, diagnostics: dict, figures: dict, folder: Path, pair) -> str:
                   f"{spec.model.posterior['kind']}, networks {spec.model.encoder['kind']}/{spec.model.decoder['kind']}, "
                   f"latent_dim {spec.model.latent_dim}"),
         ("estimator", f"{spec.inference.estimator['kind']}, {s.get('epochs', '?')} epochs on {s.get('device', '?')}"),
-        ("best validation ELBO (training)", f"{s.get('best_val_elbo', float('nan')):.3f} at epoch {s.get('best_epoch', '?')}"),
+        ("best validation ELBO (training)", f"{_number(s.get('best_val_elbo')):.3f} at epoch {s.get('best_epoch', '?')}"),
         (f"log p(x), importance sampling, S = {diagnostics['samples']}", _fmt(diagnostics["is_log_likelihood"])),
         ("log p(x), PSIS", _fmt(diagnostics["psis_log_likelihood"])),
         ("k-hat < 0.5 (good)", f"{bands['good']['share']:.1%} ({bands['good']['count']})"),

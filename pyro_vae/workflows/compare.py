@@ -56,11 +56,13 @@ from ..files import atomic_write_json, atomic_write_text, read_csv, write_csv
 from ..infer.evaluate import describe_active_units, standard_error
 from ..infer.gradients import SNRProbe, snr_against_k
 from ..infer.train import resolve_device
-from ..runs import CHECKPOINT, METRICS, SUMMARY, RunLock, claim_output_dir, load_run
+from ..runs import CHECKPOINT, METRICS, SUMMARY, RunLock, claim_output_dir, load_run, record_outputs
 from ..spec import DEFAULT_DATA, DEFAULT_INFERENCE, DEFAULT_MODEL, load_spec
-from ..tracking import MLFLOW_ARTIFACTS, MLFLOW_STORE
+from ..registry import kinds_in, trusting_code
+from ..tracking import MLFLOW_STORE, tracking_outputs
 from .cells import Axis, Cell, estimator_axis, parse_axis, parse_table, plan_cells
 from .evaluate import evaluate_run, run_dataset
+from .memory import check_runs
 from .train import resume, train
 
 METRIC_COLUMNS = [
@@ -89,8 +91,6 @@ METRIC_COLUMNS = [
 CLASSIFICATION_SCORES = ("accuracy", "cluster_accuracy", "nmi")
 DISCRETE_FIGURES = ("snr_classifier", *CLASSIFICATION_SCORES)  # only a model with a discrete latent has them
 PLAN, DONE, SNR_POINTS = "comparison_plan.json", "comparison_done.json", "snr_points.json"
-OUTPUTS = dict(files=("comparison.csv", "comparison.json", "comparison.md", PLAN, MLFLOW_STORE),
-               folders=("runs", MLFLOW_ARTIFACTS), patterns=("comparison_*.png",))
 SNR_AXES = ("inference.estimator", "model.posterior")  # gradient SNR is measured where one of these varies
 
 
@@ -141,6 +141,7 @@ def compare(
         if base.tracking["experiment"] == "pyro-vae":
             base.tracking["experiment"] = out.resolve().name
     cells = plan_cells(base, axes, zip_axes)
+    check_runs(len(cells), seeds, limit)
     labels = [cell.label for cell in cells]
     reference = reference or labels[0]
     if reference not in labels:
@@ -156,21 +157,26 @@ def compare(
     }
     plan = {"settings": settings, "specs": {cell.label: cell.spec.to_toml() for cell in cells}}
     lock = _claim(out, plan, force, log)
+    # the cells' kinds were given here (--vary) or checked when the base spec was read: its runs are read back with them
+    trusted = [kind for cell in cells for _, kind in kinds_in(cell.spec.to_dict())]
     try:
-        runs = [(cell, seed) for seed in range(seeds) for cell in cells]
-        log(f"compare: {len(cells)} cell(s) x {seeds} seed(s) = {len(runs)} runs of "
-            f"{base.inference.schedule.epochs} epochs, each then evaluated with K = {samples} on "
-            f"{f'up to {limit}' if limit else 'all'} {split} examples" + (f", and gradient SNR measured 3 times with {snr_repeats} "
-                                                              "estimates" if snr else "") + f" -> {out}")
-        timer = _Timer(len(runs), log)
-        for number, (cell, seed) in enumerate(runs, 1):
-            _run_cell(cell, seed, out, settings, timer, number, progress, log)
-        report = _report(cells, axes, settings, reference, out, log)
-        write_csv(out / "comparison.csv", report["rows"], columns(axes))
-        atomic_write_json(out / "comparison.json", report)
-        atomic_write_text(out / "comparison.md", comparison_markdown(report))
-        comparison_figures(out, report)
-        return report
+        with trusting_code(kinds=trusted):
+            runs = [(cell, seed) for seed in range(seeds) for cell in cells]
+            log(f"compare: {len(cells)} cell(s) x {seeds} seed(s) = {len(runs)} runs of "
+                f"{base.inference.schedule.epochs} epochs, each then evaluated with K = {samples} on "
+                f"{f'up to {limit}' if limit else 'all'} {split} examples" + (f", and gradient SNR measured 3 times with {snr_repeats} "
+                                                                  "estimates" if snr else "") + f" -> {out}")
+            timer = _Timer(len(runs), log)
+            for number, (cell, seed) in enumerate(runs, 1):
+                _run_cell(cell, seed, out, settings, timer, number, progress, log)
+            report = _report(cells, axes, settings, reference, out, log)
+            write_csv(out / "comparison.csv", report["rows"], columns(axes))
+            atomic_write_json(out / "comparison.json", report)
+            atomic_write_text(out / "comparison.md", comparison_markdown(report))
+            comparison_figures(out, report)
+            record_outputs(out, [out / "comparison.csv", out / "comparison.json", out / "comparison.md",
+                                 *out.glob("comparison_*.png"), *tracking_outputs(out)])
+            return report
     finally:
         lock.release()
 
@@ -192,8 +198,9 @@ def _claim(out: Path, plan: dict, force: bool, log) -> RunLock:
         lock.release()
         raise RunError(f"{{out}} {out}: holds a comparison with other cells or settings; run it with the same ones to "
                        "continue it, pass {force} to replace it, or choose another {out}")
-    lock = claim_output_dir(out, force=force, log=log, resumable=False, **OUTPUTS)
+    lock = claim_output_dir(out, force=force, log=log, kind="comparison", resumable=False)
     atomic_write_json(out / PLAN, plan)
+    record_outputs(out, [out / PLAN])
     return lock
 
 
@@ -235,6 +242,7 @@ class _SavedProbe(SNRProbe):
             return
         super().measure(trainer)
         atomic_write_json(self.path, self.points)
+        record_outputs(self.path.parent, [self.path])
 
 
 def _run_dir(out: Path, label: str, seed: int) -> Path:
@@ -260,9 +268,10 @@ def _run_cell(cell: Cell, seed: int, out: Path, settings: dict, timer: _Timer, n
         log(f"{name}: trained before, evaluating")
     elif status == "started":
         log(f"{name}: resuming its training from {run_dir}")
-        resume(run_dir, **quiet, **hooks)
+        resume(run_dir, **quiet, **hooks, tracking=_destination(spec.tracking))
     else:
         log(f"{name}: training -> {run_dir}")
+        record_outputs(out, [], runs=[run_dir.relative_to(out).as_posix()])
         train(spec, run_dir, force=True, **quiet, **hooks)
     trained = time.perf_counter()
     log(f"{name}: evaluating log p(x) with K = {settings['samples']}")
@@ -270,8 +279,14 @@ def _run_cell(cell: Cell, seed: int, out: Path, settings: dict, timer: _Timer, n
                                  limit=settings["limit"], seed=0, device=spec.inference.schedule.device)
     train_seconds, evaluate_seconds = trained - started, time.perf_counter() - trained
     atomic_write_json(run_dir / DONE, {"train_seconds": train_seconds, "evaluate_seconds": evaluate_seconds})
+    record_outputs(run_dir, [run_dir / DONE])
     timer.done(number, f"{name}: log p(x) {summary['log_likelihood']:.3f} (trained in {_duration(train_seconds)}, "
                        f"evaluated in {_duration(evaluate_seconds)})", train_seconds + evaluate_seconds)
+
+
+def _destination(tracking) -> dict:
+    """The comparison's own tracking destination, given again to a resumed run of it."""
+    return {key: value for key, value in (tracking or {}).items() if key in ("uri", "log_dir") and value is not None}
 
 
 def _status(run_dir: Path) -> str:
