@@ -389,3 +389,24 @@ def test_set_and_vary_reach_into_a_layer_by_its_index():
             load_spec(model="hvae" if "3" in override else "bernoulli_mlp", overrides=[override])
     axis = parse_axis('model.upper_layers=[],[{latent_dim=4}]')  # the number of layers as an axis of compare
     assert axis.values == ("[]", "[{latent_dim=4}]")
+
+
+def test_encode_annotates_an_h5ad_without_obs(tmp_path):
+    """An .h5ad without obs loads (data/readers.py reads obs only for labels or a split
+    column); encode's annotated copy takes its rows from X then."""
+    anndata = pytest.importorskip("anndata")
+    import h5py
+
+    x = (np.random.default_rng(0).random((40, 6)) > 0.5).astype(np.float32)
+    path = tmp_path / "cells.h5ad"
+    anndata.AnnData(X=x).write_h5ad(path)
+    with h5py.File(path, "r+") as f:
+        del f["obs"]
+    run = tmp_path / "run"
+    code, _, err = run_cli("train", "--model", "bernoulli_mlp", "--data", path, "--out", run, "--set", "inference.schedule.epochs=1",
+                           "--quiet")
+    assert code == 0, err
+    code, _, err = run_cli("encode", run, "--out", tmp_path / "codes.h5ad")
+    assert code == 0, err
+    with h5py.File(tmp_path / "codes.h5ad", "r") as f:
+        assert f["obsm"]["X_pyro_vae"].shape == (40, 16)

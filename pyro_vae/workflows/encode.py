@@ -112,8 +112,11 @@ def _write_h5ad(out: Path, result: dict, source: Path) -> None:
     import anndata.io
     import h5py
 
-    with h5py.File(source, "r") as f:
-        n_obs = len(anndata.io.read_elem(f["obs"]))
+    with h5py.File(source, "r") as f:  # the rows: obs's, or X's where the file has no obs (it loads without one)
+        if "obs" in f:
+            n_obs = len(anndata.io.read_elem(f["obs"]))
+        else:
+            n_obs = int(f["X"].attrs["shape"][0]) if "shape" in f["X"].attrs else f["X"].shape[0]
     full = {}
     for key, name in (("mean", "X_pyro_vae"), ("std", "X_pyro_vae_std"), ("q_y", "X_pyro_vae_q_y")):
         if key not in result:
