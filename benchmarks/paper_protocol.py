@@ -64,12 +64,12 @@ VARIANTS = {  # name: spec overrides
 PUBLISHED = {"standard": -88.56, "vamp": -85.57, "hvae_vamp": -83.19}  # test log p(x), Tomczak & Welling (2018), Table 2
 
 
-def variant_spec(name: str, epochs: int, device: str, seed: int = 0):
+def variant_spec(name: str, epochs: int, device: str, seed: int = 0, warmup: int = WARMUP):
     return load_spec(model="vampprior", data=str(DATA), overrides=[
         *VARIANTS[name], "model.latent_dim=40", "model.likelihood.kind=bernoulli",
         "model.encoder.kind=gated_mlp", "model.encoder.hidden=[300,300]",
         "model.decoder.kind=gated_mlp", "model.decoder.hidden=[300,300]", f"inference.optimizer.lr={LR}",
-        f"inference.schedule.batch_size={BATCH}", f"inference.schedule.kl_warmup_epochs={WARMUP}",
+        f"inference.schedule.batch_size={BATCH}", f"inference.schedule.kl_warmup_epochs={warmup}",
         f"inference.schedule.patience={PATIENCE}", f"inference.schedule.epochs={min(epochs, MAX_EPOCHS)}",
         f"inference.schedule.device={device}", f"inference.schedule.seed={seed}",
         # all 50,000 training images, as the paper and the plain reference train on (the
@@ -126,7 +126,7 @@ class PlainVAE(nn.Module):
         return torch.logsumexp(torch.cat(parts), 0) - math.log(samples)
 
 
-def train_plain(train_x, valid_x, epochs, seed=0) -> tuple[PlainVAE, dict]:
+def train_plain(train_x, valid_x, epochs, seed=0, warmup=WARMUP) -> tuple[PlainVAE, dict]:
     torch.manual_seed(seed)
     model = PlainVAE()
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
@@ -137,7 +137,7 @@ def train_plain(train_x, valid_x, epochs, seed=0) -> tuple[PlainVAE, dict]:
         model.train()
         order = torch.randperm(n, generator=generator)
         for i in range(steps):
-            beta = min(1.0, (step + 1) / (WARMUP * steps))
+            beta = min(1.0, (step + 1) / (warmup * steps))
             loss = -model.elbo(train_x[order[i * BATCH : (i + 1) * BATCH]], beta).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -148,7 +148,7 @@ def train_plain(train_x, valid_x, epochs, seed=0) -> tuple[PlainVAE, dict]:
         if val > best:
             best, best_epoch, bad = val, epoch, 0
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
-        elif epoch > WARMUP:
+        elif epoch > warmup:
             bad += 1
             if bad >= PATIENCE:
                 break
@@ -166,6 +166,7 @@ def main(argv=None) -> int:
         parser.add_argument("--no-plain", action="store_true", help="skip the plain-PyTorch reference")
         parser.add_argument("--out", default="runs/paper")
         parser.add_argument("--seed", type=int, default=0, help="the seed of every variant's and the reference's training")
+        parser.add_argument("--warmup", type=int, default=WARMUP, help="epochs of the linear KL warm-up (the paper's: 100)")
 
     args = parse_arguments(__doc__, argv, add)
     if args is None:
@@ -178,7 +179,7 @@ def main(argv=None) -> int:
     rows = []
     for name in chosen:
         started = time.perf_counter()
-        trainer = train(variant_spec(name, args.epochs, args.device, args.seed), out / name, force=True, progress=False,
+        trainer = train(variant_spec(name, args.epochs, args.device, args.seed, args.warmup), out / name, force=True, progress=False,
                         log=lambda _: None)
         state = trainer.state
         summary, (_, npz), _ = evaluate_run(out / name, num_samples=args.samples, limit=args.limit, device=args.device)
@@ -192,7 +193,7 @@ def main(argv=None) -> int:
         train_x = torch.as_tensor(arrays["train"], dtype=torch.float32)
         valid_x = torch.as_tensor(arrays["valid"], dtype=torch.float32)
         index = np.load(npz)["index"]  # the validation images the library's runs were evaluated on
-        model, fit = train_plain(train_x, valid_x, args.epochs, args.seed)
+        model, fit = train_plain(train_x, valid_x, args.epochs, args.seed, args.warmup)
         model.eval()
         torch.manual_seed(0)
         log_px = torch.cat([model.log_likelihood(x, args.samples) for x in valid_x[index].split(100)])

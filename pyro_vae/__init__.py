@@ -6,6 +6,7 @@ from a declarative spec; training maximizes the ELBO with ``SVI``.
 
 from .errors import DataError, RunError, SpecError, UserError
 from .model import VAE, build_vae
+from .registry import trusting_code
 from .runs import Run, load_run
 from .spec import Spec, load_spec
 
@@ -22,4 +23,5 @@ __all__ = [
     "build_vae",
     "load_run",
     "load_spec",
+    "trusting_code",
 ]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import math
 import os
 import sys
 import time
@@ -19,16 +18,19 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__, distributed, stops
+from .analysis.comparison_table import comparison_text
+from .analysis.inference_data import khat_advice
 from .errors import Interrupted, Stopped, TrainingDiverged, UserError
 from .infer.evaluate import describe_active_units
 from .spec import DEFAULT_DATA, DEFAULT_INFERENCE, DEFAULT_MODEL, SLOTS, Spec, load_spec, parse_override, shipped, spec_summary
+from .registry import trusting_code
 from .tracking import TRACKERS
 from .workflows.analyze import analyze_run
 from .workflows.compare import compare
 from .workflows.encode import encode_run
 from .workflows.evaluate import evaluate_run
 from .workflows.sample import sample_run
-from .workflows.train import EXTENDABLE, check, resume, saved_weights, train
+from .workflows.train import CONFIRMABLE, EXTENDABLE, check, resume, saved_weights, train
 
 EXIT_USAGE, EXIT_DIVERGED, EXIT_PEER_FAILED = 2, 3, 4
 
@@ -76,6 +78,13 @@ def _spec_arguments(p: argparse.ArgumentParser, spec_file: bool = False) -> None
                    "the same as --set tracking.kind=KIND; needs pip install 'pyro-vae[KIND]'")
 
 
+def _trust_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-code", action="store_true",
+                   help="import the modules that a spec file or a run's spec.toml names as kinds "
+                   "(package.module:Name); without it such a kind is refused, unless given with --set. "
+                   "Pass it only for specs and runs whose author you trust: importing a module runs its code")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pyro-vae", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -93,13 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "with a fresh optimizer")
     p.add_argument("--check", action="store_true", help="validate the spec, the data and the model, print the resolved spec, and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    _trust_argument(p)
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("sample", help="decode samples from the prior of a trained run",
                        description="Draw z ~ p(z), decode E[x|z], and write RUN/samples/samples.png and samples.npz.")
     p.add_argument("run", metavar="RUN", help="a run directory written by pyro-vae train")
     p.add_argument("--n", type=_positive, default=64, help="how many samples (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default: %(default)s)")
+    _trust_argument(p)
     p.set_defaults(handler=cmd_sample)
 
     p = sub.add_parser("specs", help="list shipped specs and every registered kind",
@@ -110,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Estimate log p(x) by importance sampling with q(z|x) (K samples per example), with the "
                        "ELBO, KL, reconstruction and active units; writes RUN/evaluation/<split>.json and <split>.npz.")
     _heldout_arguments(p, samples=5000)
+    _trust_argument(p)
     p.set_defaults(handler=cmd_evaluate)
 
     p = sub.add_parser("compare", help="train and compare model variants or estimators on equal terms",
@@ -146,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive, default=2000, metavar="N", help="a random subset of N held-out examples, the same for all (default: %(default)s)")
     p.add_argument("--snr-repeats", type=_positive, default=50, metavar="M", help="gradient estimates per SNR measurement (default: %(default)s)")
     p.add_argument("--snr-k", default="1,5,20", metavar="K,K,...", help="K values for SNR against K, where the estimator varies (default: %(default)s; empty: skip)")
+    _trust_argument(p)
     p.set_defaults(handler=cmd_compare)
     p = sub.add_parser("encode", help="write a run's latent codes of its data, or of other data",
                        description="For every example: the posterior mean and sd of q(z|x) (Monte Carlo for posteriors "
@@ -159,8 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=_nonnegative, default=0, metavar="S", help="draws of z per example to write too (default: %(default)s)")
     p.add_argument("--out", required=True, metavar="FILE", help="FILE.npz, FILE.csv or FILE.h5ad")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
-    p.add_argument("--seed", type=int, default=0, help="random seed for the draws (default: %(default)s)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed for the draws (default: %(default)s)")
     p.add_argument("--device", default="auto", metavar="DEVICE", help="auto (CUDA when available), cpu, cuda, cuda:N, ... (default: %(default)s)")
+    _trust_argument(p)
     p.set_defaults(handler=cmd_encode)
 
     p = sub.add_parser("analyze", help="ArviZ analysis of a run: PSIS diagnostics, figures, report",
@@ -168,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "with PSIS k-hat, and write RUN/analysis/: posterior.nc, diagnostics.json, figures and report.md.")
     _heldout_arguments(p, samples=1000, limit=1000)
     p.add_argument("--draws", type=_positive, default=200, help="draws per example stored in posterior.nc (default: %(default)s)")
+    _trust_argument(p)
     p.set_defaults(handler=cmd_analyze)
     return parser
 
@@ -178,24 +193,25 @@ def _heldout_arguments(p: argparse.ArgumentParser, samples: int, limit: int | No
     p.add_argument("--split", default="valid", choices=["valid", "test", "train"], help="which split (default: %(default)s)")
     p.add_argument("--samples", type=_positive, default=samples, metavar="K", help="importance samples per example (default: %(default)s)")
     p.add_argument("--limit", type=_positive, default=limit, metavar="N", help="a random subset of N examples (default: all)" if limit is None else "a random subset of N examples (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed for the samples and the subset (default: %(default)s)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed for the samples and the subset (default: %(default)s)")
     p.add_argument("--device", default="auto", metavar="DEVICE", help="auto (CUDA when available), cpu, cuda, cuda:N, ... (default: %(default)s)")
 
 
-def _whole_number(minimum: int, wanted: str):
-    """An argparse type: a whole number >= ``minimum`` (``wanted`` says which in the error)."""
+def _whole_number(minimum: int, wanted: str, maximum: int | None = None):
+    """An argparse type: a whole number in ``minimum``..``maximum`` (``wanted`` says which in the error)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
-        if value < minimum:
+        if value < minimum or (maximum is not None and value > maximum):
             raise argparse.ArgumentTypeError(f"expected {wanted}, got {value}")
         return value
     return parse
 
 
 _positive = _whole_number(1, "a positive whole number")
+_seed = _whole_number(0, f"a seed 0..{2**63 - 1}", 2**63 - 1)
 _nonnegative = _whole_number(0, "a whole number >= 0")
 
 
@@ -214,7 +230,13 @@ def _tell(text: str) -> None:
 # --- commands ------------------------------------------------------------------------
 
 
+def _nonempty_out(args) -> None:
+    if getattr(args, "out", None) == "":
+        raise_usage("--out is empty; give a path")
+
+
 def cmd_train(args) -> int:
+    _nonempty_out(args)
     if args.resume:
         given = [flag for flag, value in (("--spec", args.spec), ("--out", args.out), ("--init", args.init),
                                           ("--model", args.model), ("--inference", args.inference),
@@ -223,7 +245,7 @@ def cmd_train(args) -> int:
         if given:
             raise_usage(f"--resume continues RUN with its own spec.toml; drop {', '.join(given)}")
         trainer = resume(args.resume, progress=False if args.quiet else None, log=_quiet_log(args),
-                         epochs=_extension(args.overrides))
+                         epochs=_extension(args.overrides), tracking=_tracking_destinations(args.overrides))
         return _report_training(trainer, Path(args.resume))
     # resolved on rank 0 and broadcast: the ranks cannot train different specs
     text = distributed.broadcast_text(
@@ -239,7 +261,7 @@ def cmd_train(args) -> int:
     stamp = distributed.broadcast_text(lambda: time.strftime("%Y%m%d-%H%M%S"))  # one name on every rank
 
     name = Path(args.model).stem if args.model else Path(args.spec).parent.name if args.spec else DEFAULT_MODEL
-    out = Path(args.out) if args.out else Path("runs") / f"{name}-{stamp}"
+    out = Path(args.out) if args.out is not None else Path("runs") / f"{name}-{stamp}"
     args.out = str(out)  # for the resume hint if interrupted
     trainer = train(spec, out, force=args.force, progress=False if args.quiet else None, log=_quiet_log(args),
                     init=args.init)
@@ -251,12 +273,24 @@ def _overrides(args) -> list[str]:
     return [*args.overrides, *([f"tracking.kind={args.track}"] if args.track else [])]
 
 
+def _tracking_destinations(overrides: Sequence[str]) -> dict:
+    """``--resume RUN --set tracking.uri=URI``: the destinations the user gives again."""
+    found = {}
+    for text in overrides:
+        parts, value = parse_override(text)
+        if ".".join(parts) in CONFIRMABLE:
+            found[parts[-1]] = str(value)
+    return found
+
+
 def _extension(overrides: Sequence[str]):
     """The epochs of ``--resume RUN --set inference.schedule.epochs=N`` (None without --set);
-    any other key is refused: a resumed run keeps its spec."""
+    any other key but a tracking destination is refused: a resumed run keeps its spec."""
     epochs = None
     for text in overrides:
         parts, value = parse_override(text)
+        if ".".join(parts) in CONFIRMABLE:
+            continue
         if ".".join(parts) not in EXTENDABLE:
             raise_usage(f"--resume takes --set {EXTENDABLE[0]}=N only (to train a run longer), not --set {text}; "
                         "to change anything else, start a new run (--init RUN starts from its weights)")
@@ -349,11 +383,13 @@ def cmd_analyze(args) -> int:
          f"PSIS {d['psis_log_likelihood']['mean']:.3f} +- {d['psis_log_likelihood']['se']:.3f} ({d['units']})")
     _say(f"k-hat: good (<0.5) {bands['good']['share']:.1%}, usable (0.5-0.7) {bands['ok']['share']:.1%}, "
          f"unreliable (>=0.7) {bands['bad']['share']:.1%}")
+    _say(khat_advice(bands))
     _say(f"report: {result['folder'] / 'report.md'}")
     return 0
 
 
 def cmd_compare(args) -> int:
+    _nonempty_out(args)
     try:
         snr_k = [int(k) for k in args.snr_k.split(",") if k.strip()]
     except ValueError:
@@ -366,24 +402,8 @@ def cmd_compare(args) -> int:
                      samples=args.samples, limit=args.limit, snr_repeats=args.snr_repeats, snr_k=snr_k, progress=None,
                      log=_say)
     settings = report["settings"]
-    reference, seeds = settings["reference"], settings["seeds"]
-    width = max(6, *(len(label) + 2 for label in report["summary"]))
-    snr = "".join(f"{h:>9}" for h in ("SNR enc", "SNR dec")) if settings["snr"] else ""
-    diff = max(24, len(reference) + 11)
-    _say(f"\n{'cell':<{width}}{'log p(x)':>10}{'diff vs ' + reference:>{diff}}{'SE seeds':>10}{'SE examples':>12}{'ELBO':>10}"
-         f"{'KL':>8}{'AU':>5}{'ms/step (IQR)':>22}{snr}")
-    for label, s in report["summary"].items():
-        seeds_se = f"{s['diff_se_seeds']:.3f}" if s["diff_se_seeds"] is not None else "n/a"
-        low, high = (1000 * q for q in s["seconds_per_step_quartiles"])
-        timing = f"{1000 * s['seconds_per_step']:.2f} ({low:.2f}-{high:.2f})"
-        snr = f"{s['snr_encoder']:>9.3f}{s['snr_decoder']:>9.3f}" if settings["snr"] else ""
-        _say(f"{label:<{width}}{s['log_likelihood']:>10.3f}{s['diff_vs_reference']:>+{diff}.3f}{seeds_se:>10}"
-             f"{s['diff_se_examples']:>12.3f}{s['elbo']:>10.3f}{s['kl']:>8.2f}{s['active_units']:>5.0f}{timing:>22}{snr}")
-    discrete = [(label, s) for label, s in report["summary"].items() if math.isfinite(s["accuracy"])]
-    if discrete:  # a discrete latent y: q(y|x)'s gradient SNR and how q(y|x) agrees with the labels
-        _say(f"\n{'cell':<{width}}{'SNR q(y|x)':>11}{'accuracy':>10}{'cluster acc':>12}{'NMI':>7}")
-        for label, s in discrete:
-            _say(f"{label:<{width}}{s['snr_classifier']:>11.3f}{s['accuracy']:>10.3f}{s['cluster_accuracy']:>12.3f}{s['nmi']:>7.3f}")
+    seeds = settings["seeds"]
+    _say("\n" + comparison_text(report))
     _say(f"(means over {seeds} seed(s); log p(x) with K = {settings['samples']} on "
          f"{settings['split']}; differences paired by example, with their standard error over seeds "
          f"(training's randomness{', the one to go by' if seeds > 1 else '; n/a with one seed'}) and over examples; "
@@ -406,7 +426,8 @@ def raise_usage(message: str):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    with stops.command_scope():  # a SIGTERM stops the command at once, and a repeated one cuts nothing short
+    with stops.command_scope(), trusting_code(getattr(args, "trust_code", False)):
+        # a SIGTERM stops the command at once, and a repeated one cuts nothing short
         return _run_command(args)
 
 

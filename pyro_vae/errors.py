@@ -26,6 +26,9 @@ TERMS = {
     "reference": ("reference", "--reference"),
     "vary": ("vary", "--vary"),
     "zip": ("zip_axes=True", "--zip"),
+    "trust_code": ("trust_code=True", "--trust-code"),
+    "n": ("n", "--n"),
+    "seeds": ("seeds", "--seeds"),
 }
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(TERMS) + r")\}")
 

@@ -18,14 +18,20 @@ written into a resolved spec, and the listing printed by ``pyro-vae specs``::
 
 from __future__ import annotations
 
+import contextvars
 import importlib
+import importlib.machinery
+import importlib.util
 import inspect
 import os
+import re
 import sys
 import typing
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional
 
 import pydantic
 
@@ -83,11 +89,15 @@ class Registry:
         return sorted(self._classes)
 
     def resolve(self, kind: str) -> type:
-        """The class for ``kind``: a registered name or ``package.module:Name``."""
+        """The class for ``kind``: a registered name or ``package.module:Name``. An import
+        path is checked to name a class of this slot (``inspect.isclass``, then the slot's
+        base) before anything of it is called; importing the module is the only code run."""
         if kind in self._classes:
             return self._classes[kind]
         if ":" in kind:
             module_name, _, attr = kind.partition(":")
+            if not MODULE_NAME.match(module_name) or not attr.isidentifier():
+                raise SlotError(("kind",), f"{kind!r} is not an import path package.module:ClassName")
             try:
                 cls = getattr(import_from_working_directory(module_name), attr)
             except (ImportError, AttributeError, ValueError) as exc:
@@ -95,7 +105,13 @@ class Registry:
                     ("kind",), f"cannot import {self.slot} class {kind!r} ({exc}); the module is looked up on "
                     f"sys.path and in the working directory {os.getcwd()}"
                 ) from None
-            if isinstance(cls, type) and self.base is not None and not issubclass(cls, self.base):
+            except Exception as exc:  # the module itself failed while being imported
+                raise SlotError(("kind",), f"importing the module of {kind!r} failed ({type(exc).__name__}: "
+                                f"{str(exc)[:120]})") from None
+            if not inspect.isclass(cls):
+                raise SlotError(("kind",), f"{kind!r} is a {type(cls).__name__}, not a class; {self._a} of your own "
+                                f"is a class{self._subclassing}")
+            if self.base is not None and not issubclass(cls, self.base):
                 raise SlotError(("kind",), self._misplaced(kind, cls))
             return cls
         raise SlotError(
@@ -143,6 +159,10 @@ class Registry:
         return built
 
     @property
+    def _subclassing(self) -> str:
+        return "" if self.base is None else f" subclassing {self.base.__module__}.{self.base.__qualname__}"
+
+    @property
     def _a(self) -> str:
         return f"{'an' if self.slot[0] in 'aeiou' else 'a'} {self.slot}"
 
@@ -153,6 +173,95 @@ class Registry:
 
     def describe(self) -> list[KindInfo]:
         return [describe_class(name, cls) for name, cls in sorted(self._classes.items())]
+
+
+MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\Z")  # package.module, no relative imports
+LIBRARY = __package__  # kinds from the library's own modules need no trust
+
+# (every kind trusted, the kinds trusted): what the caller said may be imported
+_TRUSTED = contextvars.ContextVar("pyro_vae_trusted_code", default=(False, frozenset()))
+
+
+@contextmanager
+def trusting_code(trusted: bool = True, kinds=()):
+    """Within it, import-path kinds read from spec files are imported: all of them
+    (``trusted``, the command line's ``--trust-code``), or those in ``kinds`` (the ones the
+    caller itself gave, e.g. a comparison's ``--vary`` values, when it reads its runs back)."""
+    everything, known = _TRUSTED.get()
+    token = _TRUSTED.set((everything or trusted, known | frozenset(kinds)))
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
+
+
+def kinds_in(node: Any, where: str = "") -> Iterator[tuple[str, str]]:
+    """Every ``(key.path, kind)`` of nested tables (and lists of tables)."""
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            path = f"{where}.{key}" if where else str(key)
+            if key == "kind" and isinstance(value, str):
+                yield path, value
+            else:
+                yield from kinds_in(value, path)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from kinds_in(value, f"{where}[{i}]")
+
+
+def foreign_module(kind: str) -> Optional[str]:
+    """The module an import-path kind imports when it is not the library's own; else None."""
+    if ":" not in kind:
+        return None
+    module = kind.partition(":")[0]
+    return None if module == LIBRARY or module.startswith(f"{LIBRARY}.") else module
+
+
+def check_code_trusted(raw: Any, source: str, given: frozenset = frozenset(), run_dir: Optional[Path] = None) -> None:
+    """Refuse the tables ``raw`` read from ``source`` (a file the user did not write on the
+    command line) when a kind would import a module from outside the library, unless the
+    user trusts code (:func:`trusting_code`) or gave that kind on the command line
+    (``given``). A module inside ``run_dir`` (a run directory being read) is refused even
+    then: code shipped inside a run is never imported."""
+    for where, kind in kinds_in(raw):
+        module = foreign_module(kind)
+        if module is None:
+            continue
+        if run_dir is not None and MODULE_NAME.match(module):
+            origin = module_origin(module.partition(".")[0])
+            if origin is not None and _inside(origin, run_dir):
+                raise SpecError(f"{source}: {where} = {kind!r} names module {module!r}, which would be imported from "
+                                f"the run directory {run_dir} itself ({origin}); pyro-vae never imports code shipped "
+                                "inside a run: install the module, or run from another folder")
+        everything, known = _TRUSTED.get()
+        if everything or kind in given or kind in known:
+            continue
+        raise SpecError(f"{source}: {where} = {kind!r} would import and run module {module!r}, code from outside "
+                        f"pyro-vae; pass {{trust_code}} only if you trust whoever wrote {source} (read the module first)")
+
+
+def module_origin(top: str) -> Optional[Path]:
+    """Where the top-level module ``top`` would be imported from (as :func:`import_from_working_directory`
+    looks it up), without importing it; None when it is not found or has no file."""
+    module = sys.modules.get(top)
+    if module is not None:
+        location = getattr(module, "__file__", None) or next(iter(getattr(module, "__path__", [])), None)
+        return None if location is None else Path(location)
+    try:
+        spec = importlib.util.find_spec(top)
+        if spec is None and os.getcwd() not in sys.path and "" not in sys.path:
+            spec = importlib.machinery.PathFinder.find_spec(top, [os.getcwd()])
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if spec.has_location and spec.origin:
+        return Path(spec.origin)
+    return next((Path(p) for p in spec.submodule_search_locations or []), None)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return Path(path).resolve().is_relative_to(Path(folder).resolve())
 
 
 def import_from_working_directory(module_name: str):

@@ -17,6 +17,8 @@ containers is refused, never unpickled.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import math
 import os
@@ -31,11 +33,12 @@ import torch
 
 from .data import Preprocessing, binarize
 from .errors import DataError, RunError, SpecError, UserError
-from .files import atomic_write, read_csv
+from .files import atomic_path, atomic_write, read_csv
 from .infer.encode import encode
 from .model import build_vae
+from .registry import check_code_trusted, trusting_code
 from .spec import Spec, read_toml
-from .tracking import TRACKING_FILES, TRACKING_FOLDERS
+from .tracking import TRACKING_FOLDERS
 
 SPEC, METRICS, SUMMARY, CHECKPOINT, FIGURES = "spec.toml", "metrics.csv", "summary.json", "checkpoint.pt", "figures"
 METRIC_COLUMNS = [
@@ -52,14 +55,42 @@ CHECKPOINT_FORMAT = 1
 
 
 def save_checkpoint(path: Path, checkpoint: dict) -> None:
-    atomic_write(path, lambda f: torch.save(checkpoint, f))
+    """Write the checkpoint atomically and record its SHA-256 in the run's manifest (when the
+    folder has one): first beside the previous one's, then alone once the file is in place,
+    so that a kill at any point leaves the checkpoint on disk among the hashes recorded."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            try:
+                torch.save(checkpoint, f)
+            except RuntimeError as exc:  # torch's writer reports a full disk or a file size limit this way
+                raise OSError(errno.EIO, f"writing failed: {_first_line(exc)}; is the disk full, or a file size limit "
+                                         "(ulimit -f) set?") from None
+        digest = sha256_file(tmp)
+        record_outputs(path.parent, [path], checkpoint_sha256=digest, keep_previous=True)
+    record_outputs(path.parent, [], checkpoint_sha256=digest)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:160] if text else type(exc).__name__
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
-    """A checkpoint's tensors and plain containers; anything else is refused, not run."""
+    """A checkpoint's tensors and plain containers; anything else is refused, not run. A
+    checkpoint whose SHA-256 is not the one its run's manifest recorded is refused too."""
     path = Path(path)
     if not path.is_file():
         raise RunError(f"{path}: missing; the run has no checkpoint (was it trained to the end of an epoch?)")
+    recorded = (read_manifest(path.parent) or {}).get("checkpoint_sha256")
+    if recorded and sha256_file(path) not in recorded:
+        raise RunError(f"{path}: corrupt: its SHA-256 is not the one recorded when it was written "
+                       f"({MANIFEST}); restore the file or re-run training")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -69,18 +100,62 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
         raise RunError(
-            f"{path}: corrupt or truncated checkpoint ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}); "
-            "re-run training or restore the file"
+            f"{path}: corrupt or truncated checkpoint ({_first_line(exc)}); re-run training or restore the file"
         ) from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT or "weights" not in checkpoint:
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT or "weights" not in checkpoint \
+            or not isinstance(checkpoint["weights"], dict):
         raise RunError(f"{path}: not a pyro-vae checkpoint (format {CHECKPOINT_FORMAT})")
     return checkpoint
 
 
+# --- the manifest: what marks a folder as a run (or a comparison), and what it wrote ---------
+
+MANIFEST = "manifest.json"
+
+
+def read_manifest(folder: Path, kind: Optional[str] = None) -> Optional[dict]:
+    """``FOLDER/manifest.json`` when it marks a pyro-vae run or comparison (of ``kind``,
+    when given): ``{"pyro_vae": kind, "files": [relative paths], ...}``; else None."""
+    try:
+        manifest = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("pyro_vae") not in ("run", "comparison") \
+            or not isinstance(manifest.get("files"), list) or not all(isinstance(f, str) for f in manifest["files"]):
+        return None
+    if kind is not None and manifest["pyro_vae"] != kind:
+        return None
+    return manifest
+
+
+def mark(folder: Path, kind: str) -> None:
+    """Mark ``folder`` as a pyro-vae ``kind`` (run or comparison) that has written nothing yet."""
+    atomic_write(Path(folder) / MANIFEST, lambda f: f.write(json.dumps({"pyro_vae": kind, "files": []}).encode()))
+
+
+def record_outputs(folder: Path, files, checkpoint_sha256: Optional[str] = None, keep_previous: bool = False,
+                   runs=()) -> None:
+    """Add ``files`` (paths of files inside ``folder``, as ``folder / name``) to its manifest, and, for a run, the SHA-256 of
+    its checkpoint (``keep_previous``: beside the previous one). A folder without a manifest
+    (not a run pyro-vae marked) is left as it is."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return
+    root = folder.resolve()
+    names = {Path(f).resolve().relative_to(root).as_posix() for f in files if Path(f).resolve().is_relative_to(root)}
+    manifest["files"] = sorted(set(manifest["files"]) | names)
+    if runs:
+        manifest["runs"] = sorted(set(manifest.get("runs", [])) | {str(r) for r in runs})
+    if checkpoint_sha256 is not None:
+        previous = manifest.get("checkpoint_sha256", []) if keep_previous else []
+        manifest["checkpoint_sha256"] = list(dict.fromkeys([checkpoint_sha256, *previous]))
+    atomic_write(folder / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+
+
 LOCK = ".lock"
-# what a run writes (and --force removes), its tracking's local stores included
-RUN_FILES = (SPEC, METRICS, SUMMARY, CHECKPOINT, *TRACKING_FILES)
-RUN_FOLDERS = (FIGURES, "evaluation", "analysis", "samples", *TRACKING_FOLDERS)
+# the folders pyro-vae writes in, inside a run (and a comparison's "runs")
+OWN_FOLDERS = (FIGURES, "evaluation", "analysis", "samples", "runs", *TRACKING_FOLDERS)
 
 
 class RunLock:
@@ -132,18 +207,24 @@ class RunLock:
         self.release()
 
 
-def claim_output_dir(path: Path, *, force: bool, log: Callable[[str], None] | None = None,
-                     files: tuple = RUN_FILES, folders: tuple = RUN_FOLDERS, patterns: tuple = (),
+def claim_output_dir(path: Path, *, force: bool, log: Callable[[str], None] | None = None, kind: str = "run",
                      resumable: bool = True) -> RunLock:
     """Lock the output folder ``path`` and make it ready: refused while another process
-    writes it, refused when it already holds files unless ``force``, in which case what an
-    earlier run wrote (``files``, ``folders``, glob ``patterns``) is removed, nothing else.
-    Returns the lock, held until released."""
+    writes it, refused when it already holds files unless ``force``. ``force`` acts only on a
+    folder that pyro-vae marked as a ``kind`` (run or comparison; see :func:`read_manifest`),
+    and removes only the files its manifest lists (a comparison's runs by their own); any
+    other file is kept and named. The folder is then marked anew. Returns the lock, held
+    until released."""
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise RunError(f"{{out}} {path}: a symbolic link to {os.readlink(path)}, which does not exist; choose another path")
     if path.exists() and not path.is_dir():
         raise RunError(f"{{out}} {path}: exists and is not a folder; choose another path")
     created = not (path / LOCK).exists()
-    lock = RunLock(path, log)  # first: a live writer is refused even with --force
+    try:
+        lock = RunLock(path, log)  # first: a live writer is refused even with --force
+    except OSError as exc:
+        raise RunError(f"{{out}} {path}: cannot be written ({exc.strerror or exc}); choose a writable folder") from None
     try:
         if any(p.name != LOCK for p in path.iterdir()):
             if not force:
@@ -152,7 +233,14 @@ def claim_output_dir(path: Path, *, force: bool, log: Callable[[str], None] | No
                 resume = f", or {{resume}} {path} to continue that run" if resumable else ""
                 raise RunError(f"{{out}} {path}: already holds files; pass {{force}} to replace them{resume}, "
                                "or choose another {out}")
-            _clear(path, files, folders, patterns)
+            kept = _clear(path, kind)
+            if kept and log is not None:
+                shown = ", ".join(kept[:5]) + (f" and {len(kept) - 5} more" if len(kept) > 5 else "")
+                log(f"{path}: kept {len(kept)} file(s) that pyro-vae did not write there: {shown}")
+        mark(path, kind)
+    except OSError as exc:
+        lock.release()
+        raise RunError(f"{{out}} {path}: cannot be written ({exc.strerror or exc}); choose a writable folder") from None
     except BaseException:
         lock.release()
         raise
@@ -165,29 +253,65 @@ def remove_partial_writes(path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _clear(path: Path, files: tuple, folders: tuple, patterns: tuple) -> None:
-    """Remove what an earlier run wrote (its known files and folders), nothing else."""
-    import shutil
-
+def _clear(path: Path, kind: str) -> list[str]:
+    """Remove what pyro-vae wrote in ``path`` (the files its manifest lists; a comparison's
+    runs by their own manifests), nothing else; returns what is left (relative paths).
+    Refused, with nothing removed, unless the folder is marked as a ``kind`` and every
+    folder pyro-vae writes in is a real folder inside it."""
+    manifest = read_manifest(path)
+    if manifest is None or manifest["pyro_vae"] != kind:
+        what = "not a pyro-vae " + kind if manifest is None else f"a pyro-vae {manifest['pyro_vae']}, not a {kind}"
+        raise RunError(f"{{out}} {path}: {{force}} replaces only a {kind} pyro-vae wrote (marked by its {MANIFEST}), and "
+                       f"this folder is {what}; nothing was deleted: choose another {{out}}, or empty it yourself")
+    runs = [path / r for r in manifest.get("runs", []) if _inside(path / r, path)]
+    for folder in (path, *runs):
+        for name in OWN_FOLDERS:
+            if (folder / name).is_symlink() or ((folder / name).exists() and not (folder / name).is_dir()):
+                raise RunError(f"{{out}} {path}: {folder / name} is a symbolic link or a file where pyro-vae writes a "
+                               "folder; nothing was deleted: remove it yourself, or choose another {out}")
+    for run in runs:  # each of a comparison's runs by its own manifest, and gone when nothing else is left in it
+        if read_manifest(run, "run") is not None and not _clear(run, "run"):
+            for name in (LOCK, MANIFEST):
+                (run / name).unlink(missing_ok=True)
+            run.rmdir()
     remove_partial_writes(path)
-    for name in files:
-        (path / name).unlink(missing_ok=True)
-    for pattern in patterns:
-        for match in path.glob(pattern):
-            match.unlink(missing_ok=True)
-    for name in folders:
-        if (path / name).is_dir():
-            shutil.rmtree(path / name)
+    for name in manifest["files"]:
+        target = path / name
+        if _inside(target, path) and (target.is_file() or target.is_symlink()):
+            target.unlink()
+    left = []
+    for folder, folders, files in os.walk(path, topdown=False):  # never into a linked folder
+        folder = Path(folder)
+        left += [(folder / name).relative_to(path).as_posix() for name in files + folders
+                 if (folder / name).is_symlink() or (folder / name).is_file()]
+        if folder != path and not any(folder.iterdir()):  # folders left empty
+            folder.rmdir()
+    return sorted(name for name in left if name not in (LOCK, MANIFEST))
+
+
+def _inside(target: Path, folder: Path) -> bool:
+    """Whether ``target`` lies inside ``folder`` with no link on the way (``..`` or a symlinked folder)."""
+    try:
+        relative = Path(target).relative_to(folder)
+    except ValueError:
+        return False
+    return ".." not in relative.parts and Path(target).parent.resolve() == (Path(folder).resolve() / relative).parent
 
 
 def read_spec(run: Path) -> Spec:
+    """RUN/spec.toml, validated. A kind importing a module from outside the library is
+    refused unless the caller trusts code (``trust_code``), and one whose module lies inside
+    the run directory always: a run directory may come from someone else."""
     path = Path(run) / SPEC
     if not path.is_file():
         raise RunError(f"{path}: missing; {run} is not a complete run directory")
     try:
-        return Spec.from_dict(read_toml(path))
+        raw = read_toml(path)
+        check_code_trusted(raw, str(path), run_dir=Path(run))
+        return Spec.from_dict(raw)
     except SpecError as exc:
-        raise RunError(f"{path}: {exc}") from None
+        message = exc.template
+        raise RunError(message if message.startswith(str(path)) else f"{path}: {message}") from None
 
 
 @dataclass
@@ -205,14 +329,22 @@ class Run:
 
     @property
     def summary(self) -> dict:
+        """summary.json ({} when it is missing, unreadable or not a table)."""
         try:
-            return json.loads((self.path / SUMMARY).read_text())
-        except (OSError, ValueError):
+            summary = json.loads((self.path / SUMMARY).read_text())
+        except (OSError, ValueError, RecursionError):
             return {}
+        return summary if isinstance(summary, dict) else {}
 
     @property
     def metrics(self) -> list[dict[str, float]]:
-        return read_csv(self.path / METRICS)
+        """metrics.csv's rows; refused when it lacks the epoch and ELBO columns or any row."""
+        rows = read_csv(self.path / METRICS)
+        missing = [c for c in ("epoch", "train_elbo", "val_elbo") if not rows or c not in rows[0]]
+        if missing:
+            raise RunError(f"{self.path / METRICS}: " + (f"no column {missing[0]!r}" if rows else "no rows")
+                           + "; the file is not one pyro-vae wrote: restore it")
+        return rows
 
     @property
     def units(self) -> str:
@@ -286,14 +418,56 @@ def load_weights(vae, weights: dict) -> None:
         raise RuntimeError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
 
 
-def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run:
+def _check_preprocessing(path: Path, checkpoint: dict) -> None:
+    """Refuse a checkpoint whose data shape or preprocessing is not what pyro-vae writes
+    (a crafted file): finite numbers, of shapes that fit the data's."""
+    try:
+        shape = tuple(int(n) for n in checkpoint["data_shape"])
+        if not shape or min(shape) < 1 or math.prod(shape) > 2**31 or int(checkpoint["num_data"]) < 1:
+            raise ValueError("data_shape or num_data")
+        p = Preprocessing.from_state(checkpoint.get("preprocessing"))
+        for value in (p.mean, p.sd):
+            if value is not None:
+                if not isinstance(value, torch.Tensor) or not torch.isfinite(value).all():
+                    raise ValueError("mean or sd")
+                torch.broadcast_shapes(value.shape, shape)
+        for value in (p.divide, p.low, p.high):
+            if value is not None and not math.isfinite(float(value)):
+                raise ValueError("divide or range")
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, OverflowError) as exc:
+        raise RunError(f"{path / CHECKPOINT}: its data description ({_first_line(exc)}) is not one pyro-vae writes; "
+                       "the file was altered: restore it or train again") from None
+
+
+def _check_finite(path: Path, checkpoint: dict) -> None:
+    """Refuse weights holding NaN or infinite values, naming the epoch they come from."""
+    bad = [name for name, value in checkpoint["weights"].items()
+           if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()]
+    if not bad:
+        return
+    epoch = Run(path, None, None, checkpoint).summary.get("saved_epoch")
+    if not isinstance(epoch, int):
+        try:
+            epoch = int(checkpoint["training"]["state"]["epoch"])
+        except (KeyError, TypeError, ValueError):
+            epoch = "unknown"
+    raise RunError(f"{path / CHECKPOINT}: the weights of epoch {epoch} hold NaN or infinite values ({bad[0]}"
+                   f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}); nothing can be computed from them: "
+                   "train again (a lower learning rate, inference.schedule.clip_norm) or restore the file")
+
+
+def load_run(path: str | os.PathLike, device: str | torch.device = "cpu", trust_code: bool = False) -> Run:
     """Rebuild the trained VAE of a run directory (its best weights when early stopping
-    was on, else its last), on ``device``, in evaluation mode."""
+    was on, else its last), on ``device``, in evaluation mode. ``trust_code``: import the
+    modules of the spec's own component classes (``package.module:Name`` kinds)."""
     path = Path(path)
     if not path.is_dir():
         raise RunError(f"{path}: no such run directory")
-    spec = read_spec(path)
+    with trusting_code(trust_code):
+        spec = read_spec(path)
     checkpoint = load_checkpoint(path / CHECKPOINT)
+    _check_finite(path, checkpoint)
+    _check_preprocessing(path, checkpoint)
     try:
         vae = build_vae(spec.model, tuple(checkpoint["data_shape"]), int(checkpoint["num_data"]))
         load_weights(vae, checkpoint["weights"])

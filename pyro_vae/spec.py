@@ -21,7 +21,7 @@ import tomli_w
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from .errors import SpecError
-from .registry import Registry, SlotError, as_spec_error
+from .registry import Registry, SlotError, as_spec_error, check_code_trusted, kinds_in, trusting_code
 from .data import DATASETS
 from .infer.estimators import ESTIMATORS
 from .infer.optim import OPTIMIZERS
@@ -274,6 +274,8 @@ def read_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{path}: malformed TOML ({exc}); fix the file's syntax") from None
+    except RecursionError:
+        raise SpecError(f"{path}: arrays or tables nested too deeply to read; a spec nests a few levels") from None
 
 
 def _table_from(ref: str, which: str, table: str) -> dict[str, Any]:
@@ -328,9 +330,18 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
                 table.clear()
         node = raw
         for depth, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
+            if isinstance(node, list):  # an array of tables (model.upper_layers.0.latent_dim): by its index
+                child = node[int(part)] if part.isdigit() and int(part) < len(node) else None
+            else:
+                child = node.setdefault(part, {})
+            if isinstance(child, list) and parts[depth + 1].isdigit():
+                node = child
+                continue
             if not isinstance(child, dict):
                 where = ".".join(parts[: depth + 1])
+                if isinstance(node, list):
+                    held = f"holds {len(node)} tables; index them 0 to {len(node) - 1}" if node else "holds no tables"
+                    raise SpecError(f"--set {text!r}: {'.'.join(parts[:depth])} {held}")
                 raise SpecError(f"--set {text!r}: {where} is a value, not a table")
             node = child
         node[parts[-1]] = value
@@ -343,9 +354,12 @@ def lookup(raw: dict[str, Any], parts: Sequence[str]) -> Any:
     """The value at key path ``parts`` in the raw tables, or None."""
     node: Any = raw
     for part in parts:
-        if not isinstance(node, dict) or part not in node:
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):  # an array of tables, by index
+            node = node[int(part)]
+        elif not isinstance(node, dict) or part not in node:
             return None
-        node = node[part]
+        else:
+            node = node[part]
     return node
 
 
@@ -359,6 +373,7 @@ def load_spec(
     data: str | None = None,
     overrides: Sequence[str] = (),
     spec_file: str | None = None,
+    trust_code: bool = False,
 ) -> Spec:
     """Resolve shipped names or paths, apply ``--set`` overrides, validate.
 
@@ -381,7 +396,29 @@ def load_spec(
         raw["inference"] = _table_from(inference, "inference", "inference")
     if data is not None:
         raw["data"] = data_table(data)
-    return Spec.from_dict(apply_overrides(raw, overrides))
+    raw = apply_overrides(raw, overrides)
+    files = [ref for ref in (spec_file, model, inference) if ref is not None and ref not in shipped_names()]
+    # a run's spec.toml (its folder holds the manifest.json runs.py writes): never code from inside that run
+    run_dir = Path(spec_file).parent if spec_file is not None and (Path(spec_file).parent / "manifest.json").is_file() \
+        else None
+    with trusting_code(trust_code):
+        check_code_trusted(raw, " and ".join(files) or "the spec", given_kinds(overrides), run_dir=run_dir)
+    return Spec.from_dict(raw)
+
+
+def shipped_names() -> set[str]:
+    return {*shipped("models"), *shipped("inference")}
+
+
+def given_kinds(overrides: Sequence[str]) -> frozenset:
+    """The kinds that ``KEY=VALUE`` overrides name (``--set``: written by the user)."""
+    kinds = set()
+    for text in overrides:
+        parts, value = parse_override(text)
+        if parts[-1] == "kind" and isinstance(value, str):
+            kinds.add(value)
+        kinds.update(kind for _, kind in kinds_in(value))
+    return frozenset(kinds)
 
 
 def spec_summary(path: Path) -> str:

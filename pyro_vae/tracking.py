@@ -45,6 +45,35 @@ def flat_parameters(table: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
+TARGET_KEYS = {"tensorboard": "log_dir", "mlflow": "uri"}  # where each tracker sends, when not the run directory
+
+
+def target_outside(table: Optional[dict], run_dir: Path) -> Optional[tuple[str, str]]:
+    """``(key, value)`` of a tracking table that sends outside ``run_dir`` (a TensorBoard
+    ``log_dir`` elsewhere, an MLflow ``uri`` that is not a local store inside the run, e.g.
+    a server); None when it stays inside the run directory (or there is no tracking)."""
+    if not table or table.get("kind") not in TARGET_KEYS:
+        return None
+    key = TARGET_KEYS[table["kind"]]
+    value = table.get(key)
+    if value is None:
+        return None
+    local = value if key == "log_dir" else _sqlite_file(value) or (value.removeprefix("file://") if value.startswith("file://") else None)
+    if local is not None and Path(local).resolve().is_relative_to(Path(run_dir).resolve()):
+        return None
+    return key, value
+
+
+def tracking_outputs(run_dir: Path) -> list[Path]:
+    """The files trackers wrote into a run directory (its local stores): for its manifest."""
+    run_dir = Path(run_dir)
+    files = [run_dir / name for name in TRACKING_FILES if (run_dir / name).is_file()]
+    for name in TRACKING_FOLDERS:
+        if (run_dir / name).is_dir() and not (run_dir / name).is_symlink():
+            files += [p for p in (run_dir / name).rglob("*") if p.is_file() and not p.is_symlink()]
+    return files
+
+
 def _missing(package: str, extra: str) -> SpecError:
     return SpecError(f"tracking.kind = \"{extra}\" needs the {package} package, which is not installed; "
                      f"pip install 'pyro-vae[{extra}]', or leave tracking out")

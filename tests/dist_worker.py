@@ -20,10 +20,12 @@ from pyro_vae.model import build_vae  # noqa: E402
 from pyro_vae.spec import Spec  # noqa: E402
 
 
-def weights_after(epochs: int, num_data: int, batch_size: int, optimizer: dict) -> dict:
+def weights_after(epochs: int, num_data: int, batch_size: int, optimizer: dict, layers: bool = False) -> dict:
+    point = {"kind": "user_components:PointPosterior"}
+    upper = [{"latent_dim": 2, "posterior": point, "encoder": {"kind": "mlp", "hidden": [8]},
+              "prior_network": {"kind": "mlp", "hidden": [8]}}] if layers else []
     spec = Spec.from_dict({
-        "model": {"latent_dim": 3, "likelihood": {"kind": "gaussian"},
-                  "posterior": {"kind": "user_components:PointPosterior"},
+        "model": {"latent_dim": 3, "likelihood": {"kind": "gaussian"}, "posterior": point, "upper_layers": upper,
                   "encoder": {"kind": "mlp", "hidden": [16]}, "decoder": {"kind": "mlp", "hidden": [16]}},
         "inference": {"optimizer": optimizer,
                       "schedule": {"epochs": epochs, "batch_size": batch_size, "seed": 3, "device": "cpu"}},
@@ -49,6 +51,7 @@ def main(out: str) -> None:
         "one_step": weights_after(1, 40, 40, {"kind": "adam", "lr": 1e-2}),  # N = B: one step
         "twenty_steps": weights_after(10, 80, 40, {"kind": "adam", "lr": 1e-2}),  # 2 steps per epoch
         "sgd_one_step": weights_after(1, 40, 40, {"kind": "sgd", "lr": 1e-3, "momentum": 0.0}),
+        "two_layers_one_step": weights_after(1, 40, 40, {"kind": "adam", "lr": 1e-2}, layers=True),  # z2 above z1
     }
     if group.is_main:
         torch.save(results, Path(out) / f"weights_w{group.world_size}.pt")

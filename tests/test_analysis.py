@@ -3,6 +3,7 @@ and `pyro-vae analyze` end to end."""
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import xarray as xr
 
 import linear_gaussian as lg
 from helpers import run_cli
-from pyro_vae.analysis.inference_data import khat_bands, psis, to_inference_data
+from pyro_vae.analysis.inference_data import khat_advice, khat_bands, psis, to_inference_data
 
 
 def test_netcdf_round_trip_keeps_every_group(tmp_path):
@@ -100,12 +101,27 @@ def test_analyze_writes_every_file_and_a_readable_report(digits_run):
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     assert len(links) >= 9 and all((folder / link).is_file() for link in links)
     assert "| log p(x), PSIS |" in report and "not leave-one-out" in report
+    advice = khat_advice(diagnostics["khat_bands"])  # the share of k-hat >= 0.7 in words, in the report and on screen
+    assert f"\n{advice}\n" in report and advice in out
     import arviz as az
 
     idata = az.from_netcdf(str(folder / "posterior.nc"), engine="h5netcdf")
     assert idata.posterior["z"].shape == (1, 50, 60, 16)
     assert np.array_equal(idata.sample_stats["pareto_k"].values.argsort()[[0, -1]][[0]], [diagnostics["latent_summary"]["examples"][0]])
     assert "label" in idata.constant_data
+
+
+def test_the_share_of_unreliable_khat_is_said_with_what_it_means_and_what_to_try():
+    none = khat_advice(khat_bands(np.array([0.1, 0.3, 0.6, 0.69])))
+    assert none.startswith("No example has k-hat >= 0.7")
+    few = khat_advice(khat_bands(np.r_[np.full(95, 0.2), np.full(5, 0.9)]))
+    assert few.startswith("5.0% of the examples (5 of 100) have k-hat >= 0.7") and "poor importance-sampling proposal" in few
+    assert "They are few" in few and "To try" not in few
+    many = khat_advice(khat_bands(np.r_[np.full(444, 0.2), np.full(556, 3.9)]))  # the demo before issue 29: 55.6%
+    assert many.startswith("55.6% of the examples (556 of 1000) have k-hat >= 0.7") and "unreliable" in many
+    assert all(fix in many for fix in ("--samples", "iaf_posterior", "iwae_k5", "likelihood that fits the data"))
+    shipped = {p.stem for p in (Path(__file__).parents[1] / "models").glob("*.toml")}
+    assert {"iaf_posterior", "low_rank_posterior"} <= shipped and (Path(__file__).parents[1] / "inference" / "iwae_k5.toml").exists()
 
 
 def test_loo_and_waic_do_not_pick_up_log_p_x_given_z():

@@ -192,3 +192,30 @@ def test_level_likelihoods_take_their_levels_from_the_data(tmp_path, kind):
     given = load_spec(data=str(floats), overrides=[f"model.likelihood.kind={kind}", "model.likelihood.levels=20"])
     with pytest.raises(DataError, match=r"integer levels 0..20.*whole numbers beyond 0..20: leave model.likelihood.levels"):
         check(given)
+
+
+def test_a_test_split_carved_from_a_file_with_its_own_validation_split_is_said(tmp_path, capsys):
+    """A file with train and valid but no test (as binarized MNIST): data.test_fraction takes
+    its test split from the training rows; training says so in one line and summary.json
+    records what was drawn; data.test_fraction = 0 trains on every training row, silently.
+    A source with neither (the digits) draws both, recorded, with no line."""
+    import json
+
+    from pyro_vae.cli import main
+
+    rng = np.random.default_rng(0)
+    path = write_npz(tmp_path / "tv.npz", train=rng.random((200, 6)).astype(np.float32),
+                     valid=rng.random((40, 6)).astype(np.float32))
+    common = ["train", "--model", "gaussian_per_feature", "--data", str(path), "--set", "inference.schedule.epochs=1"]
+    assert main([*common, "--out", str(tmp_path / "carved")]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "no test split" in line]
+    assert said == [f"data: {path} has a validation split but no test split, so data.test_fraction = 0.1 takes 20 of its 200 "
+                    "training rows as the test split and trains on 180; set data.test_fraction = 0 to train on all of them"]
+    data = json.loads((tmp_path / "carved" / "summary.json").read_text())["data"]
+    assert data["train"] == 180 and data["test"] == 20 and data["drawn_from_train"] == {"test": 20}
+    assert main([*common, "--set", "data.test_fraction=0", "--out", str(tmp_path / "all")]) == 0
+    assert "no test split" not in capsys.readouterr().err
+    data = json.loads((tmp_path / "all" / "summary.json").read_text())["data"]
+    assert data["train"] == 200 and "test" not in data and "drawn_from_train" not in data
+    digits = prepare(read_source("digits", None), spec(), seed=0)
+    assert digits.drawn == {"test": 180, "valid": 180}

@@ -2,6 +2,7 @@
 hand, log p(x) against quadrature, the semi-supervised objective, and bad combinations."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pyro
@@ -148,6 +149,32 @@ def test_baselines_and_enumeration_reduce_the_variance_of_q_y_gradients():
         g = gradient_draws(vae, ESTIMATORS.build(spec), x, spec["kind"], 400)
         variance[spec["kind"]] = g[100:].var(0).sum().item()  # after the average baseline has settled
     assert variance["trace_enum"] < variance["trace_graph"] < variance["trace_elbo"], variance
+
+
+def test_the_gradient_probe_leaves_trace_graph_average_baselines_as_it_found_them():
+    """The SNR probe's repeated estimates move TraceGraph_ELBO's decaying-average baselines
+    in Pyro's param store; it puts them back bit for bit (mid-training), and removes those it
+    created (before the first step), so training continues as without the probe."""
+    from pyro_vae.infer.gradients import gradient_snr
+    from pyro_vae.infer.pyro_internals import BASELINE_PREFIX as BASELINE_PARAMS
+
+    vae = small_vae("mixture", num_data=40)
+    x, index = data(8), torch.arange(8)
+    estimator = ESTIMATORS.build({"kind": "trace_graph"})
+    vae.use_estimator(estimator, "trace_graph")
+    pyro.clear_param_store()
+    gradient_snr(vae, estimator, x, index, 4)  # before any step: nothing to keep
+    assert not [k for k in pyro.get_param_store().keys() if k.startswith(BASELINE_PARAMS)]
+    estimator.loss_and_grads(vae.model, vae.guide, x, index)  # a training step's estimate: the baselines exist
+    before = {k: v.detach().clone() for k, v in pyro.get_param_store().items() if k.startswith(BASELINE_PARAMS)}
+    assert before and all(v.abs().sum() > 0 for v in before.values())
+    # one average per batch position, as the README says, not one per training example (num_data = 40)
+    assert all(v.shape == (len(x),) for v in before.values())
+    assert "kept per batch position rather than per example" in (Path(__file__).parents[1] / "README.md").read_text()
+    gradient_snr(vae, estimator, x, index, 4)
+    after = {k: v.detach() for k, v in pyro.get_param_store().items() if k.startswith(BASELINE_PARAMS)}
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    pyro.clear_param_store()
 
 
 def test_relaxed_estimator_is_biased_as_its_temperature_says():

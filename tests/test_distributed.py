@@ -62,7 +62,7 @@ def metrics(run: Path) -> list[dict]:
 
 def test_two_processes_take_the_one_process_steps(tmp_path):
     """One all-reduced step with W = 2 equals one process's step on the same global batch
-    (1e-6 relative), and 20 steps stay within float tolerance. The posterior is a point
+    (1e-6 relative), for one latent layer and for two, and 20 steps stay within float tolerance. The posterior is a point
     mass, so the draws are the same in any process; rank 1 starts from other weights,
     which the broadcast from rank 0 must replace."""
     code, _, err = torchrun("dist_worker.py", tmp_path)
@@ -70,7 +70,7 @@ def test_two_processes_take_the_one_process_steps(tmp_path):
     subprocess.run([sys.executable, str(TESTS / "dist_worker.py"), str(tmp_path)], check=True, timeout=120)
     two = torch.load(tmp_path / "weights_w2.pt", weights_only=True)
     one = torch.load(tmp_path / "weights_w1.pt", weights_only=True)
-    for run, tolerance in (("one_step", 1e-6), ("sgd_one_step", 1e-6), ("twenty_steps", 1e-5)):
+    for run, tolerance in (("one_step", 1e-6), ("sgd_one_step", 1e-6), ("twenty_steps", 1e-5), ("two_layers_one_step", 1e-6)):
         for name in one[run]:
             a, b = one[run][name], two[run][name]
             assert torch.allclose(a, b, rtol=tolerance, atol=1e-9), (run, name, (a - b).abs().max())
@@ -90,11 +90,10 @@ def runs(tmp_path_factory):
     code, out, err = torchrun("-m", "pyro_vae", "train", "--out", two, *EPOCHS, "--quiet")
     assert code == 0, err[-3000:]
     launcher = torchrun("-m", "pyro_vae", "train", "--out", killed, *EPOCHS, "--quiet", wait=False)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not ((killed / "metrics.csv").exists() and len(metrics(killed)) >= 2):
-        time.sleep(0.05)
-    workers = _worker_pids(launcher.pid)
-    os.kill(launcher.pid, signal.SIGKILL)  # the launcher alone: its workers run in sessions of their own
+    workers = _poll(lambda: len(found := _worker_pids(launcher.pid)) == 2 and found, launcher)  # found before the kill
+    _poll(lambda: (killed / "metrics.csv").exists() and len(metrics(killed)) >= 2, launcher)  # epoch 2 of 8 done
+    os.kill(launcher.pid, signal.SIGKILL)  # at once, so 6 epochs remain on any machine: the launcher alone,
+    # its workers run in sessions of their own
     _wait_gone(workers.values(), 60)  # they stop on their own (SIGTERM when the launcher dies)
     _, killed_err = launcher.communicate(timeout=60)  # the workers wrote to the same pipe
     return {"one": one, "two": two, "killed": killed, "two_stdout": out, "killed_workers": len(workers),
@@ -210,6 +209,18 @@ def test_sharded_analysis_equals_one_process(runs):
     assert sharded["khat_max"] == pytest.approx(single["khat_max"], rel=1e-4)
 
 
+def _poll(condition, process, timeout=120):
+    """``condition()``'s first true value, checked every 5 ms; fails if ``process`` ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if value := condition():
+            return value
+        time.sleep(0.005)
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    pytest.fail(f"torchrun ended (exit {process.poll()}) or overran {timeout} s before the chosen point")
+
+
 def _worker_pids(launcher_pid: int) -> dict[int, int]:
     """{rank: pid} of the launcher's worker processes (its children with a RANK), from /proc."""
     found = {}
@@ -244,12 +255,9 @@ def test_a_rank_killed_on_purpose_stops_the_others_and_keeps_the_checkpoint(tmp_
     launcher = torchrun("-m", "pyro_vae", "train", "--out", out, "--set", "inference.schedule.epochs=200",
                         "--set", "inference.schedule.collective_timeout=30", "--quiet", wait=False)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not ((out / "metrics.csv").exists() and len(metrics(out)) >= 1):
-            time.sleep(0.05)
+        _poll(lambda: (out / "metrics.csv").exists() and len(metrics(out)) >= 1, launcher)
         saved = (out / "checkpoint.pt").read_bytes()
-        time.sleep(0.3)  # mid-epoch
-        os.kill(_worker_pids(launcher.pid)[1], signal.SIGKILL)
+        os.kill(_worker_pids(launcher.pid)[1], signal.SIGKILL)  # in epoch 2 of 200
         started = time.monotonic()
         _, err = launcher.communicate(timeout=90)
         elapsed = time.monotonic() - started
@@ -319,3 +327,25 @@ def test_python_dash_m_pyro_vae_is_the_cli():
     result = subprocess.run([sys.executable, "-m", "pyro_vae", "--version"], capture_output=True, text=True,
                             timeout=60, cwd=ROOT)
     assert result.returncode == 0 and result.stdout.startswith("pyro-vae ")
+
+
+def test_resume_under_torchrun_keeps_every_ranks_trace_graph_baselines(tmp_path):
+    """TraceGraph_ELBO's decaying-average baselines live in each rank's param store and
+    average that rank's own shard's costs, so they differ between ranks: the checkpoint keeps
+    every rank's and each rank restores its own. A run extended from 1 to 2 epochs under
+    torchrun ends with the weights of the uninterrupted 2-epoch run, bit for bit (when only
+    rank 0's were kept and every rank restored them, the weights differed by ~1e-3)."""
+    common = ["-m", "pyro_vae", "train", "--model", "gmvae", "--inference", "trace_graph",
+              "--set", "inference.schedule.batch_size=128", "--quiet"]
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    for args in ([*common, "--set", "inference.schedule.epochs=2", "--out", whole],
+                 [*common, "--set", "inference.schedule.epochs=1", "--out", part]):
+        code, _, err = torchrun(*args)
+        assert code == 0, err[-3000:]
+    baselines = torch.load(part / "checkpoint.pt", weights_only=True)["training"]["baselines_ranks"]
+    assert baselines and all(not torch.equal(b[0], b[1]) for b in baselines.values())  # the premise: they differ
+    code, _, err = torchrun("-m", "pyro_vae", "train", "--resume", part, "--set", "inference.schedule.epochs=2", "--quiet")
+    assert code == 0, err[-3000:]
+    a, b = (torch.load(run / "checkpoint.pt", weights_only=True)["weights"] for run in (whole, part))
+    for name in a:
+        assert torch.equal(a[name], b[name]), (name, (a[name] - b[name]).abs().max())

@@ -86,6 +86,9 @@ def test_compare_end_to_end(tmp_path, capsys):
         assert float(row["seconds_per_step"]) > 0 and float(row["snr_encoder"]) > 0 and float(row["snr_decoder"]) > 0
     report = json.loads((out / "comparison.json").read_text())
     assert report["settings"]["reference"] == "trace_elbo" and "not leave-one-out" in report["note"]
+    # the digits' held-out split is drawn with each seed: independent examples, SE_s combined as independent
+    ses = [float(r["diff_se"]) for r in rows if r["cell"] == "iwae"]
+    assert report["summary"]["iwae"]["diff_se_examples"] == pytest.approx(math.sqrt(sum(se ** 2 for se in ses)) / 2, rel=1e-5)
     assert {(r["estimator"], r["k"]) for r in report["snr_vs_k"]} == {("iwae", 1), ("iwae", 4)}
     assert [p["epoch"] for p in report["snr_points"][0]["points"]] == [0, 1, 2]
     for name in ("comparison_loglik.png", "comparison_curves.png", "comparison_snr.png"):

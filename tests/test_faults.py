@@ -4,7 +4,6 @@ import csv
 import errno
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -18,7 +17,7 @@ import torch
 from helpers import assert_one_line_error, run_cli
 from pyro_vae.errors import RunError
 from pyro_vae.files import atomic_write
-from pyro_vae.runs import load_checkpoint, load_run
+from pyro_vae.runs import load_checkpoint, load_run, record_outputs, sha256_file
 
 TESTS = Path(__file__).parent
 LONG = ["--set", "inference.schedule.epochs=12", "--set", "inference.schedule.batch_size=16",
@@ -66,37 +65,50 @@ def wait_for(condition, proc, timeout=120):
     raise TimeoutError
 
 
-def test_sigkill_at_random_points_then_resume_reproduces_the_run(reference, tmp_path):
-    """Kill -9 at random moments while training runs (after start-up, which varies by
-    machine), resume each time, and compare with the run that was never interrupted."""
+def checkpoint_step(out) -> int:
+    """The global step of RUN/checkpoint.pt (written by rename, so never half a file), 0 before the first."""
+    try:
+        return load_checkpoint(out / "checkpoint.pt")["training"]["state"]["global_step"]
+    except (FileNotFoundError, RunError):
+        return 0
+
+
+def wait_for_step(out, step, proc, timeout=300):
+    """Until the run's checkpoint holds ``step`` or a later one (a chosen point of training,
+    the same on any machine); False if the process ended first."""
+    seen = [None]
+
+    def reached():
+        path = out / "checkpoint.pt"
+        stamp = path.stat().st_mtime_ns if path.exists() else None
+        if stamp == seen[0]:
+            return False
+        seen[0] = stamp
+        return checkpoint_step(out) >= step
+
+    return wait_for(reached, proc, timeout)
+
+
+TOTAL_STEPS = 12 * (1617 // 16)  # LONG: 12 epochs of 101 steps, a checkpoint every 37 and at each epoch's end
+KILL_AT = (40, 260, 480, 700, 850)  # steps after which a SIGKILL lands; the last leaves 300+ steps to run
+
+
+def test_sigkill_at_chosen_steps_then_resume_reproduces_the_run(reference, tmp_path):
+    """Kill -9 at five chosen points of training (once the checkpoint holds a given step:
+    the kill lands a few steps later, mid-epoch, on any machine, however fast), resume each
+    time, and compare with the run that was never interrupted."""
     out = tmp_path / "killed"
-    rng = random.Random(1)
-    total_steps = 12 * (1617 // 16)
-    kills_mid_run = 0
     proc = spawn("train", "--out", out, *LONG)
-    started = lambda: (out / "spec.toml").exists()  # noqa: E731  (data loaded, model built)
-    for _ in range(5):
-        if not wait_for(started, proc):
-            break
-        time.sleep(rng.uniform(0.0, 0.8))
-        if proc.poll() is not None:
-            break
+    resumed_from = []
+    for step in KILL_AT:
+        assert wait_for_step(out, step, proc), f"the run ended before step {step}: {proc.stderr.read()}"
         proc.send_signal(signal.SIGKILL)
-        if proc.wait() == 0:  # it finished between the poll and the kill: nothing left to resume
-            break
-        if (out / "checkpoint.pt").exists():
-            step = load_checkpoint(out / "checkpoint.pt")["training"]["state"]["global_step"]
-            kills_mid_run += 0 < step < total_steps
-        if (out / "spec.toml").exists():
-            stamp = (out / "checkpoint.pt").stat().st_mtime_ns if (out / "checkpoint.pt").exists() else 0
-            proc = spawn("train", "--resume", out, "--quiet")
-            # training again once the resumed process writes a checkpoint of its own
-            started = lambda stamp=stamp: (out / "checkpoint.pt").exists() and (out / "checkpoint.pt").stat().st_mtime_ns != stamp  # noqa: E731
-        else:
-            proc = spawn("train", "--out", out, "--force", *LONG)
+        assert proc.wait() == -signal.SIGKILL, "training finished before the kill"
+        resumed_from.append(checkpoint_step(out))
+        proc = spawn("train", "--resume", out, "--quiet")
     code = proc.wait(timeout=300)
     assert code == 0, proc.stderr.read()
-    assert kills_mid_run >= 3, kills_mid_run
+    assert all(step <= at < TOTAL_STEPS for step, at in zip(KILL_AT, resumed_from)), resumed_from  # each mid-run
     assert metrics_without_timing(out) == metrics_without_timing(reference)
     assert_same_weights(out, reference)
     assert json.loads((out / "summary.json").read_text())["status"] == "completed"
@@ -112,8 +124,7 @@ def test_sigterms_finish_the_step_checkpoint_and_say_how_to_resume(reference, tm
     still end the process (-15)."""
     out = tmp_path / "term"
     proc = spawn("train", "--out", out, *LONG)
-    assert wait_for(lambda: (out / "checkpoint.pt").exists(), proc)
-    time.sleep(0.3)
+    assert wait_for_step(out, 200, proc)  # mid-run on any machine: 1000 steps remain
     while proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.001)
@@ -171,7 +182,7 @@ def test_a_nan_stops_training_naming_epoch_and_step_and_keeps_the_last_good_chec
     assert [row["epoch"] for row in metrics_without_timing(out)] == ["1", "2"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "diverged" and "epoch 3, step 9" in summary["message"]
-    assert all(torch.isfinite(t).all() for t in load_run(out).vae.state_dict().values())
+    assert all(torch.isfinite(t).all() for t in load_run(out, trust_code=True).vae.state_dict().values())
 
 
 def test_gradient_clipping_bounds_the_step():
@@ -203,6 +214,7 @@ def test_a_planted_pickle_is_refused_and_runs_nothing(digits_run, tmp_path):
             return (os.system, (f"touch {marker}",))
 
     torch.save({"format": 1, "weights": Payload(), "data_shape": [64], "num_data": 1}, run / "checkpoint.pt")
+    record_outputs(run, [], checkpoint_sha256=sha256_file(run / "checkpoint.pt"))  # its sender rewrote the hash too
     before = (run / "checkpoint.pt").read_bytes()
     code, _, stderr = run_cli("evaluate", run, "--samples", "5")
     assert_one_line_error(code, stderr, "refused to load", "only load checkpoints written by pyro-vae")
@@ -218,8 +230,11 @@ def test_truncated_checkpoint_missing_files_and_misnamed_data(digits_run, tmp_pa
     (run / "checkpoint.pt").write_bytes(data[: len(data) // 2])
     for args in (("evaluate", run, "--samples", "5"), ("analyze", run, "--samples", "5"), ("sample", run)):
         code, _, stderr = run_cli(*args)
-        assert_one_line_error(code, stderr, "corrupt or truncated checkpoint")
+        assert_one_line_error(code, stderr, "corrupt: its SHA-256 is not the one recorded")
     assert (run / "checkpoint.pt").read_bytes() == data[: len(data) // 2]  # nothing overwritten
+    (run / "manifest.json").unlink()  # a run from before manifests: torch's reader still refuses it
+    code, _, stderr = run_cli("evaluate", run, "--samples", "5")
+    assert_one_line_error(code, stderr, "corrupt or truncated checkpoint")
     (run / "spec.toml").unlink()
     code, _, stderr = run_cli("evaluate", run)
     assert_one_line_error(code, stderr, "spec.toml: missing")
@@ -258,6 +273,7 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path):
     checkpoint["training"]["state"]["epoch"] = 1
     checkpoint["training"]["state"]["history"] = checkpoint["training"]["state"]["history"][:1]
     torch.save(checkpoint, out / "checkpoint.pt")
+    record_outputs(out, [], checkpoint_sha256=sha256_file(out / "checkpoint.pt"))
     before = (out / "checkpoint.pt").read_bytes()
     limit = len(before) - 1000
 

@@ -16,7 +16,7 @@ from helpers import QUICK, ROOT, assert_one_line_error, run_cli, write_npz
 from pyro_vae import load_run
 from pyro_vae.cli import main
 from pyro_vae.errors import DataError, RunError
-from pyro_vae.runs import LOCK, RunLock, claim_output_dir, load_checkpoint
+from pyro_vae.runs import LOCK, RunLock, claim_output_dir, load_checkpoint, record_outputs
 from pyro_vae.spec import load_spec
 
 
@@ -61,8 +61,9 @@ def test_a_class_in_the_wrong_slot_is_one_line(capsys):
     one_line_exit_2(capsys, ["train", "--check", "--set",
                              "model.prior.kind=pyro_vae.model.likelihoods:BernoulliLikelihood"],
                     "model.prior.kind", "is a BernoulliLikelihood", "not a prior", "pyro_vae.model.priors.Prior")
+    # a function is refused before it is called: an import path names a class
     one_line_exit_2(capsys, ["train", "--check", "--set", "inference.estimator.kind=pyro_vae.infer.optim:adam"],
-                    "cannot be built as an estimator")
+                    "is a function, not a class", "pyro.infer.elbo.ELBO")
 
 
 def test_command_line_and_git_commit_are_recorded(digits_run, tmp_path):
@@ -129,17 +130,25 @@ def test_a_stale_lock_is_taken_over_with_a_message(tmp_path):
 
 def test_force_clears_what_an_earlier_comparison_wrote_and_nothing_else(tmp_path):
     out = tmp_path / "cmp"
+    claim_output_dir(out, force=False, kind="comparison").release()
     (out / "runs" / "old_estimator-seed9").mkdir(parents=True)
-    for name in ("comparison.csv", "comparison.json", "comparison_snr.png", "notes.txt"):
+    (out / "runs" / "theirs").mkdir()
+    for name in ("comparison.csv", "comparison.json", "comparison_snr.png", "notes.txt", "runs/theirs/spec.toml"):
         (out / name).write_text("x")
-    kwargs = dict(files=("comparison.csv", "comparison.json"), folders=("runs",), patterns=("comparison_*.png",),
-                  resumable=False)
+    claim_output_dir(out / "runs" / "old_estimator-seed9", force=False).release()
+    (out / "runs" / "old_estimator-seed9" / "spec.toml").write_text("x")
+    record_outputs(out / "runs" / "old_estimator-seed9", [out / "runs" / "old_estimator-seed9" / "spec.toml"])
+    record_outputs(out, [out / "comparison.csv", out / "comparison.json", out / "comparison_snr.png"],
+                   runs=["runs/old_estimator-seed9"])
     with pytest.raises(RunError) as refused:
-        claim_output_dir(out, force=False, **kwargs)
+        claim_output_dir(out, force=False, kind="comparison", resumable=False)
     message = refused.value.for_command_line()
     assert "--resume" not in message and "--force" in message
-    claim_output_dir(out, force=True, **kwargs).release()
-    assert sorted(p.name for p in out.iterdir()) == [LOCK, "notes.txt"]
+    said = []
+    claim_output_dir(out, force=True, kind="comparison", resumable=False, log=said.append).release()
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        LOCK, "manifest.json", "notes.txt", "runs/theirs/spec.toml"]
+    assert said == [f"{out}: kept 2 file(s) that pyro-vae did not write there: notes.txt, runs/theirs/spec.toml"]
 
 
 def _weights(run):
@@ -233,11 +242,14 @@ def test_a_component_beside_the_spec_is_imported_from_the_working_directory(tmp_
     run = tmp_path / "run"
     assert main(["train", "--out", str(run), "--set", f"model.prior.kind={kind}", "--set", "model.latent_dim=4",
                  "--set", "inference.schedule.epochs=1", "--quiet"]) == 0
-    assert load_run(run).spec.model.prior["kind"] == kind  # the spec records the reference
-    assert main(["evaluate", str(run), "--samples", "20", "--limit", "30"]) == 0
+    assert load_run(run, trust_code=True).spec.model.prior["kind"] == kind  # the spec records the reference
+    # a run's spec.toml may come from someone else: its modules are imported only with --trust-code
+    assert main(["evaluate", str(run), "--samples", "20", "--limit", "30"]) == 2
+    assert f"would import and run module '{package}.parts'" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--samples", "20", "--limit", "30", "--trust-code"]) == 0
     assert "active units" in (out := capsys.readouterr().out) and " of 4" in out and "?" not in out
-    assert main(["train", "--resume", str(run), "--set", "inference.schedule.epochs=2", "--quiet"]) == 0
-    assert main(["analyze", str(run), "--samples", "20", "--limit", "20", "--draws", "10"]) == 0
+    assert main(["train", "--resume", str(run), "--set", "inference.schedule.epochs=2", "--quiet", "--trust-code"]) == 0
+    assert main(["analyze", str(run), "--samples", "20", "--limit", "20", "--draws", "10", "--trust-code"]) == 0
     assert (run / "analysis" / "report.md").exists()
 
 
@@ -281,16 +293,66 @@ def test_comparison_summary_names_both_uncertainties_and_robust_timings():
                                     ("b", 0, -89.0, 1.0, 0.05), ("b", 1, -90.5, 0.5, 0.06), ("b", 2, -91.4, 0.6, 0.07)]]
     # one epoch of each run is 14x slower (a busy machine): medians and quartiles do not move with it
     timings = {(e, s): [0.01, 0.01, 0.14] for e in "ab" for s in range(3)}
-    b = _aggregate(rows, ["a", "b"], timings)["b"]
+    rng = np.random.default_rng(0)
+    paired = {(e, s): (rng.normal(size=50) * (e == "b"), np.arange(50) + 50 * s) for e in "ab" for s in range(3)}
+    b = _aggregate(rows, ["a", "b"], timings, paired)["b"]
     diffs = np.array([1.0, 0.5, 0.6])
     assert b["diff_se_seeds"] == pytest.approx(diffs.std(ddof=1) / math.sqrt(3))
-    assert b["diff_se_examples"] == pytest.approx(math.sqrt((0.05 ** 2 + 0.06 ** 2 + 0.07 ** 2) / 3) / math.sqrt(3))
+    ses = [paired[("b", s)][0].std(ddof=1) / math.sqrt(50) for s in range(3)]  # each seed its own examples
+    assert b["diff_se_examples"] == pytest.approx(math.sqrt(sum(se ** 2 for se in ses)) / 3)
     assert b["diff_se"] == b["diff_se_seeds"] and b["diff_se_over"] == "seeds"
     assert b["seconds_per_step"] == pytest.approx(0.01)
     assert b["seconds_per_step_quartiles"] == pytest.approx(list(np.percentile([0.01, 0.01, 0.14] * 3, [25, 75])))
-    one_seed = _aggregate(rows[3:4], ["b"], timings)["b"]
-    assert one_seed["diff_se_seeds"] is None and one_seed["diff_se"] == pytest.approx(0.05)
+    one_seed = _aggregate(rows[3:4], ["b"], timings, paired)["b"]
+    assert one_seed["diff_se_seeds"] is None and one_seed["diff_se"] == pytest.approx(ses[0])
     assert one_seed["diff_se_over"] == "examples"
+
+
+def test_the_comparison_table_keeps_its_columns_apart():
+    """Wide values (ms per step with its IQR beside 0 active units) no longer run two
+    columns together ('0137.17 (109.09-296.06)'): every row splits into the header's fields."""
+    import re
+
+    from pyro_vae.analysis.comparison_table import comparison_text
+
+    entry = {"log_likelihood": -1234.567, "diff_vs_reference": -12.345, "diff_se_seeds": None, "diff_se_examples": 0.123,
+             "elbo": -1240.5, "kl": 123.45, "active_units": 0.0, "seconds_per_step": 0.13717,
+             "seconds_per_step_quartiles": [0.10909, 0.29606], "snr_encoder": 0.5, "snr_decoder": 12.25,
+             "accuracy": math.nan}
+    report = {"settings": {"reference": "a-long-reference-label", "snr": True},
+              "summary": {"a-long-reference-label": entry, "b": {**entry, "diff_se_seeds": 0.2}}}
+    lines = comparison_text(report).splitlines()
+    fields = [re.split(r"\s{2,}", line) for line in lines]
+    assert fields[0] == ["cell", "log p(x)", "diff vs a-long-reference-label", "SE seeds", "SE examples", "ELBO", "KL", "AU",
+                         "ms/step (IQR)", "SNR enc", "SNR dec"]
+    assert fields[1] == ["a-long-reference-label", "-1234.567", "-12.345", "n/a", "0.123", "-1240.500", "123.45", "0",
+                         "137.17 (109.09-296.06)", "0.500", "12.250"]
+    assert len(fields[2]) == len(fields[0]) and len({len(line) for line in lines}) == 1  # aligned
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_the_standard_error_over_examples_matches_the_spread_of_redrawn_examples(shared):
+    """Paired differences d_sn = a_n + e_sn of S = 3 seeds on n = 200 examples, where a_n
+    (the example's own effect, sd 1) is common to all seeds when they share the examples
+    (the source's own valid split) and drawn afresh per seed when they do not (splits drawn
+    with the seed); e_sn (sd 0.6) is each seed's own. Over 2000 redraws of the examples, the
+    reported SE of the mean over seeds and examples matches the spread of that mean (5%).
+    Treating shared examples as independent reported about 1/sqrt(3) of it (issue 29)."""
+    from pyro_vae.workflows.compare import se_over_examples
+
+    rng = np.random.default_rng(1)
+    seeds, n, redraws = 3, 200, 2000
+    means, reported = [], []
+    for _ in range(redraws):
+        a = rng.normal(size=(1, n)) if shared else rng.normal(size=(seeds, n))
+        d = a + 0.6 * rng.normal(size=(seeds, n))
+        rows = [np.arange(n) + (0 if shared else n * s) for s in range(seeds)]
+        means.append(d.mean())
+        reported.append(se_over_examples([(d[s], rows[s]) for s in range(seeds)]))
+    true_sd = np.std(means, ddof=1)  # closed form: sqrt((1 + 0.36/3) / 200) shared, sqrt(1.36 / 600) not
+    assert true_sd == pytest.approx(math.sqrt((1 + 0.36 / 3) / n) if shared else math.sqrt(1.36 / (n * seeds)), rel=0.05)
+    assert np.mean(reported) == pytest.approx(true_sd, rel=0.05)
+    assert se_over_examples([(d[0], rows[0]), None]) != se_over_examples([(d[0], rows[0]), None])  # nan: unpaired
 
 
 # --- figures for every kind of data -----------------------------------------------------------

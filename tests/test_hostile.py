@@ -40,7 +40,8 @@ scalars = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False, width=32),
     st.booleans(),
     st.text(max_size=12),
-    st.sampled_from(["mlp", "conv", "vamp", "iaf", "flow", "zinb", "categorical", "cuda", "static", "pkg.mod:Nope", "ü∂ƒ"]),
+    st.sampled_from(["mlp", "conv", "vamp", "iaf", "flow", "zinb", "categorical", "cuda", "static", "pkg.mod:Nope", "ü∂ƒ",
+                     "os:_exit", "code:interact", "builtins:print", "os:path", "..:Y", ".x:Y", "antigravity:X"]),
 )
 values = st.recursive(
     scalars,
@@ -51,7 +52,8 @@ set_values = st.one_of(
     st.text(max_size=12),
     st.integers(-(10**20), 10**20).map(str),
     st.sampled_from(["[]", "[0]", "[1, 2]", "[16384, 16384, 16384]", "{a = 1}", "nan", "inf", "-inf", "1e400", '"x"', "true",
-                     "mixture", "vamp", "iaf", "conv", "1e-30", "../../outside.npz", "/dev/null"]),
+                     "mixture", "vamp", "iaf", "conv", "1e-30", "../../outside.npz", "/dev/null", "os:_exit",
+                     "code:interact", "os:path", "..:Y", "[" * 2000 + "]" * 2000]),
 )
 set_strings = st.one_of(st.text(max_size=30), st.builds(lambda k, v: f"{k}={v}", st.sampled_from(KEYS), set_values))
 
@@ -161,3 +163,120 @@ def test_hostile_specs_never_crash(tmp_path, capsys):
               f"{COUNTS['refused at training']} refused at training")
     assert COUNTS["cases"] >= EXAMPLES * 0.9
     assert COUNTS["refused"] > 0 and COUNTS["trained"] > 0
+
+
+# --- crafted run directories -----------------------------------------------------------------------
+
+RUN_EXAMPLES = int(os.environ.get("PYRO_VAE_HOSTILE_RUNS", "24"))
+RUN_COUNTS: Counter = Counter()
+CASE_SECONDS = 120  # a case that takes longer hangs
+RUN_FILES = ["checkpoint.pt", "spec.toml", "manifest.json", "metrics.csv", "summary.json", "evaluation", "samples",
+             "figures"]
+COMMANDS = [
+    ["evaluate", "{run}", "--samples", "3", "--limit", "8"],
+    ["sample", "{run}", "--n", "3"],
+    ["encode", "{run}", "--out", "{work}/codes.npz", "--split", "valid"],
+    ["train", "--resume", "{run}", "--set", "inference.schedule.epochs=2", "--quiet"],
+    ["train", "--out", "{run}", "--force", "--set", "inference.schedule.epochs=1", "--set", "model.latent_dim=2",
+     "--quiet"],
+    ["train", "--check", "--spec", "{run}/spec.toml"],
+]
+
+
+@st.composite
+def run_mutation(draw):
+    name = draw(st.sampled_from(RUN_FILES))
+    action = draw(st.sampled_from(["flip", "truncate", "garbage", "toml", "symlink", "file", "delete", "folder"]))
+    return name, action, draw(st.binary(max_size=64)), draw(st.integers(0, 10**6)), draw(values), \
+        draw(st.sampled_from(COMMANDS))
+
+
+def _mutate(run: Path, outside: Path, name: str, action: str, garbage: bytes, at: int, value) -> None:
+    import shutil
+
+    target = run / name
+    if action in ("symlink", "file", "folder") or not target.exists() or target.is_dir():
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+        if action == "symlink":
+            target.symlink_to(outside)
+        elif action == "file":
+            target.write_bytes(garbage)
+        elif action == "folder":
+            target.mkdir()
+        return
+    data = target.read_bytes()
+    if action == "delete":
+        target.unlink()
+    elif action == "truncate":
+        target.write_bytes(data[: at % (len(data) + 1)])
+    elif action == "garbage":
+        target.write_bytes(garbage)
+    elif action == "flip" and data:
+        flipped = bytearray(data)
+        flipped[at % len(data)] ^= 0xFF
+        target.write_bytes(bytes(flipped))
+    elif action == "toml" and name == "spec.toml":
+        raw = tomllib.loads(data.decode())
+        paths = list(_paths(raw))[1:]
+        path = paths[at % len(paths)]
+        parent = raw
+        for key in path[:-1]:
+            parent = parent[key]
+        parent[path[-1]] = value
+        target.write_text(tomli_w.dumps(raw))
+
+
+class _Hang(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise _Hang(f"a case ran over {CASE_SECONDS} s")
+
+
+def test_crafted_run_directories_never_crash(tmp_path, capsys):
+    """A trained run with one file deleted, truncated, flipped, replaced, mutated (spec.toml),
+    or a link, a file or a folder planted in its place; each command that reads a run then
+    ends in a clean run or one line with exit 2, never a traceback, a crash or a hang, and
+    writes nothing outside the run (or the output named)."""
+    import shutil
+    import signal
+
+    RUN_COUNTS.clear()
+    original = tmp_path / "original"
+    assert main(["train", "--out", str(original), "--set", "inference.schedule.epochs=1", "--set", "model.latent_dim=2",
+                 "--quiet"]) == 0
+    counter = iter(range(10**9))
+
+    @settings(max_examples=RUN_EXAMPLES, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
+    @given(case=run_mutation())
+    def one(case):
+        name, action, garbage, at, value, command = case
+        work = tmp_path / f"case{next(counter)}"
+        run, outside = work / "run", work / "outside"
+        shutil.copytree(original, run)
+        outside.mkdir()
+        _mutate(run, outside, name, action, garbage, at, value)
+        args = [a.format(run=run, work=work) for a in command]
+        before = _files(work, run) - {work / "codes.npz"}
+        RUN_COUNTS["cases"] += 1
+        previous = signal.signal(signal.SIGALRM, _alarm)
+        signal.alarm(CASE_SECONDS)
+        try:
+            code, _, stderr = _cli(args, work)
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
+        _check_outcome(code, stderr, f"{name} {action} then {' '.join(command[:2])}")
+        RUN_COUNTS[{0: "ran", 2: "refused", 3: "diverged"}[code]] += 1
+        assert _files(work, run) - {work / "codes.npz"} == before, "a file was written outside the run directory"
+
+    one()
+    with capsys.disabled():
+        print(f"\ncrafted run directories: {RUN_COUNTS['cases']} cases; {RUN_COUNTS['ran']} ran cleanly, "
+              f"{RUN_COUNTS['refused']} refused with one line (exit 2), {RUN_COUNTS['diverged']} diverged (exit 3)")
+    assert RUN_COUNTS["cases"] >= RUN_EXAMPLES * 0.9 and RUN_COUNTS["refused"] > 0

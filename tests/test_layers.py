@@ -42,7 +42,6 @@ from scipy.special import logsumexp, softplus  # noqa: E402
 
 import linear_gaussian as lg  # noqa: E402
 from helpers import assert_one_line_error  # noqa: E402
-from pyro_vae.errors import SpecError  # noqa: E402
 from pyro_vae.infer.estimators import ESTIMATORS  # noqa: E402
 from pyro_vae.infer.evaluate import importance_sample  # noqa: E402
 
@@ -291,8 +290,6 @@ def test_a_bad_layer_key_names_its_place(tmp_path):
 def test_the_shipped_hierarchies_are_listed_and_build(name):
     code, out, _ = run_cli("specs")
     assert code == 0 and name in out
-    from pyro_vae.spec import load_spec  # noqa: F401  (the catalogue's own loader below)
-
     spec = Spec.from_dict({"model": __import__("tomllib").loads(
         (Path(__file__).resolve().parents[1] / "models" / f"{name}.toml").read_text())["model"]})
     vae = build_vae(spec.model, (784,))
@@ -357,3 +354,59 @@ def test_three_layers_pyro_sites_and_the_joint_vector_agree(guide):
     assert torch.allclose(vae.p_x(z, x).log_prob(x), log_p["x"], atol=1e-10)
     samples = vae.latent_prior().sample((5,))
     assert samples.shape == (5, 9) and torch.isfinite(vae.latent_prior().log_prob(samples)).all()
+
+
+def test_compare_sets_the_ladder_beside_bottom_up_with_active_units_per_layer(tmp_path):
+    import csv
+
+    data = write_data(tmp_path)
+    code, out, err = run_cli("compare", "--model", "ladder", "--data", data, "--set", "model.latent_dim=4",
+                             "--set", "model.encoder.hidden=[16]", "--set", "model.decoder.hidden=[16]",
+                             "--set", "model.upper_layers=[{latent_dim=2, encoder={kind=\"mlp\", hidden=[8]}, "
+                                      "prior_network={kind=\"mlp\", hidden=[8]}}]",
+                             "--set", "inference.schedule.epochs=1", "--vary", "model.inference_network=bottom_up,ladder",
+                             "--seeds", "1", "--samples", "10", "--out", tmp_path / "cmp")
+    assert code == 0, err
+    rows = list(csv.DictReader(open(tmp_path / "cmp" / "comparison.csv")))
+    assert [row["model.inference_network"] for row in rows] == ["bottom_up", "ladder"]
+    for row in rows:
+        assert " of 6: z1 " in row["active_units_by_layer"] and " of 4, z2 " in row["active_units_by_layer"]
+        assert row["active_units_by_layer"].startswith(row["active_units"] + " of 6")
+
+
+def test_set_and_vary_reach_into_a_layer_by_its_index():
+    from pyro_vae.spec import load_spec
+    from pyro_vae.workflows.cells import parse_axis
+
+    spec = load_spec(model="hvae", overrides=["model.upper_layers.0.posterior.kind=iaf", "model.upper_layers.0.latent_dim=7"])
+    layer = spec.model.upper_layers[0]
+    assert layer.posterior["kind"] == "iaf" and layer.posterior["steps"] == 2 and layer.latent_dim == 7
+    assert layer.encoder["hidden"] == [100, 100]  # the rest of the layer as the file has it
+    assert load_spec(model="hvae", overrides=["model.upper_layers=[]"]).model.upper_layers == []
+    for override, fragment in (("model.upper_layers.3.latent_dim=7", "holds 1 tables; index them 0 to 0"),
+                               ("model.upper_layers.0.latent_dim=7", "model.upper_layers")):
+        with pytest.raises(Exception, match=fragment):
+            load_spec(model="hvae" if "3" in override else "bernoulli_mlp", overrides=[override])
+    axis = parse_axis('model.upper_layers=[],[{latent_dim=4}]')  # the number of layers as an axis of compare
+    assert axis.values == ("[]", "[{latent_dim=4}]")
+
+
+def test_encode_annotates_an_h5ad_without_obs(tmp_path):
+    """An .h5ad without obs loads (data/readers.py reads obs only for labels or a split
+    column); encode's annotated copy takes its rows from X then."""
+    anndata = pytest.importorskip("anndata")
+    import h5py
+
+    x = (np.random.default_rng(0).random((40, 6)) > 0.5).astype(np.float32)
+    path = tmp_path / "cells.h5ad"
+    anndata.AnnData(X=x).write_h5ad(path)
+    with h5py.File(path, "r+") as f:
+        del f["obs"]
+    run = tmp_path / "run"
+    code, _, err = run_cli("train", "--model", "bernoulli_mlp", "--data", path, "--out", run, "--set", "inference.schedule.epochs=1",
+                           "--quiet")
+    assert code == 0, err
+    code, _, err = run_cli("encode", run, "--out", tmp_path / "codes.h5ad")
+    assert code == 0, err
+    with h5py.File(tmp_path / "codes.h5ad", "r") as f:
+        assert f["obsm"]["X_pyro_vae"].shape == (40, 16)

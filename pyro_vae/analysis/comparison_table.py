@@ -1,6 +1,7 @@
 """``comparison.md``: a comparison's summary as a Markdown table, one row per cell, each
 figure its mean over seeds +- its standard error, and each cell's paired difference to
-the reference +- the paired standard error (see :mod:`pyro_vae.workflows.compare`)."""
+the reference +- the paired standard error (see :mod:`pyro_vae.workflows.compare`); and
+the same summary as the plain-text table ``compare`` prints."""
 
 from __future__ import annotations
 
@@ -55,3 +56,36 @@ def comparison_markdown(report: dict) -> str:
 
 def _examples(settings: dict) -> str:
     return f"{settings['examples']:,}" if settings.get("examples") is not None else "all"
+
+
+def _aligned(rows: list[list[str]], left: int = 1) -> list[str]:
+    """Rows of cells as lines: each column as wide as its widest cell, the first ``left``
+    columns flush left, the rest flush right, columns two spaces apart (never run together)."""
+    widths = [max(len(row[j]) for row in rows) for j in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) if j < left else cell.rjust(w) for j, (cell, w) in enumerate(zip(row, widths))).rstrip()
+            for row in rows]
+
+
+def comparison_text(report: dict) -> str:
+    """The terminal's table: per cell, log p(x), the paired difference to the reference with
+    its standard errors over seeds and over examples, ELBO, KL, active units, ms per step
+    (median over epochs and interquartile range), and SNR where measured; then, where a
+    discrete latent y is learned, q(y|x)'s SNR, accuracy, cluster accuracy and NMI."""
+    settings, summary = report["settings"], report["summary"]
+    snr = settings["snr"]
+    rows = [["cell", "log p(x)", f"diff vs {settings['reference']}", "SE seeds", "SE examples", "ELBO", "KL", "AU",
+             "ms/step (IQR)", *(["SNR enc", "SNR dec"] if snr else [])]]
+    for label, s in summary.items():
+        low, high = (1000 * q for q in s["seconds_per_step_quartiles"])
+        rows.append([label, f"{s['log_likelihood']:.3f}", f"{s['diff_vs_reference']:+.3f}",
+                     f"{s['diff_se_seeds']:.3f}" if s["diff_se_seeds"] is not None else "n/a",
+                     f"{s['diff_se_examples']:.3f}", f"{s['elbo']:.3f}", f"{s['kl']:.2f}", f"{s['active_units']:.0f}",
+                     f"{1000 * s['seconds_per_step']:.2f} ({low:.2f}-{high:.2f})",
+                     *([f"{s['snr_encoder']:.3f}", f"{s['snr_decoder']:.3f}"] if snr else [])])
+    lines = _aligned(rows)
+    discrete = [(label, s) for label, s in summary.items() if math.isfinite(s["accuracy"])]
+    if discrete:  # a discrete latent y: q(y|x)'s gradient SNR and how q(y|x) agrees with the labels
+        lines += [""] + _aligned([["cell", "SNR q(y|x)", "accuracy", "cluster acc", "NMI"]] + [
+            [label, f"{s['snr_classifier']:.3f}", f"{s['accuracy']:.3f}", f"{s['cluster_accuracy']:.3f}", f"{s['nmi']:.3f}"]
+            for label, s in discrete])
+    return "\n".join(lines)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -52,12 +52,14 @@ class Look:
     data_shape: tuple[int, ...]
     bounds: tuple[Optional[float], Optional[float]] = (None, None)
     counts: bool = False
+    fixed: Optional[tuple[float, float]] = None  # one colour range for several figures (see ``spanning``)
+    feature_names: Optional[tuple[str, ...]] = None  # a CSV header's: the heat maps' feature axis
 
     @classmethod
-    def of(cls, vae) -> "Look":
+    def of(cls, vae, feature_names: Optional[Sequence[str]] = None) -> "Look":
         likelihood = vae.likelihood
         return cls(tuple(vae.data_shape), tuple(likelihood.domain_bounds), bool(getattr(likelihood, "raw_integers", False))
-                   and likelihood.domain_bounds[1] is None)
+                   and likelihood.domain_bounds[1] is None, feature_names=tuple(feature_names) if feature_names else None)
 
     @property
     def image_shape(self) -> Optional[tuple[int, int, int]]:
@@ -68,10 +70,25 @@ class Look:
             return None
         return shape
 
+    @property
+    def bounded(self) -> bool:
+        return self.bounds[0] is not None and self.bounds[1] is not None
+
+    def spanning(self, *arrays) -> "Look":
+        """This look with one colour range for all ``arrays`` (a run's inputs, reconstructions
+        and samples: figures of the same data on the same scale): the support where it is
+        bounded, else the 1st to 99th percentile of all their values together."""
+        if self.bounded:
+            return self
+        values = np.concatenate([np.asarray(torch.as_tensor(a).detach().cpu(), dtype=np.float32).reshape(-1) for a in arrays])
+        return replace(self, fixed=self.value_range(values))
+
     def value_range(self, x: np.ndarray) -> tuple[float, float]:
         low, high = self.bounds
         if low is not None and high is not None:
             return float(low), float(high)
+        if self.fixed is not None:
+            return self.fixed
         finite = x[np.isfinite(x)]
         if not len(finite):
             return 0.0, 1.0
@@ -117,12 +134,19 @@ def _show_images(ax, images: np.ndarray, columns: int, vrange):
     return mappable
 
 
-def _show_table(ax, x: np.ndarray, vrange, rows: Sequence[str]):
-    """Examples x features as a heat map: integer feature ticks, one named row per example."""
+def _show_table(ax, x: np.ndarray, vrange, rows: Sequence[str], features: Optional[Sequence[str]] = None):
+    """Examples x features as a heat map, one named row per example; the features named
+    (a CSV header's names, up to 40 of them shown) or else numbered."""
     flat = x.reshape(len(x), -1)
     mappable = ax.imshow(flat, aspect="auto", cmap="viridis", vmin=vrange[0], vmax=vrange[1], interpolation="nearest")
-    ax.xaxis.set_major_locator(ticker().MaxNLocator(nbins=10, integer=True))
-    ax.set_xlabel("feature (column index)", fontsize=8)
+    if features is not None and len(features) == flat.shape[1]:
+        every = max(1, math.ceil(len(features) / 40))
+        ax.set_xticks(range(0, len(features), every), [features[j] for j in range(0, len(features), every)],
+                      rotation=90, fontsize=6)
+        ax.set_xlabel("feature", fontsize=8)
+    else:
+        ax.xaxis.set_major_locator(ticker().MaxNLocator(nbins=10, integer=True))
+        ax.set_xlabel("feature (column index)", fontsize=8)
     step = max(1, math.ceil(len(flat) / 12))
     ax.set_yticks(range(0, len(flat), step), [rows[i] for i in range(0, len(flat), step)], fontsize=7)
     ax.tick_params(axis="x", labelsize=7)
@@ -135,7 +159,7 @@ def image_panel(path: Path, panels: Sequence[tuple], look: Look, title: str, col
     non-image data (default 'example 0', 'example 1', ...)."""
     arrays = [np.asarray(torch.as_tensor(panel[1]).detach().cpu(), dtype=np.float32) for panel in panels]
     vrange = look.value_range(np.concatenate([a.reshape(-1) for a in arrays]))
-    bounded = look.bounds[0] is not None and look.bounds[1] is not None
+    bounded = look.bounded
     value = "count" if look.counts else "value"
     if look.image_shape is not None:
         h, w = look.image_shape[1:]
@@ -153,11 +177,14 @@ def image_panel(path: Path, panels: Sequence[tuple], look: Look, title: str, col
         axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
         for ax, panel, x in zip(axes, panels, arrays):
             names = panel[2] if len(panel) > 2 else [f"example {i}" for i in range(len(x))]
-            mappable = _show_table(ax, x, vrange, names)
+            mappable = _show_table(ax, x, vrange, names, look.feature_names)
             ax.set_title(panel[0], fontsize=9)
     if not bounded or look.image_shape is None:
         note = "" if bounded else " (1st-99th percentile; beyond it clipped)"
-        fig.colorbar(mappable, ax=list(axes), label=value + note, shrink=0.9)
+        height = fig.get_size_inches()[1]
+        # a short figure (one row of images) has its colour bar underneath, where the label fits
+        fig.colorbar(mappable, ax=list(axes), label=value + note, shrink=0.9,
+                     **({"orientation": "horizontal", "aspect": 40} if height < 3.5 else {}))
     fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
 
@@ -214,23 +241,26 @@ def elbo_curves(path: Path, metrics: Sequence[dict]) -> Path:
     return save_figure(fig, path)
 
 
-def training_figures(folder: Path, vae, x_valid: torch.Tensor, metrics: Sequence[dict], num_samples: int = 64) -> list[Path]:
-    """elbo.png, reconstructions.png and samples.png for a trained VAE."""
+def training_figures(folder: Path, vae, x_valid: torch.Tensor, metrics: Sequence[dict], num_samples: int = 64,
+                     feature_names: Optional[Sequence[str]] = None) -> list[Path]:
+    """elbo.png, reconstructions.png and samples.png for a trained VAE (``feature_names``:
+    the data's, where it names them)."""
     folder = Path(folder)
-    look = Look.of(vae)
     inputs = x_valid[:16]
+    reconstructions = vae.reconstruct(inputs)
     _, samples = vae.sample(num_samples)
+    look = Look.of(vae, feature_names).spanning(inputs, reconstructions, samples)
     return [
         elbo_curves(folder / "elbo.png", metrics),
-        reconstruction_panel(folder / "reconstructions.png", vae, inputs, "validation"),
+        reconstruction_panel(folder / "reconstructions.png", inputs, reconstructions, "validation", look),
         image_panel(folder / "samples.png", [("E[x|z], z ~ p(z)", samples, [f"sample {i}" for i in range(len(samples))])],
                     look, "Decoded samples from the prior"),
     ]
 
 
-def reconstruction_panel(path: Path, vae, inputs: torch.Tensor, split: str) -> Path:
+def reconstruction_panel(path: Path, inputs: torch.Tensor, reconstructions: torch.Tensor, split: str, look: Look) -> Path:
     """Inputs above their reconstructions E[x|z], z ~ q(z|x), row for row."""
     names = [f"{split} example {i}" for i in range(len(inputs))]
     return image_panel(path, [(f"{split} inputs x", inputs, names),
-                              ("reconstructions E[x|z], z ~ q(z|x)", vae.reconstruct(inputs), names)],
-                       Look.of(vae), f"{split.capitalize()} inputs and their reconstructions")
+                              ("reconstructions E[x|z], z ~ q(z|x)", reconstructions, names)],
+                       look, f"{split.capitalize()} inputs and their reconstructions")

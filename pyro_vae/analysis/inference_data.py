@@ -73,6 +73,26 @@ def khat_bands(khat: np.ndarray) -> dict:
     }
 
 
+MANY_UNRELIABLE = 0.1  # a share of examples with k-hat >= 0.7 above which the whole run's figures are in doubt
+
+
+def khat_advice(bands: dict) -> str:
+    """What the share of examples with k-hat >= 0.7 means, in words, and, when it is large
+    (``MANY_UNRELIABLE`` or more), what to try."""
+    bad, n = bands["bad"], sum(band["count"] for band in bands.values())
+    if bad["count"] == 0:
+        return "No example has k-hat >= 0.7: q(z|x) is a usable importance-sampling proposal for every one."
+    said = (f"{bad['share']:.1%} of the examples ({bad['count']} of {n}) have k-hat >= 0.7: for them q(z|x) is a poor "
+            "importance-sampling proposal for p(z|x) (a few draws carry almost all the weight), so their log p(x) "
+            "estimates, plain IS and PSIS alike, are unreliable (most likely too low).")
+    if bad["share"] < MANY_UNRELIABLE:
+        return said + " They are few: the means above move little with them."
+    return (said + " They are many, so the means above are in doubt too. To try: more draws (--samples; it helps "
+            "only where k-hat is below 1); a richer posterior (--model iaf_posterior or low_rank_posterior, or an "
+            "importance-weighted estimator such as --inference iwae_k5, which trains q(z|x) as a proposal); and a "
+            "likelihood that fits the data (a density on a few discrete levels, for one, makes p(x|z) too peaked).")
+
+
 @dataclass
 class PosteriorDraws:
     """Draws and per-example diagnostics, as numpy arrays."""

@@ -57,50 +57,124 @@ def latent_space(path: Path, means: np.ndarray, labels: Optional[np.ndarray], di
     return save_figure(fig, path)
 
 
-def example_posteriors(path_posterior: Path, path_pair: Path, idata, examples: Sequence[int], dims: Sequence[int]) -> list[Path]:
-    """az.plot_posterior (marginals of the most active dimensions) and az.plot_pair (their
-    joint) of q(z|x) for a few examples."""
+def gaussian_moments(q) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """(means (n, D), covariances (n, D, D)) of a Gaussian q(z|x) (diagonal, low-rank or full
+    normal), None for any other (a flow, a mixture over y): its figures then show draws."""
+    import torch.distributions as td
+
+    base = q.base_dist if isinstance(q, td.Independent) and q.reinterpreted_batch_ndims == 1 else None
+    if isinstance(q, (td.MultivariateNormal, td.LowRankMultivariateNormal)):
+        covariance = q.covariance_matrix
+    elif isinstance(base, td.Normal):
+        covariance = torch.diag_embed(base.variance)
+    else:
+        return None
+    return q.mean.detach().cpu().double().numpy(), covariance.detach().cpu().double().numpy()
+
+
+MAHALANOBIS = (1.0, 2.0, 3.0)  # a 2-D Gaussian holds 1 - exp(-r^2 / 2) of its mass within r: 39%, 86%, 99%
+Z90 = 1.6448536269514722  # the standard normal's 95th percentile: mean +- Z90 sd is the 90% HDI of a normal
+
+
+def example_posteriors(path_posterior: Path, path_pair: Path, idata, examples: Sequence[int], dims: Sequence[int],
+                       gaussian: Optional[tuple[np.ndarray, np.ndarray]] = None) -> list[Path]:
+    """The posterior q(z|x) of a few examples on the most active dimensions: marginals
+    (a histogram of the stored draws; for a Gaussian q its exact density and 90% HDI, mean +-
+    1.645 sd, else ArviZ's HDI of the draws) and the joint of two dimensions (the draws; for
+    a Gaussian q its exact contours at Mahalanobis distance 1, 2, 3, else a kernel density
+    estimate). ``gaussian``: (means, covariances) of q for ``examples``, row for row."""
     az = arviz()
-    fig = new_figure(figsize=(3.0 * len(dims), 2.4 * len(examples)))
+    draws = idata.posterior["z"].values[0]  # (draws, obs, latent)
+    fig = new_figure(figsize=(3.0 * len(dims), 2.3 * len(examples) + 0.6), layout="constrained")
     axes = fig.subplots(len(examples), len(dims), squeeze=False)
-    with quiet_arviz():
-        for row, n in enumerate(examples):
-            az.plot_posterior(idata, var_names=["z"], coords={"obs": [n], "latent": list(dims)}, ax=axes[row],
-                              hdi_prob=0.9, textsize=8)
-            for col, d in enumerate(dims):
-                axes[row, col].set_title(f"example {n}: z[{d}]", fontsize=9)
-                axes[row, col].set_xlabel("z (latent units)", fontsize=8)
+    for row, n in enumerate(examples):
+        for col, d in enumerate(dims):
+            ax, values = axes[row, col], draws[:, n, d]
+            ax.hist(values, bins=30, density=True, color="C0", alpha=0.35, label=f"{len(values)} draws from q(z|x)")
+            if gaussian is not None:
+                mean, sd = gaussian[0][row, d], np.sqrt(gaussian[1][row, d, d])
+                low, high = mean - Z90 * sd, mean + Z90 * sd
+                grid = np.linspace(min(values.min(), mean - 4 * sd), max(values.max(), mean + 4 * sd), 200)
+                ax.plot(grid, np.exp(-0.5 * ((grid - mean) / sd) ** 2) / (sd * np.sqrt(2 * np.pi)), color="C0",
+                        label="q(z|x), exact density")
+            else:
+                mean = float(values.mean())
+                with quiet_arviz():
+                    low, high = (float(v) for v in az.hdi(values, hdi_prob=0.9))
+            ax.axvspan(low, high, color="C1", alpha=0.15, label="90% HDI")
+            ax.axvline(mean, color="k", lw=1, ls=":", label="mean")
+            ax.set_title(f"example {n}: z[{d}]\nmean {mean:.2f}, 90% HDI [{low:.2f}, {high:.2f}]", fontsize=8)
+            ax.set_xlabel("z (latent units)", fontsize=8)
+            ax.set_yticks([])
+            ax.tick_params(labelsize=7)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8)
     fig.suptitle("Posterior q(z|x) of single examples: marginals with 90% HDI", fontsize=11)
-    fig.tight_layout()
     paths = [save_figure(fig, path_posterior)]
-    fig = new_figure(figsize=(3.2 * len(examples), 3.2))
+
+    a, b = dims[:2] if len(dims) > 1 else (dims[0], dims[0])
+    fig = new_figure(figsize=(3.4 * len(examples), 3.7), layout="constrained")
     axes = fig.subplots(1, len(examples), squeeze=False)[0]
-    with quiet_arviz():
-        for ax, n in zip(axes, examples):
-            az.plot_pair(idata, var_names=["z"], coords={"obs": [n], "latent": list(dims[:2])}, kind="kde", ax=ax,
-                         textsize=8)
-            ax.set_title(f"example {n}", fontsize=9)
-            ax.set_xlabel(f"z[{dims[0]}]")
-            ax.set_ylabel(f"z[{dims[1]}]")
-    fig.suptitle("Joint posterior q(z|x) of two latent dimensions, single examples", fontsize=11)
-    fig.tight_layout()
+    for j, (ax, n) in enumerate(zip(axes, examples)):
+        ax.scatter(draws[:, n, a], draws[:, n, b], s=5, color="0.45", alpha=0.5, label=f"{len(draws)} draws from q(z|x)")
+        if gaussian is not None:
+            mean = gaussian[0][j, [a, b]]
+            root = np.linalg.cholesky(gaussian[1][j][np.ix_([a, b], [a, b])])
+            circle = np.stack([np.cos(np.linspace(0, 2 * np.pi, 200)), np.sin(np.linspace(0, 2 * np.pi, 200))])
+            for r, color in zip(MAHALANOBIS, ("C3", "C1", "C0")):
+                ring = mean[:, None] + r * root @ circle
+                ax.plot(*ring, color=color, lw=1.2, label=f"q(z|x): {1 - np.exp(-r * r / 2):.0%} of its mass inside")
+            ax.plot(*mean, "k+", ms=9, label="mean")
+        else:  # a kernel density estimate's contours, each around as many of the draws as a ring above holds
+            from scipy.stats import gaussian_kde
+
+            points = np.stack([draws[:, n, a], draws[:, n, b]])
+            kde = gaussian_kde(points)
+            low, high = points.min(1), points.max(1)
+            low, high = low - 0.3 * (high - low), high + 0.3 * (high - low)  # room for the outer contour to close
+            gx, gy = np.meshgrid(np.linspace(low[0], high[0], 100), np.linspace(low[1], high[1], 100))
+            density = kde(np.stack([gx.ravel(), gy.ravel()])).reshape(gx.shape)
+            at_draws = kde(points)
+            for r, color in zip(MAHALANOBIS, ("C3", "C1", "C0")):
+                share = 1 - np.exp(-r * r / 2)
+                ax.contour(gx, gy, density, levels=[np.quantile(at_draws, 1 - share)], colors=color, linewidths=1.2)
+                ax.plot([], [], color=color, label=f"kernel density estimate: {share:.0%} of the draws inside")
+        ax.set_title(f"example {n}", fontsize=9)
+        ax.set_xlabel(f"z[{a}]")
+        ax.set_ylabel(f"z[{b}]")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 3), fontsize=8)
+    fig.suptitle("Joint posterior q(z|x) of two latent dimensions, single examples"
+                 + (" (Gaussian: exact contours)" if gaussian is not None else ""), fontsize=11)
     paths.append(save_figure(fig, path_pair))
     return paths
 
 
 @torch.no_grad()
-def interpolation(path: Path, vae, mean_a: torch.Tensor, mean_b: torch.Tensor, steps: int = 10) -> Path:
-    """E[x|z] along the line from one example's posterior mean to another's."""
+def interpolation(path: Path, vae, mean_a: torch.Tensor, mean_b: torch.Tensor, x_a: torch.Tensor, x_b: torch.Tensor,
+                  names: Sequence = ("a", "b"), look: Optional[Look] = None, steps: int = 10) -> Path:
+    """E[x|z] along the line from one example's posterior mean to another's, under the two
+    examples themselves (above t = 0 and t = 1 for images, as two rows for a table)."""
+    look = look or Look.of(vae)
     t = torch.linspace(0, 1, steps, device=mean_a.device)[:, None]
     decoded = vae.decode_mean((1 - t) * mean_a + t * mean_b)
     rows = [f"t = {v:.2f}" for v in t[:, 0].tolist()]
-    return image_panel(path, [("E[x|z] for z = (1 - t) m_a + t m_b, t = 0 .. 1 (left to right; rows of a table: "
-                               "top to bottom)", decoded, rows)],
-                       Look.of(vae), "Linear interpolation between two encoded examples", columns=steps)
+    a, b = names
+    if look.image_shape is not None:  # the originals at the ends of a row of blanks (NaN: not drawn)
+        ends = torch.full((steps, *x_a.shape), float("nan"), dtype=decoded.dtype)
+        ends[0], ends[-1] = x_a.cpu(), x_b.cpu()
+        originals = (f"the two examples: {a} (left, t = 0) and {b} (right, t = 1)", ends, [])
+    else:
+        originals = ("the two examples", torch.stack([x_a, x_b]), [f"example {a} (t = 0)", f"example {b} (t = 1)"])
+    return image_panel(path, [originals, ("E[x|z] for z = (1 - t) m_a + t m_b, m the posterior means, t = 0 .. 1 "
+                                          "(left to right; rows of a table: top to bottom)", decoded, rows)],
+                       look, f"Linear interpolation between examples {a} and {b}", columns=steps)
 
 
 @torch.no_grad()
-def traversals(path: Path, vae, centre: torch.Tensor, dims: Sequence[int], spread: torch.Tensor, steps: int = 9) -> Path:
+def traversals(path: Path, vae, centre: torch.Tensor, dims: Sequence[int], spread: torch.Tensor,
+               look: Optional[Look] = None, steps: int = 9) -> Path:
     """E[x|z] as one latent dimension at a time moves through +-2.5 posterior-mean SDs."""
     offsets = torch.linspace(-2.5, 2.5, steps, device=centre.device)
     rows = []
@@ -110,5 +184,5 @@ def traversals(path: Path, vae, centre: torch.Tensor, dims: Sequence[int], sprea
         names = [f"z[{d}] = {v:.2f}" for v in z[:, d].tolist()]
         rows.append((f"z[{d}] from {(centre[d] - 2.5 * spread[d]).item():.2f} to {(centre[d] + 2.5 * spread[d]).item():.2f}",
                      vae.decode_mean(z), names))
-    return image_panel(path, rows, Look.of(vae), "Traversals of the most active latent dimensions "
+    return image_panel(path, rows, look or Look.of(vae), "Traversals of the most active latent dimensions "
                        "(others at the mean posterior mean)", columns=steps)

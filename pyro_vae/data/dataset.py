@@ -234,7 +234,8 @@ class Dataset:
     binarizes anew at every call. ``preprocessing`` is what turned stored values into
     these (the run keeps it); ``label_names`` the names of string labels' codes;
     ``sha256`` the hash of a file read whole (CSV), which a resumed run compares;
-    ``origin`` each split's row numbers in the array it was drawn from.
+    ``origin`` each split's row numbers in the array it was drawn from; ``drawn`` the
+    held-out splits drawn from the source's training rows ({split: rows}).
     """
 
     splits: dict[str, Tensor | StreamedSplit]
@@ -246,6 +247,8 @@ class Dataset:
     label_names: Optional[list[str]] = None
     sha256: Optional[str] = None
     origin: dict[str, np.ndarray] = field(default_factory=dict)  # each split's rows in the source's array
+    drawn: dict[str, int] = field(default_factory=dict)  # held-out splits carved from the training rows
+    feature_names: Optional[list[str]] = None  # a CSV header's, which label the figures' features
     max_level: Optional[int] = None  # the source's largest integer level where it knows one (digits: 16), undivided
 
     @property

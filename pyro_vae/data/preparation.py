@@ -126,7 +126,9 @@ def prepare(raw: RawData, spec, seed: int, likelihood=None, device=None, preproc
     memory or streamed as ``spec.in_memory`` and the memory budget for ``device`` say.
     ``preprocessing``, when given (a trained run's), replaces normalizing and
     standardizing from these data: new data are prepared as the training data were."""
+    given = set(raw.splits)
     raw = draw_splits(raw, spec.valid_fraction, spec.test_fraction, seed)
+    drawn = {k: len(rows) for k, rows in raw.splits.items() if k not in given}  # carved from the training rows
     standardize = standardizes(spec.standardize, likelihood, spec.binarize)
     if preprocessing is None:
         divide = raw.max_level if divides_levels(spec.normalize, likelihood) and raw.max_level else None
@@ -160,7 +162,7 @@ def prepare(raw: RawData, spec, seed: int, likelihood=None, device=None, preproc
     origin = {k: raw.origin.get(k, np.arange(len(rows))) for k, rows in raw.splits.items()}
     max_level = raw.max_level if preprocessing.divide is None and preprocessing.mean is None else None
     return Dataset(splits, labels, tuple(shape), raw.source, dynamic, preprocessing, raw.label_names, raw.sha256, origin,
-                   max_level)
+                   drawn, raw.feature_names, max_level)
 
 
 def _check_intensities(rows: RowSource, name: str, preprocessing: Preprocessing, raw: RawData, mode: str) -> None:

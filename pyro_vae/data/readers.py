@@ -55,6 +55,7 @@ class RawData:
     sha256: Optional[str] = None  # of a file read whole (CSV), recorded by the run
     origin: dict[str, np.ndarray] = field(default_factory=dict)  # a split's rows in its array, where drawn from one
     levels: Optional[int] = None  # the largest integer level, where the source knows it (digits: 16)
+    feature_names: Optional[list[str]] = None  # a CSV header's names of the feature columns
 
     @cached_property
     def max_level(self) -> Optional[int]:
@@ -276,7 +277,8 @@ def read_table(path: Path, options=None) -> RawData:
     if label_index is not None:
         labels["train"], names = encode_labels(np.array([line[label_index].strip() for line in body]),
                                                f"{path} (column {label_column!r})")
-    return RawData({"train": ArrayRows(array)}, labels, str(path), names, hashlib.sha256(content).hexdigest())
+    return RawData({"train": ArrayRows(array)}, labels, str(path), names, hashlib.sha256(content).hexdigest(),
+                   feature_names=[header[j] for j in columns] if header else None)
 
 
 def _h5ad_obs(handle, path: Path, rows: int):

@@ -28,10 +28,10 @@ The graph then runs by one of three backends (:data:`BACKENDS`):
 The optimizer stays outside the graph: the fused Adam is one kernel, and gradient
 clipping and the all-reduce of several processes keep working unchanged.
 
-Estimators whose loss is a pure function of the traces are supported
-(:func:`traced_loss`): ``trace_elbo`` and ``trace_mean_field`` on reparameterized
-latents, the importance-weighted family and ``tail_adaptive``. Pyro's own loss code
-cannot be traced as it is: it reads the loss with ``.item()``. Anything else (a
+Estimators whose loss is a pure function of the traces are supported: each declares its
+``traced_loss`` (``infer/estimators.py``): ``trace_elbo`` and ``trace_mean_field`` on
+reparameterized latents, the importance-weighted family and ``tail_adaptive``. Pyro's own
+loss code cannot be traced as it is: it reads the loss with ``.item()``. Anything else (a
 score-function or enumerated discrete site, a relaxed temperature that changes every
 step, Pyro's JIT, a component that branches on values) raises
 :class:`~pyro_vae.errors.NotTraceable`,
@@ -47,14 +47,10 @@ from typing import Callable, Optional, Sequence
 
 import pyro
 import torch
-from pyro.distributions.util import scale_and_mask
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from torch import Tensor
-from torch.distributions import kl_divergence
 
 from ..errors import NotTraceable, SpecError
 from ..model.traits import traits_of
-from .estimators import ImportanceWeightedELBO, TailAdaptive, sample_sites
 
 BACKENDS = ("graph", "inductor", "cuda_graph")
 
@@ -108,67 +104,16 @@ def compile_backend(setting, device: torch.device, foreign: Sequence[str] = (), 
     return setting
 
 
-# --- the loss, written from the traces ------------------------------------------------------
-
-
-def _reparameterized(guide_trace) -> None:
-    for name, site in sample_sites(guide_trace):
-        if not site["is_observed"] and not site["fn"].has_rsample:
-            raise NotTraceable(f"guide site {name!r} is not reparameterized (its gradient is a score function)")
-
-
-def _elbo_particle(model_trace, guide_trace) -> tuple[Tensor, Tensor]:
-    """log p(x, z) - log q(z|x) of one trace pair, each site scaled (Trace_ELBO's value), and
-    the same in float64 summed site by site, as Trace_ELBO reports it (its sites' items)."""
-    _reparameterized(guide_trace)
-    terms = [site["log_prob_sum"] for _, site in sample_sites(model_trace)]
-    terms += [-site["log_prob_sum"] for _, site in sample_sites(guide_trace) if not site["is_observed"]]
-    return sum(terms), sum(t.detach().double() for t in terms)
-
-
-def _mean_field_particle(model_trace, guide_trace) -> tuple[Tensor, Tensor]:
-    """E_q log p(x|z) - KL(q||p), the KL in closed form where registered (TraceMeanField_ELBO's
-    value), and its value in float64, as TraceMeanField_ELBO reports it."""
-    _reparameterized(guide_trace)
-    elbo = 0.0
-    for name, model_site in sample_sites(model_trace):
-        if model_site["is_observed"]:
-            elbo = elbo + model_site["log_prob_sum"]
-            continue
-        guide_site = guide_trace.nodes[name]
-        try:
-            kl = scale_and_mask(kl_divergence(guide_site["fn"], model_site["fn"]), guide_site["scale"], guide_site["mask"])
-            elbo = elbo - kl.sum()
-        except NotImplementedError:
-            elbo = elbo + model_site["log_prob_sum"] - guide_site["log_prob_sum"]
-    for name, guide_site in sample_sites(guide_trace):
-        if name not in model_trace.nodes:  # an auxiliary guide site
-            elbo = elbo - guide_site["log_prob_sum"]
-    return elbo, elbo.detach().double()
-
-
 def traced_loss(estimator, model, guide, *args) -> tuple[Tensor, Tensor]:
-    """(loss, surrogate): the step's reported loss (rounded as the eager estimator rounds it)
-    and what is differentiated, as tensors (no ``.item()``), for the estimators that can be
-    compiled; else :class:`~pyro_vae.errors.NotTraceable`."""
+    """(loss, surrogate) as tensors, from the estimator's own ``traced_loss`` (each estimator
+    declares it beside its eager loss, ``infer/estimators.py``); else
+    :class:`~pyro_vae.errors.NotTraceable`."""
     if traits_of(estimator).jit:
         raise NotTraceable("inference.estimator.jit = true traces the step with Pyro's JIT already")
-    if isinstance(estimator, ImportanceWeightedELBO):
-        log_w, factor, latents = estimator.log_weights(model, guide, *args)
-        loss = -factor * estimator.objective(log_w.detach()).sum().double()  # as eager: factor * sum.item()
-        return loss, -factor * estimator.surrogate(log_w, latents).sum()
-    if isinstance(estimator, TailAdaptive):
-        log_w = estimator.particle_log_weights(model, guide, *args)
-        return -log_w.detach().mean(), estimator.surrogate(log_w)
-    particle = {Trace_ELBO: _elbo_particle, TraceMeanField_ELBO: _mean_field_particle}.get(type(estimator))
-    if particle is None:
+    loss = getattr(estimator, "traced_loss", None)
+    if loss is None:
         raise NotTraceable(f"the estimator {type(estimator).__name__} has no traced loss")
-    loss, surrogate = 0.0, 0.0
-    for model_trace, guide_trace in estimator._get_traces(model, guide, args, {}):
-        elbo, reported = particle(model_trace, guide_trace)
-        loss = loss - reported / estimator.num_particles
-        surrogate = surrogate - elbo / estimator.num_particles
-    return loss, surrogate
+    return loss(model, guide, *args)
 
 
 # --- capture: CUDA graphs, and their CPU stand-in -------------------------------------------

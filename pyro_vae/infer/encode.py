@@ -26,7 +26,7 @@ def encode(vae, x, samples: int = 0, mc_draws: int = 256, seed: int = 0, chunk: 
     tensor or a streamed split). Draws are seeded with ``seed``."""
     vae.eval()
     means, stds, draws, class_probs, exact = [], [], [], [], True
-    discrete = hasattr(vae, "q_y_logits")
+    discrete = bool(vae.classes)
     device = x.device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the caller's stream untouched
         torch.manual_seed(seed)

@@ -17,11 +17,13 @@ reduced over the K particles per example, and only then summed and scaled by N/B
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Annotated, Literal
 
 import torch
 from pydantic import Field
 from pyro import poutine
+from pyro.distributions.util import scale_and_mask
 from pyro.infer import (
     ELBO,
     JitTrace_ELBO,
@@ -32,12 +34,14 @@ from pyro.infer import (
     TraceEnum_ELBO,
     TraceMeanField_ELBO,
 )
-from pyro.poutine.replay_messenger import ReplayMessenger
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
+from torch.distributions import kl_divergence
 
+from ..errors import NotTraceable
 from ..model.traits import EstimatorTraits, traits_of
 from ..registry import Registry
+from .pyro_internals import ReplayValues, particle_traces, vectorized_traces
 
 ESTIMATORS = Registry("estimator")
 ESTIMATORS.protocol(ELBO)
@@ -50,9 +54,64 @@ def sample_sites(trace) -> list:
     return [(name, site) for name, site in trace.nodes.items() if site["type"] == "sample"]
 
 
-def _pyro_elbo(cls, jit_cls, num_particles, vectorize_particles, jit, **traits):
+# --- the traced losses of Pyro's Trace_ELBO and TraceMeanField_ELBO (infer/compiled.py) -----
+# Pyro's own loss code reads the loss with .item(), which a traced graph cannot hold.
+
+
+def _reparameterized(guide_trace) -> None:
+    for name, site in sample_sites(guide_trace):
+        if not site["is_observed"] and not site["fn"].has_rsample:
+            raise NotTraceable(f"guide site {name!r} is not reparameterized (its gradient is a score function)")
+
+
+def _elbo_particle(model_trace, guide_trace) -> tuple[Tensor, Tensor]:
+    """log p(x, z) - log q(z|x) of one trace pair, each site scaled (Trace_ELBO's value), and
+    the same in float64 summed site by site, as Trace_ELBO reports it (its sites' items)."""
+    _reparameterized(guide_trace)
+    terms = [site["log_prob_sum"] for _, site in sample_sites(model_trace)]
+    terms += [-site["log_prob_sum"] for _, site in sample_sites(guide_trace) if not site["is_observed"]]
+    return sum(terms), sum(t.detach().double() for t in terms)
+
+
+def _mean_field_particle(model_trace, guide_trace) -> tuple[Tensor, Tensor]:
+    """E_q log p(x|z) - KL(q||p), the KL in closed form where registered (TraceMeanField_ELBO's
+    value), and its value in float64, as TraceMeanField_ELBO reports it."""
+    _reparameterized(guide_trace)
+    elbo = 0.0
+    for name, model_site in sample_sites(model_trace):
+        if model_site["is_observed"]:
+            elbo = elbo + model_site["log_prob_sum"]
+            continue
+        guide_site = guide_trace.nodes[name]
+        try:
+            kl = scale_and_mask(kl_divergence(guide_site["fn"], model_site["fn"]), guide_site["scale"], guide_site["mask"])
+            elbo = elbo - kl.sum()
+        except NotImplementedError:
+            elbo = elbo + model_site["log_prob_sum"] - guide_site["log_prob_sum"]
+    for name, guide_site in sample_sites(guide_trace):
+        if name not in model_trace.nodes:  # an auxiliary guide site
+            elbo = elbo - guide_site["log_prob_sum"]
+    return elbo, elbo.detach().double()
+
+
+def _particles_loss(particle):
+    """A Pyro ELBO's ``traced_loss``: (loss, surrogate) averaged over its particles, each
+    particle's value from ``particle(model_trace, guide_trace)``."""
+    def traced_loss(estimator, model, guide, *args) -> tuple[Tensor, Tensor]:
+        loss, surrogate = 0.0, 0.0
+        for model_trace, guide_trace in particle_traces(estimator, model, guide, args, {}):
+            elbo, reported = particle(model_trace, guide_trace)
+            loss = loss - reported / estimator.num_particles
+            surrogate = surrogate - elbo / estimator.num_particles
+        return loss, surrogate
+
+    return traced_loss
+
+
+def _pyro_elbo(cls, jit_cls, num_particles, vectorize_particles, jit, particle=None, **traits):
     """A Pyro ELBO with its :class:`EstimatorTraits` (``traits``: how it treats a discrete
-    latent y, whether its KL is analytic, ...)."""
+    latent y, whether its KL is analytic, ...) and, where its value at one trace pair is
+    ``particle``, its ``traced_loss`` for the compiled step."""
     elbo = (jit_cls if jit else cls)(
         num_particles=num_particles,
         vectorize_particles=vectorize_particles,
@@ -60,6 +119,8 @@ def _pyro_elbo(cls, jit_cls, num_particles, vectorize_particles, jit, **traits):
         **({"ignore_jit_warnings": True} if jit else {}),
     )
     elbo.traits = EstimatorTraits(jit=jit, **traits)
+    if particle is not None:
+        elbo.traced_loss = partial(_particles_loss(particle), elbo)
     return elbo
 
 
@@ -68,7 +129,7 @@ def trace_elbo(*, num_particles: Particles = 1, vectorize_particles: bool = Fals
     """Trace_ELBO: E_q[log p(x,z) - log q(z|x)], reparameterized Monte Carlo (Pyro); a discrete
     y gets the plain score function, each example's own log-weight as its signal (Pyro
     Rao-Blackwellizes over plates), no baseline."""
-    return _pyro_elbo(Trace_ELBO, JitTrace_ELBO, num_particles, vectorize_particles, jit, discrete="score")
+    return _pyro_elbo(Trace_ELBO, JitTrace_ELBO, num_particles, vectorize_particles, jit, _elbo_particle, discrete="score")
 
 
 @ESTIMATORS.register("trace_enum")
@@ -81,7 +142,8 @@ def trace_enum(*, num_particles: Particles = 1, vectorize_particles: bool = Fals
 @ESTIMATORS.register("trace_mean_field")
 def trace_mean_field(*, num_particles: Particles = 1, vectorize_particles: bool = False, jit: bool = False) -> ELBO:
     """TraceMeanField_ELBO: analytic KL(q||p) where registered, Monte Carlo otherwise (Pyro)."""
-    return _pyro_elbo(TraceMeanField_ELBO, JitTraceMeanField_ELBO, num_particles, vectorize_particles, jit, analytic_kl=True)
+    return _pyro_elbo(TraceMeanField_ELBO, JitTraceMeanField_ELBO, num_particles, vectorize_particles, jit,
+                      _mean_field_particle, analytic_kl=True)
 
 
 @ESTIMATORS.register("trace_graph")
@@ -94,8 +156,8 @@ def trace_graph(
     baseline_beta: Annotated[float, Field(ge=0, lt=1)] = 0.9,
 ) -> ELBO:
     """TraceGraph_ELBO: Rao-Blackwellized score-function terms for non-reparameterized sites
-    (Pyro), for a discrete y with a baseline: a decaying average of each example's downstream
-    cost (``average``), that plus a network of x fitted to the residual (``neural``; Mnih &
+    (Pyro), for a discrete y with a baseline: a decaying average of the downstream cost,
+    one per batch position, not per example (``average``), that plus a network of x fitted to the residual (``neural``; Mnih &
     Gregor, 2014), or ``none``."""
     return _pyro_elbo(TraceGraph_ELBO, JitTraceGraph_ELBO, num_particles, vectorize_particles, jit, discrete="score",
                       baseline=baseline, baseline_beta=baseline_beta)
@@ -171,7 +233,7 @@ class TailAdaptive(Trace_ELBO):
 
     def particle_log_weights(self, model, guide, *args, **kwargs) -> Tensor:
         """log w_k of shape (K,): log p(x, z_k) - log q(z_k|x), each site scaled (beta)."""
-        model_trace, guide_trace = self._get_vectorized_trace(model, guide, args, kwargs)
+        model_trace, guide_trace = vectorized_traces(self, model, guide, args, kwargs)
         log_w: Tensor | float = 0.0
         for sign, trace in ((1.0, model_trace), (-1.0, guide_trace)):
             for name, site in sample_sites(trace):
@@ -196,6 +258,11 @@ class TailAdaptive(Trace_ELBO):
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
         return self.surrogate(self.particle_log_weights(model, guide, *args, **kwargs))
+
+    def traced_loss(self, model, guide, *args) -> tuple[Tensor, Tensor]:
+        """(loss, surrogate) as tensors, for the compiled step."""
+        log_w = self.particle_log_weights(model, guide, *args)
+        return -log_w.detach().mean(), self.surrogate(log_w)
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         log_w = self.particle_log_weights(model, guide, *args, **kwargs)
@@ -245,7 +312,7 @@ class ImportanceWeightedELBO(ELBO):
 
     def log_weights(self, model, guide, *args, **kwargs) -> tuple[Tensor, float, list[Tensor]]:
         """(log w of shape (K, B), the N/B scale, the latent samples z)."""
-        model_trace, guide_trace = self._get_vectorized_trace(model, guide, args, kwargs)
+        model_trace, guide_trace = vectorized_traces(self, model, guide, args, kwargs)
         log_w: Tensor | float = 0.0
         factor = 1.0
         latents = []
@@ -296,6 +363,13 @@ class ImportanceWeightedELBO(ELBO):
             log_w, factor, _ = self.log_weights(model, guide, *args, **kwargs)
             return -factor * self.objective(log_w).sum().item()
 
+    def traced_loss(self, model, guide, *args) -> tuple[Tensor, Tensor]:
+        """(loss, surrogate) as tensors, for the compiled step; the loss rounded as the eager
+        estimator rounds it (factor * sum.item())."""
+        log_w, factor, latents = self.log_weights(model, guide, *args)
+        loss = -factor * self.objective(log_w.detach()).sum().double()
+        return loss, -factor * self.surrogate(log_w, latents).sum()
+
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         log_w, factor, latents = self.log_weights(model, guide, *args, **kwargs)
         with torch.no_grad():
@@ -332,18 +406,6 @@ class IWAE(RenyiBound):
         super().__init__(num_particles, alpha=0.0)
 
 
-class _ReplayValues(ReplayMessenger):
-    """``poutine.replay`` that takes the trace's values and keeps each site's own ``infer``:
-    Pyro's replay also copies the trace's ``infer`` dict (pyro/poutine/replay_messenger.py),
-    which would bring back the stopped density built at the first draw's inputs instead of
-    the one at the replayed views."""
-
-    def _pyro_sample(self, msg) -> None:
-        infer = msg["infer"]
-        super()._pyro_sample(msg)
-        msg["infer"] = infer
-
-
 class DReG(IWAE):
     """IWAE with doubly reparameterized gradients (Tucker et al., 2019).
 
@@ -372,7 +434,7 @@ class DReG(IWAE):
             for name in latent:
                 site = guide_trace.nodes[name]
                 site["value"] = site["value"].view_as(site["value"])
-            guide_trace = poutine.trace(_ReplayValues(trace=guide_trace)(guide)).get_trace(*args, **kwargs)
+            guide_trace = poutine.trace(ReplayValues(trace=guide_trace)(guide)).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
         return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
 

@@ -43,20 +43,11 @@ def chunk_plan(num_samples: int, num_examples: int, values_per_sample: int, budg
     return max(1, min(num_examples, rows // num_samples)), num_samples
 
 
-def values_per_draw(vae) -> int:
-    """Values one draw of z holds in memory: decoder outputs, and scoring z under p and q
-    (with a discrete latent, q for every class, and M2's decoder for every class)."""
-    classes = getattr(vae, "classes", 1)
-    decoded = vae.likelihood.outputs * math.prod(vae.data_shape) * (classes if getattr(vae, "shape", None) == "m2" else 1)
-    layers = sum(layer.posterior.values_per_draw + 2 * layer.down.latent_dim for layer in vae.upper)  # q and p of each upper layer
-    return decoded + vae.prior.values_per_draw + vae.posterior.values_per_draw * classes + layers
-
-
 def example_blocks(vae, num_examples: int, num_samples: int, budget: int = BUDGET) -> int:
     """Examples per seeded block of a sharded evaluation: within one chunk's budget, and
     about 1/16 of the examples so that several ranks share the work. It depends on the
     data and the model only, never on the number of ranks (so neither do the results)."""
-    per_chunk, _ = chunk_plan(num_samples, num_examples, values_per_draw(vae), budget)
+    per_chunk, _ = chunk_plan(num_samples, num_examples, vae.values_per_draw, budget)
     return max(1, min(per_chunk, math.ceil(num_examples / 16)))
 
 
@@ -65,7 +56,7 @@ def importance_chunks(vae, x: Tensor, num_samples: int, budget: int = BUDGET, pr
 
     p(z) is built once (``prior``, or ``vae.latent_prior()``): a VampPrior runs the encoder on
     all its pseudo-inputs to build it."""
-    per_chunk, samples = chunk_plan(num_samples, len(x), values_per_draw(vae), budget)
+    per_chunk, samples = chunk_plan(num_samples, len(x), vae.values_per_draw, budget)
     prior = vae.latent_prior() if prior is None else prior
     for start in range(0, len(x), per_chunk):
         xb = x[start : start + per_chunk]
@@ -164,7 +155,7 @@ class PerExample:
 
 @torch.no_grad()
 def importance_sample(vae, x: Tensor, num_samples: int, budget: int = BUDGET) -> PerExample:
-    if getattr(vae, "classes", None):
+    if vae.classes:
         return importance_sample_classes(vae, x, num_samples, budget)
     n, S = len(x), num_samples
     like = {"device": x.device, "dtype": x.dtype}
@@ -211,7 +202,7 @@ def importance_sample_classes(vae, x: Tensor, num_samples: int, budget: int = BU
     (y's KL included), and E_q[z|x] = sum_y q(y|x) E_q[z|x, y]."""
     n, S, C = len(x), num_samples, vae.classes
     like = {"device": x.device, "dtype": x.dtype}
-    per_chunk, samples = chunk_plan(S, n, values_per_draw(vae), budget)
+    per_chunk, samples = chunk_plan(S, n, vae.values_per_draw, budget)
     log_py = torch.log_softmax(vae.class_logits, -1)
     log_px = torch.empty(n, C, **like)
     elbo_y, rec_y = torch.empty(n, C, **like), torch.empty(n, C, **like)

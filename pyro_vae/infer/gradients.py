@@ -13,13 +13,7 @@ from typing import Sequence
 import torch
 
 from .estimators import ESTIMATORS
-
-ENCODER_PARTS, DECODER_PARTS = ("encoder", "posterior"), ("decoder", "likelihood", "prior")
-
-
-def _parts(vae, parts: Sequence[str]) -> list[torch.Tensor]:
-    return [p for part in parts for p in getattr(vae, part).parameters()]
-
+from .pyro_internals import baselines, set_baselines
 
 @dataclass
 class GradientStats:
@@ -33,16 +27,16 @@ def gradient_snr(vae, estimator, x, index, repeats: int, beta: float = 1.0) -> d
 
     Every probe is taken alike: in training mode (as the gradients that train the model
     are) and at KL weight ``beta`` (the schedule's target, not the warm-up's current
-    value). Random-number states, the mode and the VAE's beta are restored afterwards,
-    so training continues unchanged."""
+    value). Random-number states, the mode, the VAE's beta and TraceGraph_ELBO's
+    decaying-average baselines (in Pyro's param store, which every estimate moves) are
+    restored afterwards, so training continues unchanged."""
+    kept_baselines = baselines()
     rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if x.is_cuda else None
     was_training, previous_beta = vae.training, vae.beta
     vae.train()
     vae.beta = beta
-    groups = {"encoder": _parts(vae, ENCODER_PARTS), "decoder": _parts(vae, DECODER_PARTS)}
-    if hasattr(vae, "classifier"):  # q(y|x) of a discrete latent: where the estimators differ most
-        groups["classifier"] = _parts(vae, ("classifier",))
+    groups = vae.parameter_groups()
     stats: dict[str, list] = {}
     scale = 1.0 / (vae.num_data or len(x))
     for _ in range(repeats):
@@ -63,6 +57,7 @@ def gradient_snr(vae, estimator, x, index, repeats: int, beta: float = 1.0) -> d
         p.grad = None
     vae.train(was_training)
     vae.beta = previous_beta
+    set_baselines(kept_baselines, remove_others=True)  # those the probe created (before the first step) go: training starts its own
     torch.set_rng_state(rng)
     if cuda_rng is not None:
         torch.cuda.set_rng_state_all(cuda_rng)

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from typing import Annotated, Callable, Optional
 
-import pyro
 import torch
 from pydantic import Field
 from pyro.optim import PyroOptim
 
 from ..errors import SpecError, TrainingDiverged
 from ..registry import Registry
+from .pyro_internals import in_param_store
 
 OPTIMIZERS = Registry("optimizer")
 OPTIMIZERS.protocol(torch.optim.Optimizer)
@@ -56,14 +56,11 @@ def sgd(params, *, lr: LearningRate = 1e-2, momentum: Beta = 0.9, nesterov: bool
     return torch.optim.SGD(list(params), lr=lr, momentum=momentum, nesterov=nesterov)
 
 
-BASELINE_PARAMS = "__baseline_avg_downstream_cost_"  # Pyro's name prefix (pyro/infer/tracegraph_elbo.py)
-
-
 def _replaced(p) -> bool:
     """Whether ``p`` has left Pyro's param store since the step read it: TraceGraph_ELBO
-    replaces its decaying-average baselines (``BASELINE_PARAMS``) every step; they are state,
-    not parameters to optimize."""
-    return all(value is not p for value in pyro.get_param_store()._params.values())
+    replaces its decaying-average baselines every step; they are state, not parameters to
+    optimize."""
+    return not in_param_store(p)
 
 
 class SingleOptimizer(PyroOptim):

@@ -33,7 +33,8 @@ from ..stops import stop_requests
 from .compiled import CompiledStep, compile_backend, outside_library
 from .estimators import ESTIMATORS, supports_subsampling
 from .evaluate import elbo_terms
-from .optim import BASELINE_PARAMS, OPTIMIZERS, SingleOptimizer
+from . import pyro_internals
+from .optim import OPTIMIZERS, SingleOptimizer
 
 VALIDATION_BLOCK = 1024  # validation examples per seeded block (the same blocks whatever the number of ranks)
 
@@ -188,8 +189,11 @@ class Trainer:
             if "cuda" in rng:
                 rng["cuda_ranks"] = self.group.gather_rows(rng["cuda"])
         last = {k: v.detach().clone() for k, v in self.vae.state_dict().items()}
-        # TraceGraph_ELBO keeps its decaying-average baselines in Pyro's param store
-        baselines = {k: v.detach().clone() for k, v in pyro.get_param_store().items() if k.startswith(BASELINE_PARAMS)}
+        # TraceGraph_ELBO keeps its decaying-average baselines in Pyro's param store, each rank
+        # its own (averages of its own shard's costs): every rank's is kept, as the RNG states are
+        baselines = pyro_internals.baselines()
+        if self.group.active:
+            baselines = {k: self.group.gather_rows(v) for k, v in baselines.items()}
         return {
             "weights": self.best_weights if self.keeps_best else last,
             "training": {
@@ -198,7 +202,7 @@ class Trainer:
                 "rng": rng,
                 "state": asdict(self.state),
                 "world_size": self.group.world_size,
-                "baselines": baselines,
+                "baselines" if not self.group.active else "baselines_ranks": baselines,
             },
         }
 
@@ -207,10 +211,12 @@ class Trainer:
         self.vae.load_state_dict(training["last_weights"])
         self.optim.set_state(training["optimizer"])
         self.state = TrainState(**training["state"])
-        for name, value in training.get("baselines", {}).items():
-            pyro.get_param_store()[name] = value.to(self.device)
-        rng = training["rng"]
         rank = self.group.rank
+        pyro_internals.set_baselines({name: value.to(self.device) for name, value in training.get("baselines", {}).items()})
+        # (W, ...): each rank takes its own
+        pyro_internals.set_baselines({name: value[rank].clone().to(self.device)
+                                      for name, value in training.get("baselines_ranks", {}).items()})
+        rng = training["rng"]
         # clone(): a row of the gathered states is a view at an offset into their storage, and
         # torch.set_rng_state rejects it ("Invalid mt19937 state") where a copy of it is fine
         torch.set_rng_state((rng["torch_ranks"][rank] if "torch_ranks" in rng else rng["torch"]).cpu().clone())

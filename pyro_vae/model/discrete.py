@@ -165,6 +165,16 @@ class DiscreteVAE(VAE):
         self.register_buffer("labelled_y", None, persistent=False)
         self.register_buffer("is_labelled", None, persistent=False)
 
+    def parameter_groups(self) -> dict:
+        """The VAE's groups, and q(y|x)'s ``classifier``: where the estimators differ most."""
+        return {**super().parameter_groups(), "classifier": list(self.classifier.parameters())}
+
+    @property
+    def values_per_draw(self) -> int:
+        """As the VAE's, with q scored for every class, and M2's decoder run for every class."""
+        decoded = self.likelihood.outputs * math.prod(self.data_shape) * (self.classes if self.shape == "m2" else 1)
+        return decoded + self.prior.values_per_draw + self.posterior.values_per_draw * self.classes
+
     # --- configuration ---------------------------------------------------------------
 
     def use_estimator(self, estimator, kind: str) -> None:

@@ -119,6 +119,25 @@ class VAE(nn.Module):
         """The size of the whole latent vector (z_1, ..., z_L)."""
         return sum(self.layer_dims)
 
+    classes = 0  # values of a categorical latent y (model/discrete.py); 0: none
+
+    def parameter_groups(self) -> dict[str, list[Tensor]]:
+        """The parameters by role, for gradient diagnostics: ``encoder`` (the guide's
+        networks and families of every layer), ``decoder`` (the generative side: decoder,
+        likelihood, prior and each layer's conditional prior)."""
+        guide = [self.encoder, self.posterior, *(m for layer in self.upper for m in (layer.encoder, layer.posterior))]
+        generative = [self.decoder, self.likelihood, self.prior, *(layer.down for layer in self.upper)]
+        return {"encoder": [p for m in guide for p in m.parameters()],
+                "decoder": [p for m in generative for p in m.parameters()]}
+
+    @property
+    def values_per_draw(self) -> int:
+        """Values one draw of z holds in memory (for chunked evaluation): decoder outputs, and
+        scoring z under p and q, every layer's."""
+        layers = sum(layer.posterior.values_per_draw + 2 * layer.down.latent_dim for layer in self.upper)
+        decoded = self.likelihood.outputs * math.prod(self.data_shape)
+        return decoded + self.prior.values_per_draw + self.posterior.values_per_draw + layers
+
     @property
     def site_names(self) -> list[str]:
         """The Pyro sites of the layers, bottom first: ``z``, or ``z1`` ... ``zL``."""

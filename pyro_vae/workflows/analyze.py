@@ -13,11 +13,12 @@ from ..infer.evaluate import (BUDGET, active_unit_summary, classification_summar
 from .. import distributed
 from ..analysis.discrete import class_probabilities, class_samples, confusion_matrix
 from ..analysis.figures import Look, elbo_curves, image_panel, reconstruction_panel
-from ..analysis.inference_data import arviz, draws_to_inference_data, khat_bands, posterior_draws_sharded, quiet_arviz
-from ..analysis.plots import example_posteriors, interpolation, khat_plot, latent_space, traversals
-from ..files import atomic_path, atomic_write_json, atomic_write_text
+from ..analysis.inference_data import (arviz, draws_to_inference_data, khat_advice, khat_bands, posterior_draws_sharded,
+                                       quiet_arviz)
+from ..analysis.plots import example_posteriors, gaussian_moments, interpolation, khat_plot, latent_space, traversals
+from ..files import atomic_path, atomic_write_json, atomic_write_text, check_room, output_folder
 from ..infer.train import resolve_device
-from ..runs import load_run
+from ..runs import load_run, record_outputs
 from .evaluate import heldout
 
 FOLDER = "analysis"
@@ -48,13 +49,14 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
             layer = idata.posterior["z"].isel(latent=slice(start, start + dim))
             idata.posterior[name] = layer.rename(latent=f"latent_{name}").assign_coords({f"latent_{name}": np.arange(dim)})
             start += dim
-    discrete = getattr(run.vae, "classes", None)
+    discrete = run.vae.classes
     if discrete:  # q(y|x) per example, beside the draws of z
         class_probs = class_probabilities(run.vae, x)
         idata.posterior["q_y"] = (("obs", "y"), class_probs)
         idata.posterior = idata.posterior.assign_coords(y=np.arange(discrete))
-    folder = Path(path) / FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = output_folder(Path(path) / FOLDER)
+    # uncompressed size and a margin for HDF5's own structures
+    check_room(folder / "posterior.nc", sum(idata[group].nbytes for group in idata.groups()) + 2**20)
     with atomic_path(folder / "posterior.nc") as tmp:
         idata.to_netcdf(str(tmp), engine="h5netcdf")
 
@@ -106,21 +108,27 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
             figures["confusion"] = confusion_matrix(folder / "confusion.png", np.asarray(scores["confusion"]),
                                                     examples_label_names)
     atomic_write_json(folder / "diagnostics.json", diagnostics)
+    with torch.no_grad():
+        gaussian = gaussian_moments(run.vae.q(x[examples]))
     figures["posterior"], figures["pair"] = example_posteriors(folder / "posterior_examples.png", folder / "pair_examples.png",
-                                                               idata, examples, top[:2] if len(top) > 1 else top)
+                                                               idata, examples, top[:2] if len(top) > 1 else top, gaussian)
     metrics = run.metrics
     figures["elbo"] = elbo_curves(folder / "elbo.png", metrics)
     vae = run.vae
-    figures["reconstructions"] = reconstruction_panel(folder / "reconstructions.png", vae, x[:16], split)
+    reconstructions, samples = vae.reconstruct(x[:16]), vae.sample(32)[1]
+    look = Look.of(vae, run.summary.get("data", {}).get("feature_names")).spanning(x[:16], reconstructions, samples)  # one colour scale for the figures of the data
+    figures["reconstructions"] = reconstruction_panel(folder / "reconstructions.png", x[:16], reconstructions, split, look)
     figures["samples"] = image_panel(folder / "samples.png",
-                                     [("E[x|z], z ~ p(z)", vae.sample(32)[1], [f"sample {i}" for i in range(32)])],
-                                     Look.of(vae), "Decoded samples from the prior")
+                                     [("E[x|z], z ~ p(z)", samples, [f"sample {i}" for i in range(32)])],
+                                     look, "Decoded samples from the prior")
     means_t = torch.as_tensor(means, device=x.device, dtype=x.dtype)
     a, b = _distinct_pair(labels, len(x))
-    figures["interpolation"] = interpolation(folder / "interpolation.png", vae, means_t[a], means_t[b])
+    figures["interpolation"] = interpolation(folder / "interpolation.png", vae, means_t[a], means_t[b], x[a], x[b],
+                                             (a, b), look)
     figures["traversals"] = traversals(folder / "traversals.png", vae, means_t.mean(0), top,
-                                       torch.as_tensor(spread, device=x.device, dtype=x.dtype).clamp_min(1e-3))
+                                       torch.as_tensor(spread, device=x.device, dtype=x.dtype).clamp_min(1e-3), look)
     atomic_write_text(folder / "report.md", _report(run, diagnostics, figures, folder, (a, b)))
+    record_outputs(path, [folder / "posterior.nc", folder / "diagnostics.json", folder / "report.md", *figures.values()])
     return {"diagnostics": diagnostics, "figures": figures, "folder": folder}
 
 
@@ -171,6 +179,11 @@ def _fmt(entry) -> str:
     return f"{entry['mean']:.3f} +- {entry['se']:.3f}" if entry else "n/a"
 
 
+def _number(value) -> float:
+    """A number read from summary.json, NaN when it is not one (a file edited by hand)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
+
+
 def _report(run, diagnostics: dict, figures: dict, folder: Path, pair) -> str:
     s = run.summary
     spec = run.spec
@@ -181,7 +194,7 @@ def _report(run, diagnostics: dict, figures: dict, folder: Path, pair) -> str:
                   f"{spec.model.posterior['kind']}, networks {spec.model.encoder['kind']}/{spec.model.decoder['kind']}, "
                   f"latent_dim {spec.model.latent_dim}"),
         ("estimator", f"{spec.inference.estimator['kind']}, {s.get('epochs', '?')} epochs on {s.get('device', '?')}"),
-        ("best validation ELBO (training)", f"{s.get('best_val_elbo', float('nan')):.3f} at epoch {s.get('best_epoch', '?')}"),
+        ("best validation ELBO (training)", f"{_number(s.get('best_val_elbo')):.3f} at epoch {s.get('best_epoch', '?')}"),
         (f"log p(x), importance sampling, S = {diagnostics['samples']}", _fmt(diagnostics["is_log_likelihood"])),
         ("log p(x), PSIS", _fmt(diagnostics["psis_log_likelihood"])),
         ("k-hat < 0.5 (good)", f"{bands['good']['share']:.1%} ({bands['good']['count']})"),
@@ -204,6 +217,8 @@ from q(z|x) per example ({diagnostics['draws_stored']} stored in `posterior.nc`)
 | quantity | value |
 | --- | --- |
 {table}
+
+{khat_advice(bands)}
 
 k-hat is the Pareto shape of the largest importance weights p(x, z)/q(z|x) (PSIS, Vehtari et al., 2024): it says
 how trustworthy q(z|x) is as a proposal for p(z|x) for each example (Yao et al., 2018). These are per-example

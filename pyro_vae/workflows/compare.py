@@ -53,14 +53,16 @@ from ..analysis.compare_figures import comparison_figures
 from ..analysis.comparison_table import comparison_markdown
 from ..errors import RunError, SpecError
 from ..files import atomic_write_json, atomic_write_text, read_csv, write_csv
-from ..infer.evaluate import standard_error
+from ..infer.evaluate import describe_active_units, standard_error
 from ..infer.gradients import SNRProbe, snr_against_k
 from ..infer.train import resolve_device
-from ..runs import CHECKPOINT, METRICS, SUMMARY, RunLock, claim_output_dir, load_run
+from ..runs import CHECKPOINT, METRICS, SUMMARY, RunLock, claim_output_dir, load_run, record_outputs
 from ..spec import DEFAULT_DATA, DEFAULT_INFERENCE, DEFAULT_MODEL, load_spec
-from ..tracking import MLFLOW_ARTIFACTS, MLFLOW_STORE
+from ..registry import kinds_in, trusting_code
+from ..tracking import MLFLOW_STORE, tracking_outputs
 from .cells import Axis, Cell, estimator_axis, parse_axis, parse_table, plan_cells
 from .evaluate import evaluate_run, run_dataset
+from .memory import check_runs
 from .train import resume, train
 
 METRIC_COLUMNS = [
@@ -72,6 +74,7 @@ METRIC_COLUMNS = [
     "elbo",
     "kl",
     "active_units",
+    "active_units_by_layer",
     "seconds_per_step",
     "seconds_per_epoch",
     "snr_encoder",
@@ -88,8 +91,6 @@ METRIC_COLUMNS = [
 CLASSIFICATION_SCORES = ("accuracy", "cluster_accuracy", "nmi")
 DISCRETE_FIGURES = ("snr_classifier", *CLASSIFICATION_SCORES)  # only a model with a discrete latent has them
 PLAN, DONE, SNR_POINTS = "comparison_plan.json", "comparison_done.json", "snr_points.json"
-OUTPUTS = dict(files=("comparison.csv", "comparison.json", "comparison.md", PLAN, MLFLOW_STORE),
-               folders=("runs", MLFLOW_ARTIFACTS), patterns=("comparison_*.png",))
 SNR_AXES = ("inference.estimator", "model.posterior")  # gradient SNR is measured where one of these varies
 
 
@@ -140,6 +141,7 @@ def compare(
         if base.tracking["experiment"] == "pyro-vae":
             base.tracking["experiment"] = out.resolve().name
     cells = plan_cells(base, axes, zip_axes)
+    check_runs(len(cells), seeds, limit)
     labels = [cell.label for cell in cells]
     reference = reference or labels[0]
     if reference not in labels:
@@ -155,21 +157,26 @@ def compare(
     }
     plan = {"settings": settings, "specs": {cell.label: cell.spec.to_toml() for cell in cells}}
     lock = _claim(out, plan, force, log)
+    # the cells' kinds were given here (--vary) or checked when the base spec was read: its runs are read back with them
+    trusted = [kind for cell in cells for _, kind in kinds_in(cell.spec.to_dict())]
     try:
-        runs = [(cell, seed) for seed in range(seeds) for cell in cells]
-        log(f"compare: {len(cells)} cell(s) x {seeds} seed(s) = {len(runs)} runs of "
-            f"{base.inference.schedule.epochs} epochs, each then evaluated with K = {samples} on "
-            f"{f'up to {limit}' if limit else 'all'} {split} examples" + (f", and gradient SNR measured 3 times with {snr_repeats} "
-                                                              "estimates" if snr else "") + f" -> {out}")
-        timer = _Timer(len(runs), log)
-        for number, (cell, seed) in enumerate(runs, 1):
-            _run_cell(cell, seed, out, settings, timer, number, progress, log)
-        report = _report(cells, axes, settings, reference, out, log)
-        write_csv(out / "comparison.csv", report["rows"], columns(axes))
-        atomic_write_json(out / "comparison.json", report)
-        atomic_write_text(out / "comparison.md", comparison_markdown(report))
-        comparison_figures(out, report)
-        return report
+        with trusting_code(kinds=trusted):
+            runs = [(cell, seed) for seed in range(seeds) for cell in cells]
+            log(f"compare: {len(cells)} cell(s) x {seeds} seed(s) = {len(runs)} runs of "
+                f"{base.inference.schedule.epochs} epochs, each then evaluated with K = {samples} on "
+                f"{f'up to {limit}' if limit else 'all'} {split} examples" + (f", and gradient SNR measured 3 times with {snr_repeats} "
+                                                                  "estimates" if snr else "") + f" -> {out}")
+            timer = _Timer(len(runs), log)
+            for number, (cell, seed) in enumerate(runs, 1):
+                _run_cell(cell, seed, out, settings, timer, number, progress, log)
+            report = _report(cells, axes, settings, reference, out, log)
+            write_csv(out / "comparison.csv", report["rows"], columns(axes))
+            atomic_write_json(out / "comparison.json", report)
+            atomic_write_text(out / "comparison.md", comparison_markdown(report))
+            comparison_figures(out, report)
+            record_outputs(out, [out / "comparison.csv", out / "comparison.json", out / "comparison.md",
+                                 *out.glob("comparison_*.png"), *tracking_outputs(out)])
+            return report
     finally:
         lock.release()
 
@@ -191,8 +198,9 @@ def _claim(out: Path, plan: dict, force: bool, log) -> RunLock:
         lock.release()
         raise RunError(f"{{out}} {out}: holds a comparison with other cells or settings; run it with the same ones to "
                        "continue it, pass {force} to replace it, or choose another {out}")
-    lock = claim_output_dir(out, force=force, log=log, resumable=False, **OUTPUTS)
+    lock = claim_output_dir(out, force=force, log=log, kind="comparison", resumable=False)
     atomic_write_json(out / PLAN, plan)
+    record_outputs(out, [out / PLAN])
     return lock
 
 
@@ -234,6 +242,7 @@ class _SavedProbe(SNRProbe):
             return
         super().measure(trainer)
         atomic_write_json(self.path, self.points)
+        record_outputs(self.path.parent, [self.path])
 
 
 def _run_dir(out: Path, label: str, seed: int) -> Path:
@@ -259,9 +268,10 @@ def _run_cell(cell: Cell, seed: int, out: Path, settings: dict, timer: _Timer, n
         log(f"{name}: trained before, evaluating")
     elif status == "started":
         log(f"{name}: resuming its training from {run_dir}")
-        resume(run_dir, **quiet, **hooks)
+        resume(run_dir, **quiet, **hooks, tracking=_destination(spec.tracking))
     else:
         log(f"{name}: training -> {run_dir}")
+        record_outputs(out, [], runs=[run_dir.relative_to(out).as_posix()])
         train(spec, run_dir, force=True, **quiet, **hooks)
     trained = time.perf_counter()
     log(f"{name}: evaluating log p(x) with K = {settings['samples']}")
@@ -269,8 +279,14 @@ def _run_cell(cell: Cell, seed: int, out: Path, settings: dict, timer: _Timer, n
                                  limit=settings["limit"], seed=0, device=spec.inference.schedule.device)
     train_seconds, evaluate_seconds = trained - started, time.perf_counter() - trained
     atomic_write_json(run_dir / DONE, {"train_seconds": train_seconds, "evaluate_seconds": evaluate_seconds})
+    record_outputs(run_dir, [run_dir / DONE])
     timer.done(number, f"{name}: log p(x) {summary['log_likelihood']:.3f} (trained in {_duration(train_seconds)}, "
                        f"evaluated in {_duration(evaluate_seconds)})", train_seconds + evaluate_seconds)
+
+
+def _destination(tracking) -> dict:
+    """The comparison's own tracking destination, given again to a resumed run of it."""
+    return {key: value for key, value in (tracking or {}).items() if key in ("uri", "log_dir") and value is not None}
 
 
 def _status(run_dir: Path) -> str:
@@ -309,6 +325,7 @@ def _report(cells: list[Cell], axes: list[Axis], settings: dict, reference: str,
                 "elbo": summary["elbo"],
                 "kl": summary["kl"],
                 "active_units": summary["active_units"],
+                "active_units_by_layer": describe_active_units(summary),  # 'a of d: z1 a1 of d1, ...' with layers
                 "seconds_per_step": float(np.median(step_seconds)) if step_seconds else math.nan,
                 "seconds_per_epoch": float(np.median([r["seconds"] for r in history])) if history else math.nan,
                 **{key: final.get(key, math.nan) for key in ("snr_encoder", "snr_decoder", "grad_var_encoder",
@@ -320,6 +337,7 @@ def _report(cells: list[Cell], axes: list[Axis], settings: dict, reference: str,
             timings[(cell.label, seed)] = step_seconds
             if points:
                 snr_points[(cell.label, seed)] = points
+    paired = {}  # (cell, seed): (per-example differences to the reference, their source rows), or None
     for row in rows:
         mine, index = per_example[(row["cell"], row["seed"])]
         theirs, their_index = per_example[(reference, row["seed"])]
@@ -327,10 +345,12 @@ def _report(cells: list[Cell], axes: list[Axis], settings: dict, reference: str,
             log(f"{row['cell']} (seed {row['seed']}) was evaluated on other examples than {reference}: no paired "
                 "difference (an axis changed the held-out data)")
             row["diff_vs_reference"] = row["diff_se"] = math.nan
+            paired[(row["cell"], row["seed"])] = None
             continue
         diff = mine - theirs
         row["diff_vs_reference"] = diff.mean().item()
         row["diff_se"] = standard_error(diff) if row["cell"] != reference else 0.0
+        paired[(row["cell"], row["seed"])] = (diff.numpy(), np.asarray(index))
     labels = [cell.label for cell in cells]
     snr_k_rows = _snr_against_k(cells, settings, reference, out, log) if settings["snr_k"] else []  # [] unless the estimator varies
     settings = {**settings, "reference": reference, "examples": len(per_example[(reference, 0)][0])}
@@ -338,7 +358,7 @@ def _report(cells: list[Cell], axes: list[Axis], settings: dict, reference: str,
         "settings": settings,
         "cells": {cell.label: cell.values for cell in cells},
         "rows": rows,
-        "summary": _aggregate(rows, labels, timings),
+        "summary": _aggregate(rows, labels, timings, paired),
         "snr_points": [{"cell": l, "seed": s, "points": p} for (l, s), p in snr_points.items()],
         "snr_vs_k": snr_k_rows,
         "learning_curves": [{"cell": l, "seed": s, "val_elbo": c} for (l, s), c in curves.items()],
@@ -371,12 +391,30 @@ def _slug(label: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in label.replace(":", "_").replace("=", ""))
 
 
-def _aggregate(rows: list[dict], labels: list[str], timings: dict) -> dict:
+def se_over_examples(paired: list) -> float:
+    """The standard error over examples of the paired difference's mean over seeds,
+    mean_s mean_n d_sn (d_sn: seed s, example n; ``paired``: one (d_s, source rows) per
+    seed, None where there is no paired difference).
+
+    When every seed was evaluated on the same examples (a source's own held-out split,
+    ``--limit`` subsets drawn with one seed), one example's differences are correlated
+    across seeds, so they are averaged first: SE = std_n(mean_s d_sn) / sqrt(n). When each
+    seed has examples of its own (splits drawn with the seed), the seeds' means are
+    independent: SE = sqrt(sum_s SE_s^2) / S, with SE_s = std_n(d_sn) / sqrt(n_s)."""
+    if not paired or any(p is None for p in paired):
+        return math.nan
+    if all(np.array_equal(index, paired[0][1]) for _, index in paired):
+        return standard_error(np.mean([d for d, _ in paired], axis=0))
+    return math.sqrt(sum(standard_error(d) ** 2 for d, _ in paired)) / len(paired)
+
+
+def _aggregate(rows: list[dict], labels: list[str], timings: dict, paired: dict) -> dict:
     """Per cell: the mean over seeds of each figure with its standard error over seeds;
-    the paired difference's standard error over examples (``diff_se_examples``) and over
-    seeds (``diff_se_seeds``), the headline ``diff_se`` being the one over seeds when there
-    are several (it covers training's randomness, which the examples' does not); timings
-    as medians with their interquartile range over all epochs of all seeds."""
+    the paired difference's standard error over examples (``diff_se_examples``, see
+    :func:`se_over_examples`; ``paired``: {(cell, seed): (differences, rows) or None}) and
+    over seeds (``diff_se_seeds``), the headline ``diff_se`` being the one over seeds when
+    there are several (it covers training's randomness, which the examples' does not);
+    timings as medians with their interquartile range over all epochs of all seeds."""
     summary = {}
     for label in labels:
         mine = [r for r in rows if r["cell"] == label]
@@ -386,7 +424,7 @@ def _aggregate(rows: list[dict], labels: list[str], timings: dict) -> dict:
             values = np.array([r.get(key, math.nan) if key in DISCRETE_FIGURES else r[key] for r in mine], dtype=float)
             entry[key] = float(values.mean())
             entry[f"{key}_se_seeds"] = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
-        entry["diff_se_examples"] = float(np.sqrt(np.mean([r["diff_se"] ** 2 for r in mine])) / math.sqrt(len(mine)))
+        entry["diff_se_examples"] = float(se_over_examples([paired[(label, r["seed"])] for r in mine]))
         entry["diff_se_seeds"] = entry.pop("diff_vs_reference_se_seeds")
         several = entry["diff_se_seeds"] is not None
         entry["diff_se"] = entry["diff_se_seeds"] if several else entry["diff_se_examples"]

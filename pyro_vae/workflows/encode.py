@@ -22,11 +22,12 @@ import numpy as np
 
 from ..data import SPLITS
 from ..errors import DataError, RunError
-from ..files import atomic_path, atomic_write, atomic_write_text
+from ..files import atomic_path, atomic_write, atomic_write_text, check_room
 from ..infer.encode import encode
 from ..infer.train import resolve_device
 from ..runs import load_run, read_spec
 from .evaluate import heldout, run_dataset
+from .memory import check_codes
 
 FORMATS = (".npz", ".csv", ".h5ad")
 
@@ -56,6 +57,8 @@ def encode_run(path, out, data: Optional[str] = None, split: str = "all", sample
     run = load_run(path, device)
     dataset = run_dataset(run, data, device)  # read and prepared once, whatever the splits
     names = [s for s in SPLITS if s in dataset.splits] if split == "all" else [split]
+    check_codes(sum(len(dataset.splits[name]) for name in names if name in dataset.splits), samples,
+                run.vae.latent_dim)
     parts = []
     for name in names:
         examples = heldout(run, data, name, None, seed, device, dataset=dataset)
@@ -109,8 +112,11 @@ def _write_h5ad(out: Path, result: dict, source: Path) -> None:
     import anndata.io
     import h5py
 
-    with h5py.File(source, "r") as f:
-        n_obs = len(anndata.io.read_elem(f["obs"]))
+    with h5py.File(source, "r") as f:  # the rows: obs's, or X's where the file has no obs (it loads without one)
+        if "obs" in f:
+            n_obs = len(anndata.io.read_elem(f["obs"]))
+        else:
+            n_obs = int(f["X"].attrs["shape"][0]) if "shape" in f["X"].attrs else f["X"].shape[0]
     full = {}
     for key, name in (("mean", "X_pyro_vae"), ("std", "X_pyro_vae_std"), ("q_y", "X_pyro_vae_q_y")):
         if key not in result:
@@ -127,6 +133,8 @@ def _write_h5ad(out: Path, result: dict, source: Path) -> None:
         array = np.full((n_obs, *result["samples"].shape[1:]), np.nan, dtype=np.float32)
         array[result["index"]] = result["samples"]
         full["X_pyro_vae_samples"] = array
+    # HDF5 cannot fail cleanly half way: a file the size limit or the disk would cut short is refused first
+    check_room(out, source.stat().st_size + sum(a.nbytes for a in full.values()) + 2**20)
     with atomic_path(out) as tmp:
         shutil.copyfile(source, tmp)
         with h5py.File(tmp, "r+") as f:

@@ -16,10 +16,10 @@ from torch import Tensor
 from .. import distributed
 from ..data import load_data
 from ..errors import DataError
-from ..files import atomic_write, atomic_write_json
+from ..files import atomic_write, atomic_write_json, output_folder
 from ..infer.evaluate import BUDGET, classification_summary, importance_sample_sharded, summarize
 from ..infer.train import resolve_device
-from ..runs import load_run
+from ..runs import load_run, record_outputs
 from ..spec import DataSpec, data_table
 
 
@@ -106,6 +106,8 @@ def evaluate_run(path, data=None, split="valid", num_samples=5000, limit=None, s
     if result.class_probs is not None and examples.labels is not None:
         summary.update(classification_summary(result.class_probs, examples.labels))
     folder = Path(path) / "evaluation"
+    if group.is_main:
+        output_folder(folder)
     json_path, npz_path = folder / f"{examples.tag}.json", folder / f"{examples.tag}.npz"
     if not group.is_main:
         return summary, (json_path, npz_path), result
@@ -117,4 +119,5 @@ def evaluate_run(path, data=None, split="valid", num_samples=5000, limit=None, s
     }
     arrays["index"] = examples.index  # each example's row in the source's array (which ones --limit chose)
     atomic_write(npz_path, lambda f: np.savez(f, **arrays))
+    record_outputs(path, [json_path, npz_path])
     return summary, (json_path, npz_path), result

@@ -18,15 +18,16 @@ from ..analysis.figures import training_figures
 from ..data import binarize, check_support, labelled_rows, largest_level, load_data, split_chunks
 from ..data.statistics import DataStatistics
 from ..errors import DataError, Interrupted, RunError, SpecError, TrainingDiverged
-from ..files import atomic_write_json, atomic_write_text, write_csv
+from ..files import atomic_write_json, atomic_write_text, output_folder, write_csv
 from ..infer.train import Trainer, resolve_device, say_on_stderr
 from ..model import build_vae
 from ..model.likelihoods import LIKELIHOODS
 from ..provenance import provenance
+from .memory import check_training_step
 from ..runs import (CHECKPOINT, CHECKPOINT_FORMAT, FIGURES, METRIC_COLUMNS, METRICS, SPEC, SUMMARY, RunLock, claim_output_dir,
-                   load_checkpoint, load_weights, read_spec, remove_partial_writes, save_checkpoint)
+                   load_checkpoint, load_weights, read_spec, record_outputs, remove_partial_writes, save_checkpoint)
 from ..spec import Spec
-from ..tracking import TRACKERS
+from ..tracking import TRACKERS, target_outside, tracking_outputs
 
 
 def _versions() -> dict:
@@ -49,6 +50,7 @@ def _prepare(spec):
         raise DataError(f"{data.source}: no validation split; add a 'valid' array or a 'train' array to split from")
     _levels_from_data(spec, data)
     vae = build_vae(spec.model, data.data_shape, num_data=len(train))
+    check_training_step(spec, vae, data.data_shape, device)
     check_support(data, vae.likelihood)
     vae.likelihood.use_data_units(data.preprocessing.log_jacobian(data.data_shape))
     statistics = DataStatistics.of(split_chunks(train))
@@ -132,7 +134,23 @@ def _data_summary(data) -> dict:
         summary["sha256"] = data.sha256
     if data.label_names:
         summary["label_names"] = data.label_names
+    if data.drawn:
+        summary["drawn_from_train"] = data.drawn
+    if data.feature_names:
+        summary["feature_names"] = data.feature_names
     return summary
+
+
+def carved_test_note(data, test_fraction: float) -> Optional[str]:
+    """The line that says a test split was carved from the training rows of a source that
+    brought its own validation split (so its training rows are the published ones, e.g.
+    binarized MNIST's 50,000): training then sees fewer of them. None otherwise."""
+    if "test" not in data.drawn or "valid" in data.drawn:
+        return None
+    test, train = data.drawn["test"], len(data.split("train"))
+    return (f"data: {data.source} has a validation split but no test split, so data.test_fraction = {test_fraction:g} "
+            f"takes {test:,} of its {test + train:,} training rows as the test split and trains on {train:,}; "
+            "set data.test_fraction = 0 to train on all of them")
 
 
 def tracker_of(spec):
@@ -184,6 +202,7 @@ class _RunWriter:
         save_checkpoint(self.path / CHECKPOINT, checkpoint)
         self.metrics()
         atomic_write_json(self.path / SUMMARY, _summary(trainer, "running", provenance=self.provenance))
+        record_outputs(self.path, [self.path / METRICS, self.path / SUMMARY])
 
     def metrics(self) -> None:
         history = self.trainer.state.history
@@ -199,11 +218,15 @@ class _RunWriter:
         summary = _summary(trainer, status, message, self.provenance)
         figures = None
         if status in ENDED and trainer.state.history:
-            training_figures(self.path / FIGURES, trainer.vae, trainer.data.split("valid"), trainer.state.history)
+            training_figures(output_folder(self.path / FIGURES), trainer.vae, trainer.data.split("valid"), trainer.state.history,
+                             feature_names=trainer.data.feature_names)
             figures = self.path / FIGURES
         atomic_write_json(self.path / SUMMARY, summary)
+        written = [self.path / SUMMARY, *(sorted(figures.glob("*.png")) if figures else [])]
+        record_outputs(self.path, written)
         if self.tracker is not None:
             self.tracker.finish(summary, figures)
+            record_outputs(self.path, tracking_outputs(self.path))
 
 
 def _run(trainer: Trainer, writer: Optional[_RunWriter]):
@@ -234,21 +257,24 @@ def train(spec, out=None, *, force: bool = False, progress: Optional[bool] = Non
     if init is not None:
         load_initial_weights(vae, init)
     trainer = Trainer(vae, data, spec.inference, progress=progress, log=log, on_epoch=on_epoch)
+    if note := carved_test_note(data, spec.data.test_fraction):
+        trainer.log(note)
     tracker = tracker_of(spec) if out is not None and trainer.group.is_main else None
-    if before is not None:
-        before(trainer)
     writer, lock = None, None
     if out is not None:  # only once spec, data and model are known good; rank 0 alone writes
 
         def claim() -> None:
             nonlocal lock
-            lock = claim_output_dir(out, force=force, log=trainer.log)
+            lock = claim_output_dir(out, force=force, log=say_on_stderr)  # what --force keeps is said even when quiet
             atomic_write_text(Path(out) / SPEC, spec.to_toml())
+            record_outputs(out, [Path(out) / SPEC])
 
         distributed.on_main(claim)
         if trainer.group.is_main:
             writer = _RunWriter(Path(out), trainer, initialized_from=init, tracker=tracker, spec=spec)
     try:
+        if before is not None:  # once the run directory is claimed: what it writes there is the run's
+            before(trainer)
         return _run(trainer, writer)
     finally:
         if lock is not None:
@@ -280,10 +306,11 @@ def load_initial_weights(vae, run) -> None:
 
 
 EXTENDABLE = ("inference.schedule.epochs",)
+CONFIRMABLE = ("tracking.uri", "tracking.log_dir")  # a resumed run's tracking destination, given again
 
 
 def resume(path, *, progress: Optional[bool] = None, log=None, epochs: Optional[int] = None, on_epoch=None,
-           before=None) -> Trainer:
+           before=None, tracking: Optional[dict] = None) -> Trainer:
     """Continue the run in ``path`` from its checkpoint, exactly where it stopped, or, with
     ``epochs``, train a finished run on to that many epochs: the same as a run trained to
     ``epochs`` from the start (nothing in the schedule depends on the total; the KL warm-up
@@ -292,7 +319,11 @@ def resume(path, *, progress: Optional[bool] = None, log=None, epochs: Optional[
     Under several processes rank 0 reads the spec and clears partial writes; every rank
     reads the checkpoint (on several machines the run directory must be on a shared file
     system), and the number of processes must be the one that wrote it. ``before`` and
-    ``on_epoch`` are :func:`train`'s hooks (``before`` runs before the first step taken here)."""
+    ``on_epoch`` are :func:`train`'s hooks (``before`` runs before the first step taken here).
+
+    A run directory may come from someone else: its ``[tracking]`` table is followed only to
+    stores inside it, unless ``tracking`` (the caller's own ``{"uri": ...}`` or
+    ``{"log_dir": ...}``) gives the destination again."""
     path = Path(path)
     lock = None
 
@@ -308,6 +339,7 @@ def resume(path, *, progress: Optional[bool] = None, log=None, epochs: Optional[
                 raise RunError(f"{{resume}} {path}: inference.schedule.epochs = {epochs} is fewer than the run's "
                                f"{spec.inference.schedule.epochs}; give more epochs to train longer")
             spec.inference.schedule.epochs = epochs
+        _confirm_tracking(spec, path, tracking or {})
         return spec.to_toml()
 
     try:
@@ -318,13 +350,33 @@ def resume(path, *, progress: Optional[bool] = None, log=None, epochs: Optional[
             lock.release()
 
 
+def _confirm_tracking(spec, path: Path, given: dict) -> None:
+    """The run's tracking, with the caller's destinations; refused when it would send outside
+    the run directory to a destination the caller did not give."""
+    if spec.tracking is None:
+        return
+    spec.tracking.update({key: value for key, value in given.items() if key in spec.tracking})
+    outside = target_outside(spec.tracking, path)
+    if outside is not None and given.get(outside[0]) != outside[1]:
+        key, value = outside
+        raise RunError(f"{{resume}} {path}: its spec sends tracking to {value!r}, outside the run directory; "
+                       f"a resumed run tracks only into its own folder unless you give the destination again: "
+                       f"--set tracking.{key}={value}")
+
+
 def _resume(path: Path, spec, progress, log, extended: bool, on_epoch=None, before=None) -> Trainer:
     # no checkpoint: stopped before the first one was written, so it starts again (same seed)
     checkpoint = load_checkpoint(path / CHECKPOINT) if (path / CHECKPOINT).exists() else None
     if checkpoint is not None:
         if "training" not in checkpoint:
             raise RunError(f"{path / CHECKPOINT}: holds weights only, no training state to resume from")
-        state = checkpoint["training"]["state"]
+        try:
+            state = checkpoint["training"]["state"]
+            state["stopped_early"], state["epoch"] = bool(state["stopped_early"]), int(state["epoch"])
+            checkpoint["data_shape"], checkpoint["num_data"] = list(checkpoint["data_shape"]), int(checkpoint["num_data"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RunError(f"{path / CHECKPOINT}: its training state is incomplete ({type(exc).__name__}: "
+                           f"{str(exc)[:80]}); the file was altered: restore it or start a new run") from None
         # a run killed after its last checkpoint, before its figures and summary, is finished by resuming it
         ended = _summary_of(path).get("status") in ENDED
         if state["stopped_early"] and ended:
