@@ -103,7 +103,7 @@ def runs(tmp_path_factory):
 def test_only_rank_zero_writes_and_speaks(runs):
     two = runs["two"]
     names = sorted(p.name for p in two.iterdir())
-    assert names == [".lock", "checkpoint.pt", "figures", "metrics.csv", "spec.toml", "summary.json"]
+    assert names == [".lock", "checkpoint.pt", "figures", "manifest.json", "metrics.csv", "spec.toml", "summary.json"]
     assert (two / ".lock").read_text() == ""  # rank 0 held the run's lock, and released it
     assert not [p for p in two.rglob(".*tmp*")]
     assert runs["two_stdout"].count("run: ") == 1  # one rank reports
