@@ -157,7 +157,7 @@ def test_a_csv_headers_names_label_the_features(saved, tmp_path):
     path.write_text(",".join(["kind", *names]) + "\n" + "\n".join(
         ",".join([str(i % 2), *map(str, row)]) for i, row in enumerate(rows)) + "\n")
     out = tmp_path / "run"
-    assert main(["train", "--data", str(path), "--set", "data.labels=kind", "--set", "inference.schedule.epochs=1",
+    assert main(["train", "--model", "gaussian_per_feature", "--data", str(path), "--set", "data.labels=kind", "--set", "inference.schedule.epochs=1",
                  "--quiet", "--out", str(out)]) == 0
     assert json.loads((out / "summary.json").read_text())["data"]["feature_names"] == names
     reconstructions = saved[1]
