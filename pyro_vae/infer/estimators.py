@@ -94,18 +94,15 @@ def _mean_field_particle(model_trace, guide_trace) -> tuple[Tensor, Tensor]:
     return elbo, elbo.detach().double()
 
 
-def _particles_loss(particle):
+def _particles_traced_loss(particle, estimator, model, guide, *args) -> tuple[Tensor, Tensor]:
     """A Pyro ELBO's ``traced_loss``: (loss, surrogate) averaged over its particles, each
     particle's value from ``particle(model_trace, guide_trace)``."""
-    def traced_loss(estimator, model, guide, *args) -> tuple[Tensor, Tensor]:
-        loss, surrogate = 0.0, 0.0
-        for model_trace, guide_trace in particle_traces(estimator, model, guide, args, {}):
-            elbo, reported = particle(model_trace, guide_trace)
-            loss = loss - reported / estimator.num_particles
-            surrogate = surrogate - elbo / estimator.num_particles
-        return loss, surrogate
-
-    return traced_loss
+    loss, surrogate = 0.0, 0.0
+    for model_trace, guide_trace in particle_traces(estimator, model, guide, args, {}):
+        elbo, reported = particle(model_trace, guide_trace)
+        loss = loss - reported / estimator.num_particles
+        surrogate = surrogate - elbo / estimator.num_particles
+    return loss, surrogate
 
 
 def _pyro_elbo(cls, jit_cls, num_particles, vectorize_particles, jit, particle=None, **traits):
@@ -120,7 +117,7 @@ def _pyro_elbo(cls, jit_cls, num_particles, vectorize_particles, jit, particle=N
     )
     elbo.traits = EstimatorTraits(jit=jit, **traits)
     if particle is not None:
-        elbo.traced_loss = partial(_particles_loss(particle), elbo)
+        elbo.traced_loss = partial(_particles_traced_loss, particle, elbo)
     return elbo
 
 
@@ -306,9 +303,13 @@ class ImportanceWeightedELBO(ELBO):
         super().__init__(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
 
     def _get_trace(self, model, guide, args, kwargs):
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        guide_trace = self._guide_trace(guide, args, kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
         return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
+
+    def _guide_trace(self, guide, args, kwargs):
+        """The guide's trace, whose values the model is replayed at."""
+        return poutine.trace(guide).get_trace(*args, **kwargs)
 
     def log_weights(self, model, guide, *args, **kwargs) -> tuple[Tensor, float, list[Tensor]]:
         """(log w of shape (K, B), the N/B scale, the latent samples z)."""
@@ -421,22 +422,21 @@ class DReG(IWAE):
     layers, where one layer's draw depends on another's, a hook on the drawn z_l would
     also catch the gradient that reaches z_l through a later layer's draw and multiply it
     twice; so the guide and the model are replayed at views of the draws
-    (:meth:`_get_trace`): the log-densities read the views, whose hooks weight each
+    (:meth:`_guide_trace`): the log-densities read the views, whose hooks weight each
     partial derivative once, and the draws' own graph carries it to phi unweighted.
     """
 
     stop_q = True
 
-    def _get_trace(self, model, guide, args, kwargs):
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    def _guide_trace(self, guide, args, kwargs):
+        guide_trace = super()._guide_trace(guide, args, kwargs)
         latent = [name for name, site in sample_sites(prune_subsample_sites(guide_trace)) if not site["is_observed"]]
-        if len(latent) > 1:
-            for name in latent:
-                site = guide_trace.nodes[name]
-                site["value"] = site["value"].view_as(site["value"])
-            guide_trace = poutine.trace(ReplayValues(trace=guide_trace)(guide)).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-        return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
+        if len(latent) < 2:
+            return guide_trace
+        for name in latent:
+            site = guide_trace.nodes[name]
+            site["value"] = site["value"].view_as(site["value"])
+        return poutine.trace(ReplayValues(trace=guide_trace)(guide)).get_trace(*args, **kwargs)
 
     def surrogate(self, log_w, latents):
         weights = torch.softmax(log_w.detach(), 0)
