@@ -1,4 +1,4 @@
-"""Discrete latents (model/discrete.py): every estimator against the ELBO summed over y by
+"""Discrete latents (model/categorical.py): every estimator against the ELBO summed over y by
 hand, log p(x) against quadrature, the semi-supervised objective, and bad combinations."""
 
 import math

@@ -167,7 +167,7 @@ class RelaxedELBO(Trace_ELBO):
 
         tau(t) = max(final, initial * (final / initial)^(t / anneal_epochs)),  t in epochs.
 
-    Biased: the objective is exact only as tau -> 0 (model/discrete.py says how)."""
+    Biased: the objective is exact only as tau -> 0 (model/categorical.py says how)."""
 
     def __init__(self, initial_temperature: float, final_temperature: float, anneal_epochs: float, straight_through: bool,
                  num_particles: int = 1):
