@@ -26,7 +26,9 @@ How the site ``y`` is treated follows the estimator's traits (``VAE.use_estimato
 
 * ``enumerate``: parallel enumeration in the guide, so TraceEnum_ELBO sums over y exactly;
 * ``score``: y is sampled; its gradient is the score function with each example's own
-  log-weight as the learning signal (both Pyro ELBOs Rao-Blackwellize over the data plate):
+  log-weight as the learning signal (both Pyro ELBOs Rao-Blackwellize over the data plate;
+  with labelled examples the trainer traces the labelled plate apart, ``VAE.objective_parts``,
+  since traced together its whole sum would enter every unlabelled y's signal):
   no baseline with Trace_ELBO; with TraceGraph_ELBO a decaying average of that signal and
   optionally a neural baseline subtracted (Mnih & Gregor, 2014);
 * ``relaxed``: y is a Gumbel-softmax / Concrete sample at temperature tau (Jang et al.,
