@@ -1,4 +1,4 @@
-"""``pyro-vae analyze``: InferenceData, PSIS diagnostics, figures and a one-page report."""
+"""``pyro-vae analyze``: ArviZ data (0.x or 1.x), PSIS diagnostics, figures and a one-page report."""
 
 from __future__ import annotations
 
