@@ -45,10 +45,9 @@ def major() -> int:
 @contextmanager
 def quiet():
     """ArviZ's notices that would flood a terminal, filtered where ArviZ is called: 0.x's
-    refactor notice at import, its use of a matplotlib API deprecated in matplotlib 3.11,
-    and the per-call Pareto-k warnings of both (k-hat is reported in diagnostics.json)."""
+    refactor notice at import and the per-call Pareto-k warnings of both (k-hat is
+    reported in diagnostics.json). No figure is drawn by ArviZ."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"Passing a dict or None as alias_mapping", module=r"arviz\.")
         warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing a major refactor", category=FutureWarning)
         warnings.filterwarnings("ignore", message=r".*[Ee]stimated shape parameter of Pareto distribution", category=UserWarning)
         yield
