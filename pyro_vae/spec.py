@@ -45,7 +45,7 @@ SLOTS = {"prior": PRIORS, "likelihood": LIKELIHOODS, "posterior": POSTERIORS, "n
 
 
 class DiscreteSpec(_Strict):
-    """A categorical latent y with ``classes`` values beside z (see ``model/discrete.py``).
+    """A categorical latent y with ``classes`` values at the top of the latent structure (see ``model/categorical.py``).
 
     ``shape = "mixture"``: p(y) p(z|y) p(x|z), a learned Gaussian p(z|y) per class (the
     Gaussian-mixture VAE; Dilokthanakul et al., 2016; Jiang et al., 2017).

@@ -1,4 +1,4 @@
-"""Discrete latents (model/discrete.py): every estimator against the ELBO summed over y by
+"""Discrete latents (model/categorical.py): every estimator against the ELBO summed over y by
 hand, log p(x) against quadrature, the semi-supervised objective, and bad combinations."""
 
 import math
@@ -6,12 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pyro
+import pyro.distributions as dist
+from pyro import poutine
 import pytest
 import torch
 import torch.nn.functional as F
 
 from helpers import assert_one_line_error
-from pyro_vae.infer.estimators import ESTIMATORS
+from pyro_vae.infer.estimators import ESTIMATORS, PartwiseLoss
 from pyro_vae.infer.evaluate import classification_summary, importance_sample
 from pyro_vae.model import build_vae
 from pyro_vae.spec import ModelSpec
@@ -522,3 +524,59 @@ def test_m2_with_library_sizes_scores_counts_as_scipy_does(reads_y):
     loss = estimator.differentiable_loss(vae.model, vae.guide, x, index)
     torch.manual_seed(7)
     assert loss.item() == pytest.approx(-hand_elbo(vae, x, index, 20).item(), rel=1e-5)
+
+
+# --- the learning signal of an unlabelled y holds its own example's terms only (issue 28) ---
+
+
+def _classifier_gradient(vae, loss, x, index, seed=4):
+    pyro.clear_param_store()
+    for p in vae.parameters():
+        p.grad = None
+    pyro.set_rng_seed(seed)
+    loss.loss_and_grads(vae.model, vae.guide, x, index)
+    return torch.cat([p.grad.reshape(-1) for p in vae.classifier.parameters()])
+
+
+def test_an_unlabelled_ys_score_signal_is_its_own_log_weight_not_the_labelled_sum():
+    """Semi-supervised M2 under trace_elbo (y sampled, score function), alpha = 0 so that
+    only unlabelled y reach the classifier: traced part by part (what the trainer does), the
+    classifier's gradient is -(N/B) sum_i log w_i grad log q(y_i|x_i) (the score function of the
+    scaled ELBO), log w_i example i's
+    own log p(x_i, y_i, z_i) - log q(y_i, z_i|x_i); it does not change when the labelled
+    examples do. Traced together (Pyro's Trace_ELBO on one model), the labelled plate's sum
+    enters every signal and the gradient moves with it."""
+    N, B = 40, 6
+    vae = small_vae("m2", num_data=N)
+    estimator = ESTIMATORS.build({"kind": "trace_elbo"})
+    vae.use_estimator(estimator, "trace_elbo")
+    x, index = data(B), torch.arange(10, 10 + B)
+    labelled = data(4, seed=2)
+    rows = torch.tensor([0, 1, 2, 3])
+
+    def gradients(xl, loss_of):
+        vae.supervise(xl, torch.tensor([0, 2, 1, 2]), rows, alpha=0.0, batch=4)
+        return _classifier_gradient(vae, loss_of(estimator, vae.objective_parts), x, index)
+
+    partwise = lambda e, parts: PartwiseLoss(e, parts)  # noqa: E731
+    g1, g2 = gradients(labelled, partwise), gradients(labelled + 3.0, partwise)
+    assert torch.equal(g1, g2)
+    joint1, joint2 = gradients(labelled, lambda e, parts: e), gradients(labelled + 3.0, lambda e, parts: e)
+    assert not torch.allclose(joint1, joint2)  # the defect the parts remove
+
+    # the signal's content, independently: replay the guide's draws and score each example
+    vae.supervise(labelled, torch.tensor([0, 2, 1, 2]), rows, alpha=0.0, batch=4)
+    pyro.set_rng_seed(4)
+    guide_trace = poutine.trace(vae.guide).get_trace(x, index, part="unlabelled")
+    y, z = guide_trace.nodes["y"]["value"], guide_trace.nodes["z"]["value"]
+    with torch.no_grad():
+        u = vae.encoder_input(x)
+        one_hot = vae.one_hot(y)
+        log_w = (math.log(1 / C) + vae.prior().log_prob(z) + vae.p_x_given(z, one_hot, x).log_prob(x)
+                 - dist.Categorical(logits=vae.classifier(u)).log_prob(y) - vae.q_z(u, one_hot).log_prob(z))
+    for p in vae.parameters():
+        p.grad = None
+    surrogate = -(N / B) * (log_w * dist.Categorical(logits=vae.classifier(vae.encoder_input(x))).log_prob(y)).sum()
+    surrogate.backward()
+    expected = torch.cat([p.grad.reshape(-1) for p in vae.classifier.parameters()])
+    assert torch.allclose(g1, expected, rtol=1e-4, atol=1e-6), (g1, expected)

@@ -267,7 +267,7 @@ def test_two_layers_vamp_on_top_trains_and_its_prior_is_the_top_posterior_mixtur
 @pytest.mark.parametrize("change, fragments", [
     ({"inference_network": "ladder", "posterior": {"kind": "iaf"}}, ["ladder", "diagonal_normal"]),
     ({"prior": {"kind": "vamp"}}, ["vamp", "bottom_up", "top_down"]),
-    ({"discrete": {"classes": 3}}, ["upper_layers", "discrete"]),
+    ({"discrete": {"classes": 3}}, ["upper_layers", "encoder_reads_y = false"]),
 ])
 def test_structures_that_cannot_work_are_refused_in_one_line(change, fragments, tmp_path):
     data = write_data(tmp_path)

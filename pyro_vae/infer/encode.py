@@ -39,8 +39,8 @@ def encode(vae, x, samples: int = 0, mc_draws: int = 256, seed: int = 0, chunk: 
                 mean, std = z.mean(0), z.std(0)
             means.append(mean.cpu())
             stds.append(std.cpu())
-            if discrete:  # q is the marginal sum_y q(y|x) q(z|x, y): its mixing weights are q(y|x)
-                class_probs.append(q.mixture_distribution.probs.cpu())
+            if discrete:
+                class_probs.append(torch.softmax(vae.q_y_logits(x[start : start + chunk]), -1).cpu())
             if samples:
                 draws.append(q.sample((samples,)).transpose(0, 1).cpu())
     out = {"mean": torch.cat(means).numpy(), "std": torch.cat(stds).numpy(), "exact": np.array(exact)}

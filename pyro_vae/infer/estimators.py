@@ -160,6 +160,26 @@ def trace_graph(
                       baseline=baseline, baseline_beta=baseline_beta)
 
 
+class PartwiseLoss:
+    """An estimator applied to each independent part of a model's objective in a trace of
+    its own (``model(*args, part=p)``, ``guide(*args, part=p)`` for p in ``parts``), the
+    losses summed: the same objective, but a score-function site's learning signal holds
+    only the terms of its own part (see ``VAE.objective_parts``). Pyro's SVI takes it as
+    its ``loss``; everything else (traits, a temperature schedule) is the estimator's."""
+
+    def __init__(self, estimator, parts: tuple[str, ...]):
+        self.estimator, self.parts = estimator, parts
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        return sum(self.estimator.loss_and_grads(model, guide, *args, part=part, **kwargs) for part in self.parts)
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        return sum(self.estimator.loss(model, guide, *args, part=part, **kwargs) for part in self.parts)
+
+    def __getattr__(self, name):
+        return getattr(self.estimator, name)
+
+
 class RelaxedELBO(Trace_ELBO):
     """Trace_ELBO on a model whose discrete y is relaxed (Gumbel-softmax / Concrete; Jang et
     al., 2017; Maddison et al., 2017) at a temperature annealed geometrically from
@@ -167,7 +187,7 @@ class RelaxedELBO(Trace_ELBO):
 
         tau(t) = max(final, initial * (final / initial)^(t / anneal_epochs)),  t in epochs.
 
-    Biased: the objective is exact only as tau -> 0 (model/discrete.py says how)."""
+    Biased: the objective is exact only as tau -> 0 (model/categorical.py says how)."""
 
     def __init__(self, initial_temperature: float, final_temperature: float, anneal_epochs: float, straight_through: bool,
                  num_particles: int = 1):

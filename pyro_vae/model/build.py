@@ -1,5 +1,6 @@
 """A VAE from a model spec: each slot's component built from its registry and sized from
-the data shape and the other slots; a ``discrete`` table gives the DiscreteVAE.
+the data shape and the other slots, in the latent structure the spec declares (stacked
+layers, a categorical y).
 
 Each part draws its initial weights from a random stream of its own, seeded by one draw
 from the global generator and the part's name. So a part starts the same whatever the
@@ -17,7 +18,7 @@ from typing import Optional
 import torch
 
 from ..errors import SpecError
-from .discrete import build_discrete
+from .categorical import SHAPES, Baseline, CategoricalY, ClassConditionalPrior
 from .layers import ConditionalNormal, Structure, UpperLayer
 from .likelihoods import LIKELIHOODS
 from .networks import NETWORKS
@@ -63,19 +64,7 @@ def build_vae(spec, data_shape: tuple[int, ...], num_data: Optional[int] = None)
                 f"model.encoder_input = \"log1p\" needs non-negative data, but the {spec.likelihood['kind']} likelihood "
                 "models any real value; use it with count or [0, 1] likelihoods, or set model.encoder_input = \"auto\""
             )
-        upper_specs = getattr(spec, "upper_layers", [])
-        if getattr(spec, "discrete", None) is not None:
-            if upper_specs:
-                raise SpecError("model.upper_layers: stacked layers with model.discrete are not supported yet; "
-                                "remove one of the two")
-            return build_discrete(spec, parts, data_shape, num_data, transform, stream)
-        posterior = parts["posterior"](spec.latent_dim)
-        if not upper_specs:
-            encoder = parts["encoder"](data_shape, (posterior.encoder_outputs,))
-            decoder = parts["decoder"]((spec.latent_dim,), (likelihood.outputs, *data_shape))
-            prior = parts["prior"](spec.latent_dim)
-            return VAE(prior, likelihood, posterior, encoder, decoder, num_data, input_transform=transform)
-        return build_layers(spec, parts, likelihood, posterior, data_shape, num_data, transform, stream)
+        return build_structure(spec, parts, likelihood, data_shape, num_data, transform, stream)
 
     with torch.device("meta"):
         count = sum(p.numel() for p in build().parameters())
@@ -87,24 +76,59 @@ def build_vae(spec, data_shape: tuple[int, ...], num_data: Optional[int] = None)
     return build()
 
 
-def build_layers(spec, parts: dict, likelihood, bottom_posterior, data_shape, num_data, transform, stream) -> VAE:
-    """A VAE with ``spec.upper_layers`` above its bottom layer z_1 (see model/layers.py), each
-    layer's networks sized by the guide's ``inference_network``: in ``bottom_up`` layer l's
-    encoder reads z_(l-1), in ``top_down`` x and z_(l+1) (the top layer x alone), in the
-    ``ladder`` the layer below's encoder output."""
-    guide = spec.inference_network
-    upper_specs = list(reversed(spec.upper_layers))  # bottom first: layer 2, 3, ..., L
-    dims = [spec.latent_dim] + [layer.latent_dim for layer in upper_specs]
-    L, features = len(dims), math.prod(data_shape)
-    if guide == "ladder":
-        kinds = [spec.posterior["kind"]] + [layer.posterior["kind"] for layer in upper_specs[:-1]]
+def categorical_y(spec) -> Optional[CategoricalY]:
+    """y's place in the structure from the spec's ``discrete`` table (None without one)."""
+    discrete = getattr(spec, "discrete", None)
+    if discrete is None:
+        return None
+    return CategoricalY(discrete.classes, SHAPES[discrete.shape], discrete.encoder_reads_y)
+
+
+def check_structure(spec, y: Optional[CategoricalY]) -> None:
+    """Refuses, in one line each, the structures the model cannot build."""
+    guide, upper_specs = spec.inference_network, spec.upper_layers
+    if upper_specs and guide == "ladder":
+        kinds = [spec.posterior["kind"]] + [layer.posterior["kind"] for layer in list(reversed(upper_specs))[:-1]]
         if any(kind != "diagonal_normal" for kind in kinds):
             raise SpecError("model.inference_network = \"ladder\" merges each layer below the top with its "
                             "Gaussian p(z_l | z_(l+1)): those layers need posterior diagonal_normal (only the top "
                             "layer's may be another kind); change the posteriors or use bottom_up")
-    if guide == "bottom_up" and spec.prior["kind"] == "vamp":
+    if upper_specs and guide == "bottom_up" and spec.prior["kind"] == "vamp":
         raise SpecError("model.prior: vamp scores the top layer under q(z_L | pseudo-input), which the bottom_up guide "
                         "does not have (its q(z_L) reads z_(L-1)); set model.inference_network = \"top_down\" or \"ladder\"")
+    if y is None:
+        return
+    if y.encoder_reads_y and upper_specs:
+        raise SpecError("model.discrete.encoder_reads_y: with model.upper_layers the guide is q(y|x) q(z_1, ..., z_L|x), "
+                        "its encoders reading x alone; set model.discrete.encoder_reads_y = false")
+    if y.encoder_reads_y and spec.encoder["kind"] == "conv":
+        raise SpecError("model.encoder: with model.discrete the encoder reads x and one-hot y as one flat vector; "
+                        "use mlp or gated_mlp, or set model.discrete.encoder_reads_y = false (model.discrete.classifier "
+                        "may be conv)")
+    if y.feeds == "prior" and spec.prior["kind"] != "standard_normal":
+        raise SpecError(f"model.prior: {spec.prior['kind']} with model.discrete.shape = \"mixture\", whose p(z|y) is "
+                        "its own Gaussian per class; remove model.prior or use shape = \"m2\"")
+    if spec.prior["kind"] == "vamp":
+        raise SpecError("model.prior: vamp runs the encoder on pseudo-inputs, but with model.discrete the encoder "
+                        "also reads y; use standard_normal, learned_normal, mixture or flow")
+
+
+def build_structure(spec, parts: dict, likelihood, data_shape, num_data, transform, stream) -> VAE:
+    """A VAE with the spec's structure: the bottom layer z_1 (the model's own latent_dim,
+    posterior and encoder), ``spec.upper_layers`` above it (see model/layers.py), each
+    layer's networks sized by the guide's ``inference_network`` (in ``bottom_up`` layer l's
+    encoder reads z_(l-1), in ``top_down`` x and z_(l+1) (the top layer x alone), in the
+    ``ladder`` the layer below's encoder output), and a categorical y on top (``discrete``,
+    model/categorical.py: the bottom encoder reads x and one-hot y where the guide is
+    q(z|x, y), the decoder z and y where y feeds it, and the top layer's prior is p(z_L|y)
+    where y feeds the prior)."""
+    y = categorical_y(spec)
+    check_structure(spec, y)
+    guide = spec.inference_network
+    upper_specs = list(reversed(spec.upper_layers))  # bottom first: layer 2, 3, ..., L
+    dims = [spec.latent_dim] + [layer.latent_dim for layer in upper_specs]
+    L, features = len(dims), math.prod(data_shape)
+    classes = y.classes if y is not None else 0
 
     def built(what: str, registry, table, *sizes):
         try:
@@ -113,17 +137,19 @@ def build_layers(spec, parts: dict, likelihood, bottom_posterior, data_shape, nu
         except SpecError as exc:
             raise SpecError(f"model.{what}: {exc}") from None
 
-    posteriors = [bottom_posterior] + [built(f"upper_layers.{L - 1 - i}.posterior", POSTERIORS, upper_specs[i - 1].posterior, dims[i])
-                                       for i in range(1, L)]
+    posteriors = [parts["posterior"](dims[0])] + [
+        built(f"upper_layers.{L - 1 - i}.posterior", POSTERIORS, upper_specs[i - 1].posterior, dims[i]) for i in range(1, L)]
 
     def encoder_in(i: int) -> tuple[int, ...]:
+        if i == 0 and y is not None and y.encoder_reads_y:
+            return (features + classes,)
         if guide == "bottom_up":
             return data_shape if i == 0 else (dims[i - 1],)
         if guide == "top_down":
             return data_shape if i == L - 1 else (features + dims[i + 1],)
         return data_shape if i == 0 else (posteriors[i - 1].encoder_outputs,)
 
-    encoder = parts["encoder"](encoder_in(0), (bottom_posterior.encoder_outputs,))
+    encoder = parts["encoder"](encoder_in(0), (posteriors[0].encoder_outputs,))
     upper = []
     for i in range(1, L):
         where = f"upper_layers.{L - 1 - i}"  # the spec lists the layers top first
@@ -131,8 +157,22 @@ def build_layers(spec, parts: dict, likelihood, bottom_posterior, data_shape, nu
                               (posteriors[i].encoder_outputs,))
         down = built(f"{where}.prior_network", NETWORKS, upper_specs[i - 1].prior_network, (dims[i],), (2 * dims[i - 1],))
         upper.append(UpperLayer(layer_encoder, posteriors[i], ConditionalNormal(down, dims[i - 1])))
-    decoder_in = dims[0] if spec.decoder_reads == "bottom" else sum(dims)
+    y_to_decoder = classes if y is not None and y.feeds == "decoder" else 0
+    decoder_in = (dims[0] if spec.decoder_reads == "bottom" else sum(dims)) + y_to_decoder
     decoder = parts["decoder"]((decoder_in,), (likelihood.outputs, *data_shape))
-    prior = parts["prior"](dims[-1])
-    return VAE(prior, likelihood, bottom_posterior, encoder, decoder, num_data, input_transform=transform, upper=upper,
-               structure=Structure(guide, spec.decoder_reads))
+    classifier = baseline = None
+    if y is not None and y.feeds == "prior":
+        with stream("prior"):
+            prior = ClassConditionalPrior(dims[-1], classes)
+    else:
+        prior = parts["prior"](dims[-1])
+    if y is not None:
+        try:
+            with stream("classifier"):
+                classifier = NETWORKS.build(spec.discrete.classifier, data_shape, (classes,))
+        except SpecError as exc:
+            raise SpecError(f"model.discrete.classifier: {exc}") from None
+        with stream("baseline"):
+            baseline = Baseline(features)
+    return VAE(prior, likelihood, posteriors[0], encoder, decoder, num_data, input_transform=transform, upper=upper,
+               structure=Structure(guide, spec.decoder_reads, y), classifier=classifier, baseline=baseline)

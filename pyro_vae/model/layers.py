@@ -16,7 +16,7 @@ factorizations); :class:`JointLatent` turns such a walk into one distribution ov
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
 import pyro.distributions as dist
 
+from .categorical import CategoricalY
 from .posteriors import MIN_SCALE, Posterior
 
 GUIDES = ("bottom_up", "top_down", "ladder")
@@ -77,10 +78,14 @@ def ladder_merge(loc_up: Tensor, scale_up: Tensor, loc_prior: Tensor, scale_prio
 
 
 class Structure(NamedTuple):
-    """How the layers connect: the guide (one of GUIDES) and what the decoder reads."""
+    """How the layers connect: the guide (one of GUIDES), what the decoder reads of the
+    continuous layers, and the categorical y at the top of the structure, if any
+    (:class:`~pyro_vae.model.categorical.CategoricalY`: how many classes, and which part
+    reads it)."""
 
     inference_network: str = "bottom_up"
     decoder_reads: str = "bottom"
+    y: Optional[CategoricalY] = None
 
 
 # draw(i, distribution of z_i given the layers drawn so far, stopped log-density) -> z_i
