@@ -40,11 +40,14 @@ def psis_weights() -> dict:
 
 @pytest.mark.parametrize("writer", [0, 1])
 def test_each_version_reads_the_posterior_nc_the_other_writes(writer):
-    """The files written under ArviZ 0.x and 1.x read back, under the installed version, to
-    the same groups, variables, dims, coordinates and values as the data built here."""
+    """The files written under ArviZ 0.x and 1.x (from the same draws) read back, under the
+    installed version, to the same groups, variables, dims, coordinates and values as each
+    other, and as the data built here (to float32 rounding: another CPU may round torch's
+    draws differently)."""
     import arviz as az
 
     built = arviz_compat.groups(tiny_posterior())
+    other = arviz_compat.groups(arviz_compat.read_netcdf(DATA / f"posterior_arviz{1 - writer}.nc"))
     path = DATA / f"posterior_arviz{writer}.nc"
     for loaded in (arviz_compat.read_netcdf(path), az.from_netcdf(str(path), engine="h5netcdf")):
         groups = arviz_compat.groups(loaded)
@@ -52,8 +55,12 @@ def test_each_version_reads_the_posterior_nc_the_other_writes(writer):
         for name, group in groups.items():
             assert set(group.data_vars) == set(built[name].data_vars), name
             for var in group.data_vars:
-                assert group[var].dims == built[name][var].dims, (name, var)
-                np.testing.assert_allclose(group[var].values, built[name][var].values, rtol=1e-12, err_msg=f"{name}/{var}")
+                assert group[var].dims == built[name][var].dims == other[name][var].dims, (name, var)
+                assert group[var].dtype == other[name][var].dtype, (name, var)
+                # the same draws; k-hat and PSIS computed by each version's PSIS: equal to float rounding
+                np.testing.assert_allclose(group[var].values, other[name][var].values, rtol=1e-12, err_msg=f"{name}/{var}")
+                np.testing.assert_allclose(group[var].values, built[name][var].values, rtol=1e-4, atol=1e-4,
+                                           err_msg=f"{name}/{var}")
             for coord in group.coords:
                 np.testing.assert_array_equal(group[coord].values, built[name][coord].values)
         assert loaded.posterior.attrs["num_samples"] == 30 and loaded.sample_stats.attrs["draws_kept"] == 10
