@@ -319,6 +319,9 @@ def test_train_evaluate_analyze_encode_sample_on_two_layers(tmp_path):
     posterior = az.from_netcdf(run / "analysis" / "posterior.nc").posterior
     assert posterior["z1"].shape[-1] == 4 and posterior["z2"].shape[-1] == 3
     assert np.array_equal(posterior["z2"].values, posterior["z"].values[..., 4:])
+    report = (run / "analysis" / "report.md").read_text()
+    for name in ("latent_space_z1", "latent_space_z2", "traversals_z1", "traversals_z2"):  # figures per layer
+        assert (run / "analysis" / f"{name}.png").stat().st_size > 0 and f"{name}.png" in report
     code, _, err = run_cli("encode", run, "--out", tmp_path / "codes.h5ad")
     assert code == 0, err
     codes = anndata.read_h5ad(tmp_path / "codes.h5ad")
@@ -328,6 +331,26 @@ def test_train_evaluate_analyze_encode_sample_on_two_layers(tmp_path):
     assert code == 0, err
     samples = np.load(run / "samples" / "samples.npz")
     assert samples["z"].shape == (5, 7) and samples["mean"].shape[0] == 5
+
+
+def test_each_layers_figures_take_its_own_most_active_dimensions_and_name_them_by_layer():
+    from pyro_vae.workflows.analyze import _most_active_by_layer
+
+    vae, _, _ = lg.make_two_layer("top_down")
+    assert vae.latent_labels == ["z1[0]", "z2[0]"]
+    spec = Spec.from_dict({"model": {"latent_dim": 3, "upper_layers": [{"latent_dim": 2}]}}).model
+    vae = build_vae(spec, (5,))
+    assert vae.latent_labels == ["z1[0]", "z1[1]", "z1[2]", "z2[0]", "z2[1]"]
+    variances = np.array([0.1, 0.9, 0.5, 0.2, 3.0])
+    assert _most_active_by_layer(vae, variances) == {"z1": [1, 2, 0], "z2": [4, 3]}
+
+
+def test_a_traversal_of_an_upper_layer_moves_the_layers_below_to_their_conditional_means():
+    vae, _, _ = lg.make_two_layer("top_down")  # p(z1|z2) = N(1.2 z2 + 0.3, 0.7^2)
+    z = torch.tensor([[5.0, -1.0], [5.0, 2.0]], dtype=torch.float64)
+    assert torch.allclose(vae.descended(z, 1), torch.tensor([[1.2 * -1.0 + 0.3, -1.0], [1.2 * 2.0 + 0.3, 2.0]],
+                                                            dtype=torch.float64))
+    assert torch.equal(vae.descended(z, 0), z)  # the bottom layer's own move leaves the others
 
 
 @pytest.mark.parametrize("guide", GUIDES)

@@ -35,8 +35,11 @@ def khat_plot(path: Path, idata) -> Path:
 
 
 def latent_space(path: Path, means: np.ndarray, labels: Optional[np.ndarray], dims: Sequence[int],
-                 label: str = "label") -> Path:
-    """Posterior means on the two most active latent dimensions, coloured by ``labels`` (named ``label``)."""
+                 label: str = "label", names: Optional[Sequence[str]] = None, layer: str = "") -> Path:
+    """Posterior means on the two most active latent dimensions, coloured by ``labels`` (named
+    ``label``); ``names`` the latent coordinates' names (``z[d]`` by default), ``layer`` the
+    stochastic layer the two dimensions belong to, for the title."""
+    names = names or [f"z[{d}]" for d in range(means.shape[1])]
     fig = new_figure(figsize=(5.6, 5.0))
     ax = fig.subplots()
     a, b = dims
@@ -50,10 +53,10 @@ def latent_space(path: Path, means: np.ndarray, labels: Optional[np.ndarray], di
             fig.colorbar(points, ax=ax, label=label)
     else:
         ax.scatter(means[:, a], means[:, b], s=10, alpha=0.6)
-    ax.set_xlabel(f"z[{a}], posterior mean E_q[z|x]")
-    ax.set_ylabel(f"z[{b}], posterior mean E_q[z|x]")
-    ax.set_title("Latent space: the two most active dimensions" + (f", coloured by {label}" if labels is not None else ""),
-                 fontsize=10)
+    ax.set_xlabel(f"{names[a]}, posterior mean E_q[z|x]")
+    ax.set_ylabel(f"{names[b]}, posterior mean E_q[z|x]")
+    ax.set_title("Latent space: the two most active dimensions" + (f" of {layer}" if layer else "")
+                 + (f", coloured by {label}" if labels is not None else ""), fontsize=10)
     ax.grid(alpha=0.3)
     return save_figure(fig, path)
 
@@ -79,14 +82,17 @@ Z_HDI = NormalDist().inv_cdf((1 + arviz_compat.INTERVAL) / 2)
 
 
 def example_posteriors(path_posterior: Path, path_pair: Path, idata, examples: Sequence[int], dims: Sequence[int],
-                       gaussian: Optional[tuple[np.ndarray, np.ndarray]] = None) -> list[Path]:
+                       gaussian: Optional[tuple[np.ndarray, np.ndarray]] = None,
+                       names: Optional[Sequence[str]] = None) -> list[Path]:
     """The posterior q(z|x) of a few examples on the most active dimensions: marginals
     (a histogram of the stored draws; for a Gaussian q its exact density and 90% HDI, mean +-
     1.645 sd, else ArviZ's 90% HDI of the draws, ``arviz_compat.INTERVAL``) and the joint of two dimensions (the draws; for
     a Gaussian q its exact contours at Mahalanobis distance 1, 2, 3, else a kernel density
-    estimate). ``gaussian``: (means, covariances) of q for ``examples``, row for row."""
+    estimate). ``gaussian``: (means, covariances) of q for ``examples``, row for row;
+    ``names`` the latent coordinates' names (``z[d]`` by default)."""
     label = arviz_compat.INTERVAL_LABEL
     draws = idata.posterior["z"].values[0]  # (draws, obs, latent)
+    names = names or [f"z[{d}]" for d in range(draws.shape[-1])]
     fig = new_figure(figsize=(3.0 * len(dims), 2.3 * len(examples) + 0.6), layout="constrained")
     axes = fig.subplots(len(examples), len(dims), squeeze=False)
     for row, n in enumerate(examples):
@@ -104,7 +110,7 @@ def example_posteriors(path_posterior: Path, path_pair: Path, idata, examples: S
                 low, high = arviz_compat.hdi(values)
             ax.axvspan(low, high, color="C1", alpha=0.15, label=label)
             ax.axvline(mean, color="k", lw=1, ls=":", label="mean")
-            ax.set_title(f"example {n}: z[{d}]\nmean {mean:.2f}, {label} [{low:.2f}, {high:.2f}]", fontsize=8)
+            ax.set_title(f"example {n}: {names[d]}\nmean {mean:.2f}, {label} [{low:.2f}, {high:.2f}]", fontsize=8)
             ax.set_xlabel("z (latent units)", fontsize=8)
             ax.set_yticks([])
             ax.tick_params(labelsize=7)
@@ -141,8 +147,8 @@ def example_posteriors(path_posterior: Path, path_pair: Path, idata, examples: S
                 ax.contour(gx, gy, density, levels=[np.quantile(at_draws, 1 - share)], colors=color, linewidths=1.2)
                 ax.plot([], [], color=color, label=f"kernel density estimate: {share:.0%} of the draws inside")
         ax.set_title(f"example {n}", fontsize=9)
-        ax.set_xlabel(f"z[{a}]")
-        ax.set_ylabel(f"z[{b}]")
+        ax.set_xlabel(names[a])
+        ax.set_ylabel(names[b])
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 3), fontsize=8)
@@ -175,15 +181,20 @@ def interpolation(path: Path, vae, mean_a: torch.Tensor, mean_b: torch.Tensor, x
 
 @torch.no_grad()
 def traversals(path: Path, vae, centre: torch.Tensor, dims: Sequence[int], spread: torch.Tensor,
-               look: Optional[Look] = None, steps: int = 9) -> Path:
-    """E[x|z] as one latent dimension at a time moves through +-2.5 posterior-mean SDs."""
+               look: Optional[Look] = None, steps: int = 9, layer: str = "") -> Path:
+    """E[x|z] as one latent dimension at a time moves through +-2.5 posterior-mean SDs; with
+    stacked layers, the layers below the moved one follow at their conditional prior means
+    (``VAE.descended``), so that moving an upper layer shows what it does to x."""
     offsets = torch.linspace(-2.5, 2.5, steps, device=centre.device)
     rows = []
     for d in dims:
         z = centre.repeat(steps, 1)
         z[:, d] = centre[d] + offsets * spread[d]
-        names = [f"z[{d}] = {v:.2f}" for v in z[:, d].tolist()]
-        rows.append((f"z[{d}] from {(centre[d] - 2.5 * spread[d]).item():.2f} to {(centre[d] + 2.5 * spread[d]).item():.2f}",
-                     vae.decode_mean(z), names))
-    return image_panel(path, rows, look or Look.of(vae), "Traversals of the most active latent dimensions "
-                       "(others at the mean posterior mean)", columns=steps)
+        name = vae.latent_labels[d]
+        names = [f"{name} = {v:.2f}" for v in z[:, d].tolist()]
+        level = int(np.searchsorted(np.cumsum(vae.layer_dims), d, side="right"))  # the layer d belongs to
+        rows.append((f"{name} from {(centre[d] - 2.5 * spread[d]).item():.2f} to {(centre[d] + 2.5 * spread[d]).item():.2f}",
+                     vae.decode_mean(vae.descended(z, level)), names))
+    return image_panel(path, rows, look or Look.of(vae), "Traversals of the most active latent dimensions"
+                       + (f" of {layer}" if layer else "") + " (others at the mean posterior mean"
+                       + (", the layers below at their conditional prior means)" if vae.layers > 1 else ")"), columns=steps)

@@ -354,6 +354,15 @@ class VAE(nn.Module):
             return partial(posterior.stopped_log_prob, h)
         return lambda z: posterior.stopped_log_prob(stopped_call(encoder, inputs), z, detach_input=False)
 
+    def descended(self, z: Tensor, layer: int) -> Tensor:
+        """z with the layers below ``layer`` (0: the bottom) replaced, top down, by the means
+        of their conditional priors, z_l = mu_l(z_(l+1)): what a change of an upper layer
+        means to the decoder (a traversal of z_2 moves z_1 with it)."""
+        parts = list(torch.split(z, self.layer_dims, -1))
+        for i in range(layer - 1, -1, -1):
+            parts[i] = self.upper[i].down.loc_scale(parts[i + 1])[0]
+        return torch.cat(parts, -1)
+
     def decoder_input(self, z: Tensor, y: Optional[Tensor] = None) -> Tensor:
         """What the decoder reads: of the latent vector (z_1, ..., z_L), z_1 or all of it;
         and one-hot y beside it where y feeds the decoder (M2)."""

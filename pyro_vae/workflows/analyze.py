@@ -95,12 +95,17 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
     }
 
     figures = {"khat": khat_plot(folder / "khat.png", idata)}
-    figures["latent_space"] = latent_space(folder / "latent_space.png", means,
-                                           None if labels is None else labels.cpu().numpy(), pair)
+    names = run.vae.latent_labels
+    label_values = None if labels is None else labels.cpu().numpy()
+    figures["latent_space"] = latent_space(folder / "latent_space.png", means, label_values, pair, names=names)
+    layer_tops = _most_active_by_layer(run.vae, covariance.cpu().numpy()) if run.vae.layers > 1 else {}
+    for name, dims in layer_tops.items():  # each stochastic layer's own two most active dimensions
+        figures[f"latent_space_{name}"] = latent_space(folder / f"latent_space_{name}.png", means, label_values,
+                                                      dims[:2] if len(dims) > 1 else dims * 2, names=names, layer=name)
     if discrete:
         predicted = class_probs.argmax(-1)
         figures["latent_space_predicted"] = latent_space(folder / "latent_space_predicted.png", means, predicted, pair,
-                                                         "argmax q(y|x)")
+                                                         "argmax q(y|x)", names=names)
         figures["class_samples"] = class_samples(folder / "class_samples.png", run.vae)
         if labels is not None:
             scores = classification_summary(torch.as_tensor(class_probs), labels)
@@ -111,7 +116,8 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
     with torch.no_grad():
         gaussian = gaussian_moments(run.vae.q(x[examples]))
     figures["posterior"], figures["pair"] = example_posteriors(folder / "posterior_examples.png", folder / "pair_examples.png",
-                                                               idata, examples, top[:2] if len(top) > 1 else top, gaussian)
+                                                               idata, examples, top[:2] if len(top) > 1 else top, gaussian,
+                                                               names)
     metrics = run.metrics
     figures["elbo"] = elbo_curves(folder / "elbo.png", metrics)
     vae = run.vae
@@ -125,11 +131,31 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
     a, b = _distinct_pair(labels, len(x))
     figures["interpolation"] = interpolation(folder / "interpolation.png", vae, means_t[a], means_t[b], x[a], x[b],
                                              (a, b), look)
-    figures["traversals"] = traversals(folder / "traversals.png", vae, means_t.mean(0), top,
-                                       torch.as_tensor(spread, device=x.device, dtype=x.dtype).clamp_min(1e-3), look)
+    spread_t = torch.as_tensor(spread, device=x.device, dtype=x.dtype).clamp_min(1e-3)
+    figures["traversals"] = traversals(folder / "traversals.png", vae, means_t.mean(0), top, spread_t, look)
+    for name, dims in layer_tops.items():
+        figures[f"traversals_{name}"] = traversals(folder / f"traversals_{name}.png", vae, means_t.mean(0), dims, spread_t,
+                                                   look, layer=name)
     atomic_write_text(folder / "report.md", _report(run, diagnostics, figures, folder, (a, b)))
     record_outputs(path, [folder / "posterior.nc", folder / "diagnostics.json", folder / "report.md", *figures.values()])
     return {"diagnostics": diagnostics, "figures": figures, "folder": folder}
+
+
+def _per_layer(figures: dict, rel, kind: str, what: str) -> str:
+    """The report's lines for the per-layer figures of ``kind`` (none with one layer)."""
+    lines = [f"![{what} {key[len(kind) + 1:]}]({rel(path)})\n\n" for key, path in figures.items() if key.startswith(f"{kind}_z")]
+    return "".join(lines)
+
+
+def _most_active_by_layer(vae, covariance: np.ndarray, count: int = 4) -> dict[str, list[int]]:
+    """Each stochastic layer's ``count`` most active coordinates of the latent vector (by the
+    variance of the posterior means over examples), by the layer's site name."""
+    tops, start = {}, 0
+    for name, dim in zip(vae.site_names, vae.layer_dims):
+        order = np.argsort(-covariance[start : start + dim])
+        tops[name] = [start + int(d) for d in order[: min(count, dim)]]
+        start += dim
+    return tops
 
 
 def _chosen_examples(khat: np.ndarray) -> list[int]:
@@ -236,7 +262,7 @@ diagnostics of the amortized posterior, not leave-one-out cross-validation.
 
 ![posterior means of the two most active dimensions]({rel(figures['latent_space'])})
 
-Latent posterior of three examples (lowest, median and highest k-hat: {', '.join(map(str, latent['examples']))}), most
+{_per_layer(figures, rel, "latent_space", "the two most active dimensions of")}Latent posterior of three examples (lowest, median and highest k-hat: {', '.join(map(str, latent['examples']))}), most
 active dimensions (mean, sd and the {latent['interval']}, highest-density interval, of the stored draws):
 
 | variable | mean | sd | {arviz_compat.INTERVAL_LABEL}: low | high |
@@ -258,4 +284,5 @@ Interpolation between examples {pair[0]} and {pair[1]}:
 ![interpolation]({rel(figures['interpolation'])})
 
 ![traversals]({rel(figures['traversals'])})
-"""
+
+{_per_layer(figures, rel, "traversals", "traversals of")}"""
