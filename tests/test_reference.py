@@ -149,12 +149,22 @@ def test_every_command_and_flag_is_documented_with_its_default():
             assert "%(" not in row[3], (name, key)  # argparse's placeholders expanded
 
 
+def _anchors(page) -> set[str]:
+    """GitHub's anchors of a Markdown page's headings (lowercased, punctuation dropped, spaces -> -)."""
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in re.findall(r"^#+ (.+)$", text, flags=re.M)}
+
+
 def test_every_relative_link_in_the_docs_resolves():
+    """Every link between the pages of docs/ names a file that exists and, with #anchor, one of its headings."""
     pages = [p for p in (ROOT / "docs").rglob("*.md") if p.name != "README_front_door.md"]  # its links: from the root
     assert len(pages) >= 4
     broken = []
     for page in pages:
-        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
-            if not re.match(r"[a-z]+://", target) and not (page.parent / target).exists():
-                broken.append(f"{page.relative_to(ROOT)}: {target}")
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)]*))?\)", page.read_text()):
+            if re.match(r"[a-z]+://", target):
+                continue
+            path = (page.parent / target) if target else page
+            if not path.exists() or (anchor and path.suffix == ".md" and anchor not in _anchors(path)):
+                broken.append(f"{page.relative_to(ROOT)}: {target}#{anchor}")
     assert not broken, "\n".join(broken)
