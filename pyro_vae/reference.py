@@ -357,13 +357,25 @@ EXIT_STATUSES = (
 
 
 def _usage(parser: argparse.ArgumentParser) -> str:
-    formatter = argparse.HelpFormatter(parser.prog, width=10_000)  # one line, whatever the terminal
-    formatter.add_usage(parser.usage, parser._actions, parser._mutually_exclusive_groups)
-    return " ".join(formatter.format_help().split())
+    """The usage line, built from the actions rather than by argparse's formatter, whose layout
+    depends on the terminal's width and changes between Python versions."""
+    words, positionals = [parser.prog], []
+    for action in parser._actions:
+        if action.help is argparse.SUPPRESS:
+            continue
+        if not action.option_strings:
+            positionals.append(f"{action.metavar} ..." if isinstance(action, argparse._SubParsersAction)
+                               else action.metavar or action.dest)
+            continue
+        word = action.option_strings[0]
+        if action.nargs != 0:
+            word += " " + ("{" + ",".join(map(str, action.choices)) + "}" if action.choices is not None and
+                           action.metavar is None else action.metavar or action.dest.upper())
+        words.append(word if action.required else f"[{word}]")
+    return "usage: " + " ".join(words + positionals)
 
 
 def _argument_rows(parser: argparse.ArgumentParser) -> list[str]:
-    formatter = argparse.HelpFormatter(parser.prog, width=10_000)
     rows = ["| argument | value | default | what |", "| --- | --- | --- | --- |"]
     for action in parser._actions:
         if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)) or action.help is argparse.SUPPRESS:
@@ -381,7 +393,7 @@ def _argument_rows(parser: argparse.ArgumentParser) -> list[str]:
             default = ""
         else:
             default = f"`{action.default}`"
-        help_text = formatter._expand_help(action) if action.help else ""
+        help_text = (action.help or "") % {**vars(action), "prog": parser.prog}  # %(default)s, as argparse expands it
         if isinstance(action, argparse._AppendAction):
             help_text += "" if "repeat" in help_text else " (repeatable)"
         rows.append(f"| {name} | {value} | {default} | {_html_safe(_cell(help_text))} |")
