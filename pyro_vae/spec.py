@@ -56,7 +56,10 @@ class DiscreteSpec(_Strict):
     kind, conv included). ``alpha`` weighs the classification term
     alpha * E_labelled[log q(y|x)] on labelled examples (``data.labelled``; None: 0.1 N,
     the paper's choice, with N training examples); ``labelled_batch`` labelled examples
-    enter each step."""
+    enter each step. ``init = "vade"`` starts the mixture from VaDE's initialization
+    (Jiang et al., 2017; ``infer/pretrain.py``): an autoencoder pretrained for
+    ``pretrain_epochs``, a Gaussian mixture fitted to its codes sets p(z|y), and q(y|x) is
+    fitted to the mixture's responsibilities."""
 
     classes: Annotated[int, Field(ge=2, le=1000)]
     shape: Literal["mixture", "m2"] = "mixture"
@@ -64,10 +67,15 @@ class DiscreteSpec(_Strict):
     alpha: Optional[Annotated[float, Field(ge=0, le=1e9)]] = None
     labelled_batch: count(1_000_000) = 100
     encoder_reads_y: bool = True
+    init: Literal["random", "vade"] = "random"
+    pretrain_epochs: count(10_000) = 10
 
     @model_validator(mode="after")
     def _resolve_slots(self):
         self.classifier = _in_slot("classifier", NETWORKS, self.classifier, "mlp")
+        if self.init == "vade" and (self.shape != "mixture" or self.encoder_reads_y):
+            raise ValueError("init = \"vade\" fits a Gaussian mixture p(z|y) to the codes of q(z|x): it needs "
+                             "shape = \"mixture\" and encoder_reads_y = false")
         return self
 
 

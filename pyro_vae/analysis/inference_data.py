@@ -1,4 +1,4 @@
-"""The amortized posterior as ArviZ InferenceData, and PSIS diagnostics of q(z|x).
+"""The amortized posterior as ArviZ data (InferenceData or DataTree), and PSIS diagnostics of q(z|x).
 
 For each example x_n, S draws z_s ~ q(z|x_n) with log importance weights
 log w_ns = log p(x_n, z_s) - log q(z_s|x_n). Pareto-smoothed importance sampling
@@ -17,50 +17,27 @@ values would not be LOO. So log p(x_n|z_s) is stored in ``sample_stats`` (as
 from __future__ import annotations
 
 import math
-import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import torch
+import xarray as xr
 
 from .. import distributed
+from . import arviz_compat
 from ..infer.evaluate import BUDGET, PosteriorMoments, example_blocks, importance_chunks
 
 BANDS = (("good", -math.inf, 0.5), ("ok", 0.5, 0.7), ("bad", 0.7, math.inf))
 
 
-@contextmanager
-def quiet_arviz():
-    """ArviZ's notices that would flood a terminal, filtered where ArviZ is called: the
-    0.x refactor notice at import, the 'arrays will be deprecated' notes of plot_khat
-    (we pass k-hat as a DataArray on purpose: an ELPDData would claim LOO), the
-    per-call Pareto-k warning (k-hat is reported in diagnostics.json instead), and
-    arviz 0.23's use of a matplotlib API deprecated in matplotlib 3.11 (once per panel)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"Passing a dict or None as alias_mapping", module=r"arviz\.")
-        warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing a major refactor", category=FutureWarning)
-        warnings.filterwarnings("ignore", message=r"support for (arrays|DataArrays) will be deprecated", category=FutureWarning)
-        warnings.filterwarnings("ignore", message=r".*[Ee]stimated shape parameter of Pareto distribution", category=UserWarning)
-        yield
-
-
-def arviz():
-    with quiet_arviz():
-        import arviz as az
-    return az
-
-
 def psis(log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(k-hat, PSIS log p(x), plain IS log p(x)) per row of log weights (n, S)."""
-    az = arviz()
     log_weights = np.asarray(log_weights, dtype=np.float64)
     S = log_weights.shape[-1]
-    with quiet_arviz():
-        smoothed, khat = az.psislw(log_weights, reff=1.0, normalize=False)
+    smoothed, khat = arviz_compat.psislw(log_weights)
     lse = lambda a: np.logaddexp.reduce(a, axis=-1)  # noqa: E731
-    return np.asarray(khat, dtype=np.float64), lse(smoothed) - math.log(S), lse(log_weights) - math.log(S)
+    return khat, lse(smoothed) - math.log(S), lse(log_weights) - math.log(S)
 
 
 def khat_bands(khat: np.ndarray) -> dict:
@@ -174,7 +151,8 @@ def _data_dims(data_shape: tuple[int, ...]) -> list[str]:
 
 def to_inference_data(vae, x: torch.Tensor, num_samples: int = 1000, labels=None, keep_draws: Optional[int] = None,
                       budget: int = BUDGET):
-    """The amortized posterior of ``vae`` at the examples ``x`` as ArviZ InferenceData.
+    """The amortized posterior of ``vae`` at the examples ``x`` as ArviZ's container
+    (InferenceData on ArviZ 0.x, an xarray.DataTree on 1.x: see ``arviz_compat``).
 
     * posterior: ``z`` (chain, draw, obs, latent), draws from q(z|x_n);
     * sample_stats: ``log_likelihood_x`` (chain, draw, obs), log p(x_n | z_s), and
@@ -193,26 +171,31 @@ def to_inference_data(vae, x: torch.Tensor, num_samples: int = 1000, labels=None
 
 
 def draws_to_inference_data(draws: PosteriorDraws, x: torch.Tensor, labels=None):
-    """InferenceData from :func:`posterior_draws` (see :func:`to_inference_data`)."""
-    az = arviz()
-    num_samples = draws.num_samples
-    n = len(x)
-    coords = {"obs": np.arange(n), "latent": np.arange(draws.z.shape[-1])}
+    """InferenceData (ArviZ 0.x) or DataTree (1.x) from :func:`posterior_draws` (see :func:`to_inference_data`)."""
+    return arviz_compat.to_data(draws_to_groups(draws, x, labels))
+
+
+def draws_to_groups(draws: PosteriorDraws, x: torch.Tensor, labels=None) -> dict[str, xr.Dataset]:
+    """The groups of :func:`to_inference_data` as plain xarray Datasets, the same whichever
+    ArviZ is installed (``arviz_compat.to_data`` wraps them)."""
+    n, latent = len(x), draws.z.shape[-1]
+    coords = {"obs": np.arange(n), "latent": np.arange(latent)}
+    sample = ("chain", "draw")
+    attrs = {"inference_library": "pyro_vae", "num_samples": draws.num_samples, "draws_kept": int(draws.z.shape[0]),
+             "source": "amortized posterior q(z|x)"}
+    on_draws = {"chain": [0], "draw": np.arange(draws.z.shape[0])}
+    posterior = xr.Dataset({"z": ((*sample, "obs", "latent"), draws.z[None])}, coords={**on_draws, **coords}, attrs=attrs)
+    sample_stats = xr.Dataset({
+        "log_likelihood_x": ((*sample, "obs"), draws.log_likelihood[None]),
+        "log_importance_weight": ((*sample, "obs"), draws.log_weight[None]),
+        "pareto_k": ("obs", draws.pareto_k),
+        "psis_log_likelihood": ("obs", draws.psis_log_likelihood),
+        "is_log_likelihood": ("obs", draws.is_log_likelihood),
+    }, coords={**on_draws, "obs": coords["obs"]}, attrs=attrs)
     observed = x.detach().cpu().numpy()
-    with quiet_arviz():
-        idata = az.from_dict(
-            posterior={"z": draws.z[None]},
-            sample_stats={"log_likelihood_x": draws.log_likelihood[None], "log_importance_weight": draws.log_weight[None]},
-            observed_data={"x": observed},
-            constant_data={"label": labels.detach().cpu().numpy()} if labels is not None else None,
-            coords=coords,
-            dims={"z": ["obs", "latent"], "x": _data_dims(tuple(x.shape[1:])), "log_importance_weight": ["obs"],
-                  "log_likelihood_x": ["obs"], "label": ["obs"]},
-        )
-    idata.sample_stats["pareto_k"] = ("obs", draws.pareto_k)
-    idata.sample_stats["psis_log_likelihood"] = ("obs", draws.psis_log_likelihood)
-    idata.sample_stats["is_log_likelihood"] = ("obs", draws.is_log_likelihood)
-    for group in ("posterior", "sample_stats"):
-        idata[group].attrs.update({"inference_library": "pyro_vae", "num_samples": num_samples,
-                                   "draws_kept": int(draws.z.shape[0]), "source": "amortized posterior q(z|x)"})
-    return idata
+    dims = _data_dims(tuple(x.shape[1:]))
+    result = {"posterior": posterior, "sample_stats": sample_stats,
+              "observed_data": xr.Dataset({"x": (dims, observed)}, coords={d: np.arange(k) for d, k in zip(dims, observed.shape)})}
+    if labels is not None:
+        result["constant_data"] = xr.Dataset({"label": ("obs", labels.detach().cpu().numpy())}, coords={"obs": coords["obs"]})
+    return result

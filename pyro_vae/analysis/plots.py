@@ -4,23 +4,24 @@ examples, interpolations and traversals. Axes carry units, titles say what is sh
 from __future__ import annotations
 
 from pathlib import Path
+from statistics import NormalDist
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
 from .figures import Look, image_panel, new_figure, save_figure
-from .inference_data import BANDS, arviz, quiet_arviz
+from . import arviz_compat
+from .inference_data import BANDS
 
 
 def khat_plot(path: Path, idata) -> Path:
-    """az.plot_khat of the per-example k-hat, with the 0.5 and 0.7 thresholds drawn."""
-    az = arviz()
+    """The per-example k-hat against the example's index, with the 0.5 and 0.7 thresholds
+    drawn (matplotlib alone: the same figure on ArviZ 0.x and 1.x, whose plot_khat differ)."""
     khat = idata.sample_stats["pareto_k"]
     fig = new_figure(figsize=(7.5, 4.0))
     ax = fig.subplots()
-    with quiet_arviz():
-        az.plot_khat(khat, ax=ax, markersize=8)
+    ax.scatter(np.arange(khat.size), khat.values, s=8, marker="+", color="C0")
     for (name, lo, _), color in zip(BANDS[1:], ("C1", "C3")):
         ax.axhline(lo, color=color, ls="--", lw=1, label=f"k = {lo}: {'usable' if lo == 0.5 else 'unreliable'} above")
     values = khat.values
@@ -73,17 +74,18 @@ def gaussian_moments(q) -> Optional[tuple[np.ndarray, np.ndarray]]:
 
 
 MAHALANOBIS = (1.0, 2.0, 3.0)  # a 2-D Gaussian holds 1 - exp(-r^2 / 2) of its mass within r: 39%, 86%, 99%
-Z90 = 1.6448536269514722  # the standard normal's 95th percentile: mean +- Z90 sd is the 90% HDI of a normal
+# the standard normal's (1 + INTERVAL)/2 quantile (1.645 for 90%): mean +- Z_HDI sd is the HDI of a normal
+Z_HDI = NormalDist().inv_cdf((1 + arviz_compat.INTERVAL) / 2)
 
 
 def example_posteriors(path_posterior: Path, path_pair: Path, idata, examples: Sequence[int], dims: Sequence[int],
                        gaussian: Optional[tuple[np.ndarray, np.ndarray]] = None) -> list[Path]:
     """The posterior q(z|x) of a few examples on the most active dimensions: marginals
     (a histogram of the stored draws; for a Gaussian q its exact density and 90% HDI, mean +-
-    1.645 sd, else ArviZ's HDI of the draws) and the joint of two dimensions (the draws; for
+    1.645 sd, else ArviZ's 90% HDI of the draws, ``arviz_compat.INTERVAL``) and the joint of two dimensions (the draws; for
     a Gaussian q its exact contours at Mahalanobis distance 1, 2, 3, else a kernel density
     estimate). ``gaussian``: (means, covariances) of q for ``examples``, row for row."""
-    az = arviz()
+    label = arviz_compat.INTERVAL_LABEL
     draws = idata.posterior["z"].values[0]  # (draws, obs, latent)
     fig = new_figure(figsize=(3.0 * len(dims), 2.3 * len(examples) + 0.6), layout="constrained")
     axes = fig.subplots(len(examples), len(dims), squeeze=False)
@@ -93,23 +95,22 @@ def example_posteriors(path_posterior: Path, path_pair: Path, idata, examples: S
             ax.hist(values, bins=30, density=True, color="C0", alpha=0.35, label=f"{len(values)} draws from q(z|x)")
             if gaussian is not None:
                 mean, sd = gaussian[0][row, d], np.sqrt(gaussian[1][row, d, d])
-                low, high = mean - Z90 * sd, mean + Z90 * sd
+                low, high = mean - Z_HDI * sd, mean + Z_HDI * sd
                 grid = np.linspace(min(values.min(), mean - 4 * sd), max(values.max(), mean + 4 * sd), 200)
                 ax.plot(grid, np.exp(-0.5 * ((grid - mean) / sd) ** 2) / (sd * np.sqrt(2 * np.pi)), color="C0",
                         label="q(z|x), exact density")
             else:
                 mean = float(values.mean())
-                with quiet_arviz():
-                    low, high = (float(v) for v in az.hdi(values, hdi_prob=0.9))
-            ax.axvspan(low, high, color="C1", alpha=0.15, label="90% HDI")
+                low, high = arviz_compat.hdi(values)
+            ax.axvspan(low, high, color="C1", alpha=0.15, label=label)
             ax.axvline(mean, color="k", lw=1, ls=":", label="mean")
-            ax.set_title(f"example {n}: z[{d}]\nmean {mean:.2f}, 90% HDI [{low:.2f}, {high:.2f}]", fontsize=8)
+            ax.set_title(f"example {n}: z[{d}]\nmean {mean:.2f}, {label} [{low:.2f}, {high:.2f}]", fontsize=8)
             ax.set_xlabel("z (latent units)", fontsize=8)
             ax.set_yticks([])
             ax.tick_params(labelsize=7)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8)
-    fig.suptitle("Posterior q(z|x) of single examples: marginals with 90% HDI", fontsize=11)
+    fig.suptitle(f"Posterior q(z|x) of single examples: marginals with {label}", fontsize=11)
     paths = [save_figure(fig, path_posterior)]
 
     a, b = dims[:2] if len(dims) > 1 else (dims[0], dims[0])

@@ -165,7 +165,8 @@ class PartwiseLoss:
     its own (``model(*args, part=p)``, ``guide(*args, part=p)`` for p in ``parts``), the
     losses summed: the same objective, but a score-function site's learning signal holds
     only the terms of its own part (see ``VAE.objective_parts``). Pyro's SVI takes it as
-    its ``loss``; everything else (traits, a temperature schedule) is the estimator's."""
+    its ``loss`` and ``loss_and_grads``; everything else (traits, a temperature schedule) is the
+    estimator's."""
 
     def __init__(self, estimator, parts: tuple[str, ...]):
         self.estimator, self.parts = estimator, parts
@@ -178,6 +179,13 @@ class PartwiseLoss:
 
     def __getattr__(self, name):
         return getattr(self.estimator, name)
+
+
+def applied_to(estimator, vae):
+    """The estimator as training applies it to ``vae``'s model and guide: part by part where
+    the objective has independent parts (``VAE.objective_parts``), else itself."""
+    parts = vae.objective_parts
+    return estimator if parts == ("all",) else PartwiseLoss(estimator, parts)
 
 
 class RelaxedELBO(Trace_ELBO):

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from .estimators import ESTIMATORS
+from .estimators import ESTIMATORS, applied_to
 from .pyro_internals import baselines, set_baselines
 
 @dataclass
@@ -42,7 +42,7 @@ def gradient_snr(vae, estimator, x, index, repeats: int, beta: float = 1.0) -> d
     for _ in range(repeats):
         for p in vae.parameters():
             p.grad = None
-        estimator.loss_and_grads(vae.model, vae.guide, x, index)
+        applied_to(estimator, vae).loss_and_grads(vae.model, vae.guide, x, index)  # as training does
         for name, params in groups.items():
             if not params:
                 continue

@@ -31,7 +31,7 @@ from .. import distributed
 from ..errors import Interrupted, NotTraceable, SpecError, TrainingDiverged
 from ..stops import stop_requests
 from .compiled import CompiledStep, compile_backend, outside_library
-from .estimators import ESTIMATORS, PartwiseLoss, supports_subsampling
+from .estimators import ESTIMATORS, applied_to, supports_subsampling
 from .evaluate import elbo_terms
 from . import pyro_internals
 from .optim import OPTIMIZERS, SingleOptimizer
@@ -152,9 +152,8 @@ class Trainer:
             torch.manual_seed(distributed.rank_seed(self.schedule.seed, self.group.rank))
         self.optim = SingleOptimizer(OPTIMIZERS.build(inference.optimizer, list(vae.parameters())), self.schedule.clip_norm,
                                      self.group.average_gradients if self.group.active else None)
-        parts = vae.objective_parts  # with labelled examples, each part traced on its own (issue 28)
-        self.svi = SVI(vae.model, vae.guide, self.optim,
-                       loss=self.estimator if parts == ("all",) else PartwiseLoss(self.estimator, parts))
+        loss = applied_to(self.estimator, vae)  # with labelled examples, part by part (issue 28)
+        self.svi = SVI(vae.model, vae.guide, self.optim, loss=loss.loss, loss_and_grads=loss.loss_and_grads)
         self.data_rng = torch.Generator(device=self.device).manual_seed(self.schedule.seed)
         self.epoch_start_rng = self.data_rng.get_state()
         self.state = TrainState()

@@ -101,6 +101,9 @@ def check_structure(spec, y: Optional[CategoricalY]) -> None:
     if y.encoder_reads_y and upper_specs:
         raise SpecError("model.discrete.encoder_reads_y: with model.upper_layers the guide is q(y|x) q(z_1, ..., z_L|x), "
                         "its encoders reading x alone; set model.discrete.encoder_reads_y = false")
+    if spec.discrete.init == "vade" and upper_specs:
+        raise SpecError("model.discrete.init = \"vade\" fits its mixture to one layer's codes; remove "
+                        "model.upper_layers or use init = \"random\"")
     if y.encoder_reads_y and spec.encoder["kind"] == "conv":
         raise SpecError("model.encoder: with model.discrete the encoder reads x and one-hot y as one flat vector; "
                         "use mlp or gated_mlp, or set model.discrete.encoder_reads_y = false (model.discrete.classifier "

@@ -186,6 +186,12 @@ class VAE(nn.Module):
         return ["z"] if not self.upper else [f"z{i + 1}" for i in range(self.layers)]
 
     @property
+    def latent_labels(self) -> list[str]:
+        """A name per coordinate of the latent vector, for figures and reports: ``z[d]``, or
+        with several layers ``z1[d]`` ... ``zL[d]``, d counted within the layer."""
+        return [f"{name}[{d}]" for name, dim in zip(self.site_names, self.layer_dims) for d in range(dim)]
+
+    @property
     def data_shape(self) -> tuple[int, ...]:
         return self.likelihood.data_shape
 

@@ -1,4 +1,4 @@
-"""``pyro-vae analyze``: InferenceData, PSIS diagnostics, figures and a one-page report."""
+"""``pyro-vae analyze``: ArviZ data (0.x or 1.x), PSIS diagnostics, figures and a one-page report."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from ..infer.evaluate import (BUDGET, active_unit_summary, classification_summar
 from .. import distributed
 from ..analysis.discrete import class_probabilities, class_samples, confusion_matrix
 from ..analysis.figures import Look, elbo_curves, image_panel, reconstruction_panel
-from ..analysis.inference_data import (arviz, draws_to_inference_data, khat_advice, khat_bands, posterior_draws_sharded,
-                                       quiet_arviz)
+from ..analysis import arviz_compat
+from ..analysis.inference_data import draws_to_groups, khat_advice, khat_bands, posterior_draws_sharded
 from ..analysis.plots import example_posteriors, gaussian_moments, interpolation, khat_plot, latent_space, traversals
 from ..files import atomic_path, atomic_write_json, atomic_write_text, check_room, output_folder
 from ..infer.train import resolve_device
@@ -42,23 +42,24 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
     if not group.is_main:
         return None
     torch.manual_seed(seed)  # the figures' draws
-    idata = draws_to_inference_data(posterior, x, labels)
+    groups = draws_to_groups(posterior, x, labels)
     if run.vae.layers > 1:  # one variable per stochastic layer beside the whole vector z
         start = 0
         for name, dim in zip(run.vae.site_names, run.vae.layer_dims):
-            layer = idata.posterior["z"].isel(latent=slice(start, start + dim))
-            idata.posterior[name] = layer.rename(latent=f"latent_{name}").assign_coords({f"latent_{name}": np.arange(dim)})
+            layer = groups["posterior"]["z"].isel(latent=slice(start, start + dim))
+            groups["posterior"][name] = layer.rename(latent=f"latent_{name}").assign_coords({f"latent_{name}": np.arange(dim)})
             start += dim
     discrete = run.vae.classes
     if discrete:  # q(y|x) per example, beside the draws of z
         class_probs = class_probabilities(run.vae, x)
-        idata.posterior["q_y"] = (("obs", "y"), class_probs)
-        idata.posterior = idata.posterior.assign_coords(y=np.arange(discrete))
+        groups["posterior"]["q_y"] = (("obs", "y"), class_probs)
+        groups["posterior"] = groups["posterior"].assign_coords(y=np.arange(discrete))
+    idata = arviz_compat.to_data(groups)
     folder = output_folder(Path(path) / FOLDER)
     # uncompressed size and a margin for HDF5's own structures
-    check_room(folder / "posterior.nc", sum(idata[group].nbytes for group in idata.groups()) + 2**20)
+    check_room(folder / "posterior.nc", sum(group.nbytes for group in groups.values()) + 2**20)
     with atomic_path(folder / "posterior.nc") as tmp:
-        idata.to_netcdf(str(tmp), engine="h5netcdf")
+        arviz_compat.write_netcdf(idata, tmp)
 
     stats = idata.sample_stats
     khat = stats["pareto_k"].values
@@ -72,9 +73,7 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
     top = [int(d) for d in order[: min(4, run.vae.latent_dim)]]
     pair = top[:2] if len(top) >= 2 else [top[0], top[0]]
     examples = _chosen_examples(khat)
-    az = arviz()
-    with quiet_arviz():
-        summary = az.summary(idata, var_names=["z"], coords={"obs": examples, "latent": top}, kind="stats", hdi_prob=0.9)
+    summary = arviz_compat.summary(idata, var_names=["z"], coords={"obs": examples, "latent": top})
     psis_ll = _psis_loglik(stats)
     diagnostics = {
         "split": split,
@@ -89,7 +88,8 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
         "is_log_likelihood": psis_ll["is"],
         **active_unit_summary(moments.mean, moments.mc_variance, run.vae.layer_dims),
         "most_active_dimensions": top,
-        "latent_summary": {"examples": examples, "table": summary.reset_index().rename(columns={"index": "variable"}).to_dict("records")},
+        "latent_summary": {"examples": examples, "interval": arviz_compat.INTERVAL_LABEL,
+                           "table": summary.rename_axis("variable").reset_index().to_dict("records")},
         "note": "k-hat and PSIS log p(x) diagnose q(z|x) as an importance-sampling proposal per example "
                 "(Yao et al., 2018); they are not leave-one-out cross-validation",
     }
@@ -205,7 +205,7 @@ def _report(run, diagnostics: dict, figures: dict, folder: Path, pair) -> str:
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     latent = diagnostics["latent_summary"]
     summary_rows = "\n".join(
-        f"| {r['variable']} | {r['mean']:.3f} | {r['sd']:.3f} | {r['hdi_5%']:.3f} | {r['hdi_95%']:.3f} |"
+        f"| {r['variable']} | {r['mean']:.3f} | {r['sd']:.3f} | {r[arviz_compat.LOW]:.3f} | {r[arviz_compat.HIGH]:.3f} |"
         for r in latent["table"]
     )
     return f"""# Analysis of `{run.path.name}`
@@ -237,9 +237,9 @@ diagnostics of the amortized posterior, not leave-one-out cross-validation.
 ![posterior means of the two most active dimensions]({rel(figures['latent_space'])})
 
 Latent posterior of three examples (lowest, median and highest k-hat: {', '.join(map(str, latent['examples']))}), most
-active dimensions:
+active dimensions (mean, sd and the {latent['interval']}, highest-density interval, of the stored draws):
 
-| variable | mean | sd | 5% HDI | 95% HDI |
+| variable | mean | sd | {arviz_compat.INTERVAL_LABEL}: low | high |
 | --- | --- | --- | --- | --- |
 {summary_rows}
 

@@ -19,6 +19,7 @@ from ..data import binarize, check_support, labelled_rows, largest_level, load_d
 from ..data.statistics import DataStatistics
 from ..errors import DataError, Interrupted, RunError, SpecError, TrainingDiverged
 from ..files import atomic_write_json, atomic_write_text, output_folder, write_csv
+from ..infer.pretrain import vade_initialize
 from ..infer.train import Trainer, resolve_device, say_on_stderr
 from ..model import build_vae
 from ..model.likelihoods import LIKELIHOODS
@@ -256,6 +257,9 @@ def train(spec, out=None, *, force: bool = False, progress: Optional[bool] = Non
     vae, data = _prepare(spec)
     if init is not None:
         load_initial_weights(vae, init)
+    elif spec.model.discrete is not None and spec.model.discrete.init == "vade":
+        seed = spec.inference.schedule.seed
+        vade_initialize(vae, data.scored("train", seed), spec.model.discrete.pretrain_epochs, seed, log=log or say_on_stderr)
     trainer = Trainer(vae, data, spec.inference, progress=progress, log=log, on_epoch=on_epoch)
     if note := carved_test_note(data, spec.data.test_fraction):
         trainer.log(note)
