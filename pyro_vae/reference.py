@@ -89,6 +89,11 @@ MEANINGS = {
     "model.discrete.encoder_reads_y": "`true`: the guide is q(y|x) q(z|x, y), the encoder reading x and one-hot y "
                                       "(so `mlp` or `gated_mlp`); `false`: q(y|x) q(z|x) (VaDE's factorization), "
                                       "the encoder reading x alone (any network kind); required with `upper_layers`",
+    "model.discrete.init": "`random`, or `vade`: VaDE's initialization (Jiang et al., 2017; `infer/pretrain.py`): an "
+                           "autoencoder pretrained for `pretrain_epochs`, a Gaussian mixture fitted to its codes sets "
+                           "p(z|y), and q(y|x) is fitted to the mixture's responsibilities; needs `shape = \"mixture\"` "
+                           "and `encoder_reads_y = false`",
+    "model.discrete.pretrain_epochs": "with `init = \"vade\"`: epochs of the autoencoder's pretraining",
     # [[model.upper_layers]]
     "model.upper_layers.latent_dim": "the layer's size",
     "model.upper_layers.posterior": "its guide family",

@@ -149,7 +149,7 @@ def test_every_command_and_flag_is_documented_with_its_default():
             assert "%(" not in row[3], (name, key)  # argparse's placeholders expanded
 
 
-def _anchors(page) -> set[str]:
+def anchors(page) -> set[str]:
     """GitHub's anchors of a Markdown page's headings (lowercased, punctuation dropped, spaces -> -)."""
     text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
     return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in re.findall(r"^#+ (.+)$", text, flags=re.M)}
@@ -165,6 +165,6 @@ def test_every_relative_link_in_the_docs_resolves():
             if re.match(r"[a-z]+://", target):
                 continue
             path = (page.parent / target) if target else page
-            if not path.exists() or (anchor and path.suffix == ".md" and anchor not in _anchors(path)):
+            if not path.exists() or (anchor and path.suffix == ".md" and anchor not in anchors(path)):
                 broken.append(f"{page.relative_to(ROOT)}: {target}#{anchor}")
     assert not broken, "\n".join(broken)
