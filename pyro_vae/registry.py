@@ -168,8 +168,8 @@ class Registry:
 
     def _misplaced(self, kind: str, cls: type) -> str:
         return (f"{kind!r} is a {cls.__name__} ({', '.join(b.__name__ for b in cls.__mro__[1:3])}), not {self._a}; "
-                f"{self._a} subclasses {self.base.__module__}.{self.base.__qualname__} (see the README's "
-                "'Your own components'), or put the class in the slot it belongs to")
+                f"{self._a} subclasses {self.base.__module__}.{self.base.__qualname__} (see "
+                "docs/guides/components.md), or put the class in the slot it belongs to")
 
     def describe(self) -> list[KindInfo]:
         return [describe_class(name, cls) for name, cls in sorted(self._classes.items())]
@@ -361,7 +361,7 @@ def format_validation_error(exc: pydantic.ValidationError, prefix: tuple = ()) -
         loc += cause.loc
         message = cause.message
     elif error["type"] == "extra_forbidden":
-        message = "unknown key (check its spelling and the spec reference in the README)"
+        message = "unknown key (check its spelling against the spec reference, docs/reference/spec.md)"
     else:
         message = describe_error(error)
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""

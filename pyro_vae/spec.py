@@ -430,8 +430,12 @@ def given_kinds(overrides: Sequence[str]) -> frozenset:
 
 
 def spec_summary(path: Path) -> str:
-    """The first comment line of a shipped spec file: its one-line description."""
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("#"):
-            return line.lstrip("# ").strip()
-    return ""
+    """The comment block that opens a shipped spec file (its description), on one line."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("#")), len(lines))
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("#"):
+            break
+        block.append(line.lstrip("# ").strip())
+    return " ".join(block)
