@@ -410,8 +410,8 @@ def test_iwae_k_beyond_memory_is_refused_naming_it(two_gib, capsys):
 
 
 @pytest.mark.parametrize("args, flag", [
-    (["sample", "{run}", "--n", "100000000"], "lower --n"),
-    (["encode", "{run}", "--out", "{tmp}/codes.npz", "--samples", "1000000"], "lower --samples"),
+    (["sample", "{run}", "--n", "1000000000"], "lower --n"),  # the z alone: 16 GB
+    (["encode", "{run}", "--out", "{tmp}/codes.npz", "--samples", "1000000000"], "lower --samples"),  # one example's draws
     (["compare", "--out", "{tmp}/cmp", "--estimators", "trace_elbo,iwae", "--seeds", "100000000"], "lower --seeds"),
 ])
 def test_a_command_beyond_memory_is_refused_naming_its_flag(small_run, tmp_path, two_gib, capsys, args, flag):
@@ -431,7 +431,50 @@ def test_many_samples_are_drawn_in_chunks_and_the_figure_shows_the_first(receive
     torch.manual_seed(3)
     z, mean = vae.sample(16)  # the first chunk's draws, as one call draws them
     assert np.allclose(arrays["z"][:16], z.numpy(), atol=1e-6)
+    with torch.no_grad():  # every chunk's means decode its own z
+        assert np.allclose(arrays["mean"], vae.decode_mean(torch.from_numpy(arrays["z"])).numpy(), atol=1e-6)
     assert png.stat().st_size > 0 and SHOWN == 64
+
+
+def test_draws_beyond_memory_stream_to_the_file(received, tmp_path, monkeypatch, capsys):
+    """encode --samples S and sample --n N write pass by pass: files several times larger
+    than the memory allowed are written, and read back as the draws they should be."""
+    import numpy as np
+
+    monkeypatch.setattr(memory, "available_memory", lambda: 4 * 2**20)  # the arrays below are 29 MB and 21 MB
+    code, err = _cli(capsys, "encode", received, "--out", tmp_path / "codes.npz", "--samples", "2000", "--seed", "1")
+    assert code == 0, err
+    codes = np.load(tmp_path / "codes.npz")
+    draws, mean, std = codes["samples"], codes["mean"], codes["std"]
+    assert draws.shape == (1797, 2000, 2) and draws.nbytes > 6 * 4 * 2**20
+    run = load_run(received)
+    levels = __import__("sklearn.datasets").datasets.load_digits().data[codes["index"]]
+    q = run.vae.q(run.prepare(levels))
+    assert np.allclose(mean, q.mean.detach().numpy(), atol=1e-5)
+    # each example's 2000 draws are its own q's: their mean within 6 standard errors, their sd within 10%
+    assert (np.abs(draws.mean(1) - mean) < 6 * std / math.sqrt(2000)).all()
+    assert np.allclose(draws.std(1), std, rtol=0.1)
+    assert len({d.tobytes() for d in draws[:, :4]}) == 1797  # no pass written twice
+
+    monkeypatch.setattr(memory, "available_memory", lambda: 2 * 2**20)  # 1024 draws a pass; the means are 21 MB
+    code, err = _cli(capsys, "sample", received, "--n", "80000", "--seed", "2")
+    assert code == 0, err
+    arrays = np.load(received / "samples" / "samples.npz")
+    assert arrays["mean"].shape == (80_000, 64) and arrays["mean"].nbytes > 9 * 2 * 2**20
+    assert np.allclose(arrays["z"].mean(0), 0, atol=0.02) and np.allclose(arrays["z"].std(0), 1, atol=0.02)
+    with torch.no_grad():
+        assert np.allclose(arrays["mean"][-500:], run.vae.decode_mean(torch.from_numpy(arrays["z"][-500:])).numpy(),
+                           atol=1e-6)
+
+
+def test_draws_beyond_the_disk_are_refused_before_any_work(received, tmp_path, monkeypatch, capsys):
+    free = shutil.disk_usage(tmp_path)._replace(free=10 * 2**20)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: free)
+    code, err = _cli(capsys, "encode", received, "--out", tmp_path / "codes.npz", "--samples", "2000")
+    assert_one_line_error(code, err, "codes.npz: about 28.8 MB", "disk has 10.5 MB free", "lower --samples")
+    code, err = _cli(capsys, "sample", received, "--n", "80000")
+    assert_one_line_error(code, err, "samples.npz: about 21.1 MB", "lower --n")
+    assert not (tmp_path / "codes.npz").exists() and not (received / "samples" / "samples.npz").exists()
 
 
 def test_a_comparison_reads_back_the_runs_of_kinds_given_with_vary(tmp_path, capsys):
