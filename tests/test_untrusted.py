@@ -222,6 +222,12 @@ def test_non_finite_weights_are_refused_naming_their_epoch(received, tmp_path, c
                  ["encode", received, "--out", tmp_path / "codes.npz"]):
         code, err = _cli(capsys, *args)
         assert_one_line_error(code, err, "weights of epoch 1 hold NaN or infinite values")
+    # a warm start from them too, in train and in its check (--init RUN)
+    for check in ([], ["--check"]):
+        code, err = _cli(capsys, "train", "--init", received, "--out", tmp_path / "warm", *check, *SMALL)
+        assert_one_line_error(code, err, f"--init {received / 'checkpoint.pt'}: the weights of epoch 1 hold NaN",
+                              "start from another run")
+    assert not (tmp_path / "warm").exists()
 
 
 @pytest.mark.parametrize("change, fragment", [
