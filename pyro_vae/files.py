@@ -35,11 +35,21 @@ def atomic_path(path: Path) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise RunError(f"could not write {path} ({exc.strerror or exc}); the previous file, if any, is kept") from None
+        _discard(tmp)
+        reason = f"{path.parent} is not a folder" if path.parent.exists() and not path.parent.is_dir() else \
+            exc.strerror or exc
+        raise RunError(f"could not write {path} ({reason}); the previous file, if any, is kept") from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise
+
+
+def _discard(tmp: Path) -> None:
+    """Remove a temporary file, if it could be made at all (its folder may be a file)."""
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def output_folder(folder: Path) -> Path:

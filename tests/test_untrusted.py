@@ -344,6 +344,19 @@ def test_an_output_path_that_cannot_be_a_run_is_one_line(tmp_path, capsys, monke
     assert (tmp_path / "afile.txt").read_text() == "x" and not (tmp_path / "nowhere").exists()
 
 
+def test_an_encode_output_path_that_cannot_be_written_is_one_line(small_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile.txt").write_text("x")
+    (tmp_path / "dangling.npz").symlink_to(tmp_path / "nowhere")
+    code, err = _cli(capsys, "encode", small_run, "--out", "afile.txt/sub.npz")  # was a NotADirectoryError traceback
+    assert_one_line_error(code, err, "could not write afile.txt/sub.npz (afile.txt is not a folder)")
+    code, err = _cli(capsys, "encode", small_run, "--out", "dangling.npz")  # was replaced without --force
+    assert_one_line_error(code, err, "dangling.npz: exists", "--force")
+    assert _cli(capsys, "encode", small_run, "--out", "dangling.npz", "--force")[0] == 0
+    assert not (tmp_path / "dangling.npz").is_symlink() and not (tmp_path / "nowhere").exists()  # replaced, not followed
+    assert (tmp_path / "afile.txt").read_text() == "x"
+
+
 # root writes into a read-only folder: as root, the command runs without the capabilities that
 # override file permissions (setpriv, util-linux), as anyone else would
 AS_NON_ROOT = (["setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search",

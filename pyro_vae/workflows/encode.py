@@ -53,7 +53,7 @@ def encode_run(path, out, data: Optional[str] = None, split: str = "all", sample
                             "(write .npz or .csv instead)")
     if source is not None and out.resolve() == source:
         raise DataError(f"{{out}} {out}: is the input file; the input is never overwritten, choose another path")
-    if out.exists() and not force:
+    if (out.exists() or out.is_symlink()) and not force:  # a link is replaced, never written through
         raise RunError(f"{{out}} {out}: exists; choose another file or pass {{force}} to replace it")
     device = resolve_device(device, "{device}")
     run = load_run(path, device)
