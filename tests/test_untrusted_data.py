@@ -276,6 +276,26 @@ def test_an_h5ad_whose_reading_hangs_or_crashes_is_one_line(tmp_path, monkeypatc
     assert main(args) == 0, capsys.readouterr().err
 
 
+def test_encode_into_a_crafted_h5ad_is_one_line(tmp_path):
+    """encode --out X.h5ad copies the input and fills its obsm: an obs that cannot be read or
+    is shorter than the matrix, and an obsm that is not a group, were tracebacks."""
+    base = write_h5ad(tmp_path / "cells.h5ad", counts())
+    code, _, err = run_cli("train", "--data", base, "--out", tmp_path / "run", "--quiet", "--set", "model.latent_dim=2",
+                           "--set", "inference.schedule.epochs=1", "--set", "model.likelihood.kind=poisson")
+    assert code == 0, err
+    for name, edit, fragment in (
+        ("obsm.h5ad", lambda f: (f.__delitem__("obsm"), f.create_dataset("obsm", data=np.arange(3))),
+         "obsm is not a group of arrays"),
+        ("obs.h5ad", lambda f: f["obs"].attrs.__setitem__("encoding-type", "nonsense"), "obs (the cells, whose rows"),
+        ("short.h5ad", lambda f: (f.__delitem__("obs"), f.create_dataset("obs", data=np.arange(5))),
+         "obs has 5 rows but the matrix 24 or more"),
+    ):
+        code, _, err = run_cli("encode", tmp_path / "run", "--data", edited(tmp_path / name, base, edit),
+                               "--out", tmp_path / f"codes-{name}", "--samples", "2")
+        assert_one_line_error(code, err, fragment, "corrupt")
+        assert not (tmp_path / f"codes-{name}").exists()
+
+
 # --- section 5: unusual encodings, one line each ------------------------------------------------
 
 

@@ -23,6 +23,7 @@ from typing import Optional
 import numpy as np
 
 from ..data import SPLITS
+from ..data.checks import corrupt
 from ..errors import DataError, RunError
 from ..files import NpzWriter, atomic_path, check_room
 from ..infer.encode import encode_chunks
@@ -160,10 +161,17 @@ class _H5adCodes:
         import h5py
 
         with h5py.File(source, "r") as f:  # the rows: obs's, or X's where the file has no obs (it loads without one)
-            if "obs" in f:
-                self.n_obs = len(anndata.io.read_elem(f["obs"]))
-            else:
-                self.n_obs = int(f["X"].attrs["shape"][0]) if "shape" in f["X"].attrs else f["X"].shape[0]
+            try:
+                if "obs" in f:
+                    self.n_obs = len(anndata.io.read_elem(f["obs"]))
+                else:
+                    self.n_obs = int(f["X"].attrs["shape"][0]) if "shape" in f["X"].attrs else f["X"].shape[0]
+            except Exception as exc:  # anndata raises what h5py, pandas or its own registry raise
+                raise corrupt(f"{source}: obs (the cells, whose rows the codes fill)", exc) from None
+            if "obsm" in f and not isinstance(f["obsm"], h5py.Group):
+                raise DataError(f"{source}: obsm is not a group of arrays; the file is corrupt (write it with anndata)")
+        if total > self.n_obs:
+            raise DataError(f"{source}: obs has {self.n_obs} rows but the matrix {total} or more; the file is corrupt")
         latent = run.vae.latent_dim
         # HDF5 cannot fail cleanly half way: a file the size limit or the disk would cut short is refused first
         check_room(tmp, source.stat().st_size + FLOAT * self.n_obs * (4 * latent + run.vae.classes + samples * latent)
@@ -178,7 +186,12 @@ class _H5adCodes:
                                                     fillvalue=np.nan)
             self.samples.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})  # as anndata writes
 
+    def _check_rows(self, index) -> None:
+        if len(index) and index.max() >= self.n_obs:
+            raise DataError(f"obs has {self.n_obs} rows, fewer than the matrix; the input .h5ad is corrupt")
+
     def draws(self, index, array) -> None:
+        self._check_rows(index)
         order = np.argsort(index)
         rows, array = index[order], array[order]
         if rows[-1] - rows[0] == len(rows) - 1:  # consecutive rows: one slab
@@ -189,6 +202,7 @@ class _H5adCodes:
     def finish(self, result: dict) -> None:
         import anndata.io
 
+        self._check_rows(result["index"])
         full = {}
         for key, name in (("mean", "X_pyro_vae"), ("std", "X_pyro_vae_std"), ("q_y", "X_pyro_vae_q_y")):
             if key not in result:
