@@ -28,6 +28,7 @@ TERMS = {
     "zip": ("zip_axes=True", "--zip"),
     "trust_code": ("trust_code=True", "--trust-code"),
     "n": ("n", "--n"),
+    "split": ("split", "--split"),
     "seeds": ("seeds", "--seeds"),
 }
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(TERMS) + r")\}")

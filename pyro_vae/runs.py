@@ -439,7 +439,8 @@ def _check_preprocessing(path: Path, checkpoint: dict) -> None:
                        "the file was altered: restore it or train again") from None
 
 
-def _check_finite(path: Path, checkpoint: dict) -> None:
+def check_finite(path: Path, checkpoint: dict, fix: str = "train again (a lower learning rate, "
+                 "inference.schedule.clip_norm) or restore the file", prefix: str = "") -> None:
     """Refuse weights holding NaN or infinite values, naming the epoch they come from."""
     bad = [name for name, value in checkpoint["weights"].items()
            if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()]
@@ -451,9 +452,8 @@ def _check_finite(path: Path, checkpoint: dict) -> None:
             epoch = int(checkpoint["training"]["state"]["epoch"])
         except (KeyError, TypeError, ValueError):
             epoch = "unknown"
-    raise RunError(f"{path / CHECKPOINT}: the weights of epoch {epoch} hold NaN or infinite values ({bad[0]}"
-                   f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}); nothing can be computed from them: "
-                   "train again (a lower learning rate, inference.schedule.clip_norm) or restore the file")
+    raise RunError(f"{prefix}{path / CHECKPOINT}: the weights of epoch {epoch} hold NaN or infinite values ({bad[0]}"
+                   f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}); nothing can be computed from them: {fix}")
 
 
 def load_run(path: str | os.PathLike, device: str | torch.device = "cpu", trust_code: bool = False) -> Run:
@@ -466,7 +466,7 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu", trust_
     with trusting_code(trust_code):
         spec = read_spec(path)
     checkpoint = load_checkpoint(path / CHECKPOINT)
-    _check_finite(path, checkpoint)
+    check_finite(path, checkpoint)
     _check_preprocessing(path, checkpoint)
     try:
         vae = build_vae(spec.model, tuple(checkpoint["data_shape"]), int(checkpoint["num_data"]))

@@ -12,7 +12,9 @@ HDF5 files are mutated through their structure (h5py) and truncated, not bytes f
 libhdf5 (h5py 3.16) can loop without end inside its own C code on corrupt metadata (a
 variable-length string attribute whose global-heap reference was flipped: reading
 ``X.attrs["encoding-type"]`` hung at 41 MB, found with seed 2), which no check made
-before calling the library can see."""
+before calling the library can see; the reader now checks an .h5ad in a child process
+under a time limit (test_untrusted_data.py), which a fuzzer's per-case timeout cannot
+wait for."""
 
 import gzip
 import io

@@ -390,3 +390,12 @@ def test_encode_h5ad_copies_the_input(tmp_path):
     expected = run.vae.q(run.prepare(counts)).mean.detach().numpy()
     assert np.allclose(adata.obsm["X_pyro_vae"], expected, atol=1e-5)
     assert adata.obsm["X_pyro_vae_std"].shape == expected.shape and (adata.obsm["X_pyro_vae_std"] > 0).all()
+    # the draws of one split go to their cells' rows pass by pass (rows of other cells NaN)
+    code, _, err = run_cli("encode", tmp_path / "run", "--split", "valid", "--samples", "400", "--out", tmp_path / "draws.h5ad")
+    assert code == 0, err
+    draws = anndata.read_h5ad(tmp_path / "draws.h5ad").obsm["X_pyro_vae_samples"]
+    valid = np.flatnonzero(~np.isnan(draws[:, 0, 0]))
+    assert draws.shape == (adata.n_obs, 400, run.vae.latent_dim) and 0 < len(valid) < adata.n_obs
+    assert np.isnan(draws[np.setdiff1d(np.arange(adata.n_obs), valid)]).all() and not np.isnan(draws[valid]).any()
+    std = adata.obsm["X_pyro_vae_std"][valid]
+    assert (np.abs(draws[valid].mean(1) - expected[valid]) < 6 * std / np.sqrt(400)).all()

@@ -249,3 +249,17 @@ def test_active_units_without_enough_draws_are_reported_as_unknown(tmp_path):
     json.loads(json.dumps(summary), parse_constant=lambda c: pytest.fail(f"non-standard JSON {c}"))
     exact = summarize(importance_sample(small(), torch.randn(20, 6), 1), 1)
     assert describe_active_units(exact).endswith("of 8")
+
+
+def test_the_mixture_prior_trains_under_the_traced_elbo(tmp_path):
+    """The hostile-spec fuzzer's case (issue 30): a mixture prior with inference.estimator.jit
+    = true stopped with a TorchScript traceback in the first backward pass (log_softmax's
+    backward given the float64 gradient of the prior's float64 sum)."""
+    from pyro_vae.cli import main
+
+    code = main(["train", "--out", str(tmp_path / "run"), "--quiet", "--set", "model.prior.kind=mixture",
+                 "--set", "model.prior.components=3", "--set", "model.latent_dim=2", "--set", "inference.estimator.jit=true",
+                 "--set", "inference.schedule.epochs=1", "--set", "model.encoder.hidden=[16]",
+                 "--set", "model.decoder.hidden=[16]"])
+    assert code == 0
+    assert np.isfinite(float((tmp_path / "run" / "metrics.csv").read_text().splitlines()[-1].split(",")[2]))

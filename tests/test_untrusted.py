@@ -222,6 +222,12 @@ def test_non_finite_weights_are_refused_naming_their_epoch(received, tmp_path, c
                  ["encode", received, "--out", tmp_path / "codes.npz"]):
         code, err = _cli(capsys, *args)
         assert_one_line_error(code, err, "weights of epoch 1 hold NaN or infinite values")
+    # a warm start from them too, in train and in its check (--init RUN)
+    for check in ([], ["--check"]):
+        code, err = _cli(capsys, "train", "--init", received, "--out", tmp_path / "warm", *check, *SMALL)
+        assert_one_line_error(code, err, f"--init {received / 'checkpoint.pt'}: the weights of epoch 1 hold NaN",
+                              "start from another run")
+    assert not (tmp_path / "warm").exists()
 
 
 @pytest.mark.parametrize("change, fragment", [
@@ -338,14 +344,36 @@ def test_an_output_path_that_cannot_be_a_run_is_one_line(tmp_path, capsys, monke
     assert (tmp_path / "afile.txt").read_text() == "x" and not (tmp_path / "nowhere").exists()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
-def test_a_read_only_run_is_one_line(received, capsys):
+def test_an_encode_output_path_that_cannot_be_written_is_one_line(small_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile.txt").write_text("x")
+    (tmp_path / "dangling.npz").symlink_to(tmp_path / "nowhere")
+    code, err = _cli(capsys, "encode", small_run, "--out", "afile.txt/sub.npz")  # was a NotADirectoryError traceback
+    assert_one_line_error(code, err, "could not write afile.txt/sub.npz (afile.txt is not a folder)")
+    code, err = _cli(capsys, "encode", small_run, "--out", "dangling.npz")  # was replaced without --force
+    assert_one_line_error(code, err, "dangling.npz: exists", "--force")
+    assert _cli(capsys, "encode", small_run, "--out", "dangling.npz", "--force")[0] == 0
+    assert not (tmp_path / "dangling.npz").is_symlink() and not (tmp_path / "nowhere").exists()  # replaced, not followed
+    assert (tmp_path / "afile.txt").read_text() == "x"
+
+
+# root writes into a read-only folder: as root, the command runs without the capabilities that
+# override file permissions (setpriv, util-linux), as anyone else would
+AS_NON_ROOT = (["setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search",
+                "--"] if os.geteuid() == 0 else [])
+
+
+@pytest.mark.skipif(bool(AS_NON_ROOT) and shutil.which("setpriv") is None, reason="root without setpriv")
+def test_a_read_only_run_is_one_line(received):
     os.chmod(received, 0o555)
     try:
-        code, err = _cli(capsys, "evaluate", received, *FEW)
+        result = subprocess.run([*AS_NON_ROOT, sys.executable, "-m", "pyro_vae.cli", "evaluate", str(received), *FEW],
+                                capture_output=True, text=True, timeout=300)
     finally:
         os.chmod(received, 0o755)
-    assert_one_line_error(code, err, "evaluation")
+    assert_one_line_error(result.returncode, result.stderr, f"{received / 'evaluation'}: cannot create the folder",
+                          "Permission denied")
+    assert not (received / "evaluation").exists()
 
 
 def test_a_folder_that_cannot_be_created_is_one_line(received, capsys, monkeypatch):
@@ -410,8 +438,8 @@ def test_iwae_k_beyond_memory_is_refused_naming_it(two_gib, capsys):
 
 
 @pytest.mark.parametrize("args, flag", [
-    (["sample", "{run}", "--n", "100000000"], "lower --n"),
-    (["encode", "{run}", "--out", "{tmp}/codes.npz", "--samples", "1000000"], "lower --samples"),
+    (["sample", "{run}", "--n", "1000000000"], "lower --n"),  # the z alone: 16 GB
+    (["encode", "{run}", "--out", "{tmp}/codes.npz", "--samples", "1000000000"], "lower --samples"),  # one example's draws
     (["compare", "--out", "{tmp}/cmp", "--estimators", "trace_elbo,iwae", "--seeds", "100000000"], "lower --seeds"),
 ])
 def test_a_command_beyond_memory_is_refused_naming_its_flag(small_run, tmp_path, two_gib, capsys, args, flag):
@@ -431,7 +459,50 @@ def test_many_samples_are_drawn_in_chunks_and_the_figure_shows_the_first(receive
     torch.manual_seed(3)
     z, mean = vae.sample(16)  # the first chunk's draws, as one call draws them
     assert np.allclose(arrays["z"][:16], z.numpy(), atol=1e-6)
+    with torch.no_grad():  # every chunk's means decode its own z
+        assert np.allclose(arrays["mean"], vae.decode_mean(torch.from_numpy(arrays["z"])).numpy(), atol=1e-6)
     assert png.stat().st_size > 0 and SHOWN == 64
+
+
+def test_draws_beyond_memory_stream_to_the_file(received, tmp_path, monkeypatch, capsys):
+    """encode --samples S and sample --n N write pass by pass: files several times larger
+    than the memory allowed are written, and read back as the draws they should be."""
+    import numpy as np
+
+    monkeypatch.setattr(memory, "available_memory", lambda: 4 * 2**20)  # the arrays below are 29 MB and 21 MB
+    code, err = _cli(capsys, "encode", received, "--out", tmp_path / "codes.npz", "--samples", "2000", "--seed", "1")
+    assert code == 0, err
+    codes = np.load(tmp_path / "codes.npz")
+    draws, mean, std = codes["samples"], codes["mean"], codes["std"]
+    assert draws.shape == (1797, 2000, 2) and draws.nbytes > 6 * 4 * 2**20
+    run = load_run(received)
+    levels = __import__("sklearn.datasets").datasets.load_digits().data[codes["index"]]
+    q = run.vae.q(run.prepare(levels))
+    assert np.allclose(mean, q.mean.detach().numpy(), atol=1e-5)
+    # each example's 2000 draws are its own q's: their mean within 6 standard errors, their sd within 10%
+    assert (np.abs(draws.mean(1) - mean) < 6 * std / math.sqrt(2000)).all()
+    assert np.allclose(draws.std(1), std, rtol=0.1)
+    assert len({d.tobytes() for d in draws[:, :4]}) == 1797  # no pass written twice
+
+    monkeypatch.setattr(memory, "available_memory", lambda: 2 * 2**20)  # 1024 draws a pass; the means are 21 MB
+    code, err = _cli(capsys, "sample", received, "--n", "80000", "--seed", "2")
+    assert code == 0, err
+    arrays = np.load(received / "samples" / "samples.npz")
+    assert arrays["mean"].shape == (80_000, 64) and arrays["mean"].nbytes > 9 * 2 * 2**20
+    assert np.allclose(arrays["z"].mean(0), 0, atol=0.02) and np.allclose(arrays["z"].std(0), 1, atol=0.02)
+    with torch.no_grad():
+        assert np.allclose(arrays["mean"][-500:], run.vae.decode_mean(torch.from_numpy(arrays["z"][-500:])).numpy(),
+                           atol=1e-6)
+
+
+def test_draws_beyond_the_disk_are_refused_before_any_work(received, tmp_path, monkeypatch, capsys):
+    free = shutil.disk_usage(tmp_path)._replace(free=10 * 2**20)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: free)
+    code, err = _cli(capsys, "encode", received, "--out", tmp_path / "codes.npz", "--samples", "2000")
+    assert_one_line_error(code, err, "codes.npz: about 28.8 MB", "disk has 10.5 MB free", "lower --samples")
+    code, err = _cli(capsys, "sample", received, "--n", "80000")
+    assert_one_line_error(code, err, "samples.npz: about 21.1 MB", "lower --n")
+    assert not (tmp_path / "codes.npz").exists() and not (received / "samples" / "samples.npz").exists()
 
 
 def test_a_comparison_reads_back_the_runs_of_kinds_given_with_vary(tmp_path, capsys):

@@ -244,6 +244,58 @@ def test_headers_declaring_more_than_the_file_or_memory_holds_are_refused(tmp_pa
     refused(tmp_path / "a.npy", "one example takes 3.9 KiB as float32")
 
 
+def test_an_h5ad_whose_reading_hangs_or_crashes_is_one_line(tmp_path, monkeypatch, capsys):
+    """libhdf5 can hang or crash on a crafted file's metadata: the file is opened and checked
+    in a child process first, which is killed past its time limit. The child's work is
+    replaced here by a hang and a segmentation fault (no crafted file that hangs today's
+    libhdf5 was found), and the same command on the real file reads it."""
+    import faulthandler
+    import signal
+    import time
+
+    from pyro_vae.cli import main
+    from pyro_vae.data import checks, readers
+
+    path = write_h5ad(tmp_path / "cells.h5ad", sp.csr_matrix(counts()))
+    args = ["train", "--check", "--data", str(path), "--set", "model.likelihood.kind=poisson"]
+    real = readers._open_h5ad
+
+    def crash(path, options):
+        faulthandler.disable()  # the child dies quietly, as a real crash would
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+    monkeypatch.setattr(checks, "CHILD_SECONDS", 2.0)
+    for work, fragment in ((lambda path, options: time.sleep(600), "did not finish in 2 s"),
+                           (crash, "crashed the reader (signal SIGSEGV)")):
+        monkeypatch.setattr(readers, "_open_h5ad", work)
+        start = time.monotonic()
+        assert main(args) == 2
+        assert_one_line_error(2, capsys.readouterr().err, f"{path}: reading its HDF5 structure {fragment}", "corrupt")
+        assert time.monotonic() - start < 60  # the child is killed, not waited for
+    monkeypatch.setattr(readers, "_open_h5ad", real)
+    assert main(args) == 0, capsys.readouterr().err
+
+
+def test_encode_into_a_crafted_h5ad_is_one_line(tmp_path):
+    """encode --out X.h5ad copies the input and fills its obsm: an obs that cannot be read or
+    is shorter than the matrix, and an obsm that is not a group, were tracebacks."""
+    base = write_h5ad(tmp_path / "cells.h5ad", counts())
+    code, _, err = run_cli("train", "--data", base, "--out", tmp_path / "run", "--quiet", "--set", "model.latent_dim=2",
+                           "--set", "inference.schedule.epochs=1", "--set", "model.likelihood.kind=poisson")
+    assert code == 0, err
+    for name, edit, fragment in (
+        ("obsm.h5ad", lambda f: (f.__delitem__("obsm"), f.create_dataset("obsm", data=np.arange(3))),
+         "obsm is not a group of arrays"),
+        ("obs.h5ad", lambda f: f["obs"].attrs.__setitem__("encoding-type", "nonsense"), "obs (the cells, whose rows"),
+        ("short.h5ad", lambda f: (f.__delitem__("obs"), f.create_dataset("obs", data=np.arange(5))),
+         "obs has 5 rows but the matrix 24 or more"),
+    ):
+        code, _, err = run_cli("encode", tmp_path / "run", "--data", edited(tmp_path / name, base, edit),
+                               "--out", tmp_path / f"codes-{name}", "--samples", "2")
+        assert_one_line_error(code, err, fragment, "corrupt")
+        assert not (tmp_path / f"codes-{name}").exists()
+
+
 # --- section 5: unusual encodings, one line each ------------------------------------------------
 
 

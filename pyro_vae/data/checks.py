@@ -17,6 +17,8 @@ write out of bounds:
 - one example as float32 (what a batch holds of it): at most 1/64 of the available memory;
 - an HDF5 file (``.h5ad``) holds its own values: no external storage, virtual datasets or
   links to other files (:func:`check_hdf5`);
+- a library that may hang or crash on a crafted file (libhdf5 on an ``.h5ad``'s metadata)
+  reads and checks it first in a child process under a time limit (:func:`in_child`);
 - a compressed sparse matrix (CSR or CSC, anndata's encoding, :func:`check_sparse`): a
   2-D ``shape`` of non-negative integers; ``indptr`` of ``major + 1`` integers from 0,
   never decreasing, ending at nnz = len(indices) = len(data); every entry of ``indices``
@@ -26,7 +28,9 @@ write out of bounds:
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
+import signal
 import stat
 from pathlib import Path
 from tokenize import TokenError
@@ -40,6 +44,7 @@ HEADER_ERRORS = (ValueError, SyntaxError, TokenError, OverflowError)  # what num
 RATIO = 100  # the most bytes a file may declare per byte it stores (above FLOOR)
 FLOOR = 64 * 2**20  # declared bytes allowed whatever the file's size
 SCAN = 2**22  # entries of a sparse matrix's indices checked at a time
+CHILD_SECONDS = float(os.environ.get("PYRO_VAE_CHILD_SECONDS", 300))  # time allowed to in_child's work
 
 
 def available_memory() -> int:
@@ -147,6 +152,53 @@ def check_sparse(group, where: str) -> tuple[str, tuple[int, int], np.ndarray]:
             raise DataError(f"{where}: index {int(chunk[bad[0]])} at entry {start + int(bad[0])} is outside "
                             f"0..{minor - 1}; the file is corrupt")
     return encoding[:3], (rows, columns), indptr
+
+
+def in_child(work, args: tuple, what: str, seconds: float | None = None) -> None:
+    """Run ``work(*args)`` in a forked child process first, and raise its
+    :class:`DataError` here; a child that crashes (a signal) or runs past ``seconds``
+    (:data:`CHILD_SECONDS`, the environment's ``PYRO_VAE_CHILD_SECONDS``) is killed and
+    ``what`` refused in one line. Its result is dropped: the caller does the work again,
+    on a file shown to be safe to it. Where fork is missing the check is skipped."""
+    seconds = CHILD_SECONDS if seconds is None else seconds
+    try:
+        context = multiprocessing.get_context("fork")
+    except ValueError:
+        return
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_child, args=(work, args, send), daemon=True)
+    child.start()
+    send.close()
+    try:
+        if not receive.poll(seconds):
+            child.kill()
+            raise DataError(f"{what} did not finish in {seconds:g} s (libhdf5 can hang on corrupt metadata); the file "
+                            "is corrupt, or, for a very large file, raise PYRO_VAE_CHILD_SECONDS")
+        try:
+            message = receive.recv()
+        except EOFError:  # the child died before it said anything
+            child.join()
+            code = child.exitcode
+            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+            raise DataError(f"{what} crashed the reader ({how}); the file is corrupt") from None
+    finally:
+        receive.close()
+        child.join(1)
+        if child.exitcode is None:  # stuck after it answered
+            child.kill()
+            child.join()
+    if message is not None:
+        raise message
+
+
+def _child(work, args, send) -> None:
+    try:
+        work(*args)
+        send.send(None)
+    except DataError as exc:
+        send.send(exc)
+    except BaseException as exc:  # anything else a library raises on a crafted file
+        send.send(corrupt(str(args[0]), exc))
 
 
 def check_hdf5(handle, path: Path) -> None:

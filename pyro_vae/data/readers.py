@@ -36,7 +36,7 @@ import numpy as np
 from ..errors import DataError
 from ..registry import Registry
 from .checks import (HDF5_ERRORS, HEADER_ERRORS, check_declared, check_example, check_fits, check_hdf5, corrupt,
-                     hdf5_member, regular_file, size)
+                     hdf5_member, in_child, regular_file, size)
 from .sources import ArrayRows, MatrixRows, NpyRows, RowSource, SparseRows, subset
 
 DATASETS = Registry("data set")
@@ -303,12 +303,21 @@ def _h5ad_obs(handle, path: Path, rows: int):
 
 
 def read_h5ad(path: Path, options=None) -> RawData:
-    """An AnnData file read in place (h5py), its sizes and sparse structure checked first."""
+    """An AnnData file read in place (h5py), its sizes and sparse structure checked first,
+    in a child process (:func:`~.checks.in_child`): libhdf5 can hang or crash on a crafted
+    file's metadata, which then is one line instead of a hung or killed process."""
     try:
         import anndata.io  # noqa: F401  (the extra, named in the message when missing)
-        import h5py
+        import h5py  # noqa: F401
     except ImportError:
         raise DataError(f"{path}: reading .h5ad needs anndata: pip install \"pyro-vae[anndata]\"") from None
+    in_child(_open_h5ad, (path, options), f"{path}: reading its HDF5 structure")
+    return _open_h5ad(path, options)
+
+
+def _open_h5ad(path: Path, options=None) -> RawData:
+    import h5py
+
     try:
         handle = h5py.File(path, "r")
     except OSError as exc:

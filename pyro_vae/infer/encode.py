@@ -18,34 +18,37 @@ from .evaluate import closed_form_mean, closed_form_std
 CHUNK = 2048  # examples per encoder pass
 
 
-@torch.no_grad()
 def encode(vae, x, samples: int = 0, mc_draws: int = 256, seed: int = 0, chunk: int = CHUNK) -> dict[str, np.ndarray]:
     """``mean`` and ``std`` (n, latent), ``samples`` (n, S, latent) when S > 0, and
     ``exact`` (whether mean and sd are closed forms), and ``q_y`` (n, classes) with a
     categorical latent, for the prepared examples ``x`` (a
     tensor or a streamed split). Draws are seeded with ``seed``."""
+    parts = list(encode_chunks(vae, x, samples, mc_draws, seed, chunk))
+    out = {key: np.concatenate([p[key] for p in parts]) for key in parts[0] if key != "exact"} if parts else \
+        {"mean": np.zeros((0, vae.latent_dim), np.float32), "std": np.zeros((0, vae.latent_dim), np.float32)}
+    out["exact"] = np.array(all(bool(p["exact"]) for p in parts))
+    return out
+
+
+def encode_chunks(vae, x, samples: int = 0, mc_draws: int = 256, seed: int = 0, chunk: int = CHUNK):
+    """:func:`encode` chunk by chunk of ``chunk`` examples: yields each chunk's dict, so
+    draws can go to a file without all of them being held. The caller's random stream is
+    left untouched; consume the chunks without drawing random numbers in between."""
     vae.eval()
-    means, stds, draws, class_probs, exact = [], [], [], [], True
     discrete = bool(vae.classes)
     device = x.device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the caller's stream untouched
+    with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for start in range(0, len(x), chunk):
             q = vae.q(x[start : start + chunk])
-            mean, std = closed_form_mean(q), closed_form_std(q)
+            mean, std, exact = closed_form_mean(q), closed_form_std(q), True
             if mean is None or std is None:
                 exact = False
                 z = q.sample((mc_draws,))
                 mean, std = z.mean(0), z.std(0)
-            means.append(mean.cpu())
-            stds.append(std.cpu())
+            part = {"mean": mean.cpu().numpy(), "std": std.cpu().numpy(), "exact": np.array(exact)}
             if discrete:
-                class_probs.append(torch.softmax(vae.q_y_logits(x[start : start + chunk]), -1).cpu())
+                part["q_y"] = torch.softmax(vae.q_y_logits(x[start : start + chunk]), -1).cpu().numpy()
             if samples:
-                draws.append(q.sample((samples,)).transpose(0, 1).cpu())
-    out = {"mean": torch.cat(means).numpy(), "std": torch.cat(stds).numpy(), "exact": np.array(exact)}
-    if discrete:
-        out["q_y"] = torch.cat(class_probs).numpy()
-    if samples:
-        out["samples"] = torch.cat(draws).numpy()
-    return out
+                part["samples"] = q.sample((samples,)).transpose(0, 1).cpu().numpy()
+            yield part

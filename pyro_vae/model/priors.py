@@ -131,7 +131,8 @@ class _Mixture(dist.MixtureSameFamily):
         precision = scale.pow(-2)
         quadratic = v.square() @ precision.T - 2 * v @ (loc * precision).T + (loc.square() * precision).sum(-1)
         constant = scale.log().sum(-1) + 0.5 * v.shape[-1] * math.log(2 * math.pi)
-        return torch.logsumexp(log_mix - constant - 0.5 * quadratic, dim=-1).to(value.dtype)
+        # log_mix cast, not promoted: TorchScript's log_softmax backward (jit = true) refuses a float64 gradient
+        return torch.logsumexp(log_mix.to(dtype) - constant - 0.5 * quadratic, dim=-1).to(value.dtype)
 
     def _each_component(self, value):
         """log p_k(z) for every component, (..., K), where the value is expanded to the

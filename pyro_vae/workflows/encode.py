@@ -4,10 +4,12 @@
 | --- | --- |
 | ``FILE.npz`` | arrays ``mean``, ``std`` (n, latent), ``samples`` (n, S, latent) with ``--samples S``, ``q_y`` (n, classes) with a categorical latent, ``layer_dims`` (the sizes of z_1 ... z_L in the latent vector) with stacked layers, ``labels`` and ``label_names`` when the data have them, ``index`` (each example's row in its source array) and ``split`` |
 | ``FILE.csv`` | one row per example: index, split, label, mean_0.., std_0.., q_y_0.. (with a categorical latent) |
-| ``FILE.h5ad`` | for ``.h5ad`` input: a copy of the input with ``obsm["X_pyro_vae"]`` (means), ``obsm["X_pyro_vae_std"]`` and ``obsm["X_pyro_vae_q_y"]``, with stacked layers also ``obsm["X_pyro_vae_z1"]``, ``obsm["X_pyro_vae_z1_std"]``, ... per layer (rows of cells not encoded are NaN); the input is never written |
+| ``FILE.h5ad`` | for ``.h5ad`` input: a copy of the input with ``obsm["X_pyro_vae"]`` (means), ``obsm["X_pyro_vae_std"]`` and ``obsm["X_pyro_vae_q_y"]``, ``obsm["X_pyro_vae_samples"]`` (n_obs, S, latent) with ``--samples S``, with stacked layers also ``obsm["X_pyro_vae_z1"]``, ``obsm["X_pyro_vae_z1_std"]``, ... per layer (rows of cells not encoded are NaN); the input is never written |
 
 Every file is written to a temporary name and renamed, so an interrupted encode leaves
-nothing half-written.
+nothing half-written. The S draws of each example go to the file pass by pass (as many
+examples per encoder pass as memory allows), so their number is bounded by the disk,
+which is checked before any work, not by memory.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from typing import Optional
 import numpy as np
 
 from ..data import SPLITS
+from ..data.checks import corrupt
 from ..errors import DataError, RunError
-from ..files import atomic_path, atomic_write, atomic_write_text, check_room
-from ..infer.encode import encode
+from ..files import NpzWriter, atomic_path, check_room
+from ..infer.encode import encode_chunks
 from ..infer.train import resolve_device
 from ..runs import load_run, read_spec
 from .evaluate import heldout, run_dataset
-from .memory import check_codes
+from .memory import FLOAT, codes_chunk
 
 FORMATS = (".npz", ".csv", ".h5ad")
 
@@ -51,44 +54,85 @@ def encode_run(path, out, data: Optional[str] = None, split: str = "all", sample
                             "(write .npz or .csv instead)")
     if source is not None and out.resolve() == source:
         raise DataError(f"{{out}} {out}: is the input file; the input is never overwritten, choose another path")
-    if out.exists() and not force:
+    if (out.exists() or out.is_symlink()) and not force:  # a link is replaced, never written through
         raise RunError(f"{{out}} {out}: exists; choose another file or pass {{force}} to replace it")
     device = resolve_device(device, "{device}")
     run = load_run(path, device)
     dataset = run_dataset(run, data, device)  # read and prepared once, whatever the splits
     names = [s for s in SPLITS if s in dataset.splits] if split == "all" else [split]
-    check_codes(sum(len(dataset.splits[name]) for name in names if name in dataset.splits), samples,
-                run.vae.latent_dim)
-    parts = []
-    for name in names:
-        examples = heldout(run, data, name, None, seed, device, dataset=dataset)
-        parts.append((name, examples, encode(run.vae, examples.x, samples, seed=seed)))
-    result = {
-        "mean": np.concatenate([c["mean"] for _, _, c in parts]),
-        "std": np.concatenate([c["std"] for _, _, c in parts]),
-        "index": np.concatenate([e.index for _, e, _ in parts]).astype(np.int64),
-        "split": np.concatenate([np.full(len(e.index), n) for n, e, _ in parts]),
-        "exact": np.array(all(bool(c["exact"]) for _, _, c in parts)),
-    }
-    for key in ("samples", "q_y"):
-        if key in parts[0][2]:
-            result[key] = np.concatenate([c[key] for _, _, c in parts])
-    if run.vae.layers > 1:  # the latent vector is (z_1, ..., z_L): each layer's size
-        result["layer_dims"] = np.array(run.vae.layer_dims)
-    if all(e.labels is not None for _, e, _ in parts):
-        result["labels"] = np.concatenate([e.labels.cpu().numpy() for _, e, _ in parts])
-        if parts[0][1].label_names:
-            result["label_names"] = np.array(parts[0][1].label_names)
-    writer = {".npz": _write_npz, ".csv": _write_csv, ".h5ad": _write_h5ad}[out.suffix.lower()]
-    writer(out, result, source)
+    total, latent = sum(len(dataset.splits[name]) for name in names if name in dataset.splits), run.vae.latent_dim
+    chunk = codes_chunk(total, samples, latent)
+    if samples:  # the draws stream to the file: the disk, not memory, must hold them
+        check_room(out, FLOAT * total * samples * latent, "{samples}")
+    writer = {".npz": _NpzCodes, ".csv": _CsvCodes, ".h5ad": _H5adCodes}[out.suffix.lower()]
+    with atomic_path(out) as tmp:
+        sink = writer(tmp, source, run, total, samples)
+        try:
+            parts = []
+            for name in names:
+                examples = heldout(run, data, name, None, seed, device, dataset=dataset)
+                chunks, done = [], 0
+                for part in encode_chunks(run.vae, examples.x, samples, seed=seed, chunk=chunk):
+                    draws = part.pop("samples", None)
+                    if draws is not None:
+                        sink.draws(examples.index[done : done + len(draws)], draws)
+                    done += len(part["mean"])
+                    chunks.append(part)
+                parts.append((name, examples, chunks))
+            result = {
+                "mean": np.concatenate([c["mean"] for _, _, cs in parts for c in cs]),
+                "std": np.concatenate([c["std"] for _, _, cs in parts for c in cs]),
+                "index": np.concatenate([e.index for _, e, _ in parts]).astype(np.int64),
+                "split": np.concatenate([np.full(len(e.index), n) for n, e, _ in parts]),
+                "exact": np.array(all(bool(c["exact"]) for _, _, cs in parts for c in cs)),
+            }
+            if run.vae.classes:
+                result["q_y"] = np.concatenate([c["q_y"] for _, _, cs in parts for c in cs])
+            if run.vae.layers > 1:  # the latent vector is (z_1, ..., z_L): each layer's size
+                result["layer_dims"] = np.array(run.vae.layer_dims)
+            if all(e.labels is not None for _, e, _ in parts):
+                result["labels"] = np.concatenate([e.labels.cpu().numpy() for _, e, _ in parts])
+                if parts[0][1].label_names:
+                    result["label_names"] = np.array(parts[0][1].label_names)
+            sink.finish(result)
+        finally:
+            sink.close()
     return out, len(result["index"])
 
 
-def _write_npz(out: Path, result: dict, source) -> None:
-    atomic_write(out, lambda f: np.savez(f, **result))
+class _NpzCodes:
+    """The codes as arrays of an .npz; the draws, (n, S, latent), written pass by pass."""
+
+    def __init__(self, tmp: Path, source, run, total: int, samples: int):
+        self.npz = NpzWriter(tmp)
+        self.write = self.npz.rows("samples", (total, samples, run.vae.latent_dim)) if samples else None
+
+    def draws(self, index, array) -> None:
+        self.write(array)
+
+    def finish(self, result: dict) -> None:
+        assert self.npz.entry is None, "every example's draws are written before the codes"
+        for key, value in result.items():
+            self.npz.add(key, value)
+
+    def close(self) -> None:
+        self.npz.close()
 
 
-def _write_csv(out: Path, result: dict, source) -> None:
+class _CsvCodes:
+    """One row per example (draws are refused for a CSV before any work)."""
+
+    def __init__(self, tmp: Path, source, run, total: int, samples: int):
+        self.tmp = tmp
+
+    def finish(self, result: dict) -> None:
+        _write_csv(self.tmp, result)
+
+    def close(self) -> None:
+        pass
+
+
+def _write_csv(out: Path, result: dict) -> None:
     latent = result["mean"].shape[1]
     header = ["index", "split", *(["label"] if "labels" in result else []),
               *(f"mean_{d}" for d in range(latent)), *(f"std_{d}" for d in range(latent)),
@@ -105,41 +149,76 @@ def _write_csv(out: Path, result: dict, source) -> None:
         writer.writerow([int(result["index"][i]), result["split"][i], *label,
                          *(f"{v:.7g}" for v in result["mean"][i]), *(f"{v:.7g}" for v in result["std"][i]),
                          *(f"{v:.7g}" for v in (result["q_y"][i] if "q_y" in result else ()))])
-    atomic_write_text(out, buffer.getvalue())
+    out.write_text(buffer.getvalue(), encoding="utf-8")
 
 
-def _write_h5ad(out: Path, result: dict, source: Path) -> None:
-    import anndata.io
-    import h5py
+class _H5adCodes:
+    """A copy of the input .h5ad with the codes in obsm; the draws, (n_obs, S, latent), written
+    pass by pass at their cells' rows (rows of cells not encoded are NaN)."""
 
-    with h5py.File(source, "r") as f:  # the rows: obs's, or X's where the file has no obs (it loads without one)
-        if "obs" in f:
-            n_obs = len(anndata.io.read_elem(f["obs"]))
-        else:
-            n_obs = int(f["X"].attrs["shape"][0]) if "shape" in f["X"].attrs else f["X"].shape[0]
-    full = {}
-    for key, name in (("mean", "X_pyro_vae"), ("std", "X_pyro_vae_std"), ("q_y", "X_pyro_vae_q_y")):
-        if key not in result:
-            continue
-        array = np.full((n_obs, result[key].shape[1]), np.nan, dtype=np.float32)
-        array[result["index"]] = result[key]
-        full[name] = array
-    if "layer_dims" in result:  # one key per stochastic layer too: X_pyro_vae_z1, X_pyro_vae_z1_std, ...
-        bounds = np.cumsum([0, *result["layer_dims"]])
-        for i, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
-            full[f"X_pyro_vae_z{i + 1}"] = full["X_pyro_vae"][:, start:stop]
-            full[f"X_pyro_vae_z{i + 1}_std"] = full["X_pyro_vae_std"][:, start:stop]
-    if "samples" in result:
-        array = np.full((n_obs, *result["samples"].shape[1:]), np.nan, dtype=np.float32)
-        array[result["index"]] = result["samples"]
-        full["X_pyro_vae_samples"] = array
-    # HDF5 cannot fail cleanly half way: a file the size limit or the disk would cut short is refused first
-    check_room(out, source.stat().st_size + sum(a.nbytes for a in full.values()) + 2**20)
-    with atomic_path(out) as tmp:
+    def __init__(self, tmp: Path, source: Path, run, total: int, samples: int):
+        import anndata.io
+        import h5py
+
+        with h5py.File(source, "r") as f:  # the rows: obs's, or X's where the file has no obs (it loads without one)
+            try:
+                if "obs" in f:
+                    self.n_obs = len(anndata.io.read_elem(f["obs"]))
+                else:
+                    self.n_obs = int(f["X"].attrs["shape"][0]) if "shape" in f["X"].attrs else f["X"].shape[0]
+            except Exception as exc:  # anndata raises what h5py, pandas or its own registry raise
+                raise corrupt(f"{source}: obs (the cells, whose rows the codes fill)", exc) from None
+            if "obsm" in f and not isinstance(f["obsm"], h5py.Group):
+                raise DataError(f"{source}: obsm is not a group of arrays; the file is corrupt (write it with anndata)")
+        if total > self.n_obs:
+            raise DataError(f"{source}: obs has {self.n_obs} rows but the matrix {total} or more; the file is corrupt")
+        latent = run.vae.latent_dim
+        # HDF5 cannot fail cleanly half way: a file the size limit or the disk would cut short is refused first
+        check_room(tmp, source.stat().st_size + FLOAT * self.n_obs * (4 * latent + run.vae.classes + samples * latent)
+                   + 2**20, "{samples}" if samples else "")
         shutil.copyfile(source, tmp)
-        with h5py.File(tmp, "r+") as f:
-            obsm = f.require_group("obsm")
-            for name, array in full.items():
-                if name in obsm:
-                    del obsm[name]
-                anndata.io.write_elem(obsm, name, array)
+        self.file = h5py.File(tmp, "r+")
+        self.obsm = self.file.require_group("obsm")
+        if samples:
+            if "X_pyro_vae_samples" in self.obsm:
+                del self.obsm["X_pyro_vae_samples"]
+            self.samples = self.obsm.create_dataset("X_pyro_vae_samples", (self.n_obs, samples, latent), "float32",
+                                                    fillvalue=np.nan)
+            self.samples.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})  # as anndata writes
+
+    def _check_rows(self, index) -> None:
+        if len(index) and index.max() >= self.n_obs:
+            raise DataError(f"obs has {self.n_obs} rows, fewer than the matrix; the input .h5ad is corrupt")
+
+    def draws(self, index, array) -> None:
+        self._check_rows(index)
+        order = np.argsort(index)
+        rows, array = index[order], array[order]
+        if rows[-1] - rows[0] == len(rows) - 1:  # consecutive rows: one slab
+            self.samples[rows[0] : rows[-1] + 1] = array
+        else:
+            self.samples[rows] = array
+
+    def finish(self, result: dict) -> None:
+        import anndata.io
+
+        self._check_rows(result["index"])
+        full = {}
+        for key, name in (("mean", "X_pyro_vae"), ("std", "X_pyro_vae_std"), ("q_y", "X_pyro_vae_q_y")):
+            if key not in result:
+                continue
+            array = np.full((self.n_obs, result[key].shape[1]), np.nan, dtype=np.float32)
+            array[result["index"]] = result[key]
+            full[name] = array
+        if "layer_dims" in result:  # one key per stochastic layer too: X_pyro_vae_z1, X_pyro_vae_z1_std, ...
+            bounds = np.cumsum([0, *result["layer_dims"]])
+            for i, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
+                full[f"X_pyro_vae_z{i + 1}"] = full["X_pyro_vae"][:, start:stop]
+                full[f"X_pyro_vae_z{i + 1}_std"] = full["X_pyro_vae_std"][:, start:stop]
+        for name, array in full.items():
+            if name in self.obsm:
+                del self.obsm[name]
+            anndata.io.write_elem(self.obsm, name, array)
+
+    def close(self) -> None:
+        self.file.close()

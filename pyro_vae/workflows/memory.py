@@ -22,6 +22,7 @@ import torch
 
 from ..data.checks import available_memory
 from ..errors import UserError
+from ..infer.evaluate import BUDGET
 
 FLOAT = 4  # bytes of a float32
 SLACK = 3  # forward values, gradients and temporaries
@@ -79,15 +80,28 @@ def check_training_step(spec, vae, data_shape, device=None) -> None:
                   f"{key} or inference.schedule.batch_size" if k > 1 else "inference.schedule.batch_size", device)
 
 
-def check_codes(examples: int, samples: int, latent: int) -> None:
-    """``encode``: the means, sds and ``samples`` draws of every example, and their copy in the file."""
-    needed = FLOAT * 2 * examples * (2 + samples) * latent
-    refuse_beyond(needed, f"the codes of {examples} examples with {samples} draws each", "{samples}")
+def codes_chunk(examples: int, samples: int, latent: int, budget: int = BUDGET) -> int:
+    """``encode``: examples per encoder pass, so that one pass's ``samples`` draws (at most
+    ``budget`` values, and what memory allows) fit; the draws go to the file pass by pass.
+    The means and sds of every example are held (twice, as parts and joined). Refuses what
+    cannot fit: those, or one example's draws."""
+    refuse_beyond(FLOAT * 2 * examples * 3 * latent, f"the codes of {examples} examples", "{split}")
+    if not samples:
+        return 2048
+    per_example = FLOAT * SLACK * samples * latent  # the draws, their transpose, the copy written
+    spare = available() - FLOAT * 2 * examples * 3 * latent
+    refuse_beyond(per_example, f"{samples} draws of one example", "{samples}")
+    return max(1, min(2048, budget // (samples * latent), int(spare // per_example)))
 
 
-def check_samples(n: int, features: int, latent: int) -> None:
-    """``sample``: n draws of z and their decoded means."""
-    refuse_beyond(FLOAT * 2 * n * (features + latent), f"{n} decoded samples", "{n}")
+def samples_chunk(n: int, features: int, latent: int, budget: int = BUDGET) -> int:
+    """``sample``: draws per decoder pass, a multiple of 16 (at most ``budget`` decoded
+    values, and what memory allows); the n draws of z are held, the decoded means go to the
+    file pass by pass. Refuses the z when they cannot fit."""
+    refuse_beyond(FLOAT * 2 * n * latent, f"{n} draws of z", "{n}")
+    per_draw = FLOAT * SLACK * (features + latent)
+    spare = available() - FLOAT * 2 * n * latent
+    return max(16, min(budget // features, int(spare // per_draw)) // 16 * 16)
 
 
 def check_runs(cells: int, seeds: int, examples: Optional[int]) -> None:

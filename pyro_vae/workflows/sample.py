@@ -5,14 +5,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..analysis.figures import Look, image_panel
-from ..files import atomic_write, output_folder
-from ..infer.evaluate import BUDGET
+from ..files import NpzWriter, atomic_path, check_room, output_folder
 from ..runs import load_run, record_outputs
-from .memory import check_samples
+from .memory import FLOAT, samples_chunk
 
 SHOWN = 64  # samples drawn in the figure; the array file holds all
 
@@ -20,23 +18,33 @@ SHOWN = 64  # samples drawn in the figure; the array file holds all
 def sample_run(path, n: int, seed: int = 0) -> tuple[Path, Path]:
     """Write RUN/samples/samples.png (E[x|z] for the first draws z ~ p(z), at most ``SHOWN``)
     and samples.npz (z, mean: all n); returns their paths. Draws are seeded with ``seed``,
-    and decoded in chunks of at most ``BUDGET`` output values; n draws that would not fit in
-    memory are refused before any is drawn."""
+    and decoded in chunks (at most ``BUDGET`` output values, and what memory allows) that
+    go to the file one by one: the n draws of z are held, the decoded means are not. What
+    would not fit (the z in memory, the file on the disk) is refused before any is drawn."""
     run = load_run(path)
-    features = math.prod(run.vae.data_shape)
-    check_samples(n, features, run.vae.latent_dim)
+    features, latent = math.prod(run.vae.data_shape), run.vae.latent_dim
+    chunk = samples_chunk(n, features, latent)  # a multiple of 16: the same draws as one call where n <= chunk
     folder = output_folder(run.path / "samples")
+    npz = folder / "samples.npz"
+    check_room(npz, FLOAT * n * (features + latent), "{n}")
     torch.manual_seed(seed)
-    chunk = max(16, BUDGET // features // 16 * 16)  # a multiple of 16: the same draws as one call where n <= chunk
-    parts = [run.vae.sample(min(chunk, n - start)) for start in range(0, n, chunk)]
-    z, mean = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-    del parts
-    shown = min(n, SHOWN)
+    zs, shown = [], None
+    with atomic_path(npz) as tmp:
+        writer = NpzWriter(tmp)
+        try:
+            write = writer.rows("mean", (n, *run.vae.data_shape))
+            for start in range(0, n, chunk):
+                z, mean = run.vae.sample(min(chunk, n - start))
+                write(mean.numpy())
+                zs.append(z)
+                shown = mean[:SHOWN] if shown is None else shown
+            writer.add("z", torch.cat(zs).numpy())
+        finally:
+            writer.close()
+    shown = shown[: min(n, SHOWN)]
     title = f"{n} decoded samples from the prior (seed {seed})" if n <= SHOWN else \
         f"the first {SHOWN} of {n} decoded samples from the prior (seed {seed}; all in samples.npz)"
-    png = image_panel(folder / "samples.png", [("E[x|z], z ~ p(z)", mean[:shown], [f"sample {i}" for i in range(shown)])],
+    png = image_panel(folder / "samples.png", [("E[x|z], z ~ p(z)", shown, [f"sample {i}" for i in range(len(shown))])],
                       Look.of(run.vae, run.summary.get("data", {}).get("feature_names")), title)
-    npz = folder / "samples.npz"
-    atomic_write(npz, lambda f: np.savez(f, z=z.numpy(), mean=mean.numpy()))
     record_outputs(run.path, [png, npz])
     return png, npz

@@ -26,7 +26,8 @@ from ..model.likelihoods import LIKELIHOODS
 from ..provenance import provenance
 from .memory import check_training_step
 from ..runs import (CHECKPOINT, CHECKPOINT_FORMAT, FIGURES, METRIC_COLUMNS, METRICS, SPEC, SUMMARY, RunLock, claim_output_dir,
-                   load_checkpoint, load_weights, read_spec, record_outputs, remove_partial_writes, save_checkpoint)
+                   check_finite, load_checkpoint, load_weights, read_spec, record_outputs, remove_partial_writes,
+                   save_checkpoint)
 from ..spec import Spec
 from ..tracking import TRACKERS, target_outside, tracking_outputs
 
@@ -302,8 +303,10 @@ def load_initial_weights(vae, run) -> None:
     path = Path(run)
     if not path.is_dir():
         raise RunError(f"{{init}} {path}: no such run directory")
+    checkpoint = load_checkpoint(path / CHECKPOINT)
+    check_finite(path, checkpoint, "start from another run, or train without {init}", "{init} ")
     try:
-        load_weights(vae, load_checkpoint(path / CHECKPOINT)["weights"])
+        load_weights(vae, checkpoint["weights"])
     except RuntimeError as exc:
         raise RunError(f"{{init}} {path}: its weights do not fit this spec's model ({exc}); "
                        "{init} needs the same model table (latent size, networks, slots)") from None
