@@ -102,12 +102,30 @@ def _tail_length(S: int) -> int:
     return int(math.floor(min(S / 5, 3 * math.sqrt(S))))
 
 
+def _untied(log_weights: np.ndarray, M: int) -> np.ndarray:
+    """The rows whose M + 1 largest log weights hold exact ties, dequantized. Ties come from
+    float32 rounding (a q near the posterior: every log weight is log p(x) to a few ulps), and
+    make the two ArviZ disagree: 0.x fits only the values above the cutoff (k-hat = inf when 4
+    or fewer remain), 1.x returns NaN or raises. Each value of such a row moves uniformly
+    within its float32 step (at least float32's epsilon), with a fixed seed: the weights a
+    float32 computation could not tell apart become a continuous sample again, and both
+    versions fit the same tail. Rows without ties are left exactly as they are."""
+    top = np.sort(log_weights, axis=-1)[..., -(M + 1):]
+    tied = np.any(np.diff(top, axis=-1) == 0, axis=-1)
+    if not tied.any():
+        return log_weights
+    step = np.maximum(np.spacing(np.abs(log_weights).astype(np.float32)).astype(np.float64), np.finfo(np.float32).eps)
+    jitter = (np.random.default_rng(0).random(log_weights.shape) - 0.5) * step
+    return np.where(tied[..., None], log_weights + jitter, log_weights)
+
+
 def psislw(log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(smoothed log weights, k-hat) of each row of ``log_weights`` (n, S), the smoothed
     weights on the scale of the raw ones (not normalized): log 1/S sum_s exp(smoothed_s)
     is the PSIS estimate of log E_q[w]."""
     log_weights = np.asarray(log_weights, dtype=np.float64)
     S, M = log_weights.shape[-1], _tail_length(log_weights.shape[-1])
+    log_weights = _untied(log_weights, M)
     if M < 5:  # too few draws for a Pareto fit: as ArviZ 0.x, no smoothing and k-hat = inf
         return log_weights.copy(), np.full(log_weights.shape[:-1], np.inf)
     if major() >= 1:

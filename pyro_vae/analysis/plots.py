@@ -108,7 +108,7 @@ def example_posteriors(path_posterior: Path, path_pair: Path, idata, examples: S
             else:
                 mean = float(values.mean())
                 low, high = arviz_compat.hdi(values)
-            ax.axvspan(low, high, color="C1", alpha=0.15, label=label)
+            ax.axvspan(low, high, color="C1", alpha=0.15, label=f"{label} of q(z|x)" if gaussian is not None else f"{label} of the draws")
             ax.axvline(mean, color="k", lw=1, ls=":", label="mean")
             ax.set_title(f"example {n}: {names[d]}\nmean {mean:.2f}, {label} [{low:.2f}, {high:.2f}]", fontsize=8)
             ax.set_xlabel("z (latent units)", fontsize=8)
