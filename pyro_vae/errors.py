@@ -29,6 +29,8 @@ TERMS = {
     "trust_code": ("trust_code=True", "--trust-code"),
     "n": ("n", "--n"),
     "seeds": ("seeds", "--seeds"),
+    "condition": ("condition", "--condition"),
+    "transform": ("transform", "--transform"),
 }
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(TERMS) + r")\}")
 

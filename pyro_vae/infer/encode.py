@@ -10,28 +10,39 @@ result says so. The work goes in chunks of examples, so a streamed split is neve
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import torch
+from torch import Tensor
 
+from ..model.condition import given
 from .evaluate import closed_form_mean, closed_form_std
 
 CHUNK = 2048  # examples per encoder pass
 
 
 @torch.no_grad()
-def encode(vae, x, samples: int = 0, mc_draws: int = 256, seed: int = 0, chunk: int = CHUNK) -> dict[str, np.ndarray]:
+def encode(vae, x, samples: int = 0, mc_draws: int = 256, seed: int = 0, chunk: int = CHUNK,
+           condition: Optional[Tensor] = None, transformed: Optional[Tensor] = None) -> dict[str, np.ndarray]:
     """``mean`` and ``std`` (n, latent), ``samples`` (n, S, latent) when S > 0, and
     ``exact`` (whether mean and sd are closed forms), and ``q_y`` (n, classes) with a
     categorical latent, for the prepared examples ``x`` (a
-    tensor or a streamed split). Draws are seeded with ``seed``."""
+    tensor or a streamed split). Draws are seeded with ``seed``. With covariates, q(z | x, c)
+    for each example's row of ``condition``; ``transformed`` (other rows c'): also
+    ``transformed``, E[x | E_q[z], c'] per example (its own library size where the
+    likelihood has one), the reconstruction under changed covariates."""
     vae.eval()
-    means, stds, draws, class_probs, exact = [], [], [], [], True
+    means, stds, draws, class_probs, exact, decoded = [], [], [], [], True, []
     discrete = bool(vae.classes)
     device = x.device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the caller's stream untouched
         torch.manual_seed(seed)
         for start in range(0, len(x), chunk):
-            q = vae.q(x[start : start + chunk])
+            rows = slice(start, start + chunk)
+            xb = x[rows]
+            with given(vae, None if condition is None else condition[rows]):
+                q = vae.q(xb)
             mean, std = closed_form_mean(q), closed_form_std(q)
             if mean is None or std is None:
                 exact = False
@@ -43,9 +54,14 @@ def encode(vae, x, samples: int = 0, mc_draws: int = 256, seed: int = 0, chunk: 
                 class_probs.append(q.mixture_distribution.probs.cpu())
             if samples:
                 draws.append(q.sample((samples,)).transpose(0, 1).cpu())
+            if transformed is not None:
+                with given(vae, transformed[rows]):
+                    decoded.append(vae.decode_mean(mean.to(transformed.device), xb).cpu())
     out = {"mean": torch.cat(means).numpy(), "std": torch.cat(stds).numpy(), "exact": np.array(exact)}
     if discrete:
         out["q_y"] = torch.cat(class_probs).numpy()
     if samples:
         out["samples"] = torch.cat(draws).numpy()
+    if transformed is not None:
+        out["transformed"] = torch.cat(decoded).numpy()
     return out

@@ -12,11 +12,12 @@ from __future__ import annotations
 import math
 import zlib
 from contextlib import contextmanager
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
 from ..errors import SpecError
+from .condition import build_conditioned, check_supported
 from .discrete import build_discrete
 from .layers import ConditionalNormal, Structure, UpperLayer
 from .likelihoods import LIKELIHOODS
@@ -28,10 +29,14 @@ from .vae import VAE
 MAX_PARAMETERS = 100_000_000
 
 
-def build_vae(spec, data_shape: tuple[int, ...], num_data: Optional[int] = None) -> VAE:
+def build_vae(spec, data_shape: tuple[int, ...], num_data: Optional[int] = None, covariates: Sequence[int] = ()) -> VAE:
     """A VAE from a ModelSpec, sized from the data shape: data -> likelihood -> decoder
-    outputs; posterior -> encoder outputs. Refuses models over MAX_PARAMETERS before
-    allocating them."""
+    outputs; posterior -> encoder outputs. ``covariates``: the layout of the covariates the
+    model conditions on (per covariate its categories, 0 for a continuous one; see
+    model/condition.py). Refuses models over MAX_PARAMETERS before allocating them."""
+    if getattr(spec, "condition", None) is not None and not covariates:
+        raise SpecError("model.condition: the model conditions on covariates, and data.covariates names none; "
+                        "set data.covariates (e.g. [\"batch\"]) or remove model.condition")
     data_shape = tuple(data_shape)
     base_seed = int(torch.randint(2**31, (), device="cpu"))  # the one draw from the global generator
 
@@ -64,6 +69,8 @@ def build_vae(spec, data_shape: tuple[int, ...], num_data: Optional[int] = None)
                 "models any real value; use it with count or [0, 1] likelihoods, or set model.encoder_input = \"auto\""
             )
         upper_specs = getattr(spec, "upper_layers", [])
+        if covariates:
+            check_supported(spec)
         if getattr(spec, "discrete", None) is not None:
             if upper_specs:
                 raise SpecError("model.upper_layers: stacked layers with model.discrete are not supported yet; "
@@ -74,6 +81,9 @@ def build_vae(spec, data_shape: tuple[int, ...], num_data: Optional[int] = None)
             encoder = parts["encoder"](data_shape, (posterior.encoder_outputs,))
             decoder = parts["decoder"]((spec.latent_dim,), (likelihood.outputs, *data_shape))
             prior = parts["prior"](spec.latent_dim)
+            if covariates:
+                return conditional_vae(spec, covariates, prior, likelihood, posterior, encoder, decoder, num_data,
+                                       transform, stream)
             return VAE(prior, likelihood, posterior, encoder, decoder, num_data, input_transform=transform)
         return build_layers(spec, parts, likelihood, posterior, data_shape, num_data, transform, stream)
 
@@ -85,6 +95,15 @@ def build_vae(spec, data_shape: tuple[int, ...], num_data: Optional[int] = None)
             f"{MAX_PARAMETERS:,}; use smaller hidden widths or latent_dim"
         )
     return build()
+
+
+def conditional_vae(spec, covariates, prior, likelihood, posterior, encoder, decoder, num_data, transform, stream) -> VAE:
+    """A one-layer VAE whose parts read the covariates c (see model/condition.py)."""
+    conditioning, encoder, decoder, prior = build_conditioned(spec, covariates, encoder, decoder, prior, spec.latent_dim,
+                                                              stream, NETWORKS)
+    vae = VAE(prior, likelihood, posterior, encoder, decoder, num_data, input_transform=transform)
+    vae.conditioning = conditioning
+    return vae
 
 
 def build_layers(spec, parts: dict, likelihood, bottom_posterior, data_shape, num_data, transform, stream) -> VAE:

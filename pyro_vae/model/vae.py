@@ -44,6 +44,7 @@ from pyro import poutine
 from torch import Tensor, nn
 
 from ..errors import SpecError
+from .condition import conditioned
 from .layers import JointLatent, Structure, UpperLayer, concatenated, ladder_merge, stopped_call
 from .likelihoods import Likelihood
 from .posteriors import Posterior
@@ -182,6 +183,7 @@ class VAE(nn.Module):
             return self.upper[-1].posterior(self._upward(u)[-1])
         raise ValueError("the bottom_up guide's q(z_L|x) is not a function of x alone")
 
+    @conditioned
     def q(self, x: Tensor):
         """q(z|x), event shape (latent_dim,), batch shape x.shape[:-len(data_shape)]; with
         several layers the joint q(z_1, ..., z_L | x) over the concatenated layers."""
@@ -190,6 +192,7 @@ class VAE(nn.Module):
         u = self.encoder_input(x)
         return JointLatent(lambda draw: self.walk_posterior(u, draw), self.layer_dims, u.shape[: u.dim() - len(self.data_shape)])
 
+    @conditioned
     def latent_prior(self):
         """p(z) over the whole latent vector: the prior slot, or with several layers the
         joint p(z_L) prod p(z_l | z_(l+1)) over the concatenated layers."""
@@ -277,11 +280,13 @@ class VAE(nn.Module):
             return {"library": None if x is None else self.likelihood.observed_library(x)}
         return {}
 
+    @conditioned
     def p_x(self, z: Tensor, x: Optional[Tensor] = None):
         """p(x|z), event shape data_shape; ``x``, the data scored, where the likelihood
         needs its library size."""
         return self.likelihood(self.decoder(self.decoder_input(z)), **self._context(x))
 
+    @conditioned
     def decode_mean(self, z: Tensor, x: Optional[Tensor] = None) -> Tensor:
         """E[x|z] (with x's library size where the likelihood takes one)."""
         return self.likelihood.mean(self.decoder(self.decoder_input(z)), **self._context(x))
@@ -312,6 +317,7 @@ class VAE(nn.Module):
         for part in parts:
             pyro.module(f"{self.name}_{part}", getattr(self, part))
 
+    @conditioned
     def model(self, x: Tensor, index: Optional[Tensor] = None):
         """p(z) p(x|z) over a batch x (rows ``index`` of the N training examples)."""
         self._register("prior", "likelihood", "decoder", *(("upper",) if self.upper else ()))
@@ -324,6 +330,7 @@ class VAE(nn.Module):
                     z = torch.cat(self.walk_prior(lambda i, d, stopped: pyro.sample(names[i], d)), -1)
             pyro.sample("x", self.p_x(z, x), obs=x)
 
+    @conditioned
     def guide(self, x: Tensor, index: Optional[Tensor] = None):
         """q(z|x) = posterior(encoder(x)), reparameterized (with several layers, the walk of
         :meth:`walk_posterior`). Each site carries ``infer["stopped_log_prob"]``: z -> log q(z|x)
@@ -344,6 +351,7 @@ class VAE(nn.Module):
 
     # --- direct evaluation (no tracing) ----------------------------------------------
 
+    @conditioned
     def importance_terms(self, x: Tensor, num_samples: int) -> ImportanceTerms:
         """The three log-densities at ``num_samples`` draws z_s ~ q(z|x), unscaled."""
         q = self.q(x)
@@ -351,12 +359,16 @@ class VAE(nn.Module):
         return ImportanceTerms(self.p_x(z, x).log_prob(x), self.latent_prior().log_prob(z), q.log_prob(z))
 
     @torch.no_grad()
+    @conditioned
     def sample(self, n: int) -> tuple[Tensor, Tensor]:
-        """(z, E[x|z]) for n draws z ~ p(z)."""
-        z = self.latent_prior().sample((n,))
+        """(z, E[x|z]) for n draws z ~ p(z) (with covariates, z ~ p(z|c) and E[x|z, c] for the
+        n rows of ``condition``)."""
+        prior = self.latent_prior()
+        z = prior.sample() if prior.batch_shape else prior.sample((n,))  # p(z|c) holds one row per draw
         return z, self.decode_mean(z)
 
     @torch.no_grad()
+    @conditioned
     def reconstruct(self, x: Tensor) -> Tensor:
         """E[x|z] at one draw z ~ q(z|x)."""
         return self.decode_mean(self.q(x).sample(), x)

@@ -4,7 +4,12 @@
 | --- | --- |
 | ``FILE.npz`` | arrays ``mean``, ``std`` (n, latent), ``samples`` (n, S, latent) with ``--samples S``, ``q_y`` (n, classes) with a categorical latent, ``layer_dims`` (the sizes of z_1 ... z_L in the latent vector) with stacked layers, ``labels`` and ``label_names`` when the data have them, ``index`` (each example's row in its source array) and ``split`` |
 | ``FILE.csv`` | one row per example: index, split, label, mean_0.., std_0.., q_y_0.. (with a categorical latent) |
-| ``FILE.h5ad`` | for ``.h5ad`` input: a copy of the input with ``obsm["X_pyro_vae"]`` (means), ``obsm["X_pyro_vae_std"]`` and ``obsm["X_pyro_vae_q_y"]``, with stacked layers also ``obsm["X_pyro_vae_z1"]``, ``obsm["X_pyro_vae_z1_std"]``, ... per layer (rows of cells not encoded are NaN); the input is never written |
+| ``FILE.h5ad`` | for ``.h5ad`` input: a copy of the input with ``obsm["X_pyro_vae"]`` (means), ``obsm["X_pyro_vae_std"]`` and ``obsm["X_pyro_vae_q_y"]``, with stacked layers also ``obsm["X_pyro_vae_z1"]``, ``obsm["X_pyro_vae_z1_std"]``, ... per layer, with ``--transform batch=b0`` the layer ``layers["pyro_vae_batch=b0"]`` (rows of cells not encoded are NaN); the input is never written |
+
+With ``--transform NAME=VALUE`` (a model with covariates) the ``.npz`` also holds
+``transformed``: each example's reconstruction E[x | E_q[z|x, c], c'] decoded with the
+covariate set to VALUE (scVI's ``transform_batch``: the batch-corrected data), and
+``transform``, the setting.
 
 Every file is written to a temporary name and renamed, so an interrupted encode leaves
 nothing half-written.
@@ -16,11 +21,13 @@ import csv
 import io
 import shutil
 from pathlib import Path
-from typing import Optional
+import math
+from typing import Optional, Sequence
 
 import numpy as np
 
 from ..data import SPLITS
+from ..data.covariates import with_values
 from ..errors import DataError, RunError
 from ..files import atomic_path, atomic_write, atomic_write_text, check_room
 from ..infer.encode import encode
@@ -33,9 +40,11 @@ FORMATS = (".npz", ".csv", ".h5ad")
 
 
 def encode_run(path, out, data: Optional[str] = None, split: str = "all", samples: int = 0, seed: int = 0,
-               device="auto", force: bool = False) -> tuple[Path, int]:
+               device="auto", force: bool = False, transform: Sequence[str] = ()) -> tuple[Path, int]:
     """Encode ``split`` (``all``: train, valid and test, in that order) of the run's data or
-    of ``data`` with the run at ``path``; write ``out``. Returns (out, examples)."""
+    of ``data`` with the run at ``path``; write ``out``. ``transform`` (``NAME=VALUE``
+    settings): also each example's reconstruction E[x | E_q[z], c'] with those covariates
+    changed (see :func:`~pyro_vae.infer.encode.encode`). Returns (out, examples)."""
     out = Path(out)
     if out.suffix.lower() not in FORMATS:
         raise DataError(f"{{out}} {out}: unknown format; give a file ending in {', '.join(FORMATS)}")
@@ -53,8 +62,13 @@ def encode_run(path, out, data: Optional[str] = None, split: str = "all", sample
         raise DataError(f"{{out}} {out}: is the input file; the input is never overwritten, choose another path")
     if out.exists() and not force:
         raise RunError(f"{{out}} {out}: exists; choose another file or pass {{force}} to replace it")
+    if transform and out.suffix.lower() == ".csv":
+        raise DataError("{transform}: reconstructions are written to .npz (or .h5ad), not to a CSV; choose {out} FILE.npz")
     device = resolve_device(device, "{device}")
     run = load_run(path, device)
+    if transform and not run.coding:
+        raise DataError("{transform}: changes covariates, and this run's model has none; leave it out")
+    changes = run.coding.assignments(list(transform), "{transform}") if transform else {}
     dataset = run_dataset(run, data, device)  # read and prepared once, whatever the splits
     names = [s for s in SPLITS if s in dataset.splits] if split == "all" else [split]
     check_codes(sum(len(dataset.splits[name]) for name in names if name in dataset.splits), samples,
@@ -62,7 +76,9 @@ def encode_run(path, out, data: Optional[str] = None, split: str = "all", sample
     parts = []
     for name in names:
         examples = heldout(run, data, name, None, seed, device, dataset=dataset)
-        parts.append((name, examples, encode(run.vae, examples.x, samples, seed=seed)))
+        changed = with_values(examples.condition, changes) if changes else None
+        parts.append((name, examples, encode(run.vae, examples.x, samples, seed=seed, condition=examples.condition,
+                                             transformed=changed)))
     result = {
         "mean": np.concatenate([c["mean"] for _, _, c in parts]),
         "std": np.concatenate([c["std"] for _, _, c in parts]),
@@ -70,7 +86,10 @@ def encode_run(path, out, data: Optional[str] = None, split: str = "all", sample
         "split": np.concatenate([np.full(len(e.index), n) for n, e, _ in parts]),
         "exact": np.array(all(bool(c["exact"]) for _, _, c in parts)),
     }
-    for key in ("samples", "q_y"):
+    if changes:
+        check_codes(len(result["index"]), 0, math.prod(run.vae.data_shape))
+        result["transform"] = np.array(_transform_name(transform))
+    for key in ("samples", "q_y", "transformed"):
         if key in parts[0][2]:
             result[key] = np.concatenate([c[key] for _, _, c in parts])
     if run.vae.layers > 1:  # the latent vector is (z_1, ..., z_L): each layer's size
@@ -82,6 +101,11 @@ def encode_run(path, out, data: Optional[str] = None, split: str = "all", sample
     writer = {".npz": _write_npz, ".csv": _write_csv, ".h5ad": _write_h5ad}[out.suffix.lower()]
     writer(out, result, source)
     return out, len(result["index"])
+
+
+def _transform_name(transform: Sequence[str]) -> str:
+    """``batch=b0`` (several: ``batch=b0,site=s1``), safe as an HDF5 name."""
+    return ",".join("=".join(part.strip() for part in item.split("=", 1)) for item in transform).replace("/", "_")
 
 
 def _write_npz(out: Path, result: dict, source) -> None:
@@ -129,12 +153,17 @@ def _write_h5ad(out: Path, result: dict, source: Path) -> None:
         for i, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
             full[f"X_pyro_vae_z{i + 1}"] = full["X_pyro_vae"][:, start:stop]
             full[f"X_pyro_vae_z{i + 1}_std"] = full["X_pyro_vae_std"][:, start:stop]
+    layers = {}
+    if "transformed" in result:  # a layer of the cells' shape: the reconstruction under the changed covariates
+        array = np.full((n_obs, *result["transformed"].shape[1:]), np.nan, dtype=np.float32)
+        array[result["index"]] = result["transformed"]
+        layers[f"pyro_vae_{result['transform']}"] = array.reshape(n_obs, -1)
     if "samples" in result:
         array = np.full((n_obs, *result["samples"].shape[1:]), np.nan, dtype=np.float32)
         array[result["index"]] = result["samples"]
         full["X_pyro_vae_samples"] = array
     # HDF5 cannot fail cleanly half way: a file the size limit or the disk would cut short is refused first
-    check_room(out, source.stat().st_size + sum(a.nbytes for a in full.values()) + 2**20)
+    check_room(out, source.stat().st_size + sum(a.nbytes for a in [*full.values(), *layers.values()]) + 2**20)
     with atomic_path(out) as tmp:
         shutil.copyfile(source, tmp)
         with h5py.File(tmp, "r+") as f:
@@ -143,3 +172,8 @@ def _write_h5ad(out: Path, result: dict, source: Path) -> None:
                 if name in obsm:
                     del obsm[name]
                 anndata.io.write_elem(obsm, name, array)
+            group = f.require_group("layers") if layers else None
+            for name, array in layers.items():
+                if name in group:
+                    del group[name]
+                anndata.io.write_elem(group, name, array)
