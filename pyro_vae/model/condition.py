@@ -103,7 +103,7 @@ def conditioned(method):
         if condition is None:
             condition = conditioning.current
         if condition is not None:
-            condition = torch.as_tensor(condition, dtype=torch.float32, device=_device_of(self))
+            condition = torch.as_tensor(condition, **_like(self))
             if condition.shape[-1:] != (conditioning.columns,):
                 raise ValueError(f"condition has shape {tuple(condition.shape)}; expected (n, {conditioning.columns}), "
                                  "one row of coded covariates per example")
@@ -119,7 +119,7 @@ def given(vae, c: Optional[Tensor]):
     conditioning = getattr(vae, "conditioning", None)
     if conditioning is None or c is None:
         return nullcontext()
-    return conditioning.given(c.to(torch.float32))
+    return conditioning.given(c.to(**_like(vae)))
 
 
 def prior_reads_condition(vae) -> bool:
@@ -128,10 +128,11 @@ def prior_reads_condition(vae) -> bool:
     return conditioning is not None and conditioning.prior
 
 
-def _device_of(module: nn.Module) -> torch.device:
+def _like(module: nn.Module) -> dict:
+    """The dtype and device of the module's parameters, which c is given in."""
     for p in module.parameters():
-        return p.device
-    return torch.device("cpu")
+        return {"dtype": p.dtype, "device": p.device}
+    return {"dtype": torch.float32, "device": torch.device("cpu")}
 
 
 class CovariateFeatures(nn.Module):

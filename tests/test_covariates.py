@@ -1,0 +1,236 @@
+"""Covariates (issue 27): reading and coding them, the conditional model, counterfactual decoding."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pyro
+import pytest
+import torch
+from scipy import stats
+
+from pyro_vae.data import load_data
+from pyro_vae.data.covariates import CovariateCoding
+from pyro_vae.errors import DataError, SpecError
+from pyro_vae.infer.evaluate import importance_sample
+from pyro_vae.model import build_vae
+from pyro_vae.spec import Spec
+
+from linear_gaussian import LINEAR, softplus_inverse
+
+PYTHON = sys.executable
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([PYTHON, "-m", "pyro_vae", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+# --- the conditional linear-Gaussian model -----------------------------------------------------
+#
+# c = (k, u): a category k of 3 (one-hot e_k) and a continuous u; f(c) = (e_k, u).
+# p(z | c) = N(A f + a, diag sigma^2) (sigma the same for every c), p(x | z, c) = N(W z + V f + b, s^2 I)
+#   =>  p(x | c) = N(W (A f + a) + V f + b, W diag(sigma^2) W^T + s^2 I),
+# and p(z | x, c) = N(P^-1 [(A f + a) / sigma^2 + W^T (x - V f - b) / s^2], P^-1), P = diag(1/sigma^2) + W^T W / s^2,
+# diagonal where W's columns are orthogonal: linear in (x, f), so the linear encoder holds it exactly.
+
+D, L, S_NOISE = 4, 2, 0.5
+
+
+def conditional_linear_gaussian(seed=0, n=48, exact=True):
+    """(vae, x, c, exact log p(x | c) per example)."""
+    spec = Spec.from_dict({"model": {
+        "latent_dim": L, "encoder": LINEAR, "decoder": LINEAR,
+        "likelihood": {"kind": "gaussian", "scale": "fixed", "initial_scale": S_NOISE, "min_scale": 0.0},
+        "condition": {"prior": True, "prior_network": LINEAR}},
+        "data": {"name": "digits", "covariates": ["k", "u"]}}).model
+    torch.manual_seed(seed)
+    vae = build_vae(spec, (D,), covariates=[3, 0]).double()
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(D, D, generator=g, dtype=torch.float64))
+    W = q[:, :L] * torch.tensor([1.5, 0.8], dtype=torch.float64)
+    V, b = torch.randn(D, 4, generator=g, dtype=torch.float64), torch.randn(D, generator=g, dtype=torch.float64)
+    A, a = torch.randn(L, 4, generator=g, dtype=torch.float64), torch.randn(L, generator=g, dtype=torch.float64)
+    sigma = torch.tensor([0.9, 1.4], dtype=torch.float64)
+    s = torch.nn.functional.softplus(vae.likelihood.raw_scale).item()
+    P = 1 / sigma**2 + (W**2).sum(0) / s**2  # diagonal
+    with torch.no_grad():
+        prior = vae.prior.normal.network.net[0]  # (mu, raw sigma) of f
+        prior.weight.zero_()
+        prior.weight[:L] = A
+        prior.bias[:L] = a
+        prior.bias[L:] = torch.tensor([softplus_inverse(v - 1e-4) for v in sigma.tolist()], dtype=torch.float64)
+        decoder = vae.decoder
+        decoder.network.net[0].weight.copy_(W)
+        decoder.network.net[0].bias.copy_(b)
+        decoder.inject["0"].weight.copy_(V)
+        encoder = vae.encoder
+        e = encoder.network.net[0]
+        e.weight.zero_()
+        e.weight[:L] = (W / s**2).T / P[:, None]
+        e.bias[:L] = (a / sigma**2 - W.T @ b / s**2) / P
+        e.bias[L:] = torch.tensor([softplus_inverse(v - 1e-4) for v in (1 / P.sqrt()).tolist()], dtype=torch.float64)
+        encoder.inject["0"].weight.zero_()
+        encoder.inject["0"].weight[:L] = ((A / sigma[:, None] ** 2) - W.T @ V / s**2) / P[:, None]
+        if not exact:
+            e.weight[:L] += 0.03 * torch.randn(L, D, generator=g, dtype=torch.float64)
+            e.bias[L:] = torch.tensor([softplus_inverse(1.3 * v) for v in (1 / P.sqrt()).tolist()], dtype=torch.float64)
+    k = torch.randint(3, (n,), generator=g)
+    u = torch.randn(n, generator=g, dtype=torch.float64)
+    c = torch.stack([k.double(), u], -1)
+    f = torch.cat([torch.nn.functional.one_hot(k, 3).double(), u[:, None]], -1)
+    mean = (f @ A.T + a) @ W.T + f @ V.T + b
+    cov = W @ torch.diag(sigma**2) @ W.T + s**2 * torch.eye(D, dtype=torch.float64)
+    x = mean + torch.randn(n, D, generator=g, dtype=torch.float64) @ torch.linalg.cholesky(cov).T
+    exact_logpx = np.array([stats.multivariate_normal(mean[i].numpy(), cov.numpy()).logpdf(x[i].numpy()) for i in range(n)])
+    return vae, x, c, exact_logpx
+
+
+def test_conditional_linear_gaussian_log_p_x_given_c_is_the_closed_form_at_the_exact_posterior():
+    vae, x, c, exact = conditional_linear_gaussian()
+    result = importance_sample(vae, x, 20, condition=c)
+    # at the exact posterior every weight is p(x|c): the estimate is exact, draw by draw
+    np.testing.assert_allclose(result.log_likelihood.numpy(), exact, atol=1e-6)
+    np.testing.assert_allclose(result.elbo.numpy(), exact, atol=1e-6)
+
+
+def test_conditional_linear_gaussian_log_p_x_given_c_within_monte_carlo_error():
+    vae, x, c, exact = conditional_linear_gaussian(exact=False)
+    torch.manual_seed(0)
+    result = importance_sample(vae, x, 2000, condition=c)
+    gap = result.log_likelihood.numpy() - exact
+    # per example within Monte Carlo error; on average within 4 standard errors of 0
+    assert np.abs(gap).max() < 0.05, gap
+    assert abs(gap.mean()) < 4 * gap.std() / math.sqrt(len(gap)), gap
+    assert (result.elbo.numpy() < exact).all()  # a proposal off the posterior: the ELBO is below log p(x|c)
+
+
+def test_each_example_is_scored_under_its_own_covariates():
+    vae, x, c, exact = conditional_linear_gaussian()
+    swapped = c.clone()
+    swapped[:, 0] = (c[:, 0] + 1) % 3
+    wrong = importance_sample(vae, x, 5, condition=swapped).log_likelihood.numpy()
+    assert (np.abs(wrong - exact) > 1e-3).all()
+    chunked = importance_sample(vae, x, 20, budget=4 * 20 * 30, condition=c)  # chunks of few examples
+    np.testing.assert_allclose(chunked.log_likelihood.numpy(), exact, atol=1e-6)
+
+
+def test_a_conditional_model_needs_its_condition():
+    vae, x, c, _ = conditional_linear_gaussian()
+    with pytest.raises(ValueError, match="condition="):
+        vae.q(x)
+    with pytest.raises(ValueError, match="condition has shape"):
+        vae.q(x, condition=c[:, :1])
+
+
+# --- covariates from the data ------------------------------------------------------------------
+
+
+def _table(n=120, seed=0):
+    """Features with a batch shift and a linear trend in a continuous covariate."""
+    rng = np.random.default_rng(seed)
+    batch = rng.choice(["b1", "b0"], n)
+    age = rng.normal(40, 10, n)
+    x = rng.normal(0, 1, (n, 5)) + 2.0 * (batch == "b1")[:, None] + 0.1 * (age - 40)[:, None]
+    return x.astype(np.float32), batch, age
+
+
+@pytest.fixture
+def npz_file(tmp_path):
+    x, batch, age = _table()
+    path = tmp_path / "cells.npz"
+    np.savez(path, train=x[:100], valid=x[100:], train_batch=batch[:100], valid_batch=batch[100:],
+             train_age=age[:100], valid_age=age[100:])
+    return path, batch, age
+
+
+def _data(path, covariates, **more):
+    table = {"path": str(path), "covariates": covariates, **more}
+    if str(path).endswith(".npz"):
+        table.setdefault("test_fraction", 0.0)  # the training split is the file's
+    return load_data(Spec.from_dict({"data": table}).data, seed=0)
+
+
+def test_npz_covariates_are_coded_on_the_training_split(npz_file):
+    path, batch, age = npz_file
+    data = _data(path, ["batch", "age"])
+    assert data.coding.layout == [2, 0]
+    assert data.coding["batch"].categories == ["b0", "b1"]  # sorted
+    assert data.coding["age"].mean == pytest.approx(age[:100].mean())
+    assert data.coding["age"].sd == pytest.approx(age[:100].std())
+    c = data.covariates["valid"].numpy()
+    np.testing.assert_array_equal(c[:, 0], (batch[100:] == "b1").astype(np.float32))
+    np.testing.assert_allclose(c[:, 1], (age[100:] - age[:100].mean()) / age[:100].std(), rtol=1e-5)
+    arrays = dict(np.load(path))
+    np.savez(path, **arrays, train_dose=np.arange(100) % 3, valid_dose=np.arange(20) % 3)
+    assert _data(path, ["dose"]).coding.layout == [3]  # integers: categorical
+    forced = _data(path, ["dose"], covariate_kinds={"dose": "continuous"})
+    assert forced.coding.layout == [0] and forced.coding["dose"].mean == pytest.approx(np.mean(np.arange(100) % 3))
+    with pytest.raises(DataError, match="covariate 'age' has the value '.*', which training never saw"):
+        _data(path, ["age"], covariate_kinds={"age": "categorical"})  # the validation ages are new categories
+
+
+def test_csv_covariate_columns_are_not_features(tmp_path):
+    x, batch, age = _table(40)
+    path = tmp_path / "t.csv"
+    rows = ["a,b,batch,c,d,e,age"] + [",".join([*(f"{v:.4f}" for v in r[:2]), batch[i], *(f"{v:.4f}" for v in r[2:]),
+                                                 f"{age[i]:.3f}"]) for i, r in enumerate(x)]
+    path.write_text("\n".join(rows) + "\n")
+    data = _data(path, ["batch", "age"])
+    assert data.data_shape == (5,) and data.feature_names == ["a", "b", "c", "d", "e"]
+    assert data.coding.layout == [2, 0]
+    everything = np.concatenate([data.covariates[s][:, 0].numpy() for s in ("train", "valid", "test")])
+    origin = np.concatenate([data.origin[s] for s in ("train", "valid", "test")])
+    np.testing.assert_array_equal(everything, (batch[origin] == "b1"))
+
+
+def test_npy_sibling_file_and_digits_label(tmp_path):
+    x, batch, _ = _table(50)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "x.batch.npy", batch)
+    data = _data(tmp_path / "x.npy", ["batch"], in_memory=False)  # streamed: covariates are read with their rows
+    assert data.streamed and data.coding["batch"].categories == ["b0", "b1"]
+    np.testing.assert_array_equal(data.covariates["train"][:, 0].numpy(), batch[data.origin["train"]] == "b1")
+    digits = load_data(Spec.from_dict({"data": {"name": "digits", "covariates": ["label"]}}).data, seed=0)
+    np.testing.assert_array_equal(digits.covariates["valid"][:, 0].numpy(), digits.labels["valid"].numpy())
+
+
+def test_h5ad_obs_columns(tmp_path):
+    anndata = pytest.importorskip("anndata")
+    import pandas as pd
+
+    x, batch, age = _table(60)
+    path = tmp_path / "c.h5ad"
+    anndata.AnnData(np.abs(x).round(), obs=pd.DataFrame({"batch": pd.Categorical(batch), "age": age},
+                                                         index=[str(i) for i in range(60)])).write_h5ad(path)
+    data = _data(path, ["batch", "age"])
+    assert data.coding.layout == [2, 0]
+    np.testing.assert_array_equal(data.covariates["test"][:, 0].numpy(), batch[data.origin["test"]] == "b1")
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("missing", "no covariate 'site'"),
+    ("nan", "missing \\(NaN\\)"),
+])
+def test_bad_covariates_are_one_line(npz_file, problem, message):
+    path, batch, age = npz_file
+    if problem == "missing":
+        with pytest.raises(DataError, match=message):
+            _data(path, ["batch", "site"])
+    else:
+        arrays = dict(np.load(path))
+        arrays["train_age"][3] = np.nan
+        np.savez(path, **arrays)
+        with pytest.raises(DataError, match=message):
+            _data(path, ["age"])
+
+
+def test_spec_keys_are_checked():
+    with pytest.raises(SpecError, match="covariate_kinds names 'age'"):
+        Spec.from_dict({"data": {"name": "digits", "covariate_kinds": {"age": "continuous"}}})
+    with pytest.raises(SpecError, match="data.covariates names none"):
+        Spec.from_dict({"model": {"condition": {}}, "data": {"name": "digits"}})
+    with pytest.raises(SpecError, match="not supported yet"):
+        spec = Spec.from_dict({"model": {"discrete": {"classes": 3}}, "data": {"name": "digits", "covariates": ["label"]}})
+        build_vae(spec.model, (64,), covariates=[10])
