@@ -234,3 +234,67 @@ def test_spec_keys_are_checked():
     with pytest.raises(SpecError, match="not supported yet"):
         spec = Spec.from_dict({"model": {"discrete": {"classes": 3}}, "data": {"name": "digits", "covariates": ["label"]}})
         build_vae(spec.model, (64,), covariates=[10])
+
+
+# --- training: every estimator, the compiled step ----------------------------------------------
+
+
+def _conditional_spec(path, estimator="trace_elbo", compile=False, condition=None, epochs=2):
+    batch = 100 if estimator == "tail_adaptive" else 25  # it pools particles over the whole training set
+    return Spec.from_dict({
+        "model": {"latent_dim": 2, "likelihood": {"kind": "gaussian"}, "encoder": {"kind": "mlp", "hidden": [16]},
+                  "decoder": {"kind": "mlp", "hidden": [16, 16]}, "condition": condition or {}},
+        "inference": {"estimator": {"kind": estimator}, "schedule": {"epochs": epochs, "batch_size": batch, "compile": compile}},
+        "data": {"path": str(path), "covariates": ["batch", "age"], "test_fraction": 0.0},
+    })
+
+
+def _fit(spec):
+    from pyro_vae.infer.train import Trainer
+
+    torch.manual_seed(0)
+    pyro.set_rng_seed(0)
+    data = load_data(spec.data, seed=0)
+    vae = build_vae(spec.model, data.data_shape, num_data=len(data.splits["train"]), covariates=data.coding.layout)
+    vae.conditioning.observe(data.covariates["train"])
+    trainer = Trainer(vae, data, spec.inference, progress=False, log=lambda line: None)
+    trainer.initial = {k: v.clone() for k, v in vae.state_dict().items()}
+    state = trainer.fit()
+    return trainer, state
+
+
+@pytest.mark.parametrize("estimator", ["trace_elbo", "trace_mean_field", "iwae", "renyi", "stl", "iwae_dreg",
+                                       "tail_adaptive", "trace_graph"])
+def test_every_estimator_trains_a_conditional_model(npz_file, estimator):
+    trainer, state = _fit(_conditional_spec(npz_file[0], estimator,
+                                            condition={"prior": True, "inject": "every_layer", "embedding_dim": 3}))
+    assert all(math.isfinite(row["val_elbo"]) for row in state.history)
+    assert set(trainer.vae.decoder.inject) == {"0", "2"}  # both hidden layers read c
+    moved = [k for k, v in trainer.vae.state_dict().items() if not torch.equal(v, trainer.initial[k])]
+    for part in ("decoder.inject.0", "decoder.inject.2", "decoder.features.embeddings", "encoder.inject.0",
+                 "encoder.features.embeddings", "prior.normal.network", "prior.features.embeddings"):
+        assert any(k.startswith(part) for k in moved), part  # trained: c reaches every part that reads it
+
+
+def test_the_compiled_step_is_the_eager_step(npz_file):
+    eager, eager_state = _fit(_conditional_spec(npz_file[0], compile=False, condition={"prior": True}))
+    compiled, compiled_state = _fit(_conditional_spec(npz_file[0], compile="graph", condition={"prior": True}))
+    assert compiled.compiled is not None
+    for name, value in eager.vae.state_dict().items():
+        assert torch.equal(value, compiled.vae.state_dict()[name]), name
+    assert [r["train_elbo"] for r in compiled_state.history] == pytest.approx([r["train_elbo"] for r in eager_state.history])
+
+
+def test_the_batch_rows_covariates_reach_the_model(npz_file):
+    """model and guide read c of the batch's own rows: the decoder's input term of the batch
+    covariate gets gradient only from rows whose batch is in the step."""
+    spec = _conditional_spec(npz_file[0], condition={"encoder": False})
+    data = load_data(spec.data, seed=0)
+    vae = build_vae(spec.model, data.data_shape, num_data=len(data.splits["train"]), covariates=data.coding.layout)
+    vae.conditioning.observe(data.covariates["train"])
+    x = data.splits["train"]
+    rows = torch.nonzero(data.covariates["train"][:, 0] == 0).flatten()[:10]  # batch b0 only
+    loss = pyro.infer.Trace_ELBO().differentiable_loss(vae.model, vae.guide, x[rows], rows)
+    loss.backward()
+    weight = vae.decoder.inject["0"].weight.grad  # columns: one-hot b0, one-hot b1, age
+    assert weight[:, 0].abs().sum() > 0 and weight[:, 1].abs().sum() == 0

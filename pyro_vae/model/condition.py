@@ -37,7 +37,6 @@ from typing import Optional, Sequence
 
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import SpecError
@@ -154,7 +153,10 @@ class CovariateFeatures(nn.Module):
                 parts.append(column.unsqueeze(-1))
                 continue
             codes = column.round().long().clamp(0, k - 1)
-            parts.append(self.embeddings[str(i)](codes) if self.embedding_dim else F.one_hot(codes, k).to(c.dtype))
+            if self.embedding_dim:
+                parts.append(self.embeddings[str(i)](codes))
+            else:  # one-hot by comparison (F.one_hot checks the values, which a traced step cannot)
+                parts.append((codes.unsqueeze(-1) == torch.arange(k, device=c.device)).to(c.dtype))
         return torch.cat(parts, -1)
 
 
