@@ -298,3 +298,72 @@ def test_the_batch_rows_covariates_reach_the_model(npz_file):
     loss.backward()
     weight = vae.decoder.inject["0"].weight.grad  # columns: one-hot b0, one-hot b1, age
     assert weight[:, 0].abs().sum() > 0 and weight[:, 1].abs().sum() == 0
+
+
+# --- the command line: train, evaluate, encode --transform, sample --condition -----------------
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cov")
+    x, batch, age = _table(160, seed=1)
+    data = folder / "cells.npz"
+    np.savez(data, train=x[:120], valid=x[120:], train_batch=batch[:120], valid_batch=batch[120:],
+             train_age=age[:120], valid_age=age[120:])
+    run = folder / "run"
+    result = cli("train", "--set", f"data.path={data}", "--set", 'data.covariates=["batch","age"]',
+                 "--set", "data.test_fraction=0", "--set", "model.likelihood.kind=gaussian", "--set", "model.latent_dim=2",
+                 "--set", "inference.schedule.epochs=3", "--set", "inference.schedule.batch_size=40", "--out", run, "--quiet")
+    assert result.returncode == 0, result.stderr
+    return folder, run, data, batch, age
+
+
+def test_cli_evaluate_encode_transform_and_sample(cli_run):
+    from pyro_vae.runs import load_run
+
+    folder, run, data, batch, age = cli_run
+    assert "[model.condition]" in (run / "spec.toml").read_text()  # the defaults, recorded
+    result = cli("evaluate", run, "--samples", 10)
+    assert result.returncode == 0, result.stderr
+    codes = folder / "codes.npz"
+    result = cli("encode", run, "--out", codes, "--transform", "batch=b0", "--split", "valid")
+    assert result.returncode == 0, result.stderr
+    written = np.load(codes)
+    assert str(written["transform"]) == "batch=b0" and written["transformed"].shape == (40, 5)
+    # the same reconstruction from Python: E[x | mean of q(z|x, c), c with batch b0]
+    loaded = load_run(run)
+    expected = loaded.decode(written["mean"], condition={"batch": "b0", "age": age[120:]})
+    np.testing.assert_allclose(written["transformed"], expected.numpy(), rtol=1e-5, atol=1e-5)
+    other = loaded.decode(written["mean"], condition={"batch": "b1", "age": age[120:]})
+    assert not np.allclose(other.numpy(), expected.numpy())
+    api = loaded.encode(np.load(data)["valid"], covariates={"batch": batch[120:], "age": age[120:]}, transform={"batch": "b0"})
+    np.testing.assert_allclose(api["mean"], written["mean"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(api["transformed"], written["transformed"], rtol=1e-5, atol=1e-5)
+    result = cli("sample", run, "--condition", "batch=b1", "--n", 20)
+    assert result.returncode == 0, result.stderr
+    samples = np.load(run / "samples" / "samples.npz")
+    assert (samples["condition"][:, 0] == 1).all() and samples["mean"].shape == (20, 5)
+    assert len(set(samples["condition"][:, 1].tolist())) > 1  # age drawn from the training rows
+
+
+def test_cli_refuses_bad_covariates_in_one_line_and_writes_nothing(cli_run):
+    folder, run, data, batch, age = cli_run
+    arrays = dict(np.load(data))
+    arrays["valid_batch"] = np.where(arrays["valid_batch"] == "b0", "b7", arrays["valid_batch"])
+    unseen = folder / "unseen.npz"
+    np.savez(unseen, **arrays)
+    result = cli("evaluate", run, "--data", unseen, "--samples", 5)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "'b7', which training never saw" in result.stderr
+    assert not list((run / "evaluation").glob("unseen*"))
+    arrays = dict(np.load(data))
+    del arrays["valid_age"]
+    missing = folder / "missing.npz"
+    np.savez(missing, **arrays)
+    result = cli("encode", run, "--data", missing, "--split", "valid", "--out", folder / "m.npz")
+    assert result.returncode == 2 and "no covariate 'age'" in result.stderr and not (folder / "m.npz").exists()
+    for args in (["sample", run, "--condition", "batch=b9"], ["sample", run, "--condition", "site=1"],
+                 ["encode", run, "--out", folder / "t.npz", "--transform", "batch"]):
+        result = cli(*args)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (folder / "t.npz").exists()
