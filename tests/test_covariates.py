@@ -367,3 +367,26 @@ def test_cli_refuses_bad_covariates_in_one_line_and_writes_nothing(cli_run):
         result = cli(*args)
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (folder / "t.npz").exists()
+
+
+def test_cli_analyze_colours_the_latent_space_by_each_categorical_covariate(cli_run):
+    folder, run, data, batch, age = cli_run
+    result = cli("analyze", run, "--samples", 10, "--limit", 30)
+    assert result.returncode == 0, result.stderr
+    analysis = run / "analysis"
+    assert (analysis / "latent_space_batch.png").is_file() and (analysis / "samples_by_batch.png").is_file()
+    assert not (analysis / "latent_space_age.png").exists()  # continuous: no colouring by category
+    assert "samples_by_batch.png" in (analysis / "report.md").read_text()
+
+
+def test_compare_varies_where_the_covariates_enter(cli_run, tmp_path):
+    folder, run, data, batch, age = cli_run
+    out = tmp_path / "cmp"
+    result = cli("compare", "--vary", "model.condition.encoder=true,false", "--set", f"data.path={data}",
+                 "--set", 'data.covariates=["batch","age"]', "--set", "data.test_fraction=0",
+                 "--set", "model.likelihood.kind=gaussian", "--set", "model.latent_dim=2",
+                 "--set", "inference.schedule.epochs=2", "--set", "inference.schedule.batch_size=40",
+                 "--samples", 10, "--snr-k", "", "--out", out)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((out / "comparison.json").read_text())
+    assert len(rows["cells"]) == 2
