@@ -198,14 +198,15 @@ class DataSpec(_Strict):
     split_column: Optional[str] = None  # .h5ad: an obs column of train/valid/test
     labelled: Optional[Annotated[int, Field(gt=0)]] = None  # keep the labels of N training examples (semi-supervised)
     # observed inputs the model conditions on (data/covariates.py, model/condition.py), and kinds forced
-    covariates: Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Field(max_length=64)] = []
-    covariate_kinds: dict[str, Literal["categorical", "continuous"]] = {}
+    covariates: Optional[Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Field(max_length=64)]] = None
+    covariate_kinds: Optional[dict[str, Literal["categorical", "continuous"]]] = None
 
     @model_validator(mode="after")
     def _covariates(self):
-        if len(set(self.covariates)) != len(self.covariates):
-            raise ValueError(f"data.covariates names a covariate twice ({', '.join(self.covariates)}); name each once")
-        unknown = sorted(set(self.covariate_kinds) - set(self.covariates))
+        names = self.covariates or []
+        if len(set(names)) != len(names):
+            raise ValueError(f"data.covariates names a covariate twice ({', '.join(names)}); name each once")
+        unknown = sorted(set(self.covariate_kinds or {}) - set(names))
         if unknown:
             raise ValueError(f"data.covariate_kinds names {unknown[0]!r}, which data.covariates does not; "
                              "add it to data.covariates or remove it")
@@ -235,12 +236,11 @@ class Spec(_Strict):
     @model_validator(mode="after")
     def _condition_on_covariates(self):
         """Named covariates enter the model as model.condition says (its defaults where the
-        model spec has no such table); a condition table without covariates is refused."""
+        model spec has no such table). A condition table without covariates is refused when
+        the model is built (``build_vae``), so that a shipped conditional model spec loads
+        with any data table."""
         if self.data.covariates and self.model.condition is None:
             self.model.condition = ConditionSpec()
-        if self.model.condition is not None and not self.data.covariates:
-            raise ValueError("model.condition conditions on covariates, and data.covariates names none; set "
-                             "data.covariates (e.g. [\"batch\"], or [\"label\"] for a data set's labels) or remove model.condition")
         return self
 
     @model_validator(mode="after")

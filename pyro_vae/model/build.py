@@ -35,8 +35,9 @@ def build_vae(spec, data_shape: tuple[int, ...], num_data: Optional[int] = None,
     model conditions on (per covariate its categories, 0 for a continuous one; see
     model/condition.py). Refuses models over MAX_PARAMETERS before allocating them."""
     if getattr(spec, "condition", None) is not None and not covariates:
-        raise SpecError("model.condition: the model conditions on covariates, and data.covariates names none; "
-                        "set data.covariates (e.g. [\"batch\"]) or remove model.condition")
+        raise SpecError("model.condition: the model conditions on covariates, and data.covariates names none; set "
+                        "data.covariates (--set 'data.covariates=[\"batch\"]', or [\"label\"] for a data set's labels) "
+                        "or remove model.condition")
     data_shape = tuple(data_shape)
     base_seed = int(torch.randint(2**31, (), device="cpu"))  # the one draw from the global generator
 
