@@ -402,14 +402,16 @@ def test_cli_analyze_colours_the_latent_space_by_each_categorical_covariate(cli_
 def test_compare_varies_where_the_covariates_enter(cli_run, tmp_path):
     folder, run, data, batch, age = cli_run
     out = tmp_path / "cmp"
-    result = cli("compare", "--vary", "model.condition.encoder=true,false", "--set", f"data.path={data}",
+    result = cli("compare", "--vary", "inference.estimator.kind=trace_elbo,iwae", "--vary", "model.condition.encoder=true,false",
+                 "--zip", "--set", f"data.path={data}",
                  "--set", 'data.covariates=["batch","age"]', "--set", "data.test_fraction=0",
                  "--set", "model.likelihood.kind=gaussian", "--set", "model.latent_dim=2",
                  "--set", "inference.schedule.epochs=2", "--set", "inference.schedule.batch_size=40",
-                 "--samples", 10, "--snr-k", "", "--out", out)
+                 "--samples", 10, "--snr-k", "1,2", "--snr-repeats", 3, "--seeds", 1, "--out", out)
     assert result.returncode == 0, result.stderr
     rows = json.loads((out / "comparison.json").read_text())
     assert len(rows["cells"]) == 2
+    assert (out / "comparison_snr.png").is_file()  # the gradient probes read the batch rows' covariates
 
 
 # --- demonstrations: a continuous covariate's shift, batch correction on counts ----------------
