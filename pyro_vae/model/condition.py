@@ -44,9 +44,6 @@ from .layers import ConditionalNormal
 from .networks import ConvNet, GatedLinear, _Stacked
 from .priors import Prior
 
-INJECT = ("input", "every_layer")
-
-
 class Conditioning(nn.Module):
     """Where c is, for the conditioned parts of one VAE: ``current`` while a conditioned
     method runs, and the training split's c (``observed``, a non-persistent buffer) that
