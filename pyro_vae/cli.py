@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN", help="a run directory written by pyro-vae train")
     p.add_argument("--n", type=_positive, default=64, help="how many samples (default: %(default)s)")
     p.add_argument("--seed", type=_seed, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--condition", action="append", default=[], metavar="NAME=VALUE",
+                   help="a covariate's value for every sample, e.g. label=7 (a model with covariates; repeatable; "
+                   "covariates not given are drawn from the training data's)")
     _trust_argument(p)
     p.set_defaults(handler=cmd_sample)
 
@@ -171,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="all", choices=["all", "train", "valid", "test"], help="which examples (default: %(default)s)")
     p.add_argument("--samples", type=_nonnegative, default=0, metavar="S", help="draws of z per example to write too (default: %(default)s)")
     p.add_argument("--out", required=True, metavar="FILE", help="FILE.npz, FILE.csv or FILE.h5ad")
+    p.add_argument("--transform", action="append", default=[], metavar="NAME=VALUE",
+                   help="also write each example's reconstruction decoded with this covariate value, e.g. batch=b0 "
+                   "(a model with covariates: the batch-corrected data; .npz array 'transformed', .h5ad layer "
+                   "'pyro_vae_NAME=VALUE'; repeatable for several covariates at once)")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--seed", type=_seed, default=0, help="random seed for the draws (default: %(default)s)")
     p.add_argument("--device", default="auto", metavar="DEVICE", help="auto (CUDA when available), cpu, cuda, cuda:N, ... (default: %(default)s)")
@@ -318,7 +325,7 @@ def _report_training(trainer, out: Path) -> int:
 
 
 def cmd_sample(args) -> int:
-    png, npz = sample_run(args.run, args.n, args.seed)
+    png, npz = sample_run(args.run, args.n, args.seed, condition=args.condition)
     _say(f"samples: {png} and {npz} (z, mean)")
     return 0
 
@@ -366,7 +373,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_encode(args) -> int:
     out, n = encode_run(args.run, args.out, data=args.data, split=args.split, samples=args.samples, seed=args.seed,
-                        device=args.device, force=args.force)
+                        device=args.device, force=args.force, transform=args.transform)
     _say(f"encoded {n} examples ({args.split}): {out}")
     return 0
 

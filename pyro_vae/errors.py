@@ -30,6 +30,8 @@ TERMS = {
     "n": ("n", "--n"),
     "split": ("split", "--split"),
     "seeds": ("seeds", "--seeds"),
+    "condition": ("condition", "--condition"),
+    "transform": ("transform", "--transform"),
 }
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(TERMS) + r")\}")
 

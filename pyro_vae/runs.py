@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .data import Preprocessing, binarize
+from .data.covariates import CovariateCoding, with_values
 from .errors import DataError, RunError, SpecError, UserError
 from .files import atomic_path, atomic_write, read_csv
 from .infer.encode import encode
@@ -358,6 +359,45 @@ class Run:
         state = self.checkpoint.get("preprocessing")
         return None if state is None else Preprocessing.from_state(state)
 
+    @property
+    def coding(self) -> CovariateCoding:
+        """How the covariates the model conditions on were coded in training (none: empty)."""
+        return CovariateCoding.from_state(self.checkpoint.get("covariates"))
+
+    def condition(self, covariates, n: int, where: str = "condition") -> Optional[torch.Tensor]:
+        """c (n, K) on the run's device from ``covariates``: {name: one value, or one per
+        example} in the values the data hold (``batch = "b1"``, ``label = 7``), coded as in
+        training; None for a model without covariates (where ``covariates`` must be empty)."""
+        coding = self.coding
+        if not coding:
+            if covariates:
+                raise DataError(f"{where}: this run's model has no covariates; leave out the condition")
+            return None
+        values = {}
+        for name in coding.names:
+            if name not in (covariates or {}):
+                raise DataError(f"{where}: no value for the covariate {name!r}; give every covariate the model reads "
+                                f"({', '.join(coding.names)})")
+            value = np.asarray(covariates[name])
+            values[name] = np.repeat(value.reshape(1), n) if value.ndim == 0 else value
+            if len(values[name]) != n:
+                raise DataError(f"{where}: covariate {name!r} has {len(values[name])} values for {n} examples; give "
+                                "one value, or one per example")
+        unknown = sorted(set(covariates or {}) - set(coding.names))
+        if unknown:
+            raise DataError(f"{where}: no covariate {unknown[0]!r} in this run (its covariates: {', '.join(coding.names)})")
+        device = next(iter(self.vae.parameters())).device
+        return coding.encode(values, where).to(device)
+
+    @torch.no_grad()
+    def decode(self, z, condition=None) -> torch.Tensor:
+        """E[x | z] (with covariates, E[x | z, c]) for latent codes z (n, latent), on the model's
+        scale; ``condition``: {name: value or values} (see :meth:`condition`)."""
+        device = next(iter(self.vae.parameters())).device
+        z = torch.as_tensor(np.asarray(z), dtype=torch.float32, device=device).reshape(-1, self.vae.latent_dim)
+        c = self.condition(condition, len(z), "decode")
+        return self.vae.decode_mean(z, condition=c) if c is not None else self.vae.decode_mean(z)
+
     def prepare(self, x, seed: Optional[int] = None) -> torch.Tensor:
         """New data (a numpy array or tensor of stored values, e.g. 8-bit levels or raw
         counts; one example or a batch) as this run's model sees them: on its device,
@@ -399,10 +439,20 @@ class Run:
             raise DataError(problem)
         return x
 
-    def encode(self, x, samples: int = 0, seed: int = 0) -> dict:
+    def encode(self, x, samples: int = 0, seed: int = 0, covariates=None, transform=None) -> dict:
         """Latent codes of new data (stored values, see :meth:`prepare`): ``mean`` and
-        ``std`` per example, ``samples`` (n, S, latent) when S > 0, numpy arrays."""
-        return encode(self.vae, self.prepare(x), samples, seed=seed)
+        ``std`` per example, ``samples`` (n, S, latent) when S > 0, numpy arrays. A model
+        with covariates reads ``covariates`` ({name: value or values}); ``transform``
+        ({name: value}) adds ``transformed``, each example's reconstruction E[x | E_q[z], c']
+        decoded with its covariates changed to those values (scVI's transform_batch)."""
+        x = self.prepare(x)
+        c = self.condition(covariates, len(x), "encode")
+        changed = None
+        if transform:
+            if c is None:
+                raise DataError("encode: transform changes covariates, and this run's model has none")
+            changed = with_values(c, self.coding.assignments(dict(transform), "transform"))
+        return encode(self.vae, x, samples, seed=seed, condition=c, transformed=changed)
 
 
 def load_weights(vae, weights: dict) -> None:
@@ -469,11 +519,12 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu", trust_
     check_finite(path, checkpoint)
     _check_preprocessing(path, checkpoint)
     try:
-        vae = build_vae(spec.model, tuple(checkpoint["data_shape"]), int(checkpoint["num_data"]))
+        coding = CovariateCoding.from_state(checkpoint.get("covariates"))
+        vae = build_vae(spec.model, tuple(checkpoint["data_shape"]), int(checkpoint["num_data"]), coding.layout)
         load_weights(vae, checkpoint["weights"])
         preprocessing = Preprocessing.from_state(checkpoint.get("preprocessing"))
         vae.likelihood.use_data_units(preprocessing.log_jacobian(vae.data_shape))
-    except (RuntimeError, KeyError, TypeError) as exc:
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
         raise RunError(f"{path / CHECKPOINT}: does not match {path / SPEC} ({str(exc).splitlines()[0][:160]})") from None
     except UserError:
         raise

@@ -102,6 +102,26 @@ class UpperLayerSpec(_Strict):
         return self
 
 
+class ConditionSpec(_Strict):
+    """How the covariates c (``data.covariates``) enter the model (``model/condition.py``):
+    the decoder p(x | z, c) always; the encoder q(z | x, c) when ``encoder``; the prior
+    p(z | c) = N(mu(c), diag sigma(c)^2) from ``prior_network`` when ``prior``. A categorical
+    covariate enters as one-hot (``embedding_dim = 0``) or a learned embedding; ``inject``
+    adds c to the decoder's first linear map (``input``) or to every hidden layer's
+    (``every_layer``, scvi-tools' deeply_inject_covariates)."""
+
+    encoder: bool = True
+    prior: bool = False
+    embedding_dim: Annotated[int, Field(ge=0, le=1024)] = 0
+    inject: Literal["input", "every_layer"] = "input"
+    prior_network: dict[str, Any] = {"kind": "mlp", "hidden": [64]}
+
+    @model_validator(mode="after")
+    def _resolve_slots(self):
+        self.prior_network = _in_slot("prior_network", NETWORKS, self.prior_network, "mlp")
+        return self
+
+
 class ModelSpec(_Strict):
     """What is fit: p(z), p(x|z), q(z|x) and the two networks (and, optionally, a discrete
     latent y, or stochastic layers above z: ``upper_layers``, with the guide's
@@ -119,6 +139,7 @@ class ModelSpec(_Strict):
     upper_layers: Annotated[list[UpperLayerSpec], Field(max_length=MAX_LAYERS - 1)] = []
     inference_network: Literal["bottom_up", "top_down", "ladder"] = "bottom_up"
     decoder_reads: Literal["bottom", "all"] = "bottom"
+    condition: Optional[ConditionSpec] = None  # how data.covariates enter (defaults when covariates are named)
 
     @model_validator(mode="after")
     def _resolve_slots(self):
@@ -184,6 +205,20 @@ class DataSpec(_Strict):
     layer: Optional[str] = None  # .h5ad: a layer instead of X
     split_column: Optional[str] = None  # .h5ad: an obs column of train/valid/test
     labelled: Optional[Annotated[int, Field(gt=0)]] = None  # keep the labels of N training examples (semi-supervised)
+    # observed inputs the model conditions on (data/covariates.py, model/condition.py), and kinds forced
+    covariates: Optional[Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Field(max_length=64)]] = None
+    covariate_kinds: Optional[dict[str, Literal["categorical", "continuous"]]] = None
+
+    @model_validator(mode="after")
+    def _covariates(self):
+        names = self.covariates or []
+        if len(set(names)) != len(names):
+            raise ValueError(f"data.covariates names a covariate twice ({', '.join(names)}); name each once")
+        unknown = sorted(set(self.covariate_kinds or {}) - set(names))
+        if unknown:
+            raise ValueError(f"data.covariate_kinds names {unknown[0]!r}, which data.covariates does not; "
+                             "add it to data.covariates or remove it")
+        return self
 
     @model_validator(mode="after")
     def _name_or_path(self):
@@ -205,6 +240,16 @@ class Spec(_Strict):
     inference: InferenceSpec = Field(default_factory=InferenceSpec)
     data: DataSpec = Field(default_factory=lambda: DataSpec(name="digits"))
     tracking: Optional[dict[str, Any]] = None  # where progress is sent: {kind = "tensorboard" | "mlflow", ...}
+
+    @model_validator(mode="after")
+    def _condition_on_covariates(self):
+        """Named covariates enter the model as model.condition says (its defaults where the
+        model spec has no such table). A condition table without covariates is refused when
+        the model is built (``build_vae``), so that a shipped conditional model spec loads
+        with any data table."""
+        if self.data.covariates and self.model.condition is None:
+            self.model.condition = ConditionSpec()
+        return self
 
     @model_validator(mode="after")
     def _resolve_tracking(self):

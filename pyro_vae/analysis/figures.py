@@ -13,6 +13,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from ..model.condition import given
+
 from ..model.networks import image_shape
 from ..files import atomic_write
 
@@ -242,13 +244,17 @@ def elbo_curves(path: Path, metrics: Sequence[dict]) -> Path:
 
 
 def training_figures(folder: Path, vae, x_valid: torch.Tensor, metrics: Sequence[dict], num_samples: int = 64,
-                     feature_names: Optional[Sequence[str]] = None) -> list[Path]:
+                     feature_names: Optional[Sequence[str]] = None, condition=None) -> list[Path]:
     """elbo.png, reconstructions.png and samples.png for a trained VAE (``feature_names``:
-    the data's, where it names them)."""
+    the data's, where it names them). A model with covariates: ``condition`` is (c of the
+    validation examples, c of the samples)."""
     folder = Path(folder)
     inputs = x_valid[:16]
-    reconstructions = vae.reconstruct(inputs)
-    _, samples = vae.sample(num_samples)
+    c_valid, c_samples = condition or (None, None)
+    with given(vae, None if c_valid is None else c_valid[:16]):
+        reconstructions = vae.reconstruct(inputs)
+    with given(vae, c_samples):
+        _, samples = vae.sample(num_samples)
     look = Look.of(vae, feature_names).spanning(inputs, reconstructions, samples)
     return [
         elbo_curves(folder / "elbo.png", metrics),

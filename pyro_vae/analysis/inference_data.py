@@ -85,7 +85,8 @@ class PosteriorDraws:
 
 
 @torch.no_grad()
-def posterior_draws(vae, x: torch.Tensor, num_samples: int, keep_draws: Optional[int] = None, budget: int = BUDGET) -> PosteriorDraws:
+def posterior_draws(vae, x: torch.Tensor, num_samples: int, keep_draws: Optional[int] = None, budget: int = BUDGET,
+                    condition: Optional[torch.Tensor] = None) -> PosteriorDraws:
     """S draws per example, streamed in chunks: the PSIS diagnostics use all S, and only
     the first ``keep_draws`` (default: all) are kept, so memory is bounded whatever S is."""
     n, keep = len(x), num_samples if keep_draws is None else min(keep_draws, num_samples)
@@ -102,7 +103,7 @@ def posterior_draws(vae, x: torch.Tensor, num_samples: int, keep_draws: Optional
         khat[rows], psis_ll[rows], is_ll[rows] = k, p, i
 
     drawn = 0
-    for rows, q, zs, terms in importance_chunks(vae, x, num_samples, budget):
+    for rows, q, zs, terms in importance_chunks(vae, x, num_samples, budget, condition=condition):
         moments.add(rows, q, zs)
         if rows != current:
             if current is not None:
@@ -127,11 +128,13 @@ _PER_EXAMPLE = ("z", "log_likelihood", "log_weight", "pareto_k", "psis_log_likel
 
 def posterior_draws_sharded(vae, x: torch.Tensor, num_samples: int, keep_draws: Optional[int] = None,
                             budget: int = BUDGET, seed: int = 0,
-                            group: distributed.Group = distributed.SINGLE) -> PosteriorDraws:
+                            group: distributed.Group = distributed.SINGLE,
+                            condition: Optional[torch.Tensor] = None) -> PosteriorDraws:
     """:func:`posterior_draws` over seeded blocks of examples shared among the ranks: the
-    results do not depend on the number of processes (see ``distributed.blockwise``)."""
+    results do not depend on the number of processes (see ``distributed.blockwise``).
+    ``condition``: each example's covariates, where the model reads them."""
     def compute(rows: slice) -> dict:
-        d = posterior_draws(vae, x[rows], num_samples, keep_draws, budget)
+        d = posterior_draws(vae, x[rows], num_samples, keep_draws, budget, None if condition is None else condition[rows])
         arrays = {name: torch.as_tensor(getattr(d, name)) for name in _PER_EXAMPLE}
         return {**arrays, "moment_sum": d.moments.sum, "moment_sum_squares": d.moments.sum_squares,
                 "moment_exact": d.moments.exact}

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
+from .covariates import CovariateCoding
 from .sources import CHUNK_BYTES, RowSource
 
 SPLIT_IDS = {"train": 0, "valid": 1, "test": 2}
@@ -235,7 +236,9 @@ class Dataset:
     these (the run keeps it); ``label_names`` the names of string labels' codes;
     ``sha256`` the hash of a file read whole (CSV), which a resumed run compares;
     ``origin`` each split's row numbers in the array it was drawn from; ``drawn`` the
-    held-out splits drawn from the source's training rows ({split: rows}).
+    held-out splits drawn from the source's training rows ({split: rows}); ``covariates``
+    each split's coded covariates c (n, K) and ``coding`` how they were coded
+    (:mod:`.covariates`).
     """
 
     splits: dict[str, Tensor | StreamedSplit]
@@ -250,6 +253,8 @@ class Dataset:
     drawn: dict[str, int] = field(default_factory=dict)  # held-out splits carved from the training rows
     feature_names: Optional[list[str]] = None  # a CSV header's, which label the figures' features
     max_level: Optional[int] = None  # the source's largest integer level where it knows one (digits: 16), undivided
+    covariates: dict[str, Tensor] = field(default_factory=dict)  # {split: c (n, K)}, see data/covariates.py
+    coding: CovariateCoding = field(default_factory=CovariateCoding)  # how c was coded (kept by the run)
 
     @property
     def streamed(self) -> bool:
@@ -305,4 +310,5 @@ class Dataset:
             self,
             splits={k: v.to(device) for k, v in self.splits.items()},
             labels={k: v.to(device) for k, v in self.labels.items()},
+            covariates={k: v.to(device) for k, v in self.covariates.items()},
         )

@@ -33,6 +33,7 @@ import torch
 
 from ..errors import DataError
 from .checks import available_memory
+from .covariates import CovariateCoding
 from .dataset import Dataset, Preprocessing, StreamedSplit, binarize, split_chunks
 from .statistics import DataStatistics
 from .readers import RawData, read_source
@@ -61,9 +62,12 @@ def draw_splits(raw: RawData, valid_fraction: float, test_fraction: float, seed:
     splits = {**raw.splits, **{k: subset(train, v) for k, v in parts.items()}}
     if "train" in raw.labels:
         labels.update({k: raw.labels["train"][v] for k, v in parts.items()})
+    covariates = dict(raw.covariates)
+    if "train" in raw.covariates:
+        covariates.update({k: {name: values[v] for name, values in raw.covariates["train"].items()} for k, v in parts.items()})
     base = raw.origin.get("train", np.arange(n))
     origin = {**raw.origin, **{k: base[v] for k, v in parts.items()}}
-    return replace(raw, splits=splits, labels=labels, origin=origin)
+    return replace(raw, splits=splits, labels=labels, origin=origin, covariates=covariates)
 
 
 def divides_levels(normalize, likelihood=None) -> bool:
@@ -120,12 +124,15 @@ def _in_memory(rows: RowSource, name: str, preprocessing: Preprocessing, binariz
     return out
 
 
-def prepare(raw: RawData, spec, seed: int, likelihood=None, device=None, preprocessing: Optional[Preprocessing] = None) -> Dataset:
+def prepare(raw: RawData, spec, seed: int, likelihood=None, device=None, preprocessing: Optional[Preprocessing] = None,
+            coding: Optional[CovariateCoding] = None) -> Dataset:
     """Split, normalize, standardize and binarize ``raw`` as ``spec`` (a DataSpec) says
     (``likelihood``, a Likelihood or its class, decides ``normalize = "auto"``), held in
     memory or streamed as ``spec.in_memory`` and the memory budget for ``device`` say.
     ``preprocessing``, when given (a trained run's), replaces normalizing and
-    standardizing from these data: new data are prepared as the training data were."""
+    standardizing from these data: new data are prepared as the training data were; so does
+    ``coding`` (a trained run's :class:`~.covariates.CovariateCoding`) for fitting the
+    covariates' coding (``spec.covariates``) on the training split."""
     given = set(raw.splits)
     raw = draw_splits(raw, spec.valid_fraction, spec.test_fraction, seed)
     drawn = {k: len(rows) for k, rows in raw.splits.items() if k not in given}  # carved from the training rows
@@ -161,8 +168,14 @@ def prepare(raw: RawData, spec, seed: int, likelihood=None, device=None, preproc
     labels = {k: torch.as_tensor(np.asarray(v, dtype=np.int64)) for k, v in raw.labels.items()}
     origin = {k: raw.origin.get(k, np.arange(len(rows))) for k, rows in raw.splits.items()}
     max_level = raw.max_level if preprocessing.divide is None and preprocessing.mean is None else None
+    if coding is None:
+        names = list(getattr(spec, "covariates", None) or [])
+        coding = CovariateCoding.fit(raw.covariates.get("train", {}), names, getattr(spec, "covariate_kinds", None) or {},
+                                     f"{raw.source} (train split)", seed) if names else CovariateCoding()
+    covariates = {k: coding.encode(raw.covariates.get(k, {}), f"{raw.source} ({k} split)") for k in raw.splits} \
+        if coding else {}
     return Dataset(splits, labels, tuple(shape), raw.source, dynamic, preprocessing, raw.label_names, raw.sha256, origin,
-                   drawn, raw.feature_names, max_level)
+                   drawn, raw.feature_names, max_level, covariates, coding)
 
 
 def _check_intensities(rows: RowSource, name: str, preprocessing: Preprocessing, raw: RawData, mode: str) -> None:
@@ -206,12 +219,13 @@ def largest_level(data: Dataset) -> int:
     return max(1, int(math.ceil(high)))
 
 
-def load_data(spec, seed: int, likelihood=None, device="cpu", preprocessing: Optional[Preprocessing] = None) -> Dataset:
+def load_data(spec, seed: int, likelihood=None, device="cpu", preprocessing: Optional[Preprocessing] = None,
+              coding: Optional[CovariateCoding] = None) -> Dataset:
     """Read, prepare, check against ``likelihood`` (when given) and move to ``device``.
     ``likelihood`` is a Likelihood (then the data are checked against its support) or a
     Likelihood class (which only decides ``normalize = "auto"``); ``preprocessing`` a
     trained run's (see :func:`prepare`)."""
-    data = prepare(read_source(spec.name, spec.path, spec), spec, seed, likelihood, device, preprocessing)
+    data = prepare(read_source(spec.name, spec.path, spec), spec, seed, likelihood, device, preprocessing, coding)
     if likelihood is not None and not isinstance(likelihood, type):
         check_support(data, likelihood)
     return data.to(device)

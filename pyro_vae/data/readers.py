@@ -56,6 +56,7 @@ class RawData:
     origin: dict[str, np.ndarray] = field(default_factory=dict)  # a split's rows in its array, where drawn from one
     levels: Optional[int] = None  # the largest integer level, where the source knows it (digits: 16)
     feature_names: Optional[list[str]] = None  # a CSV header's names of the feature columns
+    covariates: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # {split: {name: raw values}}
 
     @cached_property
     def max_level(self) -> Optional[int]:
@@ -139,12 +140,12 @@ def digits() -> RawData:
 NPZ_KEYS = (*SPLITS, *(f"{s}_labels" for s in SPLITS))
 
 
-def _check_npz(archive: zipfile.ZipFile, source: str) -> None:
+def _check_npz(archive: zipfile.ZipFile, source: str, keys=NPZ_KEYS) -> None:
     """Each member the reader loads: its declared size against its stored size
     (:func:`~.checks.check_declared`), its ``.npy`` header against its declared size, and
     all of them against memory (they are read whole)."""
     total = 0
-    for key in NPZ_KEYS:
+    for key in keys:
         try:
             info = archive.getinfo(f"{key}.npy")
         except KeyError:
@@ -173,13 +174,18 @@ def _labels(array: np.ndarray, rows: int, key: str, source: str) -> np.ndarray:
     return array
 
 
+def _covariate_names(options) -> list[str]:
+    return list(getattr(options, "covariates", None) or [])
+
+
 def read_npz(path: Path, options=None) -> RawData:
     source = str(path)
+    keys = (*NPZ_KEYS, *(f"{s}_{name}" for s in SPLITS for name in _covariate_names(options)))
     try:
         with zipfile.ZipFile(path) as zipped:
-            _check_npz(zipped, source)
+            _check_npz(zipped, source, keys)
         with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in NPZ_KEYS if key in archive.files}
+            arrays = {key: archive[key] for key in keys if key in archive.files}
             found = archive.files
     except FileNotFoundError:
         raise DataError(f"{source}: no such data file") from None
@@ -205,13 +211,32 @@ def read_npz(path: Path, options=None) -> RawData:
                 if names is not None and names != split_names:
                     raise DataError(f"{source}: the splits' string labels name different classes; use one set of names")
                 names = split_names
-    return RawData(splits, labels, source, names)
+    covariates = {split: {name: _labels(arrays[f"{split}_{name}"], len(rows), f"{split}_{name}", source)
+                          for name in _covariate_names(options) if f"{split}_{name}" in arrays}
+                  for split, rows in splits.items()}
+    return RawData(splits, labels, source, names, covariates=covariates)
 
 
 def read_npy(path: Path, options=None) -> RawData:
+    """One array; covariate ``name`` is the sibling file ``<stem>.<name>.npy``, one value per row."""
     rows = NpyRows(path)
     _check_numeric("the array", rows.dtype, rows.shape, str(path))
-    return RawData({"train": rows}, {}, str(path))
+    covariates = {}
+    for name in _covariate_names(options):
+        sibling = path.with_name(f"{path.stem}.{name}.npy")
+        if sibling.is_file():
+            regular_file(sibling, ".npy")
+            check_fits(sibling.stat().st_size, str(sibling), "a covariate file is read whole; check the file")
+            try:
+                values = np.load(sibling, allow_pickle=False)
+            except (ValueError, OSError, EOFError) as exc:
+                raise DataError(f"{sibling}: not a readable .npy of covariate values ({_first(exc)}); check the file") from None
+            covariates[name] = _labels(values, len(rows), f"covariate file {sibling.name}", str(path))
+    return RawData({"train": rows}, {}, str(path), covariates={"train": covariates})
+
+
+def _first(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:160]
 
 
 TABLE_FACTOR = 16  # bytes of memory parsing a table takes per byte of file (Python strings and lists; measured 14x, 13.5x)
@@ -257,7 +282,11 @@ def read_table(path: Path, options=None) -> RawData:
             raise DataError(f"{path}: no label column {label_column!r} (columns: {have}); "
                             "set data.labels to a column of the header, or leave it out")
         label_index = header.index(label_column)
-    columns = [j for j in range(width) if j != label_index]
+    covariate_index = {}
+    for name in _covariate_names(options):
+        if header is not None and name in header:
+            covariate_index[name] = header.index(name)
+    columns = [j for j in range(width) if j != label_index and j not in covariate_index.values()]
     values = np.empty((len(body), len(columns)), dtype=np.float64)
     for i, line in enumerate(body):
         for k, j in enumerate(columns):
@@ -277,8 +306,22 @@ def read_table(path: Path, options=None) -> RawData:
     if label_index is not None:
         labels["train"], names = encode_labels(np.array([line[label_index].strip() for line in body]),
                                                f"{path} (column {label_column!r})")
+    covariates = {name: _typed_cells([line[j] for line in body]) for name, j in covariate_index.items()}
     return RawData({"train": ArrayRows(array)}, labels, str(path), names, hashlib.sha256(content).hexdigest(),
-                   feature_names=[header[j] for j in columns] if header else None)
+                   feature_names=[header[j] for j in columns] if header else None, covariates={"train": covariates})
+
+
+def _typed_cells(cells: list[str]) -> np.ndarray:
+    """A table column's cells as integers, else floats (empty cells NaN), else names."""
+    cells = [c.strip() for c in cells]
+    try:
+        return np.array([int(c) for c in cells], dtype=np.int64)
+    except ValueError:
+        pass
+    try:
+        return np.array([float(c) if c else math.nan for c in cells], dtype=np.float64)
+    except ValueError:
+        return np.array(cells, dtype=str)
 
 
 def _h5ad_obs(handle, path: Path, rows: int):
@@ -354,7 +397,8 @@ def _read_h5ad(handle, path: Path, options) -> RawData:
     labels, names, splits = {}, None, {"train": rows}
     label_column = getattr(options, "labels", None)
     split_column = getattr(options, "split_column", None)
-    obs = _h5ad_obs(handle, path, len(rows)) if label_column is not None or split_column is not None else None
+    wanted = _covariate_names(options)
+    obs = _h5ad_obs(handle, path, len(rows)) if label_column is not None or split_column is not None or wanted else None
 
     def column(name: str, key: str):
         if name not in obs.columns:
@@ -377,7 +421,9 @@ def _read_h5ad(handle, path: Path, options) -> RawData:
             labels = {s: all_labels[assignment == s] for s in splits}
     elif all_labels is not None:
         labels = {"train": all_labels}
-    return RawData(splits, labels, str(path), names, origin=origin)
+    present = {name: obs[name].to_numpy() for name in wanted if name in obs.columns}
+    covariates = {s: {name: v[origin[s]] if origin else v for name, v in present.items()} for s in splits}
+    return RawData(splits, labels, str(path), names, origin=origin, covariates=covariates)
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -434,7 +480,7 @@ def read_source(name: str | None, path: str | None, options=None) -> RawData:
     """The raw splits of a named data set or a file; ``options`` (a DataSpec) names the
     label column, layer and split column where the format has them."""
     if name is not None:
-        return DATASETS.resolve(name)()
+        return with_label_covariate(DATASETS.resolve(name)(), _covariate_names(options))
     file = Path(path)
     regular_file(file, FILE_KINDS)
     reader = READERS.get(file.suffix.lower())
@@ -442,4 +488,18 @@ def read_source(name: str | None, path: str | None, options=None) -> RawData:
         reader = read_idx
     if reader is None:
         raise DataError(f"{file}: unsupported data file; expected {FILE_KINDS}")
-    return reader(file, options)
+    return with_label_covariate(reader(file, options), _covariate_names(options))
+
+
+def with_label_covariate(raw: RawData, names) -> RawData:
+    """The source's labels as the covariate ``label`` where it is named and the reader did not
+    find a column of that name: the IDX label file, npz ``<split>_labels``, the digits'
+    classes, a ``data.labels`` column (by their names where they are strings)."""
+    if "label" not in names:
+        return raw
+    for split in raw.splits:
+        found = raw.covariates.setdefault(split, {})
+        if "label" not in found and split in raw.labels:
+            codes = raw.labels[split]
+            found["label"] = np.asarray(raw.label_names)[codes] if raw.label_names else codes
+    return raw

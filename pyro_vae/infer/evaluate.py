@@ -26,6 +26,7 @@ from torch.distributions import kl_divergence
 from torch import Tensor
 
 from .. import distributed
+from ..model.condition import given, prior_reads_condition
 from ..model.vae import ImportanceTerms
 
 BUDGET = 2**23  # decoder output values per chunk
@@ -51,20 +52,24 @@ def example_blocks(vae, num_examples: int, num_samples: int, budget: int = BUDGE
     return max(1, min(per_chunk, math.ceil(num_examples / 16)))
 
 
-def importance_chunks(vae, x: Tensor, num_samples: int, budget: int = BUDGET, prior=None) -> Iterator[tuple[slice, object, Tensor, ImportanceTerms]]:
-    """(examples, q, z of shape (s, b, latent), the log-densities) chunk by chunk.
+def importance_chunks(vae, x: Tensor, num_samples: int, budget: int = BUDGET, prior=None,
+                      condition: Optional[Tensor] = None) -> Iterator[tuple[slice, object, Tensor, ImportanceTerms]]:
+    """(examples, q, z of shape (s, b, latent), the log-densities) chunk by chunk; with
+    covariates, each example's own row of ``condition`` (log p(x | c)).
 
     p(z) is built once (``prior``, or ``vae.latent_prior()``): a VampPrior runs the encoder on
-    all its pseudo-inputs to build it."""
+    all its pseudo-inputs to build it; a prior p(z | c) is built per chunk."""
     per_chunk, samples = chunk_plan(num_samples, len(x), vae.values_per_draw, budget)
-    prior = vae.latent_prior() if prior is None else prior
+    per_example = condition is not None and prior_reads_condition(vae)
+    prior = vae.latent_prior() if prior is None and not per_example else prior
     for start in range(0, len(x), per_chunk):
         xb = x[start : start + per_chunk]
-        q = vae.q(xb)
-        for drawn in range(0, num_samples, samples):
-            z = q.rsample((min(samples, num_samples - drawn),))
-            terms = ImportanceTerms(vae.p_x(z, xb).log_prob(xb), prior.log_prob(z), q.log_prob(z))
-            yield slice(start, start + len(xb)), q, z, terms
+        with given(vae, None if condition is None else condition[start : start + per_chunk]):
+            q, p = vae.q(xb), vae.latent_prior() if per_example else prior
+            for drawn in range(0, num_samples, samples):
+                z = q.rsample((min(samples, num_samples - drawn),))
+                terms = ImportanceTerms(vae.p_x(z, xb).log_prob(xb), p.log_prob(z), q.log_prob(z))
+                yield slice(start, start + len(xb)), q, z, terms
 
 
 def closed_form_mean(q) -> Optional[Tensor]:
@@ -154,7 +159,11 @@ class PerExample:
 
 
 @torch.no_grad()
-def importance_sample(vae, x: Tensor, num_samples: int, budget: int = BUDGET) -> PerExample:
+def importance_sample(vae, x: Tensor, num_samples: int, budget: int = BUDGET,
+                      condition: Optional[Tensor] = None) -> PerExample:
+    """Per-example estimates (see the module docstring); with covariates, log p(x | c) for
+    each example's own row of ``condition`` (the per-dimension KL is left out where the prior
+    is p(z | c))."""
     if vae.classes:
         return importance_sample_classes(vae, x, num_samples, budget)
     n, S = len(x), num_samples
@@ -162,10 +171,11 @@ def importance_sample(vae, x: Tensor, num_samples: int, budget: int = BUDGET) ->
     lse = torch.full((n,), -math.inf, **like)
     sums = {key: torch.zeros(n, **like) for key in ("log_w", "log_px_z", "kl")}
     moments = PosteriorMoments(n, vae.latent_dim, S, like)
-    kl_dims: Optional[Tensor] = torch.zeros(n, vae.latent_dim, **like)
+    per_example = condition is not None and prior_reads_condition(vae)
+    kl_dims: Optional[Tensor] = None if per_example else torch.zeros(n, vae.latent_dim, **like)
     first_chunk: set[int] = set()
-    prior = vae.latent_prior()
-    for rows, q, z, terms in importance_chunks(vae, x, S, budget, prior):
+    prior = None if per_example else vae.latent_prior()
+    for rows, q, z, terms in importance_chunks(vae, x, S, budget, prior, condition):
         log_w = terms.log_weights
         lse[rows] = torch.logaddexp(lse[rows], torch.logsumexp(log_w, 0))
         sums["log_w"][rows] += log_w.sum(0)
@@ -267,12 +277,13 @@ def classification_summary(class_probs: Tensor, labels: Tensor) -> dict:
 
 
 def importance_sample_sharded(vae, x: Tensor, num_samples: int, budget: int = BUDGET, seed: int = 0,
-                              group: distributed.Group = distributed.SINGLE) -> PerExample:
+                              group: distributed.Group = distributed.SINGLE,
+                              condition: Optional[Tensor] = None) -> PerExample:
     """:func:`importance_sample` over seeded blocks of examples shared among the ranks
     (``distributed.blockwise``): each example's draws depend on (seed, its block) only, so
     every number of processes, one included, gives the same per-example results."""
     def compute(rows: slice) -> dict:
-        result = importance_sample(vae, x[rows], num_samples, budget)
+        result = importance_sample(vae, x[rows], num_samples, budget, None if condition is None else condition[rows])
         return {f.name: getattr(result, f.name) for f in fields(result) if getattr(result, f.name) is not None}
 
     block = example_blocks(vae, len(x), num_samples, budget)
@@ -281,9 +292,9 @@ def importance_sample_sharded(vae, x: Tensor, num_samples: int, budget: int = BU
 
 
 @torch.no_grad()
-def elbo_terms(vae, x: Tensor, num_samples: int = 1) -> tuple[Tensor, Tensor]:
+def elbo_terms(vae, x: Tensor, num_samples: int = 1, condition: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """Per-example Monte Carlo reconstruction and KL (the validation metrics)."""
-    result = importance_sample(vae, x, num_samples)
+    result = importance_sample(vae, x, num_samples, condition=condition)
     return result.reconstruction, result.kl
 
 

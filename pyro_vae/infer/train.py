@@ -371,11 +371,11 @@ class Trainer:
         the draws depend on (seed, epoch, block) only, not on the number of ranks, and they
         leave the training random stream untouched."""
         state = self.state
-        x = self.data.split("valid")
+        x, c = self.data.split("valid"), self.data.covariates.get("valid")
         self.vae.eval()
 
         def terms(rows: slice) -> dict:
-            reconstruction, kl = elbo_terms(self.vae, x[rows])
+            reconstruction, kl = elbo_terms(self.vae, x[rows], condition=None if c is None else c[rows])
             return {"reconstruction": reconstruction, "kl": kl}
 
         seed = self.schedule.seed * 100_003 + state.epoch

@@ -13,12 +13,13 @@ from __future__ import annotations
 import math
 import zlib
 from contextlib import contextmanager
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
 from ..errors import SpecError
 from .categorical import SHAPES, Baseline, CategoricalY, ClassConditionalPrior
+from .condition import build_conditioned, check_supported
 from .layers import ConditionalNormal, Structure, UpperLayer
 from .likelihoods import LIKELIHOODS
 from .networks import NETWORKS
@@ -29,10 +30,15 @@ from .vae import VAE
 MAX_PARAMETERS = 100_000_000
 
 
-def build_vae(spec, data_shape: tuple[int, ...], num_data: Optional[int] = None) -> VAE:
+def build_vae(spec, data_shape: tuple[int, ...], num_data: Optional[int] = None, covariates: Sequence[int] = ()) -> VAE:
     """A VAE from a ModelSpec, sized from the data shape: data -> likelihood -> decoder
-    outputs; posterior -> encoder outputs. Refuses models over MAX_PARAMETERS before
-    allocating them."""
+    outputs; posterior -> encoder outputs. ``covariates``: the layout of the covariates the
+    model conditions on (per covariate its categories, 0 for a continuous one; see
+    model/condition.py). Refuses models over MAX_PARAMETERS before allocating them."""
+    if getattr(spec, "condition", None) is not None and not covariates:
+        raise SpecError("model.condition: the model conditions on covariates, and data.covariates names none; set "
+                        "data.covariates (--set 'data.covariates=[\"batch\"]', or [\"label\"] for a data set's labels) "
+                        "or remove model.condition")
     data_shape = tuple(data_shape)
     base_seed = int(torch.randint(2**31, (), device="cpu"))  # the one draw from the global generator
 
@@ -64,7 +70,9 @@ def build_vae(spec, data_shape: tuple[int, ...], num_data: Optional[int] = None)
                 f"model.encoder_input = \"log1p\" needs non-negative data, but the {spec.likelihood['kind']} likelihood "
                 "models any real value; use it with count or [0, 1] likelihoods, or set model.encoder_input = \"auto\""
             )
-        return build_structure(spec, parts, likelihood, data_shape, num_data, transform, stream)
+        if covariates:
+            check_supported(spec)
+        return build_structure(spec, parts, likelihood, data_shape, num_data, transform, stream, covariates)
 
     with torch.device("meta"):
         count = sum(p.numel() for p in build().parameters())
@@ -116,7 +124,8 @@ def check_structure(spec, y: Optional[CategoricalY]) -> None:
                         "also reads y; use standard_normal, learned_normal, mixture or flow")
 
 
-def build_structure(spec, parts: dict, likelihood, data_shape, num_data, transform, stream) -> VAE:
+def build_structure(spec, parts: dict, likelihood, data_shape, num_data, transform, stream,
+                    covariates: Sequence[int] = ()) -> VAE:
     """A VAE with the spec's structure: the bottom layer z_1 (the model's own latent_dim,
     posterior and encoder), ``spec.upper_layers`` above it (see model/layers.py), each
     layer's networks sized by the guide's ``inference_network`` (in ``bottom_up`` layer l's
@@ -124,7 +133,8 @@ def build_structure(spec, parts: dict, likelihood, data_shape, num_data, transfo
     ``ladder`` the layer below's encoder output), and a categorical y on top (``discrete``,
     model/categorical.py: the bottom encoder reads x and one-hot y where the guide is
     q(z|x, y), the decoder z and y where y feeds it, and the top layer's prior is p(z_L|y)
-    where y feeds the prior)."""
+    where y feeds the prior). With ``covariates``, the parts read them (model/condition.py:
+    one continuous layer, no y)."""
     y = categorical_y(spec)
     check_structure(spec, y)
     guide = spec.inference_network
@@ -177,5 +187,12 @@ def build_structure(spec, parts: dict, likelihood, data_shape, num_data, transfo
             raise SpecError(f"model.discrete.classifier: {exc}") from None
         with stream("baseline"):
             baseline = Baseline(features)
-    return VAE(prior, likelihood, posteriors[0], encoder, decoder, num_data, input_transform=transform, upper=upper,
-               structure=Structure(guide, spec.decoder_reads, y), classifier=classifier, baseline=baseline)
+    conditioning = None
+    if covariates:
+        conditioning, encoder, decoder, prior = build_conditioned(spec, covariates, encoder, decoder, prior, dims[-1],
+                                                                  stream, NETWORKS)
+    vae = VAE(prior, likelihood, posteriors[0], encoder, decoder, num_data, input_transform=transform, upper=upper,
+              structure=Structure(guide, spec.decoder_reads, y), classifier=classifier, baseline=baseline)
+    if conditioning is not None:
+        vae.conditioning = conditioning
+    return vae

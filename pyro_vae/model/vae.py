@@ -54,6 +54,7 @@ from torch import Tensor, nn
 
 from ..errors import SpecError
 from .categorical import MODES, Baseline, MarginalMixture, RelaxedOneHot, StraightThroughOneHot
+from .condition import conditioned
 from .layers import JointLatent, Structure, UpperLayer, concatenated, ladder_merge, stopped_call
 from .likelihoods import Likelihood
 from .posteriors import Posterior
@@ -258,6 +259,7 @@ class VAE(nn.Module):
             return u
         return concatenated(self._flat(u), y)
 
+    @conditioned
     def q(self, x: Tensor):
         """q(z|x), event shape (latent_dim,), batch shape x.shape[:-len(data_shape)]: with
         several layers the joint q(z_1, ..., z_L | x) over the concatenated layers; with a y
@@ -281,6 +283,7 @@ class VAE(nn.Module):
             return self._top_prior(y)
         return JointLatent(lambda draw: self.walk_prior(draw, y), self.layer_dims)
 
+    @conditioned
     def latent_prior(self):
         """p(z) over the whole latent vector: the prior slot, or with several layers the
         joint p(z_L) prod p(z_l | z_(l+1)) over the concatenated layers (with y, the marginal
@@ -387,6 +390,7 @@ class VAE(nn.Module):
     def _unsqueezed(self, x: Optional[Tensor]) -> Optional[Tensor]:
         return None if x is None else x.unsqueeze(-len(self.data_shape) - 1)
 
+    @conditioned
     def p_x(self, z: Tensor, x: Optional[Tensor] = None):
         """p(x|z); where y feeds the decoder, the marginal sum_y p(y) p(x|y, z)."""
         if not self._y_feeds("decoder"):
@@ -394,6 +398,7 @@ class VAE(nn.Module):
         components = self.p_x_given(z.unsqueeze(-2), self._eye(), self._unsqueezed(x))
         return dist.MixtureSameFamily(dist.Categorical(logits=self.class_logits), components)
 
+    @conditioned
     def decode_mean(self, z: Tensor, x: Optional[Tensor] = None) -> Tensor:
         """E[x|z] (with x's library size where the likelihood takes one); where y feeds the
         decoder, sum_y p(y) E[x|y, z]."""
@@ -511,6 +516,7 @@ class VAE(nn.Module):
         each unlabelled y's signal is its own example's log-weight. The loss is the same sum."""
         return ("unlabelled", "labelled") if self.labelled_x is not None else ("all",)
 
+    @conditioned
     def model(self, x: Tensor, index: Optional[Tensor] = None, part: str = "all"):
         """p(y) p(z|y) p(x|z, y) over a batch x (rows ``index`` of the N training examples);
         y (where there is one) latent on unlabelled rows, observed in the labelled plate.
@@ -534,6 +540,7 @@ class VAE(nn.Module):
                     log_q = dist.Categorical(logits=self.q_y_logits(xl)).log_prob(yl)
                     pyro.factor("classification", self.alpha / len(self.labelled_x) * log_q)
 
+    @conditioned
     def guide(self, x: Tensor, index: Optional[Tensor] = None, part: str = "all"):
         """q(y|x) q(z|x, y) (q(z|x) without y), z reparameterized (with several layers, the
         walk of :meth:`walk_posterior`); y enumerated, sampled or relaxed as
@@ -565,6 +572,7 @@ class VAE(nn.Module):
 
     # --- direct evaluation (no tracing) ----------------------------------------------
 
+    @conditioned
     def importance_terms(self, x: Tensor, num_samples: int) -> ImportanceTerms:
         """The three log-densities at ``num_samples`` draws z_s ~ q(z|x), unscaled."""
         q = self.q(x)
@@ -580,14 +588,18 @@ class VAE(nn.Module):
         return z, self.likelihood.mean(self.decoder(self.decoder_input(z, y)))
 
     @torch.no_grad()
+    @conditioned
     def sample(self, n: int) -> tuple[Tensor, Tensor]:
-        """(z, E[x|z]) for n draws z ~ p(z) (with y: y ~ p(y), z ~ p(z|y), E[x|z, y])."""
+        """(z, E[x|z]) for n draws z ~ p(z) (with y: y ~ p(y), z ~ p(z|y), E[x|z, y]; with
+        covariates, z ~ p(z|c) and E[x|z, c] for the n rows of ``condition``)."""
         if self.classes:
             return self.sample_given(dist.Categorical(logits=self.class_logits).sample((n,)))
-        z = self.latent_prior().sample((n,))
+        prior = self.latent_prior()
+        z = prior.sample() if prior.batch_shape else prior.sample((n,))  # p(z|c) holds one row per draw
         return z, self.decode_mean(z)
 
     @torch.no_grad()
+    @conditioned
     def reconstruct(self, x: Tensor) -> Tensor:
         """E[x|z] at one draw z ~ q(z|x) (with y: E[x|z, y] at y ~ q(y|x), z ~ q(z|x, y))."""
         if not self.classes:

@@ -18,6 +18,7 @@ from ..analysis.inference_data import draws_to_groups, khat_advice, khat_bands, 
 from ..analysis.plots import example_posteriors, gaussian_moments, interpolation, khat_plot, latent_space, traversals
 from ..files import atomic_path, atomic_write_json, atomic_write_text, check_room, output_folder
 from ..infer.train import resolve_device
+from ..model.condition import given
 from ..runs import load_run, record_outputs
 from .evaluate import heldout
 
@@ -38,7 +39,8 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
     if not isinstance(x, torch.Tensor):  # a streamed split: the analysis holds its examples' draws anyway
         x = x[:]
     run.vae.eval()
-    posterior = posterior_draws_sharded(run.vae, x, num_samples, draws, budget, seed, group)
+    c = examples.condition  # each example's covariates, where the model reads them
+    posterior = posterior_draws_sharded(run.vae, x, num_samples, draws, budget, seed, group, c)
     if not group.is_main:
         return None
     torch.manual_seed(seed)  # the figures' draws
@@ -100,7 +102,7 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
     figures["latent_space"] = latent_space(folder / "latent_space.png", means, label_values, pair, names=names)
     layer_tops = _most_active_by_layer(run.vae, covariance.cpu().numpy()) if run.vae.layers > 1 else {}
     for name, dims in layer_tops.items():  # each stochastic layer's own two most active dimensions
-        figures[f"latent_space_{name}"] = latent_space(folder / f"latent_space_{name}.png", means, label_values,
+        figures[f"latent_space_layer_{name}"] = latent_space(folder / f"latent_space_layer_{name}.png", means, label_values,
                                                       dims[:2] if len(dims) > 1 else dims * 2, names=names, layer=name)
     if discrete:
         predicted = class_probs.argmax(-1)
@@ -113,7 +115,9 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
             figures["confusion"] = confusion_matrix(folder / "confusion.png", np.asarray(scores["confusion"]),
                                                     examples_label_names)
     atomic_write_json(folder / "diagnostics.json", diagnostics)
-    with torch.no_grad():
+    if c is not None:
+        figures.update(covariate_figures(folder, run, means, c, pair, seed))
+    with torch.no_grad(), given(run.vae, None if c is None else c[examples]):
         gaussian = gaussian_moments(run.vae.q(x[examples]))
     figures["posterior"], figures["pair"] = example_posteriors(folder / "posterior_examples.png", folder / "pair_examples.png",
                                                                idata, examples, top[:2] if len(top) > 1 else top, gaussian,
@@ -121,7 +125,10 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
     metrics = run.metrics
     figures["elbo"] = elbo_curves(folder / "elbo.png", metrics)
     vae = run.vae
-    reconstructions, samples = vae.reconstruct(x[:16]), vae.sample(32)[1]
+    with given(vae, None if c is None else c[:16]):
+        reconstructions = vae.reconstruct(x[:16])
+    with given(vae, run.coding.draw(32, seed=seed).to(x.device) if c is not None else None):
+        samples = vae.sample(32)[1]
     look = Look.of(vae, run.summary.get("data", {}).get("feature_names")).spanning(x[:16], reconstructions, samples)  # one colour scale for the figures of the data
     figures["reconstructions"] = reconstruction_panel(folder / "reconstructions.png", x[:16], reconstructions, split, look)
     figures["samples"] = image_panel(folder / "samples.png",
@@ -129,13 +136,14 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
                                      look, "Decoded samples from the prior")
     means_t = torch.as_tensor(means, device=x.device, dtype=x.dtype)
     a, b = _distinct_pair(labels, len(x))
-    figures["interpolation"] = interpolation(folder / "interpolation.png", vae, means_t[a], means_t[b], x[a], x[b],
-                                             (a, b), look)
-    spread_t = torch.as_tensor(spread, device=x.device, dtype=x.dtype).clamp_min(1e-3)
-    figures["traversals"] = traversals(folder / "traversals.png", vae, means_t.mean(0), top, spread_t, look)
-    for name, dims in layer_tops.items():
-        figures[f"traversals_{name}"] = traversals(folder / f"traversals_{name}.png", vae, means_t.mean(0), dims, spread_t,
-                                                   look, layer=name)
+    with given(vae, None if c is None else c[a : a + 1]):  # decoded under the first example's covariates
+        figures["interpolation"] = interpolation(folder / "interpolation.png", vae, means_t[a], means_t[b], x[a], x[b],
+                                                 (a, b), look)
+        spread_t = torch.as_tensor(spread, device=x.device, dtype=x.dtype).clamp_min(1e-3)
+        figures["traversals"] = traversals(folder / "traversals.png", vae, means_t.mean(0), top, spread_t, look)
+        for name, dims in layer_tops.items():
+            figures[f"traversals_layer_{name}"] = traversals(folder / f"traversals_layer_{name}.png", vae, means_t.mean(0),
+                                                             dims, spread_t, look, layer=name)
     atomic_write_text(folder / "report.md", _report(run, diagnostics, figures, folder, (a, b)))
     record_outputs(path, [folder / "posterior.nc", folder / "diagnostics.json", folder / "report.md", *figures.values()])
     return {"diagnostics": diagnostics, "figures": figures, "folder": folder}
@@ -143,7 +151,8 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
 
 def _per_layer(figures: dict, rel, kind: str, what: str) -> str:
     """The report's lines for the per-layer figures of ``kind`` (none with one layer)."""
-    lines = [f"![{what} {key[len(kind) + 1:]}]({rel(path)})\n\n" for key, path in figures.items() if key.startswith(f"{kind}_z")]
+    prefix = f"{kind}_layer_"
+    lines = [f"![{what} {key[len(prefix):]}]({rel(path)})\n\n" for key, path in figures.items() if key.startswith(prefix)]
     return "".join(lines)
 
 
@@ -156,6 +165,50 @@ def _most_active_by_layer(vae, covariance: np.ndarray, count: int = 4) -> dict[s
         tops[name] = [start + int(d) for d in order[: min(count, dim)]]
         start += dim
     return tops
+
+
+def covariate_figures(folder: Path, run, means: np.ndarray, c: torch.Tensor, pair, seed: int, per_category: int = 8,
+                      most: int = 12) -> dict:
+    """Per categorical covariate NAME: ``latent_space_NAME.png`` (the posterior means coloured
+    by it) and ``samples_by_NAME.png`` (decoded samples, one row per category, at most
+    ``most``, the other covariates drawn from the training rows): what the covariate does
+    to z, and what it does to x."""
+    figures, coding, vae = {}, run.coding, run.vae
+    look = Look.of(vae, run.summary.get("data", {}).get("feature_names"))
+    for column, covariate in enumerate(coding.covariates):
+        if covariate.kind != "categorical":
+            continue
+        name = covariate.name
+        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+        figures[f"latent_space_{safe}"] = latent_space(folder / f"latent_space_{safe}.png", means,
+                                                       c[:, column].round().long().cpu().numpy(), pair, name)
+        categories = covariate.categories[:most]
+        rows = torch.cat([coding.draw(per_category, {column: float(k)}, seed + k) for k in range(len(categories))])
+        with given(vae, rows.to(c.device)):
+            _, decoded = vae.sample(len(rows))
+        names = [f"{name} = {v}" for v in categories]
+        if look.image_shape is not None:
+            panels = [(names[k], decoded[k * per_category : (k + 1) * per_category]) for k in range(len(categories))]
+        else:
+            panels = [("E[x|z, c], z ~ p(z|c)", decoded, [f"{names[k]}, sample {i}" for k in range(len(categories))
+                                                          for i in range(per_category)])]
+        figures[f"samples_by_{safe}"] = image_panel(folder / f"samples_by_{safe}.png", panels, look.spanning(decoded),
+                                                    f"Samples per value of {name}", columns=per_category)
+    return figures
+
+
+def _covariate_section(figures: dict, rel) -> str:
+    """The figures of :func:`covariate_figures`, where the model reads covariates."""
+    names = [key.removeprefix("latent_space_") for key in figures if key.startswith("latent_space_")
+             and f"samples_by_{key.removeprefix('latent_space_')}" in figures]
+    if not names:
+        return ""
+    parts = ["## Covariates\n\nThe model reads covariates c (its decoder p(x|z, c) always). Means of q(z|x) coloured by each "
+             "categorical covariate (what of it z still holds), and samples decoded under each of its values.\n"]
+    for name in names:
+        parts.append(f"![latent space by {name}]({rel(figures['latent_space_' + name])})\n\n"
+                     f"![samples by {name}]({rel(figures['samples_by_' + name])})\n")
+    return "\n".join(parts) + "\n"
 
 
 def _chosen_examples(khat: np.ndarray) -> list[int]:
@@ -273,7 +326,7 @@ active dimensions (mean, sd and the {latent['interval']}, highest-density interv
 
 ![joint posteriors]({rel(figures['pair'])})
 
-{_discrete_section(diagnostics, figures, rel)}## What the model does
+{_discrete_section(diagnostics, figures, rel)}{_covariate_section(figures, rel)}## What the model does
 
 ![reconstructions]({rel(figures['reconstructions'])})
 

@@ -383,6 +383,8 @@ def _snr_against_k(cells: list[Cell], settings: dict, reference: str, out: Path,
     device = resolve_device(spec.inference.schedule.device)
     run = load_run(_run_dir(out, reference, 0), device)
     dataset = run_dataset(run, device=device)
+    if dataset.coding:  # the probes' model and guide read the batch rows' covariates
+        run.vae.conditioning.observe(dataset.covariates["train"])
     return snr_against_k(run.vae, dataset, list(estimators.items()), settings["snr_k"], settings["snr_repeats"],
                          spec.inference.schedule.batch_size, spec.inference.schedule.beta)
 

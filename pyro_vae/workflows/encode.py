@@ -4,7 +4,12 @@
 | --- | --- |
 | ``FILE.npz`` | arrays ``mean``, ``std`` (n, latent), ``samples`` (n, S, latent) with ``--samples S``, ``q_y`` (n, classes) with a categorical latent, ``layer_dims`` (the sizes of z_1 ... z_L in the latent vector) with stacked layers, ``labels`` and ``label_names`` when the data have them, ``index`` (each example's row in its source array) and ``split`` |
 | ``FILE.csv`` | one row per example: index, split, label, mean_0.., std_0.., q_y_0.. (with a categorical latent) |
-| ``FILE.h5ad`` | for ``.h5ad`` input: a copy of the input with ``obsm["X_pyro_vae"]`` (means), ``obsm["X_pyro_vae_std"]`` and ``obsm["X_pyro_vae_q_y"]``, ``obsm["X_pyro_vae_samples"]`` (n_obs, S, latent) with ``--samples S``, with stacked layers also ``obsm["X_pyro_vae_z1"]``, ``obsm["X_pyro_vae_z1_std"]``, ... per layer (rows of cells not encoded are NaN); the input is never written |
+| ``FILE.h5ad`` | for ``.h5ad`` input: a copy of the input with ``obsm["X_pyro_vae"]`` (means), ``obsm["X_pyro_vae_std"]`` and ``obsm["X_pyro_vae_q_y"]``, ``obsm["X_pyro_vae_samples"]`` (n_obs, S, latent) with ``--samples S``, with stacked layers also ``obsm["X_pyro_vae_z1"]``, ``obsm["X_pyro_vae_z1_std"]``, ... per layer, with ``--transform batch=b0`` the layer ``layers["pyro_vae_batch=b0"]`` (rows of cells not encoded are NaN); the input is never written |
+
+With ``--transform NAME=VALUE`` (a model with covariates) the ``.npz`` also holds
+``transformed``: each example's reconstruction E[x | E_q[z|x, c], c'] decoded with the
+covariate set to VALUE (scVI's ``transform_batch``: the batch-corrected data), and
+``transform``, the setting.
 
 Every file is written to a temporary name and renamed, so an interrupted encode leaves
 nothing half-written. The S draws of each example go to the file pass by pass (as many
@@ -16,29 +21,33 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
 from ..data import SPLITS
 from ..data.checks import corrupt
+from ..data.covariates import with_values
 from ..errors import DataError, RunError
 from ..files import NpzWriter, atomic_path, check_room
 from ..infer.encode import encode_chunks
 from ..infer.train import resolve_device
 from ..runs import load_run, read_spec
 from .evaluate import heldout, run_dataset
-from .memory import FLOAT, codes_chunk
+from .memory import FLOAT, codes_chunk, refuse_beyond
 
 FORMATS = (".npz", ".csv", ".h5ad")
 
 
 def encode_run(path, out, data: Optional[str] = None, split: str = "all", samples: int = 0, seed: int = 0,
-               device="auto", force: bool = False) -> tuple[Path, int]:
+               device="auto", force: bool = False, transform: Sequence[str] = ()) -> tuple[Path, int]:
     """Encode ``split`` (``all``: train, valid and test, in that order) of the run's data or
-    of ``data`` with the run at ``path``; write ``out``. Returns (out, examples)."""
+    of ``data`` with the run at ``path``; write ``out``. ``transform`` (``NAME=VALUE``
+    settings): also each example's reconstruction E[x | E_q[z], c'] with those covariates
+    changed (see :func:`~pyro_vae.infer.encode.encode`). Returns (out, examples)."""
     out = Path(out)
     if out.suffix.lower() not in FORMATS:
         raise DataError(f"{{out}} {out}: unknown format; give a file ending in {', '.join(FORMATS)}")
@@ -56,14 +65,22 @@ def encode_run(path, out, data: Optional[str] = None, split: str = "all", sample
         raise DataError(f"{{out}} {out}: is the input file; the input is never overwritten, choose another path")
     if (out.exists() or out.is_symlink()) and not force:  # a link is replaced, never written through
         raise RunError(f"{{out}} {out}: exists; choose another file or pass {{force}} to replace it")
+    if transform and out.suffix.lower() == ".csv":
+        raise DataError("{transform}: reconstructions are written to .npz (or .h5ad), not to a CSV; choose {out} FILE.npz")
     device = resolve_device(device, "{device}")
     run = load_run(path, device)
+    if transform and not run.coding:
+        raise DataError("{transform}: changes covariates, and this run's model has none; leave it out")
+    changes = run.coding.assignments(list(transform), "{transform}") if transform else {}
     dataset = run_dataset(run, data, device)  # read and prepared once, whatever the splits
     names = [s for s in SPLITS if s in dataset.splits] if split == "all" else [split]
     total, latent = sum(len(dataset.splits[name]) for name in names if name in dataset.splits), run.vae.latent_dim
     chunk = codes_chunk(total, samples, latent)
     if samples:  # the draws stream to the file: the disk, not memory, must hold them
         check_room(out, FLOAT * total * samples * latent, "{samples}")
+    if changes:  # the reconstructions are held, one data row per example
+        refuse_beyond(FLOAT * 2 * total * math.prod(run.vae.data_shape), f"the reconstructions of {total} examples",
+                      "{transform}")
     writer = {".npz": _NpzCodes, ".csv": _CsvCodes, ".h5ad": _H5adCodes}[out.suffix.lower()]
     with atomic_path(out) as tmp:
         sink = writer(tmp, source, run, total, samples)
@@ -72,7 +89,9 @@ def encode_run(path, out, data: Optional[str] = None, split: str = "all", sample
             for name in names:
                 examples = heldout(run, data, name, None, seed, device, dataset=dataset)
                 chunks, done = [], 0
-                for part in encode_chunks(run.vae, examples.x, samples, seed=seed, chunk=chunk):
+                changed = with_values(examples.condition, changes) if changes else None
+                for part in encode_chunks(run.vae, examples.x, samples, seed=seed, chunk=chunk,
+                                          condition=examples.condition, transformed=changed):
                     draws = part.pop("samples", None)
                     if draws is not None:
                         sink.draws(examples.index[done : done + len(draws)], draws)
@@ -86,8 +105,11 @@ def encode_run(path, out, data: Optional[str] = None, split: str = "all", sample
                 "split": np.concatenate([np.full(len(e.index), n) for n, e, _ in parts]),
                 "exact": np.array(all(bool(c["exact"]) for _, _, cs in parts for c in cs)),
             }
-            if run.vae.classes:
-                result["q_y"] = np.concatenate([c["q_y"] for _, _, cs in parts for c in cs])
+            for key in ("q_y", "transformed"):
+                if key in parts[0][2][0]:
+                    result[key] = np.concatenate([c[key] for _, _, cs in parts for c in cs])
+            if changes:
+                result["transform"] = np.array(_transform_name(transform))
             if run.vae.layers > 1:  # the latent vector is (z_1, ..., z_L): each layer's size
                 result["layer_dims"] = np.array(run.vae.layer_dims)
             if all(e.labels is not None for _, e, _ in parts):
@@ -98,6 +120,11 @@ def encode_run(path, out, data: Optional[str] = None, split: str = "all", sample
         finally:
             sink.close()
     return out, len(result["index"])
+
+
+def _transform_name(transform: Sequence[str]) -> str:
+    """``batch=b0`` (several: ``batch=b0,site=s1``), safe as an HDF5 name."""
+    return ",".join("=".join(part.strip() for part in item.split("=", 1)) for item in transform).replace("/", "_")
 
 
 class _NpzCodes:
@@ -219,6 +246,13 @@ class _H5adCodes:
             if name in self.obsm:
                 del self.obsm[name]
             anndata.io.write_elem(self.obsm, name, array)
+        if "transformed" in result:  # a layer of the cells' shape: the reconstruction under the changed covariates
+            array = np.full((self.n_obs, *result["transformed"].shape[1:]), np.nan, dtype=np.float32)
+            array[result["index"]] = result["transformed"]
+            group, name = self.file.require_group("layers"), f"pyro_vae_{result['transform']}"
+            if name in group:
+                del group[name]
+            anndata.io.write_elem(group, name, array.reshape(self.n_obs, -1))
 
     def close(self) -> None:
         self.file.close()

@@ -28,7 +28,8 @@ class Heldout:
     """Examples to score, prepared as the run's data were: ``x`` (a tensor, or a streamed
     split), their ``labels``, ``index`` (their rows in the source's array), the data's
     ``source`` and ``tag`` (a file-name-safe name for outputs: the split for the run's
-    own data, else the other data's name and the split)."""
+    own data, else the other data's name and the split), and ``condition``, their covariates
+    coded as in training where the model conditions on covariates."""
 
     x: object
     labels: Optional[Tensor]
@@ -36,6 +37,7 @@ class Heldout:
     source: str
     tag: str
     label_names: Optional[list] = None
+    condition: Optional[Tensor] = None  # each example's coded covariates c (n, K), where the model reads them
 
 
 def run_dataset(run, data: Optional[str] = None, device="cpu"):
@@ -45,7 +47,7 @@ def run_dataset(run, data: Optional[str] = None, device="cpu"):
     if data is not None:
         spec = DataSpec(**{**spec.model_dump(exclude={"name", "path"}), **data_table(data)})
     return load_data(spec, run.spec.inference.schedule.seed, likelihood=run.vae.likelihood, device=device,
-                     preprocessing=run.preprocessing)
+                     preprocessing=run.preprocessing, coding=run.coding)
 
 
 def heldout(run, data: Optional[str] = None, split: str = "valid", limit: Optional[int] = None, seed: int = 0,
@@ -59,7 +61,7 @@ def heldout(run, data: Optional[str] = None, split: str = "valid", limit: Option
     if dataset is None:
         dataset = run_dataset(run, data, device)
     x = dataset.scored(split, run.spec.inference.schedule.seed)
-    labels = dataset.labels.get(split)
+    labels, condition = dataset.labels.get(split), dataset.covariates.get(split)
     index = dataset.origin.get(split, np.arange(len(x)))
     if tuple(x.shape[1:]) != run.vae.data_shape:
         if math.prod(x.shape[1:]) != math.prod(run.vae.data_shape):
@@ -72,9 +74,10 @@ def heldout(run, data: Optional[str] = None, split: str = "valid", limit: Option
         rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
         x = x[rows.to(x.device)]
         labels = None if labels is None else labels[rows.to(labels.device)]
+        condition = None if condition is None else condition[rows.to(condition.device)]
         index = index[rows.numpy()]
     tag = split if data is None else f"{_safe_name(data)}-{split}"
-    return Heldout(x, labels, np.asarray(index), dataset.source, tag, dataset.label_names)
+    return Heldout(x, labels, np.asarray(index), dataset.source, tag, dataset.label_names, condition)
 
 
 def _safe_name(data: str) -> str:
@@ -97,7 +100,7 @@ def evaluate_run(path, data=None, split="valid", num_samples=5000, limit=None, s
     run = load_run(path, device)
     examples = heldout(run, data, split, limit, seed, device)
     started = time.perf_counter()
-    result = importance_sample_sharded(run.vae, examples.x, num_samples, budget, seed, group)
+    result = importance_sample_sharded(run.vae, examples.x, num_samples, budget, seed, group, examples.condition)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     summary = summarize(result, num_samples, run.vae.layer_dims)

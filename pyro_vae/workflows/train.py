@@ -51,7 +51,7 @@ def _prepare(spec):
     if "valid" not in data.splits:
         raise DataError(f"{data.source}: no validation split; add a 'valid' array or a 'train' array to split from")
     _levels_from_data(spec, data)
-    vae = build_vae(spec.model, data.data_shape, num_data=len(train))
+    vae = build_vae(spec.model, data.data_shape, num_data=len(train), covariates=data.coding.layout)
     check_training_step(spec, vae, data.data_shape, device)
     check_support(data, vae.likelihood)
     vae.likelihood.use_data_units(data.preprocessing.log_jacobian(data.data_shape))
@@ -59,6 +59,8 @@ def _prepare(spec):
     vae.likelihood.initialize_from_data(statistics)
     data.preprocessing.low, data.preprocessing.high = statistics.low, statistics.high
     vae, data = vae.to(device), data.to(device)
+    if data.coding:  # model and guide read each batch's covariates by its rows
+        vae.conditioning.observe(data.covariates["train"])
     if spec.data.labelled is not None:
         _supervise(vae, data, spec)
     return vae, data
@@ -140,6 +142,9 @@ def _data_summary(data) -> dict:
         summary["drawn_from_train"] = data.drawn
     if data.feature_names:
         summary["feature_names"] = data.feature_names
+    if data.coding:
+        summary["covariates"] = {c.name: c.categories if c.kind == "categorical" else {"mean": c.mean, "sd": c.sd}
+                                 for c in data.coding.covariates}
     return summary
 
 
@@ -198,6 +203,7 @@ class _RunWriter:
             "data_shape": list(trainer.data.data_shape),
             "num_data": trainer.num_data,
             "preprocessing": trainer.data.preprocessing.state(),
+            **({"covariates": trainer.data.coding.state()} if trainer.data.coding else {}),
             **({"data_sha256": trainer.data.sha256} if trainer.data.sha256 else {}),
             **checkpoint,
         }
@@ -220,8 +226,10 @@ class _RunWriter:
         summary = _summary(trainer, status, message, self.provenance)
         figures = None
         if status in ENDED and trainer.state.history:
-            training_figures(output_folder(self.path / FIGURES), trainer.vae, trainer.data.split("valid"), trainer.state.history,
-                             feature_names=trainer.data.feature_names)
+            data = trainer.data
+            condition = (data.covariates["valid"], data.coding.draw(64).to(trainer.device)) if data.coding else None
+            training_figures(output_folder(self.path / FIGURES), trainer.vae, data.split("valid"), trainer.state.history,
+                             feature_names=data.feature_names, condition=condition)
             figures = self.path / FIGURES
         atomic_write_json(self.path / SUMMARY, summary)
         written = [self.path / SUMMARY, *(sorted(figures.glob("*.png")) if figures else [])]

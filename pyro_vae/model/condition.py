@@ -1,0 +1,276 @@
+"""Conditioning on observed covariates c: the conditional VAE.
+
+With covariates (``data.covariates``, coded by :mod:`pyro_vae.data.covariates` into one row
+c of K columns per example: category codes and standardized continuous values), the model
+and guide are
+
+    p(x, z | c) = p(z | c) p(x | z, c),     q(z | x, c)
+
+(Sohn et al., 2015, the CVAE; Lopez et al., 2018, scVI, whose decoder reads the batch):
+
+* the **decoder** always reads c;
+* the **encoder** reads c when ``model.condition.encoder`` (default; scVI's default for a
+  batch is off, so that z is meant to hold what does not depend on it);
+* the **prior** is p(z | c) = N(mu(c), diag sigma(c)^2), (mu, sigma) from the network
+  ``model.condition.prior_network`` of c, when ``model.condition.prior`` (the CVAE's prior
+  network); else the prior slot's p(z).
+
+A network reads c as features f(c): per categorical covariate one-hot (``embedding_dim = 0``)
+or a learned embedding of ``embedding_dim`` values, per continuous covariate its value.
+f(c) enters the network as a linear term added to its first linear map, W [h; f] =
+W_h h + W_f f (the same as concatenating f to the input; for a conv network the linear map
+after the convolutions, or the decoder's first); with ``inject = "every_layer"`` to every
+hidden layer's linear map (scvi-tools' ``deeply_inject_covariates``).
+
+How c reaches the networks: the VAE's methods take ``condition=`` (a tensor (n, K), or None
+for the training rows ``index`` in model and guide); :func:`conditioned` sets it on the
+model's :class:`Conditioning` for the method's duration, and the conditioned networks and the
+conditional prior read it there. So the walk of the model and guide (and every estimator,
+the compiled step, the stopped log q of STL and DReG) is unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+from contextlib import contextmanager, nullcontext
+from typing import Optional, Sequence
+
+import pyro.distributions as dist
+import torch
+from torch import Tensor, nn
+
+from ..errors import SpecError
+from .layers import ConditionalNormal
+from .networks import ConvNet, GatedLinear, _Stacked
+from .priors import Prior
+
+class Conditioning(nn.Module):
+    """Where c is, for the conditioned parts of one VAE: ``current`` while a conditioned
+    method runs, and the training split's c (``observed``, a non-persistent buffer) that
+    model and guide index with the batch's rows. ``layout``: per covariate its number of
+    categories, 0 for a continuous one."""
+
+    def __init__(self, layout: Sequence[int], encoder: bool = True, prior: bool = False):
+        super().__init__()
+        self.layout, self.encoder, self.prior = list(layout), encoder, prior
+        self.current: Optional[Tensor] = None
+        self.register_buffer("observed", None, persistent=False)
+
+    @property
+    def columns(self) -> int:
+        return len(self.layout)
+
+    def observe(self, c: Tensor) -> None:
+        """The training split's c, row i for training example i."""
+        self.observed = c.to(torch.float32)
+
+    @contextmanager
+    def given(self, c: Optional[Tensor]):
+        previous, self.current = self.current, c
+        try:
+            yield
+        finally:
+            self.current = previous
+
+    def read(self) -> Tensor:
+        if self.current is None:
+            raise ValueError("this model conditions on covariates: pass condition= (a tensor of one row of "
+                             f"{self.columns} coded covariates per example)")
+        return self.current
+
+
+def conditioned(method):
+    """A VAE method that takes ``condition=`` (c, (n, K)): it runs with c set for the
+    conditioned parts. ``model`` and ``guide`` without it read the training rows ``index``;
+    other methods without it keep the c of an enclosing conditioned call. A VAE without
+    covariates refuses a condition."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, condition: Optional[Tensor] = None, **kwargs):
+        conditioning = getattr(self, "conditioning", None)
+        if conditioning is None:
+            if condition is not None:
+                raise ValueError("this model has no covariates; call it without condition=")
+            return method(self, *args, **kwargs)
+        if condition is None and method.__name__ in ("model", "guide"):
+            index = args[1] if len(args) > 1 else kwargs.get("index")
+            if index is not None and conditioning.observed is not None:
+                condition = conditioning.observed[index.to(conditioning.observed.device)]
+        if condition is None:
+            condition = conditioning.current
+        if condition is not None:
+            condition = torch.as_tensor(condition, **_like(self))
+            if condition.shape[-1:] != (conditioning.columns,):
+                raise ValueError(f"condition has shape {tuple(condition.shape)}; expected (n, {conditioning.columns}), "
+                                 "one row of coded covariates per example")
+        with conditioning.given(condition):
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+def given(vae, c: Optional[Tensor]):
+    """A context in which ``vae``'s conditioned parts read c (nothing to do without covariates
+    or without c)."""
+    conditioning = getattr(vae, "conditioning", None)
+    if conditioning is None or c is None:
+        return nullcontext()
+    return conditioning.given(c.to(**_like(vae)))
+
+
+def prior_reads_condition(vae) -> bool:
+    """Whether the prior is p(z | c), one distribution per example."""
+    conditioning = getattr(vae, "conditioning", None)
+    return conditioning is not None and conditioning.prior
+
+
+def _like(module: nn.Module) -> dict:
+    """The dtype and device of the module's parameters, which c is given in."""
+    for p in module.parameters():
+        return {"dtype": p.dtype, "device": p.device}
+    return {"dtype": torch.float32, "device": torch.device("cpu")}
+
+
+class CovariateFeatures(nn.Module):
+    """f(c): per categorical covariate its one-hot vector (``embedding_dim = 0``) or a learned
+    embedding, per continuous covariate its value, concatenated (size ``size``)."""
+
+    def __init__(self, layout: Sequence[int], embedding_dim: int = 0):
+        super().__init__()
+        self.layout, self.embedding_dim = list(layout), embedding_dim
+        self.embeddings = nn.ModuleDict({str(i): nn.Embedding(k, embedding_dim)
+                                         for i, k in enumerate(self.layout) if k and embedding_dim})
+        self.size = sum((embedding_dim or k) if k else 1 for k in self.layout)
+
+    def forward(self, c: Tensor) -> Tensor:
+        parts = []
+        for i, k in enumerate(self.layout):
+            column = c[..., i]
+            if not k:
+                parts.append(column.unsqueeze(-1))
+                continue
+            codes = column.round().long().clamp(0, k - 1)
+            if self.embedding_dim:
+                parts.append(self.embeddings[str(i)](codes))
+            else:  # one-hot by comparison (F.one_hot checks the values, which a traced step cannot)
+                parts.append((codes.unsqueeze(-1) == torch.arange(k, device=c.device)).to(c.dtype))
+        return torch.cat(parts, -1)
+
+
+class ConditionedNetwork(nn.Module):
+    """``network`` (an mlp, gated_mlp or conv) whose linear maps also read f(c): see the module
+    docstring. ``network``'s own parameters keep their initial values, so that the part starts
+    as its unconditional counterpart does, plus a term in c (the new maps' default start)."""
+
+    def __init__(self, network: nn.Module, conditioning: Conditioning, embedding_dim: int = 0, inject: str = "input",
+                 where: str = "decoder"):
+        super().__init__()
+        self.network, self.features = network, CovariateFeatures(conditioning.layout, embedding_dim)
+        self.conditioning = [conditioning]  # a list: not a submodule (the VAE holds it)
+        self.in_shape, self.out_shape = network.in_shape, network.out_shape
+        if isinstance(network, _Stacked):
+            maps = [(i, m) for i, m in enumerate(network.net) if isinstance(m, (nn.Linear, GatedLinear))]
+            hidden = maps[:-1] or maps  # the output map only where there is no hidden layer
+            targets = hidden if inject == "every_layer" else hidden[:1]
+            self.targets = {i: (m.linear.out_features if isinstance(m, GatedLinear) else m.out_features) for i, m in targets}
+        elif isinstance(network, ConvNet):
+            if inject == "every_layer":
+                raise SpecError(f"model.condition.inject = \"every_layer\" with a conv {where}: only mlp and gated_mlp "
+                                "have hidden linear layers to inject into; use inject = \"input\" or an mlp")
+            first = network.stem if network.decoding else network.head
+            self.targets = {-1: first.out_features}
+        else:
+            raise SpecError(f"model.{where}: {type(network).__name__} cannot read covariates (model.condition needs an "
+                            "mlp, gated_mlp or conv network); change the network kind")
+        self.inject = nn.ModuleDict({str(i): nn.Linear(self.features.size, width, bias=False)
+                                     for i, width in self.targets.items()})
+
+    def forward(self, x: Tensor) -> Tensor:
+        f = self.features(self.conditioning[0].read())
+        network = self.network
+        batch = x.shape[: x.dim() - len(network.in_shape)]
+        if isinstance(network, ConvNet):
+            added = self.inject["-1"](f).expand(*batch, -1).reshape(-1, self.targets[-1])
+            flat = x.reshape(-1, *network.in_shape)
+            if network.decoding:
+                h = (network.stem(flat.reshape(len(flat), -1)) + added).reshape(-1, network.first, *network.small)
+                y = network.body(h)[..., : network.image[1], : network.image[2]]
+            else:
+                y = network.head(network.body(flat.reshape(-1, *network.image))) + added
+            return network.shaped_out(y, batch)
+        h = network.flat_in(x)
+        for i, m in enumerate(network.net):
+            if i not in self.targets:
+                h = m(h)
+            elif isinstance(m, GatedLinear):
+                a, g = (m.linear(h) + self.inject[str(i)](f)).chunk(2, -1)
+                h = a * torch.sigmoid(g)
+            else:
+                h = m(h) + self.inject[str(i)](f)
+        return network.shaped_out(h, h.shape[:-1])
+
+
+class ConditionalPrior(Prior):
+    """p(z | c) = N(mu(c), diag sigma(c)^2), (mu, raw sigma) the network's 2 D outputs of f(c)
+    (sigma = softplus + a floor, as :class:`~pyro_vae.model.layers.ConditionalNormal`)."""
+
+    def __init__(self, latent_dim: int, network: nn.Module, conditioning: Conditioning, embedding_dim: int = 0):
+        super().__init__(latent_dim)
+        self.features = CovariateFeatures(conditioning.layout, embedding_dim)
+        self.normal = ConditionalNormal(network, latent_dim)
+        self.conditioning = [conditioning]
+
+    @property
+    def values_per_draw(self) -> int:
+        return 3 * self.latent_dim
+
+    def forward(self) -> dist.Distribution:
+        return self.normal(self.features(self.conditioning[0].read()))
+
+
+def check_supported(spec) -> None:
+    """Refuse in one line what conditioning does not reach yet."""
+    if getattr(spec, "discrete", None) is not None:
+        raise SpecError("model.condition: covariates with model.discrete are not supported yet; remove "
+                        "data.covariates or the [model.discrete] table")
+    if getattr(spec, "upper_layers", None):
+        raise SpecError("model.condition: covariates with model.upper_layers are not supported yet; remove "
+                        "data.covariates or the stacked layers")
+    condition = getattr(spec, "condition", None)
+    if spec.prior["kind"] == "vamp" and (condition is None or condition.encoder):
+        raise SpecError("model.prior: vamp runs the encoder on pseudo-inputs, which have no covariates; set "
+                        "model.condition.encoder = false, or use another prior")
+    if condition is not None and condition.prior and spec.prior["kind"] != "standard_normal":
+        raise SpecError(f"model.condition.prior = true replaces the prior slot by p(z | c); remove model.prior "
+                        f"({spec.prior['kind']}) or set model.condition.prior = false")
+
+
+def condition_features(layout: Sequence[int], embedding_dim: int) -> int:
+    """The size of f(c) (see :class:`CovariateFeatures`)."""
+    return sum((embedding_dim or k) if k else 1 for k in layout)
+
+
+def build_conditioned(spec, layout: Sequence[int], encoder: nn.Module, decoder: nn.Module, prior: Prior, latent_dim: int,
+                      stream, networks) -> tuple[Conditioning, nn.Module, nn.Module, Prior]:
+    """The conditioned encoder (where ``model.condition.encoder``), decoder and prior (where
+    ``model.condition.prior``) of a model spec, for covariates of ``layout``."""
+    options = spec.condition
+    if options is None:
+        raise SpecError("model.condition: covariates are given, and the model spec has no [model.condition] table; "
+                        "add one (its defaults: the decoder and encoder read c)")
+    check_supported(spec)
+    conditioning = Conditioning(layout, options.encoder, options.prior)
+    with stream("condition.decoder"):
+        decoder = ConditionedNetwork(decoder, conditioning, options.embedding_dim, options.inject, "decoder")
+    if options.encoder:
+        with stream("condition.encoder"):
+            encoder = ConditionedNetwork(encoder, conditioning, options.embedding_dim, "input", "encoder")
+    if options.prior:
+        try:
+            with stream("condition.prior"):
+                network = networks.build(options.prior_network, (condition_features(layout, options.embedding_dim),),
+                                         (2 * latent_dim,))
+                prior = ConditionalPrior(latent_dim, network, conditioning, options.embedding_dim)
+        except SpecError as exc:
+            raise SpecError(f"model.condition.prior_network: {exc}") from None
+    return conditioning, encoder, decoder, prior
