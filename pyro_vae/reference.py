@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from .cli import EXIT_DIVERGED, EXIT_PEER_FAILED, EXIT_USAGE, build_parser
 from .registry import Registry, _type_name
-from .spec import SLOTS, DataSpec, DiscreteSpec, InferenceSpec, ModelSpec, Schedule, Spec, UpperLayerSpec, shipped, spec_summary
+from .spec import SLOTS, ConditionSpec, DataSpec, DiscreteSpec, InferenceSpec, ModelSpec, Schedule, Spec, UpperLayerSpec, shipped, spec_summary
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "reference"
 COMMAND = "python -m pyro_vae.reference"
@@ -40,6 +40,7 @@ TABLES = (
     ("`[model]`", "model", ModelSpec),
     ("`[model.discrete]`", "model.discrete", DiscreteSpec),
     ("`[[model.upper_layers]]`", "model.upper_layers", UpperLayerSpec),
+    ("`[model.condition]`", "model.condition", ConditionSpec),
     ("`[inference]`", "inference", InferenceSpec),
     ("`[inference.schedule]`", "inference.schedule", Schedule),
     ("`[data]`", "data", DataSpec),
@@ -50,7 +51,7 @@ SLOT_KEYS = {
     "model.prior": "prior", "model.likelihood": "likelihood", "model.posterior": "posterior",
     "model.encoder": "network", "model.decoder": "network", "model.discrete.classifier": "network",
     "model.upper_layers.posterior": "posterior", "model.upper_layers.encoder": "network",
-    "model.upper_layers.prior_network": "network",
+    "model.upper_layers.prior_network": "network", "model.condition.prior_network": "network",
     "inference.estimator": "estimator", "inference.optimizer": "optimizer", "tracking": "tracker",
 }
 
@@ -94,6 +95,18 @@ MEANINGS = {
                            "p(z|y), and q(y|x) is fitted to the mixture's responsibilities; needs `shape = \"mixture\"` "
                            "and `encoder_reads_y = false`",
     "model.discrete.pretrain_epochs": "with `init = \"vade\"`: epochs of the autoencoder's pretraining",
+    "model.condition": "how the covariates of `data.covariates` enter the model (`[model.condition]`, below); "
+                       "required when covariates are named",
+    # [model.condition]
+    "model.condition.encoder": "`true`: the encoder reads c, q(z|x, c) (Sohn et al.'s CVAE); `false`: q(z|x) "
+                               "(scVI's default for a batch)",
+    "model.condition.prior": "`true`: p(z|c) = N(mu(c), diag sigma(c)^2) from `prior_network` (the CVAE's prior "
+                             "network); `false`: the prior slot's p(z)",
+    "model.condition.embedding_dim": "a categorical covariate enters as one-hot (0) or as a learned embedding of "
+                                     "this size",
+    "model.condition.inject": "`input`: c enters the decoder's first linear map; `every_layer`: every hidden "
+                              "layer's (scvi-tools' deeply_inject_covariates)",
+    "model.condition.prior_network": "with `prior = true`: the network of c giving p(z|c)'s mean and scale",
     # [[model.upper_layers]]
     "model.upper_layers.latent_dim": "the layer's size",
     "model.upper_layers.posterior": "its guide family",
@@ -149,6 +162,12 @@ MEANINGS = {
                    "sorted order)",
     "data.layer": "`.h5ad`: a layer (e.g. `counts`) instead of `X`",
     "data.split_column": "`.h5ad`: an `obs` column of `train` / `valid` / `test`",
+    "data.covariates": "names of observed covariates the model conditions on: arrays beside the data in .npz/.npy, "
+                       "CSV/TSV columns by header (left out of the features), .h5ad `obs` columns, `label` for IDX "
+                       "and named data sets; coded on the training split (categories to sorted codes, continuous "
+                       "values standardized), the coding kept in the checkpoint",
+    "data.covariate_kinds": "force a covariate's kind, `categorical` or `continuous` (inferred otherwise: "
+                            "floating-point values are continuous, strings and integers categorical)",
     "data.labelled": "keep the labels of this many training examples, balanced over the classes and drawn with the "
                      "seed, for a model with `[model.discrete]` (semi-supervised)",
     # [tracking]

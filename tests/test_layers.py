@@ -320,7 +320,7 @@ def test_train_evaluate_analyze_encode_sample_on_two_layers(tmp_path):
     assert posterior["z1"].shape[-1] == 4 and posterior["z2"].shape[-1] == 3
     assert np.array_equal(posterior["z2"].values, posterior["z"].values[..., 4:])
     report = (run / "analysis" / "report.md").read_text()
-    for name in ("latent_space_z1", "latent_space_z2", "traversals_z1", "traversals_z2"):  # figures per layer
+    for name in ("latent_space_layer_z1", "latent_space_layer_z2", "traversals_layer_z1", "traversals_layer_z2"):
         assert (run / "analysis" / f"{name}.png").stat().st_size > 0 and f"{name}.png" in report
     code, _, err = run_cli("encode", run, "--out", tmp_path / "codes.h5ad")
     assert code == 0, err
