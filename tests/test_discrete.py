@@ -172,7 +172,7 @@ def test_the_gradient_probe_leaves_trace_graph_average_baselines_as_it_found_the
     assert before and all(v.abs().sum() > 0 for v in before.values())
     # one average per batch position, as the README says, not one per training example (num_data = 40)
     assert all(v.shape == (len(x),) for v in before.values())
-    assert "kept per batch position rather than per example" in (Path(__file__).parents[1] / "README.md").read_text()
+    assert "kept per batch position rather than per example" in (Path(__file__).parents[1] / "docs" / "guides" / "specs.md").read_text()
     gradient_snr(vae, estimator, x, index, 4)
     after = {k: v.detach() for k, v in pyro.get_param_store().items() if k.startswith(BASELINE_PARAMS)}
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
