@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Optional
 
-from .errors import SpecError
+from .errors import RunError, SpecError
 from .files import atomic_write_json
 from .params import NonNegativeFloat
 from .registry import Registry
@@ -62,6 +63,20 @@ def target_outside(table: Optional[dict], run_dir: Path) -> Optional[tuple[str, 
     if local is not None and Path(local).resolve().is_relative_to(Path(run_dir).resolve()):
         return None
     return key, value
+
+
+def check_stores(run_dir: Path) -> None:
+    """A tracker writes its stores inside the run (``tensorboard/``, ``mlflow.db``,
+    ``mlartifacts/``, the tracking state): a symbolic link in their place (a received run
+    may hold one, pointing anywhere), or a file where a folder belongs, is refused in one
+    line before anything is written."""
+    for name in (*TRACKING_FILES, *TRACKING_FOLDERS):
+        path = Path(run_dir) / name
+        if path.is_symlink():
+            raise RunError(f"{path}: is a symbolic link (to {os.readlink(path)}); a tracker writes only inside the run "
+                           "directory: remove the link, or copy the run")
+        if name in TRACKING_FOLDERS and path.exists() and not path.is_dir():
+            raise RunError(f"{path}: exists and is not a folder; move it away, then run again")
 
 
 def tracking_outputs(run_dir: Path) -> list[Path]:

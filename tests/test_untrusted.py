@@ -153,6 +153,38 @@ def test_a_received_tracking_table_sends_nothing_outside(received, tmp_path, cap
     assert not outside.exists()
 
 
+@pytest.mark.parametrize("kind, store", [("tensorboard", "tensorboard"), ("mlflow", "mlflow.db"),
+                                         ("mlflow", "mlartifacts")])
+def test_a_planted_link_for_a_trackers_store_is_refused_on_resume(received, tmp_path, capsys, kind, store):
+    """With the store under the run (no log_dir, no uri), a link planted in its place would
+    take the events or the database outside the run: refused before training, nothing written."""
+    pytest.importorskip(kind)
+    outside = tmp_path / "outside_store"
+    if store.endswith(".db"):
+        (received / store).symlink_to(outside)  # dangling: sqlite would create it
+    else:
+        outside.mkdir()
+        (received / store).symlink_to(outside)
+    with open(received / "spec.toml", "a") as f:
+        f.write(f'\n[tracking]\nkind = "{kind}"\n')
+    before = (received / "metrics.csv").read_text()
+    code, err = _cli(capsys, "train", "--resume", received, "--set", "inference.schedule.epochs=2")
+    assert_one_line_error(code, err, f"{received / store}", "symbolic link")
+    assert not outside.exists() or list(outside.iterdir()) == []
+    assert (received / "metrics.csv").read_text() == before  # refused before any epoch
+
+
+def test_a_planted_figures_link_is_refused_before_resumed_training(received, tmp_path, capsys):
+    outside = tmp_path / "outside_figures"
+    outside.mkdir()
+    shutil.rmtree(received / "figures", ignore_errors=True)
+    (received / "figures").symlink_to(outside)
+    before = (received / "metrics.csv").read_text()
+    code, err = _cli(capsys, "train", "--resume", received, "--set", "inference.schedule.epochs=2")
+    assert_one_line_error(code, err, f"{received / 'figures'}", "symbolic link")
+    assert (received / "metrics.csv").read_text() == before and list(outside.iterdir()) == []
+
+
 # --- outputs stay inside the run ------------------------------------------------------------------
 
 

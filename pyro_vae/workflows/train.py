@@ -29,7 +29,7 @@ from ..runs import (CHECKPOINT, CHECKPOINT_FORMAT, FIGURES, METRIC_COLUMNS, METR
                    check_finite, load_checkpoint, load_weights, read_spec, record_outputs, remove_partial_writes,
                    save_checkpoint)
 from ..spec import Spec
-from ..tracking import TRACKERS, target_outside, tracking_outputs
+from ..tracking import TRACKERS, check_stores, target_outside, tracking_outputs
 
 
 def _versions() -> dict:
@@ -184,7 +184,9 @@ class _RunWriter:
                  spec=None):
         self.path, self.trainer, self.tracker = path, trainer, tracker
         self.tracked = len(trainer.state.history)  # rows the tracker has (a resumed run's, from start)
+        output_folder(Path(path) / FIGURES)  # a planted link is refused before training, not after an epoch
         if tracker is not None:
+            check_stores(Path(path))  # a received run's planted links are not followed
             tracker.start(Path(path), spec.to_dict(), spec.to_toml(), resumed, trainer.state.history)
         trainer.save = self
         # the command line and git commits that started the run; each resume adds its own
