@@ -171,4 +171,5 @@ def read_csv(path: Path) -> list[dict[str, float]]:
     except FileNotFoundError:
         raise RunError(f"{path}: missing; the run directory is incomplete") from None
     except (ValueError, TypeError, csv.Error) as exc:
-        raise RunError(f"{path}: unreadable ({exc})") from None
+        raise RunError(f"{path}: unreadable ({exc}): the table holds something other than numbers; restore the "
+                       "file the run wrote, or train the run again") from None
