@@ -229,8 +229,6 @@ def claim_output_dir(path: Path, *, force: bool, log: Callable[[str], None] | No
     try:
         if any(p.name != LOCK for p in path.iterdir()):
             if not force:
-                if created:  # leave the folder as it was found
-                    (path / LOCK).unlink(missing_ok=True)
                 resume = f", or {{resume}} {path} to continue that run" if resumable else ""
                 raise RunError(f"{{out}} {path}: already holds files; pass {{force}} to replace them{resume}, "
                                "or choose another {out}")
@@ -239,11 +237,12 @@ def claim_output_dir(path: Path, *, force: bool, log: Callable[[str], None] | No
                 shown = ", ".join(kept[:5]) + (f" and {len(kept) - 5} more" if len(kept) > 5 else "")
                 log(f"{path}: kept {len(kept)} file(s) that pyro-vae did not write there: {shown}")
         mark(path, kind)
-    except OSError as exc:
+    except BaseException as exc:
         lock.release()
-        raise RunError(f"{{out}} {path}: cannot be written ({exc.strerror or exc}); choose a writable folder") from None
-    except BaseException:
-        lock.release()
+        if created:  # refused: leave the folder as it was found
+            (path / LOCK).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise RunError(f"{{out}} {path}: cannot be written ({exc.strerror or exc}); choose a writable folder") from None
         raise
     return lock
 

@@ -313,6 +313,7 @@ def test_force_on_a_folder_that_is_not_a_run_deletes_nothing(tmp_path, capsys):
     code, err = _cli(capsys, "train", "--out", project, "--force", *SMALL)
     assert_one_line_error(code, err, "not a pyro-vae run", "nothing was deleted")
     assert all((project / name).read_text() == name for name in USER_FILES)
+    assert sorted(str(p.relative_to(project)) for p in project.rglob("*") if p.is_file()) == sorted(USER_FILES)  # no lock left
 
 
 def test_force_on_a_run_keeps_and_names_what_pyro_vae_did_not_write(received, capsys):
