@@ -87,6 +87,7 @@ def test_psis_on_known_weights():
     assert (np.abs(k_heavy - 0.8) < 0.15).all(), k_heavy
 
 
+@pytest.mark.integration
 def test_analyze_writes_every_file_and_a_readable_report(digits_run):
     code, out, stderr = run_cli("analyze", digits_run, "--samples", "200", "--limit", "60", "--draws", "50",
                                 env={"PYTHONWARNINGS": "default"})

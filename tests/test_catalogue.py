@@ -426,6 +426,7 @@ def test_low_rank_posterior_covariance():
     assert np.allclose(q.log_prob(z).numpy(), expected)
 
 
+@pytest.mark.integration
 def test_mismatched_data_and_likelihood_through_the_cli(tmp_path):
     from helpers import assert_one_line_error, run_cli
 

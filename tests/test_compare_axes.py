@@ -80,6 +80,7 @@ def test_bad_axes_are_refused_before_anything_is_trained(axes, zip_axes, fragmen
     assert fragment in caught.value.template
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("args, fragment", [
     (["--vary", "model.prior.kind=standard_normal,nope"], "--vary nope: model.prior.kind: unknown prior kind 'nope'"),
     (["--vary", "model.latent_dim=4,8", "--vary", "model.posterior.kind=iaf", "--zip"], "--zip pairs"),
@@ -144,6 +145,7 @@ def _rows(out):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.integration
 def test_comparison_of_priors_writes_tables_that_read_back(tmp_path, capsys):
     out = tmp_path / "priors"
     assert main(["compare", "--vary", "model.prior.kind=standard_normal,vamp", "--seeds", "2", "--samples", "8",
@@ -170,6 +172,7 @@ def test_comparison_of_priors_writes_tables_that_read_back(tmp_path, capsys):
     assert report["settings"]["reference"] == "vamp" and report["settings"]["snr"] is False
 
 
+@pytest.mark.integration
 def test_an_interrupted_comparison_continues_to_the_numbers_of_one_never_interrupted(tmp_path, monkeypatch):
     """A comparison killed in its second cell's training (after a checkpoint) and run again
     keeps the first cell, resumes the second from its checkpoint and ends with the same
@@ -209,6 +212,7 @@ def test_an_interrupted_comparison_continues_to_the_numbers_of_one_never_interru
     assert [p["epoch"] for p in again["snr_points"][1]["points"]] == [0, 2, 3]
 
 
+@pytest.mark.integration
 def test_a_different_comparison_in_the_same_folder_is_refused(tmp_path, capsys):
     out = tmp_path / "c"
     (out / "runs").mkdir(parents=True)

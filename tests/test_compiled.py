@@ -234,6 +234,7 @@ def test_auto_compiles_a_long_run_and_leaves_a_short_one_eager(data_files, monke
     assert len(lines) == 1 and "Inductor compiles the step first" in lines[0] and 'compile = "graph"' in lines[0], lines
 
 
+@pytest.mark.integration
 def test_a_cuda_graph_on_the_cpu_is_refused_in_one_line(tmp_path, capsys):
     from pyro_vae.cli import main
 

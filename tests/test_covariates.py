@@ -226,6 +226,7 @@ def test_bad_covariates_are_one_line(npz_file, problem, message):
             _data(path, ["age"])
 
 
+@pytest.mark.integration
 def test_spec_keys_are_checked():
     with pytest.raises(SpecError, match="covariate_kinds names 'age'"):
         Spec.from_dict({"data": {"name": "digits", "covariate_kinds": {"age": "continuous"}}})
@@ -338,6 +339,7 @@ def cli_run(tmp_path_factory):
     return folder, run, data, batch, age
 
 
+@pytest.mark.integration
 def test_cli_evaluate_encode_transform_and_sample(cli_run):
     from pyro_vae.runs import load_run
 
@@ -366,6 +368,7 @@ def test_cli_evaluate_encode_transform_and_sample(cli_run):
     assert len(set(samples["condition"][:, 1].tolist())) > 1  # age drawn from the training rows
 
 
+@pytest.mark.integration
 def test_cli_refuses_bad_covariates_in_one_line_and_writes_nothing(cli_run):
     folder, run, data, batch, age = cli_run
     arrays = dict(np.load(data))
@@ -389,6 +392,7 @@ def test_cli_refuses_bad_covariates_in_one_line_and_writes_nothing(cli_run):
     assert not (folder / "t.npz").exists()
 
 
+@pytest.mark.integration
 def test_cli_analyze_colours_the_latent_space_by_each_categorical_covariate(cli_run):
     folder, run, data, batch, age = cli_run
     result = cli("analyze", run, "--samples", 10, "--limit", 30)
@@ -399,6 +403,7 @@ def test_cli_analyze_colours_the_latent_space_by_each_categorical_covariate(cli_
     assert "samples_by_batch.png" in (analysis / "report.md").read_text()
 
 
+@pytest.mark.integration
 def test_compare_varies_where_the_covariates_enter(cli_run, tmp_path):
     folder, run, data, batch, age = cli_run
     out = tmp_path / "cmp"
@@ -417,6 +422,7 @@ def test_compare_varies_where_the_covariates_enter(cli_run, tmp_path):
 # --- demonstrations: a continuous covariate's shift, batch correction on counts ----------------
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_decoding_one_z_under_two_values_of_a_continuous_covariate_shifts_the_mean_as_planted(tmp_path):
     """x = A z + slope * (age - 50) / 10 + noise: the decoded mean of one z under age 40 and 60
@@ -465,6 +471,7 @@ def _counts_with_batches(path, n=2000, genes=50, seed=0):
     return effect
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_batch_correction_on_counts(tmp_path):
     """Trained with the batch as a covariate (the shipped count_batch_corrected: NB, library

@@ -166,6 +166,7 @@ def test_shared_binarized_mnist():
     assert set(data.splits["valid"].unique().tolist()) == {0.0, 1.0}
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kind", ["binomial", "categorical", "discretized_logistic"])
 def test_level_likelihoods_take_their_levels_from_the_data(tmp_path, kind):
     """Unset, levels is the source's own maximum (digits: 16; integer arrays in 0..255: 255),
@@ -194,6 +195,7 @@ def test_level_likelihoods_take_their_levels_from_the_data(tmp_path, kind):
         check(given)
 
 
+@pytest.mark.integration
 def test_a_test_split_carved_from_a_file_with_its_own_validation_split_is_said(tmp_path, capsys):
     """A file with train and valid but no test (as binarized MNIST): data.test_fraction takes
     its test split from the training rows; training says so in one line and summary.json

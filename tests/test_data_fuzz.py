@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.integration  # every test here runs the command line or other processes
+
 anndata = pytest.importorskip("anndata", reason="the anndata extra (in dev) is needed for .h5ad")
 h5py = pytest.importorskip("h5py")
 

@@ -265,6 +265,7 @@ def test_a_discrete_model_defaults_to_enumeration():
     assert load_spec().inference.estimator["kind"] == "trace_elbo"
 
 
+@pytest.mark.integration
 def test_analyze_gives_q_y_and_the_discrete_figures(tmp_path):
     """analyze on a semi-supervised run: q(y|x) in posterior.nc (obs x y, rows summing to 1),
     the class-conditional samples, the confusion matrix (its counts those of the labels) and
@@ -336,6 +337,7 @@ BAD = [
 ]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("args,fragment", BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_discrete_combinations_exit_2_with_one_line(tmp_path, capsys, args, fragment):
     from pyro_vae.cli import main
@@ -346,6 +348,7 @@ def test_bad_discrete_combinations_exit_2_with_one_line(tmp_path, capsys, args, 
     assert not out.exists()
 
 
+@pytest.mark.integration
 def test_a_streamed_semi_supervised_run_equals_the_in_memory_one(tmp_path):
     """data.in_memory = false with data.labelled: the labelled examples are read from the
     memory-mapped file, and the weights after two epochs are those of the in-memory run."""
@@ -366,6 +369,7 @@ def test_a_streamed_semi_supervised_run_equals_the_in_memory_one(tmp_path):
         torch.testing.assert_close(value, weights["false"][key], rtol=0, atol=0, msg=key)
 
 
+@pytest.mark.integration
 def test_labelled_on_data_without_labels_exits_2(tmp_path, capsys):
     from pyro_vae.cli import main
 
@@ -376,6 +380,7 @@ def test_labelled_on_data_without_labels_exits_2(tmp_path, capsys):
     assert_one_line_error(code, capsys.readouterr().err, "needs labels")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("inference", ["trace_enum", "trace_graph_neural", "relaxed_straight_through",
                                        *(pytest.param(k, marks=pytest.mark.slow) for k in ("trace_graph", "trace_elbo", "relaxed"))])
 def test_every_estimator_trains_resumes_exactly_and_evaluates(tmp_path, capsys, inference):
@@ -406,6 +411,7 @@ def test_every_estimator_trains_resumes_exactly_and_evaluates(tmp_path, capsys, 
     assert summary["elbo"] <= summary["log_likelihood"] + 1
 
 
+@pytest.mark.integration
 def test_compare_reports_q_y_snr_and_accuracy_on_a_discrete_model(tmp_path, capsys):
     import csv
 
@@ -450,6 +456,7 @@ def test_semi_supervised_m2_beats_the_supervised_only_classifier_on_digits(tmp_p
     assert gain.mean() > 2 * gain.std() / len(gain) ** 0.5, (m2_right.mean(), baseline_right.mean())
 
 
+@pytest.mark.integration
 def test_a_mixture_vae_whose_encoder_reads_x_alone_may_be_convolutional(tmp_path, capsys):
     """With encoder_reads_y = false the encoder sees x alone, so a conv encoder (refused when
     it must read one-hot y beside x) trains, and its q(z|x) is q(y|x)-free."""
@@ -468,6 +475,7 @@ def test_a_mixture_vae_whose_encoder_reads_x_alone_may_be_convolutional(tmp_path
         torch.testing.assert_close(vae.q(x).mean, direct.mean)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("seed", [0, 1])
 def test_the_shipped_gmvae_clusters_digits_instead_of_collapsing(tmp_path, seed):
     """Regression: with its component means drawn from N(0, I) the mixture VAE put every

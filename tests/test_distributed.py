@@ -60,6 +60,7 @@ def metrics(run: Path) -> list[dict]:
 # --- gradient equivalence ----------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_two_processes_take_the_one_process_steps(tmp_path):
     """One all-reduced step with W = 2 equals one process's step on the same global batch
     (1e-6 relative), for one latent layer and for two, and 20 steps stay within float tolerance. The posterior is a point
@@ -100,6 +101,7 @@ def runs(tmp_path_factory):
             "killed_stderr": killed_err}
 
 
+@pytest.mark.integration
 def test_only_rank_zero_writes_and_speaks(runs):
     two = runs["two"]
     names = sorted(p.name for p in two.iterdir())
@@ -118,6 +120,7 @@ def test_two_processes_train_like_one(runs):
     assert one != two  # rank 1's draws are its own
 
 
+@pytest.mark.integration
 def test_two_processes_train_semi_supervised_m2_like_one(tmp_path):
     """Labelled examples under torchrun: each rank draws its own labelled subsample beside
     its shard of the batch, and the all-reduced objective trains as one process does (the
@@ -140,6 +143,7 @@ def test_two_processes_train_semi_supervised_m2_like_one(tmp_path):
     assert accuracy["one"] > 0.6 and abs(accuracy["one"] - accuracy["two"]) < 0.04, accuracy
 
 
+@pytest.mark.integration
 def test_resume_with_another_number_of_processes_is_refused(runs):
     killed = runs["killed"]
     before = (killed / "checkpoint.pt").read_bytes()
@@ -148,6 +152,7 @@ def test_resume_with_another_number_of_processes_is_refused(runs):
     assert (killed / "checkpoint.pt").read_bytes() == before
 
 
+@pytest.mark.integration
 def test_resume_under_torchrun_after_killing_the_launcher_is_exact(runs):
     assert runs["killed_workers"] == 2
     assert len(metrics(runs["killed"])) < 8  # it was stopped mid-run
@@ -158,6 +163,7 @@ def test_resume_under_torchrun_after_killing_the_launcher_is_exact(runs):
     assert metrics(runs["killed"]) == metrics(runs["two"])
 
 
+@pytest.mark.integration
 def test_two_nodes_on_one_machine(runs, tmp_path):
     """torchrun --nnodes 2 --node_rank 0|1 with the rendezvous on loopback: the same world of
     two ranks as one node with two processes, so the same metrics, exactly."""
@@ -177,6 +183,7 @@ def test_two_nodes_on_one_machine(runs, tmp_path):
     assert metrics(out) == metrics(runs["two"])
 
 
+@pytest.mark.integration
 def test_sharded_evaluation_equals_one_process_per_example(runs, tmp_path):
     run = runs["one"]
     args = ["evaluate", run, "--samples", "64", "--limit", "90", "--device", "cpu"]
@@ -190,6 +197,7 @@ def test_sharded_evaluation_equals_one_process_per_example(runs, tmp_path):
         assert np.allclose(values, sharded[name], rtol=1e-5, atol=1e-5), name
 
 
+@pytest.mark.integration
 def test_sharded_analysis_equals_one_process(runs):
     import json
 
@@ -250,6 +258,7 @@ def _wait_gone(pids, timeout: float) -> None:
     assert not remaining, f"workers {remaining} outlived their launcher by {timeout} s"
 
 
+@pytest.mark.integration
 def test_a_rank_killed_on_purpose_stops_the_others_and_keeps_the_checkpoint(tmp_path):
     out = tmp_path / "victim"
     launcher = torchrun("-m", "pyro_vae", "train", "--out", out, "--set", "inference.schedule.epochs=200",
@@ -323,12 +332,14 @@ def test_blockwise_does_not_depend_on_the_number_of_ranks():
             assert torch.equal(whole["draw"][rows], torch.randn(rows.stop - rows.start))
 
 
+@pytest.mark.integration
 def test_python_dash_m_pyro_vae_is_the_cli():
     result = subprocess.run([sys.executable, "-m", "pyro_vae", "--version"], capture_output=True, text=True,
                             timeout=60, cwd=ROOT)
     assert result.returncode == 0 and result.stdout.startswith("pyro-vae ")
 
 
+@pytest.mark.integration
 def test_resume_under_torchrun_keeps_every_ranks_trace_graph_baselines(tmp_path):
     """TraceGraph_ELBO's decaying-average baselines live in each rank's param store and
     average that rank's own shard's costs, so they differ between ranks: the checkpoint keeps

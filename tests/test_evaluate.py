@@ -13,6 +13,7 @@ from pyro_vae.workflows.cells import estimator_axis
 from pyro_vae.workflows.compare import columns, parse_estimators
 
 
+@pytest.mark.integration
 def test_evaluate_writes_summary_and_per_example_values(digits_run, capsys):
     assert main(["evaluate", str(digits_run), "--samples", "300", "--limit", "120"]) == 0
     out = capsys.readouterr().out
@@ -32,6 +33,7 @@ def test_evaluate_writes_summary_and_per_example_values(digits_run, capsys):
     assert sum(summary["kl_per_dim"]) == pytest.approx(summary["kl"], abs=0.05 + 0.05 * abs(summary["kl"]))
 
 
+@pytest.mark.integration
 def test_evaluate_on_a_file_with_only_a_test_split(digits_run, tmp_path, capsys):
     from sklearn.datasets import load_digits
 
@@ -43,6 +45,7 @@ def test_evaluate_on_a_file_with_only_a_test_split(digits_run, tmp_path, capsys)
     assert json.loads((digits_run / "evaluation" / "test_only-test.json").read_text())["n"] == 40
 
 
+@pytest.mark.integration
 def test_evaluate_errors(tmp_path, digits_run):
     code, _, stderr = run_cli("evaluate", tmp_path / "nope")
     assert_one_line_error(code, stderr, "no such run directory")
@@ -58,6 +61,7 @@ def test_parse_estimators():
     ]
 
 
+@pytest.mark.integration
 def test_compare_end_to_end(tmp_path, capsys):
     out = tmp_path / "cmp"
     args = ["compare", "--estimators", "trace_elbo,iwae", "--seeds", "2", "--out", str(out), "--samples", "40",
@@ -119,6 +123,7 @@ def test_estimators_start_from_the_same_weights_and_data_order():
     assert torch.equal(a["order"], b["order"])
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "estimators, fragment",
     [("trace_elbo,iwae:k", "expected kind:key=value"), ("trace_elbo,nope", "unknown estimator kind 'nope'"),

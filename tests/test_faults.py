@@ -93,6 +93,7 @@ TOTAL_STEPS = 12 * (1617 // 16)  # LONG: 12 epochs of 101 steps, a checkpoint ev
 KILL_AT = (40, 260, 480, 700, 850)  # steps after which a SIGKILL lands; the last leaves 300+ steps to run
 
 
+@pytest.mark.integration
 def test_sigkill_at_chosen_steps_then_resume_reproduces_the_run(reference, tmp_path):
     """Kill -9 at five chosen points of training (once the checkpoint holds a given step:
     the kill lands a few steps later, mid-epoch, on any machine, however fast), resume each
@@ -115,6 +116,7 @@ def test_sigkill_at_chosen_steps_then_resume_reproduces_the_run(reference, tmp_p
     assert not list(out.glob(".*.tmp*"))
 
 
+@pytest.mark.integration
 def test_sigterms_finish_the_step_checkpoint_and_say_how_to_resume(reference, tmp_path):
     """SIGTERM after SIGTERM, every millisecond until the process ends (as when torchrun's
     launcher dies: Linux sends the parent-death signal once per launcher thread; or when a
@@ -141,6 +143,7 @@ def test_sigterms_finish_the_step_checkpoint_and_say_how_to_resume(reference, tm
     assert_same_weights(out, reference)
 
 
+@pytest.mark.integration
 def test_a_run_killed_after_its_last_checkpoint_is_finished_by_resuming(reference, tmp_path):
     """Killed after the last epoch's checkpoint but before its figures and final summary (the
     summary still says running): resuming trains nothing and writes what was missing; the
@@ -160,6 +163,7 @@ def test_a_run_killed_after_its_last_checkpoint_is_finished_by_resuming(referenc
     assert_one_line_error(code, stderr, "already finished")
 
 
+@pytest.mark.integration
 def test_resume_of_a_finished_run_and_bad_combinations(reference):
     code, _, stderr = run_cli("train", "--resume", reference)
     assert_one_line_error(code, stderr, "already finished")
@@ -169,6 +173,7 @@ def test_resume_of_a_finished_run_and_bad_combinations(reference):
     assert_one_line_error(code, stderr, "--resume continues RUN with its own spec.toml; drop --model")
 
 
+@pytest.mark.integration
 def test_a_nan_stops_training_naming_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path):
     out = tmp_path / "nan"
     # 1437 training examples in batches of 128: 11 steps per epoch; NaN from step 31 = epoch 3, step 9
@@ -205,6 +210,7 @@ def copy_run(src, dst):
     return dst
 
 
+@pytest.mark.integration
 def test_a_planted_pickle_is_refused_and_runs_nothing(digits_run, tmp_path):
     run = copy_run(digits_run, tmp_path / "evil")
     marker = tmp_path / "pwned"
@@ -224,6 +230,7 @@ def test_a_planted_pickle_is_refused_and_runs_nothing(digits_run, tmp_path):
     assert (run / "checkpoint.pt").read_bytes() == before
 
 
+@pytest.mark.integration
 def test_truncated_checkpoint_missing_files_and_misnamed_data(digits_run, tmp_path):
     run = copy_run(digits_run, tmp_path / "cut")
     data = (run / "checkpoint.pt").read_bytes()
@@ -262,6 +269,7 @@ def test_atomic_write_keeps_the_previous_file_when_the_disk_is_full(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]
 
 
+@pytest.mark.integration
 def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path):
     """A real write failure: the resumed process may not write files larger than the checkpoint."""
     import resource
@@ -289,6 +297,7 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path):
     assert load_checkpoint(out / "checkpoint.pt")["training"]["state"]["epoch"] == 1
 
 
+@pytest.mark.integration
 def test_resume_before_the_first_checkpoint_starts_again(tmp_path, reference):
     out = tmp_path / "early"
     out.mkdir()
@@ -306,6 +315,7 @@ def _sigterm_to_self(*args, **kwargs):
     raise AssertionError("SIGTERM did not stop the command")
 
 
+@pytest.mark.integration
 def test_sigterm_before_training_stops_in_one_line(monkeypatch, capsys):
     from pyro_vae import cli
 
@@ -316,6 +326,7 @@ def test_sigterm_before_training_stops_in_one_line(monkeypatch, capsys):
     assert signal.getsignal(signal.SIGTERM) is before  # the command's handler is gone with it
 
 
+@pytest.mark.integration
 def test_sigterm_after_the_lock_is_taken_releases_it(monkeypatch, tmp_path, capsys):
     """Stopped where training has not started (after the run directory is claimed, before
     the first step): the lock is released and the directory resumes."""

@@ -143,6 +143,7 @@ def test_without_a_gaussian_q_the_figures_show_the_draws_and_their_density_estim
         assert abs(inside.mean() - share) < 0.05, (share, inside.mean())
 
 
+@pytest.mark.integration
 def test_a_csv_headers_names_label_the_features(saved, tmp_path):
     """Training on a CSV with a header keeps its feature columns' names (summary.json, and
     the heat maps' feature axis, where f0, f1, ... or column indices stood)."""

@@ -66,6 +66,7 @@ def test_a_class_in_the_wrong_slot_is_one_line(capsys):
                     "is a function, not a class", "pyro.infer.elbo.ELBO")
 
 
+@pytest.mark.integration
 def test_command_line_and_git_commit_are_recorded(digits_run, tmp_path):
     from pyro_vae.provenance import command_line, git_state
 
@@ -91,6 +92,7 @@ def test_command_line_and_git_commit_are_recorded(digits_run, tmp_path):
     assert git_state(outside) is None or git_state(outside)["root"] != str(outside)
 
 
+@pytest.mark.integration
 def test_the_training_report_names_the_saved_weights(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--out", str(out), "--set", "inference.schedule.epochs=3", "--quiet"]) == 0
@@ -159,6 +161,7 @@ def _metrics_without_timing(run):
     return [{k: v for k, v in row.items() if k not in ("seconds", "examples_per_second")} for row in load_run(run).metrics]
 
 
+@pytest.mark.integration
 def test_a_finished_run_extended_is_the_run_trained_that_long(tmp_path, capsys):
     short, long = tmp_path / "short", tmp_path / "long"
     warmup = ["--set", "inference.schedule.kl_warmup_epochs=3"]  # the warm-up spans the extension
@@ -177,6 +180,7 @@ def test_a_finished_run_extended_is_the_run_trained_that_long(tmp_path, capsys):
                     "--set inference.schedule.epochs=N")
 
 
+@pytest.mark.integration
 def test_a_run_that_stopped_early_is_not_extended(tmp_path, capsys):
     out = tmp_path / "early"
     assert main(["train", "--out", str(out), "--set", "inference.schedule.epochs=30", "--set",
@@ -187,6 +191,7 @@ def test_a_run_that_stopped_early_is_not_extended(tmp_path, capsys):
                     "stopped early", f"--init {out}")
 
 
+@pytest.mark.integration
 def test_init_starts_from_another_runs_weights_with_a_fresh_optimizer(digits_run, tmp_path, capsys):
     from pyro_vae.workflows.train import train
 
@@ -229,6 +234,7 @@ class CauchyPrior(Prior):
 '''
 
 
+@pytest.mark.integration
 def test_a_component_beside_the_spec_is_imported_from_the_working_directory(tmp_path, monkeypatch, capsys):
     package = "mycomp_issue12"
     (tmp_path / package).mkdir()
@@ -256,6 +262,7 @@ def test_a_component_beside_the_spec_is_imported_from_the_working_directory(tmp_
 # --- numbers that cannot mislead ---------------------------------------------------------------
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("model, values, wanted, unwanted", [
     ("bernoulli_mlp", np.random.default_rng(0).normal(size=(60, 5)), "choose a likelihood for real values",
      "normalize = true"),
@@ -405,6 +412,7 @@ def test_snr_ticks_are_plain_numbers():
     assert ax.yaxis.get_minor_formatter()(20, 0) == "20"
 
 
+@pytest.mark.integration
 def test_figures_of_tabular_and_count_runs(tmp_path):
     rng = np.random.default_rng(0)
     counts = write_npz(tmp_path / "counts.npz", train=rng.negative_binomial(2, 0.05, size=(300, 30)))
@@ -435,6 +443,7 @@ def _demo(out, seed):
     return run, data, classifier
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_the_default_demo_is_a_working_probability_model(tmp_path, seed):
@@ -459,6 +468,7 @@ def test_the_default_demo_is_a_working_probability_model(tmp_path, seed):
     assert result["log_likelihood"] < 0 and result["units"] == "nats per example"
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="issue 29's k-hat and prior-sample targets, not met by the binomial demo: "
                    "k-hat >= 0.7 for ~95% of examples, 75% of samples assigned with p >= 0.8 (seed 0); no estimator, "

@@ -110,6 +110,7 @@ def test_bad_tables_are_refused(tmp_path, content, fragments):
         assert fragment in str(info.value)
 
 
+@pytest.mark.integration
 def test_bad_inputs_one_line_exit_2_nothing_written(tmp_path, monkeypatch):
     write_h5ad(tmp_path / "cells.h5ad")
     np.save(tmp_path / "neg.npy", -np.ones((30, 4), dtype=np.int64))
@@ -161,6 +162,7 @@ def test_streamed_training_is_bit_identical_to_in_memory(tmp_path, binarize):
         assert torch.equal(value, runs[False].vae.state_dict()[key]), key
 
 
+@pytest.mark.integration
 def test_streamed_resume_and_evaluation_match(tmp_path):
     from pyro_vae.errors import Interrupted
     from pyro_vae.workflows.evaluate import evaluate_run
@@ -211,6 +213,7 @@ def test_prefetcher_stops_and_passes_errors_on():
             list(results)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_a_1gb_npy_trains_within_400mb_of_rss(tmp_path):
     """Streaming holds a batch, not the file: peak RSS is measured (getrusage) after the
@@ -301,6 +304,7 @@ def test_log1p_encoder_input_and_library_size():
         build_vae(gaussian, (5,))
 
 
+@pytest.mark.integration
 @needs_idx
 def test_every_likelihood_takes_mnist_idx_with_one_set_line(capsys):
     from pyro_vae.cli import main
@@ -316,6 +320,7 @@ def test_every_likelihood_takes_mnist_idx_with_one_set_line(capsys):
 # --- the run on new data: prepare, evaluate, encode -------------------------------------------
 
 
+@pytest.mark.integration
 def test_prepare_takes_numpy_levels_and_refuses_rescaled_input(digits_run):
     from sklearn.datasets import load_digits
 
@@ -333,6 +338,7 @@ def test_prepare_takes_numpy_levels_and_refuses_rescaled_input(digits_run):
         run.prepare(np.array([["a"] * 64]))
 
 
+@pytest.mark.integration
 def test_evaluating_other_data_keeps_the_runs_results(digits_run, tmp_path):
     from sklearn.datasets import load_digits
 
@@ -349,6 +355,7 @@ def test_evaluating_other_data_keeps_the_runs_results(digits_run, tmp_path):
     assert len(chosen) == 15 and chosen.max() < 200 and not np.array_equal(chosen, np.arange(15))
 
 
+@pytest.mark.integration
 def test_encode_round_trips(digits_run, tmp_path):
     from pyro_vae.workflows.evaluate import heldout
 
@@ -372,6 +379,7 @@ def test_encode_round_trips(digits_run, tmp_path):
     assert_one_line_error(code, err, "exists", "--force")
 
 
+@pytest.mark.integration
 def test_encode_h5ad_copies_the_input(tmp_path):
     write_h5ad(tmp_path / "cells.h5ad")
     before = (tmp_path / "cells.h5ad").read_bytes()

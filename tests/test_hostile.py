@@ -15,12 +15,15 @@ import tomllib
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyro_vae.cli import main
 from pyro_vae.spec import shipped
+
+pytestmark = pytest.mark.integration  # every test here runs the command line or other processes
 
 MODELS = [tomllib.loads(p.read_text())["model"] for p in shipped("models").values()]
 INFERENCE = [tomllib.loads(p.read_text())["inference"] for p in shipped("inference").values()]

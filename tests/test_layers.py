@@ -180,6 +180,7 @@ def test_every_estimators_two_layer_loss_against_an_independent_computation(esti
     assert loss == pytest.approx(expected, rel=1e-6), (loss, expected)
 
 
+@pytest.mark.integration
 def test_trace_mean_field_is_refused_on_a_bottom_up_hierarchy(tmp_path):
     from helpers import run_cli
 
@@ -264,6 +265,7 @@ def test_two_layers_vamp_on_top_trains_and_its_prior_is_the_top_posterior_mixtur
     assert vae.decoder.in_shape == (5,)  # the decoder reads z1 and z2
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("change, fragments", [
     ({"inference_network": "ladder", "posterior": {"kind": "iaf"}}, ["ladder", "diagonal_normal"]),
     ({"prior": {"kind": "vamp"}}, ["vamp", "bottom_up", "top_down"]),
@@ -280,12 +282,14 @@ def test_structures_that_cannot_work_are_refused_in_one_line(change, fragments, 
     assert_one_line_error(code, err, *fragments)
 
 
+@pytest.mark.integration
 def test_a_bad_layer_key_names_its_place(tmp_path):
     code, _, err = run_cli("train", "--model", "hvae", "--data", write_data(tmp_path), "--out", tmp_path / "run",
                            "--set", "model.upper_layers=[{latent_dim=2, widht=3}]", "--quiet")
     assert_one_line_error(code, err, "upper_layers", "widht")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", ["hvae", "hvae_vampprior", "ladder"])
 def test_the_shipped_hierarchies_are_listed_and_build(name):
     code, out, _ = run_cli("specs")
@@ -296,6 +300,7 @@ def test_the_shipped_hierarchies_are_listed_and_build(name):
     assert vae.layers == 2 and len(vae.site_names) == 2
 
 
+@pytest.mark.integration
 def test_train_evaluate_analyze_encode_sample_on_two_layers(tmp_path):
     anndata = pytest.importorskip("anndata")
     from sklearn.datasets import load_digits
@@ -379,6 +384,7 @@ def test_three_layers_pyro_sites_and_the_joint_vector_agree(guide):
     assert samples.shape == (5, 9) and torch.isfinite(vae.latent_prior().log_prob(samples)).all()
 
 
+@pytest.mark.integration
 def test_compare_sets_the_ladder_beside_bottom_up_with_active_units_per_layer(tmp_path):
     import csv
 
@@ -414,6 +420,7 @@ def test_set_and_vary_reach_into_a_layer_by_its_index():
     assert axis.values == ("[]", "[{latent_dim=4}]")
 
 
+@pytest.mark.integration
 def test_encode_annotates_an_h5ad_without_obs(tmp_path):
     """An .h5ad without obs loads (data/readers.py reads obs only for labels or a split
     column); encode's annotated copy takes its rows from X then."""

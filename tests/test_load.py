@@ -8,6 +8,8 @@ beyond the per-example results themselves (a few floats per example).
 import subprocess
 import sys
 
+import pytest
+
 
 BOUND_MB = 256  # measured here: evaluation about 40 MB, analysis about 170 MB (ArviZ), whatever the size
 SCRIPT = """
@@ -44,6 +46,7 @@ def peak_mb(n, samples, mode):
     return float(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.integration
 def test_evaluation_memory_is_bounded_as_samples_and_examples_grow():
     small = peak_mb(1000, 500, "evaluate")
     more_samples = peak_mb(1000, 5000, "evaluate")
@@ -52,12 +55,14 @@ def test_evaluation_memory_is_bounded_as_samples_and_examples_grow():
     assert large - small < 40, (small, large)
 
 
+@pytest.mark.integration
 def test_analysis_memory_is_bounded_as_samples_grow():
     few = peak_mb(1000, 500, "analyze")
     many = peak_mb(1000, 5000, "analyze")
     assert max(few, many) < BOUND_MB and many - few < 40, (few, many)
 
 
+@pytest.mark.integration
 def test_vampprior_evaluation_memory_is_bounded():
     assert peak_mb(200, 1000, "vamp") < BOUND_MB
 

@@ -66,6 +66,7 @@ def test_exact_means_are_used_where_q_has_them():
     assert result.posterior_mean_mc_variance.abs().max() == 0
 
 
+@pytest.mark.integration
 def test_evaluate_and_analyze_report_the_same_active_units(digits_run):
     """Regression: evaluate reported 5/16 and analyze 7/16 for the same run."""
     from pyro_vae.workflows.analyze import analyze_run
@@ -128,6 +129,7 @@ def test_auto_normalization_follows_the_likelihood(tmp_path):
 # --- dynamic binarization when scoring the train split -----------------------------------
 
 
+@pytest.mark.integration
 def test_scoring_a_dynamically_binarized_train_split_draws_binary_data(tmp_path):
     """Regression: evaluate/analyze --split train scored the grayscale intensities."""
     from pyro_vae.cli import main
@@ -251,6 +253,7 @@ def test_active_units_without_enough_draws_are_reported_as_unknown(tmp_path):
     assert describe_active_units(exact).endswith("of 8")
 
 
+@pytest.mark.integration
 def test_the_mixture_prior_trains_under_the_traced_elbo(tmp_path):
     """The hostile-spec fuzzer's case (issue 30): a mixture prior with inference.estimator.jit
     = true stopped with a TorchScript traceback in the first backward pass (log_softmax's

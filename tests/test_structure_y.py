@@ -156,6 +156,7 @@ def test_m2_on_two_layers_decodes_z1_and_y_and_its_marginal_p_x_sums_y():
     assert torch.allclose(vae.p_x(z, x[:5]).log_prob(x[:5]), torch.logsumexp(per_y, -1) - math.log(C))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("shape", ["mixture", pytest.param("m2", marks=pytest.mark.slow)])  # m2: its units cover it
 def test_cli_trains_evaluates_and_samples_y_on_two_layers(shape, tmp_path):
     rng = np.random.default_rng(0)

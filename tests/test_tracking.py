@@ -21,6 +21,8 @@ pytest.importorskip("tensorboard", reason="the tensorboard extra is not installe
 from mlflow.tracking import MlflowClient  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
+pytestmark = pytest.mark.integration  # every test here runs the command line or other processes
+
 EPOCHS = 3
 
 

@@ -22,6 +22,7 @@ def read_metrics(run):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.integration
 def test_cli_train_writes_a_complete_run(digits_run):
     files = {p.name for p in digits_run.iterdir()}
     assert {"spec.toml", "metrics.csv", "summary.json", "checkpoint.pt", "figures"} <= files
@@ -43,6 +44,7 @@ def test_cli_train_writes_a_complete_run(digits_run):
     assert checkpoint["format"] == 1 and checkpoint["data_shape"] == [64]
 
 
+@pytest.mark.integration
 def test_load_run_rebuilds_the_trained_vae(digits_run):
     run = load_run(digits_run)
     checkpoint = torch.load(digits_run / "checkpoint.pt", weights_only=True)
@@ -56,6 +58,7 @@ def test_load_run_rebuilds_the_trained_vae(digits_run):
     assert torch.equal(run.vae.decoder(z), again.vae.decoder(z))
 
 
+@pytest.mark.integration
 def test_same_seed_same_numbers_and_weights(tmp_path):
     runs = []
     for name in ("a", "b"):
@@ -71,6 +74,7 @@ def test_same_seed_same_numbers_and_weights(tmp_path):
     assert read_metrics(tmp_path / "c")[0]["train_elbo"] != a[0]["train_elbo"]
 
 
+@pytest.mark.integration
 def test_early_stopping_keeps_the_best_weights(tmp_path):
     out = tmp_path / "es"
     # a learning rate so large that validation gets worse after the first epoch
@@ -94,6 +98,7 @@ def test_kl_warmup_is_linear():
     assert kl_weight(Schedule(beta=2.0), 0, 10) == 2.0
 
 
+@pytest.mark.integration
 def test_warmup_reaches_the_metrics(tmp_path):
     out = tmp_path / "w"
     assert main(["train", "--out", str(out), *QUICK, "--set", "inference.schedule.kl_warmup_epochs=4"]) == 0
@@ -127,6 +132,7 @@ def test_device_choice(monkeypatch):
         load_spec(overrides=["inference.schedule.device=gpu1"])
 
 
+@pytest.mark.integration
 def test_sample_command(digits_run, capsys):
     assert main(["sample", str(digits_run), "--n", "9"]) == 0
     assert "samples.png" in capsys.readouterr().out
@@ -135,6 +141,7 @@ def test_sample_command(digits_run, capsys):
     assert np.isfinite(arrays["mean"]).all()
 
 
+@pytest.mark.integration
 def test_check_validates_without_training(tmp_path, capsys):
     assert main(["train", "--check", "--set", "model.latent_dim=8", "--out", str(tmp_path / "never")]) == 0
     out = capsys.readouterr().out
@@ -142,6 +149,7 @@ def test_check_validates_without_training(tmp_path, capsys):
     assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "args, fragments",
     [
@@ -162,12 +170,14 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragments):
     assert not out.exists()
 
 
+@pytest.mark.integration
 def test_data_outside_support_through_the_cli(tmp_path):
     counts = write_npz(tmp_path / "counts.npz", train=np.random.default_rng(0).poisson(400, (50, 6)).astype(np.int64))
     code, _, stderr = run_cli("train", "--model", "bernoulli_mlp", "--data", counts, "--out", tmp_path / "r")
     assert_one_line_error(code, stderr, "bernoulli", "whole numbers", "counts: choose a likelihood for counts")
 
 
+@pytest.mark.integration
 def test_out_refuses_to_overwrite_without_force(digits_run, tmp_path):
     before = (digits_run / "metrics.csv").read_bytes()
     code, _, stderr = run_cli("train", "--out", digits_run, *QUICK)
@@ -182,17 +192,20 @@ def test_out_refuses_to_overwrite_without_force(digits_run, tmp_path):
     assert not (target / "evaluation").exists() and (target / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.integration
 def test_force_keeps_the_old_run_when_the_new_spec_is_bad(digits_run):
     before = (digits_run / "checkpoint.pt").read_bytes()
     code, _, stderr = run_cli("train", "--out", digits_run, "--force", "--set", "model.latent_dim=0")
     assert code == 2 and (digits_run / "checkpoint.pt").read_bytes() == before
 
 
+@pytest.mark.integration
 def test_help_explains():
     code, out, _ = run_cli("train", "--help")
     assert code == 0 and "--set KEY=VALUE" in out and "--resume RUN" in out
 
 
+@pytest.mark.integration
 def test_example_script_trains_with_plain_svi():
     import subprocess
     import sys

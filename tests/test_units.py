@@ -71,6 +71,7 @@ def _closed_form(run, x):
     return stats.multivariate_normal(m + sd * b, np.diag(sd) @ cov @ np.diag(sd)).logpdf(x)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("standardize", [False, True, "per_feature"])
 def test_evaluate_reports_the_closed_form_log_px_in_the_datas_units(tmp_path, capsys, standardize):
     path = _gaussian_file(tmp_path / "g.npz")

@@ -68,6 +68,7 @@ def counts(n=24, genes=7, seed=0):
 # --- section 1: memory safety -----------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_crafted_sparse_h5ad_with_out_of_range_indices_is_one_line_not_a_segfault(tmp_path):
     """The audit's file: CSR indices far outside the columns; scipy's toarray wrote out of
     bounds (exit 139, 3 of 3). Also a FIFO named .csv (read without end) and a symlink to
@@ -244,6 +245,7 @@ def test_headers_declaring_more_than_the_file_or_memory_holds_are_refused(tmp_pa
     refused(tmp_path / "a.npy", "one example takes 3.9 KiB as float32")
 
 
+@pytest.mark.integration
 def test_an_h5ad_whose_reading_hangs_or_crashes_is_one_line(tmp_path, monkeypatch, capsys):
     """libhdf5 can hang or crash on a crafted file's metadata: the file is opened and checked
     in a child process first, which is killed past its time limit. The child's work is
@@ -276,6 +278,7 @@ def test_an_h5ad_whose_reading_hangs_or_crashes_is_one_line(tmp_path, monkeypatc
     assert main(args) == 0, capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_encode_into_a_crafted_h5ad_is_one_line(tmp_path):
     """encode --out X.h5ad copies the input and fills its obsm: an obs that cannot be read or
     is shorter than the matrix, and an obsm that is not a group, were tracebacks."""

@@ -50,6 +50,7 @@ def test_vade_sets_p_z_given_y_to_the_mixture_of_the_codes_and_q_y_to_its_assign
     assert classification_summary(q_y, labels)["cluster_accuracy"] > 0.95
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("change, fragments", [
     (["--set", "model.discrete.shape=\"m2\""], ["vade", "mixture"]),
     (["--set", "model.discrete.encoder_reads_y=true"], ["vade", "encoder_reads_y"]),
@@ -62,6 +63,7 @@ def test_structures_vade_cannot_start_are_refused_in_one_line(change, fragments,
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.integration
 def test_train_with_vade_pretrains_then_trains_and_says_so(tmp_path):
     code, _, err = run_cli("train", "--model", "gmvae", "--set", "model.discrete.init=\"vade\"",
                            "--set", "model.discrete.pretrain_epochs=2", "--set", "inference.schedule.epochs=1",
