@@ -440,3 +440,21 @@ def test_encode_annotates_an_h5ad_without_obs(tmp_path):
     assert code == 0, err
     with h5py.File(tmp_path / "codes.h5ad", "r") as f:
         assert f["obsm"]["X_pyro_vae"].shape == (40, 16)
+
+
+def test_a_two_layer_evaluation_builds_the_vampprior_once_however_many_chunks():
+    """The VampPrior on top runs the encoder on its pseudo-inputs to build p(z_2): the joint
+    prior builds it once, not on every chunk's log_prob (a K = 5000 evaluation of the
+    VampPrior HVAE spent its time there, ~100 rebuilds per example)."""
+    from pyro_vae.infer.evaluate import importance_sample
+
+    model = {"latent_dim": 3, "encoder": {"kind": "mlp", "hidden": [8]}, "decoder": {"kind": "mlp", "hidden": [8]},
+             "prior": {"kind": "vamp", "components": 4},
+             "upper_layers": [{"latent_dim": 2}], "inference_network": "top_down"}
+    vae = build_vae(Spec.from_dict({"model": model}).model, (6,))
+    builds = []
+    original = type(vae.prior).forward
+    vae.prior.forward = lambda *args: builds.append(1) or original(vae.prior, *args)
+    x = torch.rand(5, 6).bernoulli()
+    result = importance_sample(vae, x, num_samples=40, budget=200)  # many chunks per example
+    assert len(builds) == 1 and torch.isfinite(result.log_likelihood).all()

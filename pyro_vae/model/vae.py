@@ -279,9 +279,12 @@ class VAE(nn.Module):
 
     def p_z(self, y: Optional[Tensor] = None):
         """p(z|y) over the whole latent vector (p(z) without y, or where y feeds the decoder)."""
+        top = self._top_prior(y)
         if not self.upper:
-            return self._top_prior(y)
-        return JointLatent(lambda draw: self.walk_prior(draw, y), self.layer_dims)
+            return top
+        # the top prior is built once (a VampPrior runs the encoder on its pseudo-inputs):
+        # JointLatent walks the layers on every log_prob and rsample
+        return JointLatent(lambda draw: self.walk_prior(draw, y, top), self.layer_dims)
 
     @conditioned
     def latent_prior(self):
@@ -303,11 +306,11 @@ class VAE(nn.Module):
             outputs.append(layer.encoder(outputs[-1]))
         return outputs
 
-    def walk_prior(self, draw: Callable, y: Optional[Tensor] = None) -> list[Tensor]:
-        """p(z_L|y) (see :meth:`_top_prior`), then p(z_l | z_(l+1)) downwards: ``draw(i, p_i,
-        None)`` gives z_i. The layers, bottom first."""
+    def walk_prior(self, draw: Callable, y: Optional[Tensor] = None, top=None) -> list[Tensor]:
+        """p(z_L|y) (see :meth:`_top_prior`; ``top`` when already built), then p(z_l | z_(l+1))
+        downwards: ``draw(i, p_i, None)`` gives z_i. The layers, bottom first."""
         z = [None] * self.layers
-        z[-1] = draw(self.layers - 1, self._top_prior(y), None)
+        z[-1] = draw(self.layers - 1, self._top_prior(y) if top is None else top, None)
         for i in range(self.layers - 2, -1, -1):
             z[i] = draw(i, self.upper[i].down(z[i + 1]), None)
         return z
