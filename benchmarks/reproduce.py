@@ -301,6 +301,19 @@ def _figure(result: dict, metric: str):
     return value, math.sqrt(value * (1 - value) / max(result.get("n") or 1, 1))
 
 
+def paired(first: dict, other: dict, split: str) -> dict | None:
+    """``other`` minus ``first`` in log p(x), image by image on the images both were scored on:
+    the mean difference and its standard error over images (far smaller than either SE,
+    since the images' own difficulty cancels)."""
+    runs = [np.load(Path(c["run"]) / "evaluation" / f"{split}.npz") for c in (first, other)]
+    common, a, b = np.intersect1d(runs[0]["index"], runs[1]["index"], return_indices=True)
+    if len(common) < 2:
+        return None
+    d = runs[1]["log_likelihood"][b].astype(np.float64) - runs[0]["log_likelihood"][a].astype(np.float64)
+    return {"cell": other["cell"], "against": first["cell"], "diff": float(d.mean()),
+            "se": float(d.std(ddof=1) / math.sqrt(len(d))), "n": int(len(d))}
+
+
 def machine() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
@@ -362,6 +375,8 @@ def main(argv=None) -> int:
         "date": time.strftime("%Y-%m-%d", time.gmtime()), "wall_seconds": time.perf_counter() - started,
         "command": "python benchmarks/reproduce.py " + shlex.join(sys.argv[1:] if argv is None else list(argv)),
         "cells": results,
+        "paired": [p for c in results[1:] if row.metric == "log_likelihood"
+                   for p in [paired(results[0], c, row.split)] if p is not None],
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / f"row{args.row}.json").write_text(json.dumps(record, indent=2))
@@ -370,6 +385,8 @@ def main(argv=None) -> int:
         se = "" if r["se"] is None else f" +- {r['se']:.3g}"
         print(f"  {r['cell']}: {row.metric} {r['value']}{se} on {r['n']} {row.split} examples; published "
               f"{r['published']}; epochs {r['epochs']} (best {r['best_epoch']}), {r['seconds_per_epoch']:.1f} s/epoch")
+    for p in record["paired"]:
+        print(f"  {p['cell']} - {p['against']}, paired over {p['n']} images: {p['diff']:+.2f} +- {p['se']:.2f} nats")
     return 0
 
 

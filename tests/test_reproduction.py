@@ -73,6 +73,14 @@ def _check_row(row: int, out):
             p = evaluation[spec.metric]
             assert cell["se"] == pytest.approx(math.sqrt(p * (1 - p) / cell["n"]))
             assert 0 <= cell["nmi"] <= 1
+    if spec.metric == "log_likelihood" and len(spec.cells) > 1:  # the paired difference, recomputed by image
+        first, other = (np.load(out / f"row{row}" / c / "evaluation" / f"{spec.split}.npz") for c in list(spec.cells)[:2])
+        by_image = dict(zip(first["index"].tolist(), first["log_likelihood"].tolist()))
+        d = [v - by_image[i] for i, v in zip(other["index"].tolist(), other["log_likelihood"].tolist())]
+        assert record["paired"][0]["diff"] == pytest.approx(np.mean(d)) and record["paired"][0]["n"] == len(d)
+        assert record["paired"][0]["se"] == pytest.approx(np.std(d, ddof=1) / math.sqrt(len(d)))
+    else:
+        assert record["paired"] == []
     return record
 
 
