@@ -1,0 +1,144 @@
+"""benchmarks/reproduce.py, the reproduction table's script (REPRODUCTION.md): each row runs
+end to end on a tiny budget and writes a result that reads back with the fields the table
+needs. Nothing in the table is a target here: the figures are the script's, read back.
+
+The default suite runs every row on tiny synthetic files laid out like ../shared/data; the
+same rows on the real data (a few hundred images each) are marked slow."""
+
+import gzip
+import importlib.util
+import json
+import math
+import struct
+import sys
+
+import numpy as np
+import pytest
+
+from helpers import ROOT, SHARED_DATA
+
+SPEC = importlib.util.spec_from_file_location("reproduce", ROOT / "benchmarks" / "reproduce.py")
+reproduce = sys.modules["reproduce"] = importlib.util.module_from_spec(SPEC)  # dataclasses look it up
+SPEC.loader.exec_module(reproduce)
+
+ROWS = sorted(reproduce.ROWS)
+
+
+def _write_idx(path, array):
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """Tiny stand-ins for the shared files: the same names, formats and value ranges."""
+    root = tmp_path_factory.mktemp("shared")
+    rng = np.random.default_rng(0)
+    binary = lambda n: (rng.random((n, 784)) < 0.2).astype(np.uint8)  # noqa: E731
+    np.savez(root / "binarized_mnist.npz", train=binary(360), valid=binary(120))
+    np.savez(root / "caltech101_silhouettes.npz", train=binary(360), valid=binary(120),
+             train_labels=np.arange(360) % 101, valid_labels=np.arange(120) % 101)
+    for folder, n, stems in (("mnist-idx", 420, ("train", "t10k")), ("fashion-mnist", 420, ("train",))):
+        (root / folder).mkdir()
+        for stem in stems:
+            _write_idx(root / folder / f"{stem}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+            _write_idx(root / folder / f"{stem}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    return root
+
+
+def _check_row(row: int, out):
+    """The fields the table reads, and the figure equal to what `pyro-vae evaluate` wrote."""
+    record = json.loads((out / f"row{row}.json").read_text())
+    with np.load(record["data_file"]) as prepared:
+        held_out = len(prepared[reproduce.ROWS[row].split])
+    spec = reproduce.ROWS[row]
+    assert record["row"] == row and record["title"] == spec.title and record["source"] == spec.source
+    assert record["protocol"] == spec.protocol and record["metric"] == spec.metric
+    assert record["machine"] and record["date"] and record["wall_seconds"] > 0
+    assert record["command"].startswith(f"python benchmarks/reproduce.py --row {row}")
+    assert [c["cell"] for c in record["cells"]] == list(spec.cells)
+    for cell in record["cells"]:
+        assert cell["published"] == spec.cells[cell["cell"]].published
+        assert cell["epochs"] == 1 and cell["status"] == "completed"
+        assert cell["seconds_per_epoch"] > 0 and cell["wall_seconds"] > 0
+        assert cell["commands"][0].startswith(f"pyro-vae train --model {spec.cells[cell['cell']].model}")
+        assert cell["commands"][1].startswith(f"pyro-vae evaluate {cell['run']} --split {spec.split}")
+        evaluation = json.loads((out / f"row{row}" / cell["cell"] / "evaluation" / f"{spec.split}.json").read_text())
+        assert cell["value"] == evaluation[spec.metric] and cell["n"] == evaluation["n"] == min(50, held_out)
+        if spec.metric == "log_likelihood":
+            assert cell["se"] == evaluation["log_likelihood_se"] > 0
+            assert cell["bits_per_dim"] == pytest.approx(-evaluation["log_likelihood"] / (784 * math.log(2)))
+        else:  # a binomial standard error over the test examples
+            p = evaluation[spec.metric]
+            assert cell["se"] == pytest.approx(math.sqrt(p * (1 - p) / cell["n"]))
+            assert 0 <= cell["nmi"] <= 1
+    if spec.metric == "log_likelihood" and len(spec.cells) > 1:  # the paired difference, recomputed by image
+        first, other = (np.load(out / f"row{row}" / c / "evaluation" / f"{spec.split}.npz") for c in list(spec.cells)[:2])
+        by_image = dict(zip(first["index"].tolist(), first["log_likelihood"].tolist()))
+        d = [v - by_image[i] for i, v in zip(other["index"].tolist(), other["log_likelihood"].tolist())]
+        assert record["paired"][0]["diff"] == pytest.approx(np.mean(d)) and record["paired"][0]["n"] == len(d)
+        assert record["paired"][0]["se"] == pytest.approx(np.std(d, ddof=1) / math.sqrt(len(d)))
+    else:
+        assert record["paired"] == []
+    return record
+
+
+@pytest.mark.parametrize("row", ROWS)
+def test_each_row_runs_end_to_end_on_a_tiny_budget(row, data_root, tmp_path):
+    assert reproduce.main(["--row", str(row), "--out", str(tmp_path), "--tiny", "--data-root", str(data_root)]) == 0
+    _check_row(row, tmp_path)
+
+
+def test_the_splits_follow_each_protocol(data_root, tmp_path):
+    """Row 5: the first 5/6 of the training files for training, the rest for validation, the
+    official test files as the test split; row 6: every training image; row 8: a seeded
+    50,000 / 5,000 / 5,000 cut (here 350 / 35 / 35) of the training files, disjoint."""
+    train = reproduce.read_source(None, str(data_root / "mnist-idx" / "train-images-idx3-ubyte.gz"))
+    t10k = reproduce.read_source(None, str(data_root / "mnist-idx" / "t10k-images-idx3-ubyte.gz"))
+    x, tx = train.splits["train"].array.reshape(-1, 784), t10k.splits["train"].array.reshape(-1, 784)
+    semi = np.load(reproduce.prepare_data("mnist_semi", data_root, tmp_path, tiny=False))
+    assert np.array_equal(semi["train"], x[:350]) and np.array_equal(semi["valid"], x[350:])
+    assert np.array_equal(semi["test"], tx) and np.array_equal(semi["test_labels"], np.arange(420) % 10)
+    every = np.load(reproduce.prepare_data("mnist_all", data_root, tmp_path, tiny=False))
+    assert np.array_equal(every["train"], x) and np.array_equal(every["test"], tx)
+    fashion = np.load(reproduce.prepare_data("fashion", data_root, tmp_path, tiny=False))
+    assert [len(fashion[s]) for s in ("train", "valid", "test")] == [350, 35, 35]
+    source = reproduce.read_source(None, str(data_root / "fashion-mnist" / "train-images-idx3-ubyte.gz"))
+    rows = {r.tobytes() for r in source.splits["train"].array.reshape(-1, 784)}
+    seen = [r.tobytes() for s in ("train", "valid", "test") for r in fashion[s]]
+    assert set(seen) == rows and len(seen) == len(rows)  # a partition of the training files
+
+
+def test_resume_trains_on_and_an_ended_run_is_only_evaluated(data_root, tmp_path):
+    base = ["--row", "1", "--out", str(tmp_path), "--tiny", "--data-root", str(data_root)]
+    assert reproduce.main(base) == 0
+    run = tmp_path / "row1" / "standard"
+    assert len((run / "metrics.csv").read_text().strip().splitlines()) == 2  # header + 1 epoch
+    assert reproduce.main([*base, "--resume", "--epochs", "2"]) == 0
+    assert len((run / "metrics.csv").read_text().strip().splitlines()) == 3
+    assert json.loads((tmp_path / "row1.json").read_text())["cells"][0]["epochs"] == 2
+    weights = (run / "checkpoint.pt").read_bytes()
+    assert reproduce.main([*base, "--resume", "--epochs", "2"]) == 0  # ended: evaluated again, not trained
+    assert (run / "checkpoint.pt").read_bytes() == weights
+    # without --resume an existing run is refused by `pyro-vae train`, and kept
+    with pytest.raises(SystemExit) as stopped:
+        reproduce.main(base)
+    assert stopped.value.code == 2 and (run / "checkpoint.pt").read_bytes() == weights
+
+
+def test_bad_arguments_are_refused_in_one_line(data_root, tmp_path, capsys):
+    assert reproduce.main(["--row", "7", "--out", str(tmp_path), "--variants", "nope", "--data-root", str(data_root)]) == 2
+    assert reproduce.main(["--row", "1", "--out", str(tmp_path), "--dynamic", "--data-root", str(data_root)]) == 2
+    assert reproduce.main(["--row", "1", "--out", str(tmp_path), "--data-root", str(tmp_path / "absent")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 3 and "row 7 has standard, vamp" in lines[0] and "row 3" in lines[1]
+    assert "absent" in lines[2] and not list(tmp_path.glob("row*.json"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED_DATA.exists(), reason=f"shared data absent: {SHARED_DATA}")
+@pytest.mark.parametrize("row", ROWS)
+def test_each_row_runs_on_the_real_data_on_a_tiny_budget(row, tmp_path):
+    assert reproduce.main(["--row", str(row), "--out", str(tmp_path), "--tiny"]) == 0
+    _check_row(row, tmp_path)
