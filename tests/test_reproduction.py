@@ -84,6 +84,7 @@ def _check_row(row: int, out):
     return record
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("row", ROWS)
 def test_each_row_runs_end_to_end_on_a_tiny_budget(row, data_root, tmp_path):
     assert reproduce.main(["--row", str(row), "--out", str(tmp_path), "--tiny", "--data-root", str(data_root)]) == 0
@@ -110,6 +111,7 @@ def test_the_splits_follow_each_protocol(data_root, tmp_path):
     assert set(seen) == rows and len(seen) == len(rows)  # a partition of the training files
 
 
+@pytest.mark.integration
 def test_resume_trains_on_and_an_ended_run_is_only_evaluated(data_root, tmp_path):
     base = ["--row", "1", "--out", str(tmp_path), "--tiny", "--data-root", str(data_root)]
     assert reproduce.main(base) == 0
@@ -137,6 +139,7 @@ def test_bad_arguments_are_refused_in_one_line(data_root, tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason=f"shared data absent: {SHARED_DATA}")
 @pytest.mark.parametrize("row", ROWS)
 def test_each_row_runs_on_the_real_data_on_a_tiny_budget(row, tmp_path):
