@@ -588,3 +588,16 @@ def test_an_unlabelled_ys_score_signal_is_its_own_log_weight_not_the_labelled_su
     surrogate.backward()
     expected = torch.cat([p.grad.reshape(-1) for p in vae.classifier.parameters()])
     assert torch.allclose(g1, expected, rtol=1e-4, atol=1e-6), (g1, expected)
+
+
+def test_enumerated_m2_traced_part_by_part_says_nothing_about_its_labelled_part(recwarn):
+    """The labelled part observes y, so TraceEnum_ELBO has nothing to enumerate there and
+    warned so on every training step (the reproduction script's M2 row printed it)."""
+    vae = small_vae("m2", num_data=40)
+    estimator = ESTIMATORS.build({"kind": "trace_enum"})
+    vae.use_estimator(estimator, "trace_enum")
+    vae.supervise(data(4, seed=2), torch.tensor([0, 2, 1, 2]), torch.tensor([0, 1, 2, 3]), alpha=1.0, batch=4)
+    loss = PartwiseLoss(estimator, vae.objective_parts)
+    value = loss.loss(vae.model, vae.guide, data(), torch.arange(6))
+    assert math.isfinite(value) and vae.objective_parts == ("unlabelled", "labelled")
+    assert not [w for w in recwarn if "no sample sites configured for enumeration" in str(w.message)]

@@ -17,6 +17,7 @@ reduced over the K particles per example, and only then summed and scaled by N/B
 from __future__ import annotations
 
 import math
+import warnings
 from functools import partial
 from typing import Annotated, Literal
 
@@ -172,10 +173,17 @@ class PartwiseLoss:
         self.estimator, self.parts = estimator, parts
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        return sum(self.estimator.loss_and_grads(model, guide, *args, part=part, **kwargs) for part in self.parts)
+        return self._summed(self.estimator.loss_and_grads, model, guide, *args, **kwargs)
 
     def loss(self, model, guide, *args, **kwargs) -> float:
-        return sum(self.estimator.loss(model, guide, *args, part=part, **kwargs) for part in self.parts)
+        return self._summed(self.estimator.loss, model, guide, *args, **kwargs)
+
+    def _summed(self, method, model, guide, *args, **kwargs) -> float:
+        with warnings.catch_warnings():
+            # a part that observes y (M2's labelled examples) has nothing to enumerate, and
+            # TraceEnum_ELBO warns so on every step: that is expected here
+            warnings.filterwarnings("ignore", message="TraceEnum_ELBO found no sample sites configured for enumeration")
+            return sum(method(model, guide, *args, part=part, **kwargs) for part in self.parts)
 
     def __getattr__(self, name):
         return getattr(self.estimator, name)
