@@ -229,20 +229,22 @@ class ConditionalPrior(Prior):
 
 
 def check_supported(spec) -> None:
-    """Refuse in one line what conditioning does not reach yet."""
-    if getattr(spec, "discrete", None) is not None:
-        raise SpecError("model.condition: covariates with model.discrete are not supported yet; remove "
-                        "data.covariates or the [model.discrete] table")
-    if getattr(spec, "upper_layers", None):
-        raise SpecError("model.condition: covariates with model.upper_layers are not supported yet; remove "
-                        "data.covariates or the stacked layers")
+    """Refuse in one line what conditioning cannot build."""
     condition = getattr(spec, "condition", None)
+    discrete = getattr(spec, "discrete", None)
     if spec.prior["kind"] == "vamp" and (condition is None or condition.encoder):
         raise SpecError("model.prior: vamp runs the encoder on pseudo-inputs, which have no covariates; set "
                         "model.condition.encoder = false, or use another prior")
     if condition is not None and condition.prior and spec.prior["kind"] != "standard_normal":
         raise SpecError(f"model.condition.prior = true replaces the prior slot by p(z | c); remove model.prior "
                         f"({spec.prior['kind']}) or set model.condition.prior = false")
+    if condition is not None and condition.prior and discrete is not None and discrete.shape == "mixture":
+        raise SpecError("model.condition.prior = true with model.discrete.shape = \"mixture\", whose p(z|y) is the "
+                        "prior of z; set model.condition.prior = false (the decoder and encoder still read c) or use "
+                        "shape = \"m2\"")
+    if discrete is not None and discrete.init == "vade":
+        raise SpecError("model.discrete.init = \"vade\" pretrains without covariates; use init = \"random\" with "
+                        "data.covariates")
 
 
 def condition_features(layout: Sequence[int], embedding_dim: int) -> int:
@@ -251,20 +253,36 @@ def condition_features(layout: Sequence[int], embedding_dim: int) -> int:
 
 
 def build_conditioned(spec, layout: Sequence[int], encoder: nn.Module, decoder: nn.Module, prior: Prior, latent_dim: int,
-                      stream, networks) -> tuple[Conditioning, nn.Module, nn.Module, Prior]:
-    """The conditioned encoder (where ``model.condition.encoder``), decoder and prior (where
-    ``model.condition.prior``) of a model spec, for covariates of ``layout``."""
+                      stream, networks, upper: Sequence = (), classifier: Optional[nn.Module] = None
+                      ) -> tuple[Conditioning, nn.Module, nn.Module, Prior, Optional[nn.Module]]:
+    """The conditioned parts of a model spec, for covariates of ``layout``: the decoder; where
+    ``model.condition.encoder``, every guide network (the bottom encoder, each upper layer's
+    encoder in ``upper``, which are replaced in place, and q(y|x)'s ``classifier``: q(y|x, c));
+    where ``model.condition.prior``, the prior of the top layer, p(z_L | c), and each upper
+    layer's p(z_l | z_(l+1), c), so that the whole p(z | c) reads c."""
     options = spec.condition
     if options is None:
         raise SpecError("model.condition: covariates are given, and the model spec has no [model.condition] table; "
                         "add one (its defaults: the decoder and encoder read c)")
     check_supported(spec)
     conditioning = Conditioning(layout, options.encoder, options.prior)
-    with stream("condition.decoder"):
-        decoder = ConditionedNetwork(decoder, conditioning, options.embedding_dim, options.inject, "decoder")
+
+    def wrap(network, name, where, inject="input"):
+        with stream(f"condition.{name}"):
+            return ConditionedNetwork(network, conditioning, options.embedding_dim, inject, where)
+
+    decoder = wrap(decoder, "decoder", "decoder", options.inject)
+    L = 1 + len(upper)
+    for i, layer in enumerate(upper):
+        name = f"upper_layers.{L - 2 - i}"  # the spec lists the layers top first
+        if options.encoder:
+            layer.encoder = wrap(layer.encoder, f"{name}.encoder", f"{name}.encoder")
+        if options.prior:
+            layer.down.network = wrap(layer.down.network, f"{name}.prior_network", f"{name}.prior_network")
     if options.encoder:
-        with stream("condition.encoder"):
-            encoder = ConditionedNetwork(encoder, conditioning, options.embedding_dim, "input", "encoder")
+        encoder = wrap(encoder, "encoder", "encoder")
+        if classifier is not None:
+            classifier = wrap(classifier, "classifier", "discrete.classifier")
     if options.prior:
         try:
             with stream("condition.prior"):
@@ -273,4 +291,4 @@ def build_conditioned(spec, layout: Sequence[int], encoder: nn.Module, decoder: 
                 prior = ConditionalPrior(latent_dim, network, conditioning, options.embedding_dim)
         except SpecError as exc:
             raise SpecError(f"model.condition.prior_network: {exc}") from None
-    return conditioning, encoder, decoder, prior
+    return conditioning, encoder, decoder, prior, classifier
