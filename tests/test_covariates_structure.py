@@ -257,3 +257,74 @@ def test_the_marginals_over_y_read_each_examples_own_covariates(shape):
                                      for k in range(K)], -1)
             np.testing.assert_allclose(vae.p_x(z, x, condition=c).log_prob(x).numpy(),
                                        (torch.logsumexp(per_class, -1) - math.log(K)).numpy(), atol=1e-9)
+
+
+# --- every estimator the structure supports trains it -------------------------------------------
+
+from test_covariates import _fit, _table  # noqa: E402
+
+LAYER = {"latent_dim": 2, "encoder": {"kind": "mlp", "hidden": [8]}, "prior_network": {"kind": "mlp", "hidden": [8]}}
+STRUCTURES = {
+    "top_down": {"upper_layers": [LAYER], "inference_network": "top_down"},
+    "bottom_up": {"upper_layers": [LAYER], "inference_network": "bottom_up"},
+    "ladder": {"upper_layers": [LAYER], "inference_network": "ladder"},
+    "mixture": {"discrete": {"classes": 3, "shape": "mixture", "classifier": {"kind": "mlp", "hidden": [8]}}},
+    "m2": {"discrete": {"classes": 3, "shape": "m2", "classifier": {"kind": "mlp", "hidden": [8]}}},
+    "m2_two_layers": {"upper_layers": [LAYER], "inference_network": "top_down",
+                      "discrete": {"classes": 3, "shape": "m2", "encoder_reads_y": False,
+                                   "classifier": {"kind": "mlp", "hidden": [8]}}},
+}
+LAYERED = ["trace_elbo", "trace_mean_field", "iwae", "renyi", "stl", "iwae_dreg", "tail_adaptive", "trace_graph"]
+WITH_Y = ["trace_enum", "trace_elbo", "trace_graph", "relaxed"]
+CASES = ([("top_down", e) for e in LAYERED] + [("bottom_up", "trace_elbo"), ("ladder", "iwae_dreg")]
+         + [(shape, e) for shape in ("mixture", "m2") for e in WITH_Y] + [("m2_two_layers", "trace_enum")])
+
+
+@pytest.fixture(scope="module")
+def table_file(tmp_path_factory):
+    x, batch, age = _table(100)
+    path = tmp_path_factory.mktemp("structure") / "cells.npz"
+    np.savez(path, train=x, train_batch=batch, train_age=age)
+    return path
+
+
+@pytest.mark.parametrize("structure, estimator", CASES)
+def test_every_estimator_trains_each_structure_with_covariates(table_file, structure, estimator):
+    prior = structure != "mixture"  # the mixture's p(z|y) is the prior; elsewhere p(z_L|c) too
+    spec = Spec.from_dict({
+        "model": {"latent_dim": 2, "likelihood": {"kind": "gaussian"}, "encoder": {"kind": "mlp", "hidden": [8]},
+                  "decoder": {"kind": "mlp", "hidden": [8]}, "condition": {"prior": prior}, **STRUCTURES[structure]},
+        "inference": {"estimator": {"kind": estimator},
+                      "schedule": {"epochs": 1, "batch_size": 100 if estimator == "tail_adaptive" else 25}},
+        "data": {"path": str(table_file), "covariates": ["batch", "age"], "test_fraction": 0.0,
+                 "valid_fraction": 0.2}})
+    trainer, state = _fit(spec)
+    assert all(math.isfinite(row["val_elbo"]) and math.isfinite(row["train_elbo"]) for row in state.history)
+    moved = {k for k, v in trainer.vae.state_dict().items() if not torch.equal(v, trainer.initial[k])}
+    parts = ["decoder.inject.", "encoder.inject."]
+    if "upper_layers" in STRUCTURES[structure]:
+        parts += ["upper.0.encoder.inject.", "upper.0.down.network.inject."]
+    if "discrete" in STRUCTURES[structure]:
+        parts += ["classifier.inject."]
+    if prior:
+        parts += ["prior.normal.network."]
+    for part in parts:
+        assert any(k.startswith(part) for k in moved), part  # c reaches (and trains) every part that reads it
+
+
+def test_the_labelled_plate_reads_its_own_rows_covariates():
+    """M2 semi-supervised: the labelled examples (all of category 0 here) enter the labelled
+    plate under their own training rows' c: the decoder's term of categories 1 and 2 gets no
+    gradient from that plate, category 0's does."""
+    vae, x, c, _ = discrete_conditional("m2", n=40)
+    vae.num_data = len(x)
+    vae.conditioning.observe(c)
+    rows = torch.nonzero(c[:, 0] == 0).flatten()
+    vae.supervise(x[rows], torch.zeros(len(rows), dtype=torch.long), rows, alpha=1.0, batch=3)
+    batch = torch.nonzero(c[:, 0] != 0).flatten()[:5]
+    loss = pyro.infer.Trace_ELBO().differentiable_loss(vae.model, vae.guide, x[batch], batch, part="labelled")
+    loss.backward()
+    weight = vae.decoder.inject["0"].weight.grad  # columns: one-hot k = 0, 1, 2, u
+    assert weight[:, 0].abs().sum() > 0 and weight[:, 1:3].abs().sum() == 0
+    classifier = vae.classifier.inject["0"].weight.grad  # log q(y|x, c) of the labelled rows (alpha)
+    assert classifier[:, 0].abs().sum() > 0 and classifier[:, 1:3].abs().sum() == 0

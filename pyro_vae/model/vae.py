@@ -336,7 +336,7 @@ class VAE(nn.Module):
             for i in range(L):
                 encoder, posterior = self._layer(i)
                 h = encoder(below)
-                stopped = self._stopped(posterior, encoder, below, h, i == 0)
+                stopped = self._keeping_condition(self._stopped(posterior, encoder, below, h, i == 0))
                 z[i] = below = draw(i, posterior(h), stopped)
         elif guide == "top_down":
             flat_u = u.reshape(*u.shape[: u.dim() - len(self.data_shape)], -1)
@@ -344,7 +344,7 @@ class VAE(nn.Module):
                 encoder, posterior = self._layer(i)
                 inputs = u if i == L - 1 else concatenated(flat_u, z[i + 1])
                 h = encoder(inputs)
-                z[i] = draw(i, posterior(h), self._stopped(posterior, encoder, inputs, h, i == L - 1))
+                z[i] = draw(i, posterior(h), self._keeping_condition(self._stopped(posterior, encoder, inputs, h, i == L - 1)))
         else:  # ladder
             up = self._upward(u)
             top = self.upper[-1].posterior
@@ -357,8 +357,22 @@ class VAE(nn.Module):
                     merged = ladder_merge(*posterior.loc_scale(h), *down.loc_scale(above, stopped=True))
                     return dist.Normal(*merged).to_event(1).log_prob(value)
 
-                z[i] = draw(i, dist.Normal(loc, scale).to_event(1), stopped)
+                z[i] = draw(i, dist.Normal(loc, scale).to_event(1), self._keeping_condition(stopped))
         return z
+
+    def _keeping_condition(self, function: Callable) -> Callable:
+        """``function`` run, whenever it is called, with the covariates c of now (a stopped log q
+        reruns a network that reads c, after the guide that made it has returned)."""
+        conditioning = getattr(self, "conditioning", None)
+        if conditioning is None:
+            return function
+        c = conditioning.current
+
+        def call(*args, **kwargs):
+            with conditioning.given(c):
+                return function(*args, **kwargs)
+
+        return call
 
     @staticmethod
     def _stopped(posterior: Posterior, encoder: nn.Module, inputs: Tensor, h: Tensor, of_x: bool):
@@ -493,7 +507,8 @@ class VAE(nn.Module):
         conditioning = getattr(self, "conditioning", None)
         if conditioning is None or conditioning.observed is None:
             return nullcontext()
-        return conditioning.given(conditioning.observed[self.labelled_rows[rows].to(conditioning.observed.device)])
+        c = conditioning.observed[self.labelled_rows[rows].to(conditioning.observed.device)]
+        return conditioning.given(c.to(self.class_logits.dtype))
 
     def _labelled_plate(self):
         return pyro.plate("labelled", len(self.labelled_x), subsample_size=self.labelled_batch,
