@@ -273,11 +273,16 @@ STRUCTURES = {
     "m2_two_layers": {"upper_layers": [LAYER], "inference_network": "top_down",
                       "discrete": {"classes": 3, "shape": "m2", "encoder_reads_y": False,
                                    "classifier": {"kind": "mlp", "hidden": [8]}}},
+    "mixture_per_batch": {"prior": {"kind": "mixture", "components": 2}, "condition": {"prior_per_category": "batch"}},
+    "vamp_per_batch_two_layers": {"upper_layers": [LAYER], "inference_network": "top_down",
+                                  "prior": {"kind": "vamp", "components": 5},
+                                  "condition": {"prior_per_category": "batch", "encoder": False}},
 }
 LAYERED = ["trace_elbo", "trace_mean_field", "iwae", "renyi", "stl", "iwae_dreg", "tail_adaptive", "trace_graph"]
 WITH_Y = ["trace_enum", "trace_elbo", "trace_graph", "relaxed"]
 CASES = ([("top_down", e) for e in LAYERED] + [("bottom_up", "trace_elbo"), ("ladder", "iwae_dreg")]
-         + [(shape, e) for shape in ("mixture", "m2") for e in WITH_Y] + [("m2_two_layers", "trace_enum")])
+         + [(shape, e) for shape in ("mixture", "m2") for e in WITH_Y] + [("m2_two_layers", "trace_enum"), ("mixture_per_batch", "trace_elbo"),
+            ("vamp_per_batch_two_layers", "iwae")])
 
 
 @pytest.fixture(scope="module")
@@ -290,10 +295,12 @@ def table_file(tmp_path_factory):
 
 @pytest.mark.parametrize("structure, estimator", CASES)
 def test_every_estimator_trains_each_structure_with_covariates(table_file, structure, estimator):
-    prior = structure != "mixture"  # the mixture's p(z|y) is the prior; elsewhere p(z_L|c) too
+    model = dict(STRUCTURES[structure])
+    condition = model.pop("condition", {"prior": structure != "mixture"})  # the mixture's p(z|y) is the prior
+    prior, per_category = condition.get("prior", False), "prior_per_category" in condition
     spec = Spec.from_dict({
         "model": {"latent_dim": 2, "likelihood": {"kind": "gaussian"}, "encoder": {"kind": "mlp", "hidden": [8]},
-                  "decoder": {"kind": "mlp", "hidden": [8]}, "condition": {"prior": prior}, **STRUCTURES[structure]},
+                  "decoder": {"kind": "mlp", "hidden": [8]}, "condition": condition, **model},
         "inference": {"estimator": {"kind": estimator},
                       "schedule": {"epochs": 1, "batch_size": 100 if estimator == "tail_adaptive" else 25}},
         "data": {"path": str(table_file), "covariates": ["batch", "age"], "test_fraction": 0.0,
@@ -301,13 +308,16 @@ def test_every_estimator_trains_each_structure_with_covariates(table_file, struc
     trainer, state = _fit(spec)
     assert all(math.isfinite(row["val_elbo"]) and math.isfinite(row["train_elbo"]) for row in state.history)
     moved = {k for k, v in trainer.vae.state_dict().items() if not torch.equal(v, trainer.initial[k])}
-    parts = ["decoder.inject.", "encoder.inject."]
+    parts = ["decoder.inject."] + (["encoder.inject."] if condition.get("encoder", True) else [])
     if "upper_layers" in STRUCTURES[structure]:
-        parts += ["upper.0.encoder.inject.", "upper.0.down.network.inject."]
+        parts += ["upper.0.encoder.inject."] if condition.get("encoder", True) else []
+        parts += ["upper.0.down.network.inject."] if prior else []
     if "discrete" in STRUCTURES[structure]:
         parts += ["classifier.inject."]
     if prior:
         parts += ["prior.normal.network."]
+    if per_category:  # each batch's own prior
+        parts += ["prior.priors.0.", "prior.priors.1."]
     for part in parts:
         assert any(k.startswith(part) for k in moved), part  # c reaches (and trains) every part that reads it
 
@@ -328,3 +338,77 @@ def test_the_labelled_plate_reads_its_own_rows_covariates():
     assert weight[:, 0].abs().sum() > 0 and weight[:, 1:3].abs().sum() == 0
     classifier = vae.classifier.inject["0"].weight.grad  # log q(y|x, c) of the labelled rows (alpha)
     assert classifier[:, 0].abs().sum() > 0 and classifier[:, 1:3].abs().sum() == 0
+
+
+# --- any prior kind per category: p(z | c) = p_k(z) ----------------------------------------------
+
+
+def _per_category(prior, condition=None, covariates=("k", "u")):
+    spec = Spec.from_dict({"model": {"latent_dim": 2, "encoder": LINEAR, "decoder": LINEAR, "prior": prior,
+                                     "condition": {"prior_per_category": "k", **(condition or {})}},
+                           "data": {"name": "digits", "covariates": list(covariates)}})
+    torch.manual_seed(0)
+    return build_vae(spec.model, (D,), covariates=LAYOUT).double()
+
+
+def test_a_mixture_prior_per_category_scores_each_row_under_its_own_categorys_mixture():
+    vae = _per_category({"kind": "mixture", "components": 2})
+    assert len(vae.prior.priors) == 3
+    with torch.no_grad():
+        for prior in vae.prior.priors:  # apart, and not at their (shared-stream) start
+            prior.locs.normal_(0, 2)
+            prior.logits.normal_()
+            prior.raw_scales.normal_(0, 0.3)
+    rng = np.random.default_rng(0)
+    c = torch.as_tensor(_covariates(12, rng))
+    z = torch.randn(5, 12, 2, dtype=F64)
+    got = vae.latent_prior(condition=c).log_prob(z).detach().numpy()
+    expected = np.empty((5, 12))
+    for b in range(12):
+        prior = vae.prior.priors[int(c[b, 0])]
+        weights = torch.log_softmax(prior.logits, -1).detach().numpy()
+        locs, scales = prior.locs.detach().numpy(), torch.nn.functional.softplus(prior.raw_scales).detach().numpy()
+        for s_ in range(5):
+            expected[s_, b] = logsumexp([weights[j] + stats.norm(locs[j], scales[j]).logpdf(z[s_, b].numpy()).sum()
+                                         for j in range(2)])
+    np.testing.assert_allclose(got, expected, atol=1e-9)
+
+
+def test_a_vamp_prior_per_category_is_the_mean_of_its_own_pseudo_inputs_posteriors():
+    vae = _per_category({"kind": "vamp", "components": 4}, {"encoder": False})
+    first, second = (p.pseudo_inputs for p in vae.prior.priors[:2])
+    assert first.shape == (4, D) and not torch.equal(first, second)  # each category its own pseudo-inputs
+    c = torch.tensor([[0.0, 0.1], [2.0, -1.0], [1.0, 0.3]], dtype=F64)
+    z = torch.randn(7, 3, 2, dtype=F64)
+    got = vae.latent_prior(condition=c).log_prob(z).detach().numpy()
+    for b in range(3):
+        u = vae.prior.priors[int(c[b, 0])].inputs()
+        h = vae.encoder(u).detach().numpy()  # (mean, raw scale) of q(z | u_j) (encoder = false: x alone)
+        loc, scale = h[:, :2], np.logaddexp(0, h[:, 2:]) + 1e-4  # sigma = softplus + MIN_SCALE
+        mixture = [[stats.norm(loc[j], scale[j]).logpdf(z[s_, b].numpy()).sum() for j in range(4)] for s_ in range(7)]
+        np.testing.assert_allclose(got[:, b], logsumexp(mixture, -1) - math.log(4), atol=1e-6)
+
+
+def test_samples_of_each_category_come_from_its_own_prior():
+    vae = _per_category({"kind": "learned_normal"})
+    with torch.no_grad():
+        for k, prior in enumerate(vae.prior.priors):
+            prior.loc.fill_(5.0 * k)
+    c = torch.tensor([[k, 0.0] for k in (0, 1, 2) for _ in range(400)], dtype=F64)
+    torch.manual_seed(0)
+    z, _ = vae.sample(len(c), condition=c)
+    means = z.reshape(3, 400, 2).mean(1).numpy()
+    np.testing.assert_allclose(means, [[0, 0], [5, 5], [10, 10]], atol=0.2)
+
+
+def test_prior_per_category_is_checked():
+    with pytest.raises(SpecError, match="data.covariates does not"):
+        Spec.from_dict({"model": {"condition": {"prior_per_category": "batch"}},
+                        "data": {"name": "digits", "covariates": ["label"]}})
+    with pytest.raises(SpecError, match="two priors"):
+        Spec.from_dict({"model": {"condition": {"prior_per_category": "label", "prior": True}},
+                        "data": {"name": "digits", "covariates": ["label"]}})
+    spec = Spec.from_dict({"model": {"condition": {"prior_per_category": "u"}},
+                           "data": {"name": "digits", "covariates": ["k", "u"]}})
+    with pytest.raises(SpecError, match="'u' is continuous"):
+        build_vae(spec.model, (D,), covariates=LAYOUT)

@@ -190,7 +190,8 @@ def build_structure(spec, parts: dict, likelihood, data_shape, num_data, transfo
     conditioning = None
     if covariates:
         conditioning, encoder, decoder, prior, classifier = build_conditioned(
-            spec, covariates, encoder, decoder, prior, dims[-1], stream, NETWORKS, upper, classifier)
+            spec, covariates, encoder, decoder, prior, dims[-1], stream, NETWORKS, upper, classifier,
+            lambda k: built(f"prior.{k}", PRIORS, spec.prior, dims[-1]))
     vae = VAE(prior, likelihood, posteriors[0], encoder, decoder, num_data, input_transform=transform, upper=upper,
               structure=Structure(guide, spec.decoder_reads, y), classifier=classifier, baseline=baseline)
     if conditioning is not None:

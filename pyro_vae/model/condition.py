@@ -228,6 +228,66 @@ class ConditionalPrior(Prior):
         return self.normal(self.features(self.conditioning[0].read()))
 
 
+class CategorySelected(dist.TorchDistribution):
+    """p_(k_b)(z_b) for each row b: of K distributions over z (event shape (D,), each
+    broadcasting over the batch), the one each row's code k_b in ``codes`` (batch shape)
+    selects. ``log_prob`` scores the value under all K and picks each row's; draws are each
+    row's own component's (reparameterized where every component is)."""
+
+    arg_constraints: dict = {}
+    support = dist.constraints.real_vector
+
+    def __init__(self, components: Sequence[dist.Distribution], codes: Tensor):
+        self.components, self.codes = list(components), codes
+        event = self.components[0].event_shape
+        super().__init__(codes.shape, event, validate_args=False)
+
+    @property
+    def has_rsample(self) -> bool:
+        return all(c.has_rsample for c in self.components)
+
+    def _pick(self, values: Tensor, event: int) -> Tensor:
+        """Each row's own of K stacked values (..., B, K, *event)."""
+        index = self.codes.reshape(*self.codes.shape, 1, *(1,) * event)
+        index = index.expand(*values.shape[: values.dim() - event - 2], *self.codes.shape, 1, *values.shape[values.dim() - event:])
+        return values.gather(-1 - event, index).squeeze(-1 - event)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return self._pick(torch.stack([c.log_prob(value) for c in self.components], -1), 0)
+
+    def rsample(self, sample_shape=torch.Size()) -> Tensor:
+        shape = torch.Size(sample_shape) + self.batch_shape
+        draws = [c.rsample(shape) if self.has_rsample else c.sample(shape) for c in self.components]
+        return self._pick(torch.stack(draws, -2), 1)
+
+    def sample(self, sample_shape=torch.Size()) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+
+class PerCategoryPrior(Prior):
+    """p(z | c) = p_k(z): one prior of any kind per category k of the covariate in column
+    ``column`` of c (``model.condition.prior_per_category``), each with its own parameters
+    (a VampPrior's own pseudo-inputs, a mixture's own components...)."""
+
+    def __init__(self, priors: Sequence[Prior], conditioning: Conditioning, column: int):
+        super().__init__(priors[0].latent_dim)
+        self.priors = nn.ModuleList(priors)
+        self.conditioning, self.column = [conditioning], column
+
+    def bind(self, vae) -> None:
+        for prior in self.priors:
+            prior.bind(vae)
+
+    @property
+    def values_per_draw(self) -> int:
+        return sum(p.values_per_draw for p in self.priors) + len(self.priors)
+
+    def forward(self) -> dist.Distribution:
+        codes = self.conditioning[0].read()[..., self.column].round().long().clamp(0, len(self.priors) - 1)
+        return CategorySelected([prior() for prior in self.priors], codes)
+
+
 def check_supported(spec) -> None:
     """Refuse in one line what conditioning cannot build."""
     condition = getattr(spec, "condition", None)
@@ -238,6 +298,10 @@ def check_supported(spec) -> None:
     if condition is not None and condition.prior and spec.prior["kind"] != "standard_normal":
         raise SpecError(f"model.condition.prior = true replaces the prior slot by p(z | c); remove model.prior "
                         f"({spec.prior['kind']}) or set model.condition.prior = false")
+    if condition is not None and condition.prior_per_category is not None and discrete is not None \
+            and discrete.shape == "mixture":
+        raise SpecError("model.condition.prior_per_category with model.discrete.shape = \"mixture\", whose p(z|y) is "
+                        "the prior of z; remove prior_per_category or use shape = \"m2\"")
     if condition is not None and condition.prior and discrete is not None and discrete.shape == "mixture":
         raise SpecError("model.condition.prior = true with model.discrete.shape = \"mixture\", whose p(z|y) is the "
                         "prior of z; set model.condition.prior = false (the decoder and encoder still read c) or use "
@@ -253,19 +317,21 @@ def condition_features(layout: Sequence[int], embedding_dim: int) -> int:
 
 
 def build_conditioned(spec, layout: Sequence[int], encoder: nn.Module, decoder: nn.Module, prior: Prior, latent_dim: int,
-                      stream, networks, upper: Sequence = (), classifier: Optional[nn.Module] = None
-                      ) -> tuple[Conditioning, nn.Module, nn.Module, Prior, Optional[nn.Module]]:
+                      stream, networks, upper: Sequence = (), classifier: Optional[nn.Module] = None,
+                      build_prior=None) -> tuple[Conditioning, nn.Module, nn.Module, Prior, Optional[nn.Module]]:
     """The conditioned parts of a model spec, for covariates of ``layout``: the decoder; where
     ``model.condition.encoder``, every guide network (the bottom encoder, each upper layer's
     encoder in ``upper``, which are replaced in place, and q(y|x)'s ``classifier``: q(y|x, c));
     where ``model.condition.prior``, the prior of the top layer, p(z_L | c), and each upper
-    layer's p(z_l | z_(l+1), c), so that the whole p(z | c) reads c."""
+    layer's p(z_l | z_(l+1), c), so that the whole p(z | c) reads c; where
+    ``model.condition.prior_per_category``, one prior per category, ``build_prior(k)`` the k-th."""
     options = spec.condition
     if options is None:
         raise SpecError("model.condition: covariates are given, and the model spec has no [model.condition] table; "
                         "add one (its defaults: the decoder and encoder read c)")
     check_supported(spec)
-    conditioning = Conditioning(layout, options.encoder, options.prior)
+    per_category = options.prior_per_category
+    conditioning = Conditioning(layout, options.encoder, options.prior or per_category is not None)
 
     def wrap(network, name, where, inject="input"):
         with stream(f"condition.{name}"):
@@ -291,4 +357,13 @@ def build_conditioned(spec, layout: Sequence[int], encoder: nn.Module, decoder: 
                 prior = ConditionalPrior(latent_dim, network, conditioning, options.embedding_dim)
         except SpecError as exc:
             raise SpecError(f"model.condition.prior_network: {exc}") from None
+    if per_category is not None:
+        column = options._prior_column
+        if column is None or column >= len(layout):
+            raise SpecError(f"model.condition.prior_per_category names {per_category!r}, and the covariates are not "
+                            "named here; build the model from a whole spec (its data.covariates)")
+        if not layout[column]:
+            raise SpecError(f"model.condition.prior_per_category: {per_category!r} is continuous; name a categorical "
+                            f"covariate (or force it with data.covariate_kinds.{per_category} = \"categorical\")")
+        prior = PerCategoryPrior([build_prior(k) for k in range(layout[column])], conditioning, column)
     return conditioning, encoder, decoder, prior, classifier
