@@ -8,6 +8,7 @@ is the exact posterior (every importance weight is then p(x, y | c) / q(y | x, c
 within Monte Carlo error off it.
 """
 
+import json
 import math
 
 import numpy as np
@@ -412,3 +413,45 @@ def test_prior_per_category_is_checked():
                            "data": {"name": "digits", "covariates": ["k", "u"]}})
     with pytest.raises(SpecError, match="'u' is continuous"):
         build_vae(spec.model, (D,), covariates=LAYOUT)
+
+
+# --- the command line on each structure -------------------------------------------------------
+
+from test_covariates import cli  # noqa: E402
+
+CLI_STRUCTURES = {
+    "m2": ["--set", "model.discrete.classes=3", "--set", 'model.discrete.shape="m2"', "--set", "model.condition.prior=true",
+           "--inference", "trace_enum"],
+    "two_layers_vamp_per_batch": ["--set", 'model.upper_layers=[{latent_dim = 2}]', "--set",
+                                  'model.inference_network="top_down"', "--set", "model.prior.kind=vamp",
+                                  "--set", "model.prior.components=5", "--set", "model.condition.encoder=false",
+                                  "--set", 'model.condition.prior_per_category="batch"'],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("structure", list(CLI_STRUCTURES))
+def test_train_evaluate_analyze_encode_sample_on_each_structure(table_file, structure, tmp_path):
+    run = tmp_path / "run"
+    result = cli("train", "--set", f"data.path={table_file}", "--set", 'data.covariates=["batch","age"]',
+                 "--set", "data.test_fraction=0", "--set", "model.likelihood.kind=gaussian", "--set", "model.latent_dim=2",
+                 *CLI_STRUCTURES[structure], "--set", "inference.schedule.epochs=2",
+                 "--set", "inference.schedule.batch_size=30", "--out", run, "--quiet")
+    assert result.returncode == 0, result.stderr
+    result = cli("evaluate", run, "--samples", 5)
+    assert result.returncode == 0, result.stderr
+    assert math.isfinite(json.loads((run / "evaluation" / "valid.json").read_text())["log_likelihood"])
+    result = cli("analyze", run, "--samples", 5, "--limit", 20)
+    assert result.returncode == 0, result.stderr
+    assert (run / "analysis" / "latent_space_batch.png").is_file() and (run / "analysis" / "samples_by_batch.png").is_file()
+    codes = tmp_path / "codes.npz"
+    result = cli("encode", run, "--out", codes, "--transform", "batch=b0", "--split", "valid")
+    assert result.returncode == 0, result.stderr
+    written = np.load(codes)
+    assert np.isfinite(written["transformed"]).all() and written["transformed"].shape == (10, 5)
+    if "q_y" in written:  # q(y | x, c) under each example's own covariates
+        np.testing.assert_allclose(written["q_y"].sum(-1), 1, atol=1e-5)
+    result = cli("sample", run, "--condition", "batch=b1", "--n", 8)
+    assert result.returncode == 0, result.stderr
+    samples = np.load(run / "samples" / "samples.npz")
+    assert (samples["condition"][:, 0] == 1).all() and np.isfinite(samples["mean"]).all()
