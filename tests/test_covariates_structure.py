@@ -142,6 +142,21 @@ def test_two_layer_log_p_x_given_c_is_the_closed_form_at_the_exact_posterior(gui
     np.testing.assert_allclose(result.elbo.numpy(), exact, atol=1e-6)
 
 
+def test_two_layer_samples_draw_each_rows_own_p_z_given_c():
+    """sample(n) under n rows of c: one draw of (z_1, z_2) per row, z_2 ~ p(z_2 | c) of that
+    row (mean alpha.f + a0, sd 1.3) and z_1 ~ p(z_1 | z_2, c)."""
+    vae, _, _, _ = two_layer_conditional("top_down")
+    alpha = vae.prior.normal.network.net[0].weight[0].detach().numpy()
+    c = torch.tensor([[k, u] for k, u in ((0, 0.0), (2, 1.0)) for _ in range(4000)], dtype=F64)
+    torch.manual_seed(0)
+    z, means = vae.sample(len(c), condition=c)
+    assert z.shape == (8000, 2) and means.shape == (8000, D)
+    top = z[:, 1].reshape(2, 4000)
+    expected = [alpha @ _features(np.array([[k, u]]))[0] - 0.4 for k, u in ((0, 0.0), (2, 1.0))]
+    np.testing.assert_allclose(top.mean(1).numpy(), expected, atol=0.08)
+    np.testing.assert_allclose(top.std(1).numpy(), [1.3, 1.3], rtol=0.05)
+
+
 @pytest.mark.parametrize("guide", ["top_down", "bottom_up"])
 def test_two_layer_log_p_x_given_c_within_monte_carlo_error(guide):
     vae, x, c, exact = two_layer_conditional(guide, exact=False)

@@ -294,7 +294,10 @@ class VAE(nn.Module):
         """p(z|y) over the whole latent vector (p(z) without y, or where y feeds the decoder)."""
         if not self.upper:
             return self._top_prior(y)
-        return JointLatent(lambda draw: self.walk_prior(draw, y), self.layer_dims)
+        conditioning = getattr(self, "conditioning", None)  # p(z | c): one distribution per row of c
+        per_row = conditioning is not None and conditioning.prior and conditioning.current is not None
+        return JointLatent(lambda draw: self.walk_prior(draw, y), self.layer_dims,
+                           conditioning.current.shape[:-1] if per_row else ())
 
     @conditioned
     def latent_prior(self):
