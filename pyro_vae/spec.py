@@ -258,11 +258,11 @@ class Spec(_Strict):
         if self.data.covariates and self.model.condition is None:
             self.model.condition = ConditionSpec()
         condition = self.model.condition
-        if condition is not None and condition.prior_per_category is not None:
-            names = self.data.covariates or []
+        if condition is not None and condition.prior_per_category is not None and self.data.covariates:
+            names = self.data.covariates  # (none named: build_vae refuses the condition table)
             if condition.prior_per_category not in names:
                 raise ValueError(f"model.condition.prior_per_category names {condition.prior_per_category!r}, which "
-                                 f"data.covariates does not ({', '.join(names) or 'none'}); name one of them")
+                                 f"data.covariates does not ({', '.join(names)}); name one of them")
             condition._prior_column = names.index(condition.prior_per_category)
         return self
 
