@@ -13,7 +13,16 @@ and guide are
   batch is off, so that z is meant to hold what does not depend on it);
 * the **prior** is p(z | c) = N(mu(c), diag sigma(c)^2), (mu, sigma) from the network
   ``model.condition.prior_network`` of c, when ``model.condition.prior`` (the CVAE's prior
-  network); else the prior slot's p(z).
+  network); or p(z | c) = p_k(z), one prior of the prior slot's kind per category k of the
+  covariate ``model.condition.prior_per_category`` (:class:`PerCategoryPrior`); else the
+  prior slot's p(z).
+
+In the latent structure (:mod:`pyro_vae.model.layers`, :mod:`pyro_vae.model.categorical`)
+this is, for stacked layers, p(z_L | c) prod p(z_l | z_(l+1), c) p(x | z_1, c) with every
+layer's guide network reading c (where the encoder does) and each p(z_l | z_(l+1), c) reading
+it where the prior network does; with a categorical y, q(y | x, c) (the classifier reads c
+where the encoder does) and p(x | y, z, c) for M2. Where every class is computed at once
+(the marginals over y), c is read with a class dimension (``VAE._per_class``).
 
 A network reads c as features f(c): per categorical covariate one-hot (``embedding_dim = 0``)
 or a learned embedding of ``embedding_dim`` values, per continuous covariate its value.
@@ -26,7 +35,8 @@ How c reaches the networks: the VAE's methods take ``condition=`` (a tensor (n, 
 for the training rows ``index`` in model and guide); :func:`conditioned` sets it on the
 model's :class:`Conditioning` for the method's duration, and the conditioned networks and the
 conditional prior read it there. So the walk of the model and guide (and every estimator,
-the compiled step, the stopped log q of STL and DReG) is unchanged.
+the compiled step, the stopped log q of STL and DReG, which keeps the c it was made under)
+is unchanged. The labelled plate of semi-supervised training reads its own rows' c.
 """
 
 from __future__ import annotations
