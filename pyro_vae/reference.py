@@ -101,7 +101,11 @@ MEANINGS = {
     "model.condition.encoder": "`true`: the encoder reads c, q(z|x, c) (Sohn et al.'s CVAE); `false`: q(z|x) "
                                "(scVI's default for a batch)",
     "model.condition.prior": "`true`: p(z|c) = N(mu(c), diag sigma(c)^2) from `prior_network` (the CVAE's prior "
-                             "network); `false`: the prior slot's p(z)",
+                             "network; with upper layers each p(z_l|z_(l+1), c) reads c too); `false`: the prior "
+                             "slot's p(z)",
+    "model.condition.prior_per_category": "the name of a categorical covariate k: p(z|c) = p_k(z), one prior of "
+                                          "`[model.prior]`'s kind and options per category (e.g. a VampPrior or a "
+                                          "mixture per class)",
     "model.condition.embedding_dim": "a categorical covariate enters as one-hot (0) or as a learned embedding of "
                                      "this size",
     "model.condition.inject": "`input`: c enters the decoder's first linear map; `every_layer`: every hidden "

@@ -108,17 +108,25 @@ class ConditionSpec(_Strict):
     p(z | c) = N(mu(c), diag sigma(c)^2) from ``prior_network`` when ``prior``. A categorical
     covariate enters as one-hot (``embedding_dim = 0``) or a learned embedding; ``inject``
     adds c to the decoder's first linear map (``input``) or to every hidden layer's
-    (``every_layer``, scvi-tools' deeply_inject_covariates)."""
+    (``every_layer``, scvi-tools' deeply_inject_covariates). ``prior_per_category`` names a
+    categorical covariate k: p(z | c) = p_k(z), one prior of ``model.prior``'s kind (and
+    options) per category of k, each with parameters of its own."""
 
     encoder: bool = True
     prior: bool = False
+    prior_per_category: Optional[Annotated[str, Field(min_length=1, max_length=200)]] = None
     embedding_dim: Annotated[int, Field(ge=0, le=1024)] = 0
     inject: Literal["input", "every_layer"] = "input"
     prior_network: dict[str, Any] = {"kind": "mlp", "hidden": [64]}
 
+    _prior_column: Optional[int] = pydantic.PrivateAttr(None)  # prior_per_category's place in data.covariates
+
     @model_validator(mode="after")
     def _resolve_slots(self):
         self.prior_network = _in_slot("prior_network", NETWORKS, self.prior_network, "mlp")
+        if self.prior and self.prior_per_category is not None:
+            raise ValueError("model.condition: prior = true (a network's p(z | c)) and prior_per_category (a prior per "
+                             "category) are two priors; set one")
         return self
 
 
@@ -249,6 +257,13 @@ class Spec(_Strict):
         with any data table."""
         if self.data.covariates and self.model.condition is None:
             self.model.condition = ConditionSpec()
+        condition = self.model.condition
+        if condition is not None and condition.prior_per_category is not None and self.data.covariates:
+            names = self.data.covariates  # (none named: build_vae refuses the condition table)
+            if condition.prior_per_category not in names:
+                raise ValueError(f"model.condition.prior_per_category names {condition.prior_per_category!r}, which "
+                                 f"data.covariates does not ({', '.join(names)}); name one of them")
+            condition._prior_column = names.index(condition.prior_per_category)
         return self
 
     @model_validator(mode="after")

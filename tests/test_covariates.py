@@ -234,8 +234,9 @@ def test_spec_keys_are_checked():
         build_vae(Spec.from_dict({"model": {"condition": {}}, "data": {"name": "digits"}}).model, (64,))
     result = cli("train", "--set", "model.condition.encoder=false", "--set", "inference.schedule.epochs=1", "--check")
     assert result.returncode == 2 and "data.covariates names none" in result.stderr, result.stderr
-    with pytest.raises(SpecError, match="not supported yet"):
-        spec = Spec.from_dict({"model": {"discrete": {"classes": 3}}, "data": {"name": "digits", "covariates": ["label"]}})
+    with pytest.raises(SpecError, match="whose p\\(z\\|y\\) is the prior"):
+        spec = Spec.from_dict({"model": {"discrete": {"classes": 3}, "condition": {"prior": True}},
+                               "data": {"name": "digits", "covariates": ["label"]}})
         build_vae(spec.model, (64,), covariates=[10])
 
 

@@ -71,10 +71,32 @@ def test_two_processes_take_the_one_process_steps(tmp_path):
     subprocess.run([sys.executable, str(TESTS / "dist_worker.py"), str(tmp_path)], check=True, timeout=120)
     two = torch.load(tmp_path / "weights_w2.pt", weights_only=True)
     one = torch.load(tmp_path / "weights_w1.pt", weights_only=True)
-    for run, tolerance in (("one_step", 1e-6), ("sgd_one_step", 1e-6), ("twenty_steps", 1e-5), ("two_layers_one_step", 1e-6)):
+    for run, tolerance in (("one_step", 1e-6), ("sgd_one_step", 1e-6), ("twenty_steps", 1e-5), ("two_layers_one_step", 1e-6),
+                           ("covariates_two_steps", 1e-6)):
         for name in one[run]:
             a, b = one[run][name], two[run][name]
             assert torch.allclose(a, b, rtol=tolerance, atol=1e-9), (run, name, (a - b).abs().max())
+    assert any(".inject." in name for name in one["covariates_two_steps"])
+    _each_rank_read_its_own_rows_covariates(tmp_path)
+
+
+def _each_rank_read_its_own_rows_covariates(folder):
+    """With covariates (looked up by each example's global row), every encoder call of each
+    rank read the c of the very rows of x it read: its own half of each global batch."""
+    generator = torch.Generator().manual_seed(0)  # dist_worker's data, drawn the same way
+    x = torch.randn(88, 5, generator=generator, dtype=torch.float64)
+    c = torch.stack([torch.randint(3, (88,), generator=generator).double(),
+                     torch.randn(88, generator=generator, dtype=torch.float64)], -1)
+    training_rows = 0
+    for rank in (0, 1):
+        seen = torch.load(folder / f"seen_w2_rank{rank}.pt", weights_only=True)
+        training = [(u, cu) for u, cu in seen if len(u) == 20]  # the training steps' shards (validation: 8 rows)
+        assert len(training) == 2, [len(u) for u, _ in seen]  # one epoch, two global batches of 40
+        for u, cu in training:
+            rows = [int(torch.nonzero((x[:80] == row).all(-1)).flatten()[0]) for row in u]
+            assert torch.allclose(cu, c[rows], atol=1e-6), rank  # c is held in float32
+            training_rows += len(rows)
+    assert training_rows == 80
 
 
 # --- the CLI under torchrun --------------------------------------------------------------------

@@ -13,10 +13,12 @@ from .figures import Look, image_panel, new_figure, save_figure
 
 
 @torch.no_grad()
-def class_probabilities(vae, x: torch.Tensor, chunk: int = 4096) -> np.ndarray:
-    """q(y|x) per example, (n, classes)."""
-    return np.concatenate([torch.softmax(vae.q_y_logits(x[i : i + chunk]), -1).cpu().numpy()
-                           for i in range(0, len(x), chunk)])
+def class_probabilities(vae, x: torch.Tensor, chunk: int = 4096, condition: Optional[torch.Tensor] = None) -> np.ndarray:
+    """q(y|x) per example, (n, classes); with covariates, q(y|x, c) under each example's own
+    row of ``condition``."""
+    return np.concatenate([
+        torch.softmax(vae.q_y_logits(x[i : i + chunk], condition=None if condition is None else condition[i : i + chunk]),
+                      -1).cpu().numpy() for i in range(0, len(x), chunk)])
 
 
 @torch.no_grad()

@@ -60,7 +60,8 @@ def encode_chunks(vae, x, samples: int = 0, mc_draws: int = 256, seed: int = 0, 
                 mean, std = z.mean(0), z.std(0)
             part = {"mean": mean.cpu().numpy(), "std": std.cpu().numpy(), "exact": np.array(exact)}
             if discrete:
-                part["q_y"] = torch.softmax(vae.q_y_logits(xb), -1).cpu().numpy()
+                c = None if condition is None else condition[rows]
+                part["q_y"] = torch.softmax(vae.q_y_logits(xb, condition=c), -1).cpu().numpy()
             if samples:
                 part["samples"] = q.sample((samples,)).transpose(0, 1).cpu().numpy()
             if transformed is not None:

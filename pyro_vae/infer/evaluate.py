@@ -165,7 +165,7 @@ def importance_sample(vae, x: Tensor, num_samples: int, budget: int = BUDGET,
     each example's own row of ``condition`` (the per-dimension KL is left out where the prior
     is p(z | c))."""
     if vae.classes:
-        return importance_sample_classes(vae, x, num_samples, budget)
+        return importance_sample_classes(vae, x, num_samples, budget, condition)
     n, S = len(x), num_samples
     like = {"device": x.device, "dtype": x.dtype}
     lse = torch.full((n,), -math.inf, **like)
@@ -201,7 +201,8 @@ def importance_sample(vae, x: Tensor, num_samples: int, budget: int = BUDGET,
 
 
 @torch.no_grad()
-def importance_sample_classes(vae, x: Tensor, num_samples: int, budget: int = BUDGET) -> PerExample:
+def importance_sample_classes(vae, x: Tensor, num_samples: int, budget: int = BUDGET,
+                              condition: Optional[Tensor] = None) -> PerExample:
     """:func:`importance_sample` for a discrete latent y, summed exactly: for each class y,
     S draws z_s ~ q(z|x, y) with w_{y,s} = p(x, y, z_s) / q(z_s|x, y) give
 
@@ -209,7 +210,8 @@ def importance_sample_classes(vae, x: Tensor, num_samples: int, budget: int = BU
         ELBO(x)  ~ sum_y q(y|x) [1/S sum_s log w_{y,s} - log q(y|x)]
         rec(x)   ~ sum_y q(y|x) 1/S sum_s log p(x|y, z_s),   KL(x) = rec(x) - ELBO(x)
 
-    (y's KL included), and E_q[z|x] = sum_y q(y|x) E_q[z|x, y]."""
+    (y's KL included), and E_q[z|x] = sum_y q(y|x) E_q[z|x, y]; with covariates, given each
+    example's own row of ``condition``."""
     n, S, C = len(x), num_samples, vae.classes
     like = {"device": x.device, "dtype": x.dtype}
     per_chunk, samples = chunk_plan(S, n, vae.values_per_draw, budget)
@@ -223,22 +225,23 @@ def importance_sample_classes(vae, x: Tensor, num_samples: int, budget: int = BU
         rows = slice(start, min(start + per_chunk, n))
         xb = x[rows]
         u = vae.encoder_input(xb)
-        log_qy[rows] = torch.log_softmax(vae.classifier(u), -1)
-        for c in range(C):
-            y = eye[c].expand(len(xb), C)
-            q, p_z = vae.q_z(u, y), vae.p_z(y)
-            lse = torch.full((len(xb),), -math.inf, **like)
-            sum_log_w, sum_log_lik = torch.zeros(len(xb), **like), torch.zeros(len(xb), **like)
-            for drawn in range(0, S, samples):
-                z = q.sample((min(samples, S - drawn),))
-                log_lik = vae.p_x_given(z, y, xb).log_prob(xb)
-                log_w = log_lik + p_z.log_prob(z) + log_py[c] - q.log_prob(z)
-                lse = torch.logaddexp(lse, torch.logsumexp(log_w, 0))
-                sum_log_w += log_w.sum(0)
-                sum_log_lik += log_lik.sum(0)
-                moments[c].add(rows, q, z)
-            log_px[rows, c] = lse - math.log(S)
-            elbo_y[rows, c], rec_y[rows, c] = sum_log_w / S, sum_log_lik / S
+        with given(vae, None if condition is None else condition[rows]):
+            log_qy[rows] = torch.log_softmax(vae.classifier(u), -1)
+            for c in range(C):
+                y = eye[c].expand(len(xb), C)
+                q, p_z = vae.q_z(u, y), vae.p_z(y)
+                lse = torch.full((len(xb),), -math.inf, **like)
+                sum_log_w, sum_log_lik = torch.zeros(len(xb), **like), torch.zeros(len(xb), **like)
+                for drawn in range(0, S, samples):
+                    z = q.sample((min(samples, S - drawn),))
+                    log_lik = vae.p_x_given(z, y, xb).log_prob(xb)
+                    log_w = log_lik + p_z.log_prob(z) + log_py[c] - q.log_prob(z)
+                    lse = torch.logaddexp(lse, torch.logsumexp(log_w, 0))
+                    sum_log_w += log_w.sum(0)
+                    sum_log_lik += log_lik.sum(0)
+                    moments[c].add(rows, q, z)
+                log_px[rows, c] = lse - math.log(S)
+                elbo_y[rows, c], rec_y[rows, c] = sum_log_w / S, sum_log_lik / S
     q_y = log_qy.exp()
     elbo = (q_y * (elbo_y - log_qy)).sum(-1)
     reconstruction = (q_y * rec_y).sum(-1)

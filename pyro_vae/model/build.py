@@ -134,7 +134,7 @@ def build_structure(spec, parts: dict, likelihood, data_shape, num_data, transfo
     model/categorical.py: the bottom encoder reads x and one-hot y where the guide is
     q(z|x, y), the decoder z and y where y feeds it, and the top layer's prior is p(z_L|y)
     where y feeds the prior). With ``covariates``, the parts read them (model/condition.py:
-    one continuous layer, no y)."""
+    the decoder, and as ``model.condition`` says every guide network and every layer's prior)."""
     y = categorical_y(spec)
     check_structure(spec, y)
     guide = spec.inference_network
@@ -189,8 +189,9 @@ def build_structure(spec, parts: dict, likelihood, data_shape, num_data, transfo
             baseline = Baseline(features)
     conditioning = None
     if covariates:
-        conditioning, encoder, decoder, prior = build_conditioned(spec, covariates, encoder, decoder, prior, dims[-1],
-                                                                  stream, NETWORKS)
+        conditioning, encoder, decoder, prior, classifier = build_conditioned(
+            spec, covariates, encoder, decoder, prior, dims[-1], stream, NETWORKS, upper, classifier,
+            lambda k: built(f"prior.{k}", PRIORS, spec.prior, dims[-1]))
     vae = VAE(prior, likelihood, posteriors[0], encoder, decoder, num_data, input_transform=transform, upper=upper,
               structure=Structure(guide, spec.decoder_reads, y), classifier=classifier, baseline=baseline)
     if conditioning is not None:

@@ -13,7 +13,16 @@ and guide are
   batch is off, so that z is meant to hold what does not depend on it);
 * the **prior** is p(z | c) = N(mu(c), diag sigma(c)^2), (mu, sigma) from the network
   ``model.condition.prior_network`` of c, when ``model.condition.prior`` (the CVAE's prior
-  network); else the prior slot's p(z).
+  network); or p(z | c) = p_k(z), one prior of the prior slot's kind per category k of the
+  covariate ``model.condition.prior_per_category`` (:class:`PerCategoryPrior`); else the
+  prior slot's p(z).
+
+In the latent structure (:mod:`pyro_vae.model.layers`, :mod:`pyro_vae.model.categorical`)
+this is, for stacked layers, p(z_L | c) prod p(z_l | z_(l+1), c) p(x | z_1, c) with every
+layer's guide network reading c (where the encoder does) and each p(z_l | z_(l+1), c) reading
+it where the prior network does; with a categorical y, q(y | x, c) (the classifier reads c
+where the encoder does) and p(x | y, z, c) for M2. Where every class is computed at once
+(the marginals over y), c is read with a class dimension (``VAE._per_class``).
 
 A network reads c as features f(c): per categorical covariate one-hot (``embedding_dim = 0``)
 or a learned embedding of ``embedding_dim`` values, per continuous covariate its value.
@@ -26,7 +35,8 @@ How c reaches the networks: the VAE's methods take ``condition=`` (a tensor (n, 
 for the training rows ``index`` in model and guide); :func:`conditioned` sets it on the
 model's :class:`Conditioning` for the method's duration, and the conditioned networks and the
 conditional prior read it there. So the walk of the model and guide (and every estimator,
-the compiled step, the stopped log q of STL and DReG) is unchanged.
+the compiled step, the stopped log q of STL and DReG, which keeps the c it was made under)
+is unchanged. The labelled plate of semi-supervised training reads its own rows' c.
 """
 
 from __future__ import annotations
@@ -228,21 +238,87 @@ class ConditionalPrior(Prior):
         return self.normal(self.features(self.conditioning[0].read()))
 
 
+class CategorySelected(dist.TorchDistribution):
+    """p_(k_b)(z_b) for each row b: of K distributions over z (event shape (D,), each
+    broadcasting over the batch), the one each row's code k_b in ``codes`` (batch shape)
+    selects. ``log_prob`` scores the value under all K and picks each row's; draws are each
+    row's own component's (reparameterized where every component is)."""
+
+    arg_constraints: dict = {}
+    support = dist.constraints.real_vector
+
+    def __init__(self, components: Sequence[dist.Distribution], codes: Tensor):
+        self.components, self.codes = list(components), codes
+        event = self.components[0].event_shape
+        super().__init__(codes.shape, event, validate_args=False)
+
+    @property
+    def has_rsample(self) -> bool:
+        return all(c.has_rsample for c in self.components)
+
+    def _pick(self, values: Tensor, event: int) -> Tensor:
+        """Each row's own of K stacked values (..., B, K, *event)."""
+        index = self.codes.reshape(*self.codes.shape, 1, *(1,) * event)
+        index = index.expand(*values.shape[: values.dim() - event - 2], *self.codes.shape, 1, *values.shape[values.dim() - event:])
+        return values.gather(-1 - event, index).squeeze(-1 - event)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return self._pick(torch.stack([c.log_prob(value) for c in self.components], -1), 0)
+
+    def rsample(self, sample_shape=torch.Size()) -> Tensor:
+        shape = torch.Size(sample_shape) + self.batch_shape
+        draws = [c.rsample(shape) if self.has_rsample else c.sample(shape) for c in self.components]
+        return self._pick(torch.stack(draws, -2), 1)
+
+    def sample(self, sample_shape=torch.Size()) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+
+class PerCategoryPrior(Prior):
+    """p(z | c) = p_k(z): one prior of any kind per category k of the covariate in column
+    ``column`` of c (``model.condition.prior_per_category``), each with its own parameters
+    (a VampPrior's own pseudo-inputs, a mixture's own components...)."""
+
+    def __init__(self, priors: Sequence[Prior], conditioning: Conditioning, column: int):
+        super().__init__(priors[0].latent_dim)
+        self.priors = nn.ModuleList(priors)
+        self.conditioning, self.column = [conditioning], column
+
+    def bind(self, vae) -> None:
+        for prior in self.priors:
+            prior.bind(vae)
+
+    @property
+    def values_per_draw(self) -> int:
+        return sum(p.values_per_draw for p in self.priors) + len(self.priors)
+
+    def forward(self) -> dist.Distribution:
+        codes = self.conditioning[0].read()[..., self.column].round().long().clamp(0, len(self.priors) - 1)
+        return CategorySelected([prior() for prior in self.priors], codes)
+
+
 def check_supported(spec) -> None:
-    """Refuse in one line what conditioning does not reach yet."""
-    if getattr(spec, "discrete", None) is not None:
-        raise SpecError("model.condition: covariates with model.discrete are not supported yet; remove "
-                        "data.covariates or the [model.discrete] table")
-    if getattr(spec, "upper_layers", None):
-        raise SpecError("model.condition: covariates with model.upper_layers are not supported yet; remove "
-                        "data.covariates or the stacked layers")
+    """Refuse in one line what conditioning cannot build."""
     condition = getattr(spec, "condition", None)
+    discrete = getattr(spec, "discrete", None)
     if spec.prior["kind"] == "vamp" and (condition is None or condition.encoder):
         raise SpecError("model.prior: vamp runs the encoder on pseudo-inputs, which have no covariates; set "
                         "model.condition.encoder = false, or use another prior")
     if condition is not None and condition.prior and spec.prior["kind"] != "standard_normal":
         raise SpecError(f"model.condition.prior = true replaces the prior slot by p(z | c); remove model.prior "
                         f"({spec.prior['kind']}) or set model.condition.prior = false")
+    if condition is not None and condition.prior_per_category is not None and discrete is not None \
+            and discrete.shape == "mixture":
+        raise SpecError("model.condition.prior_per_category with model.discrete.shape = \"mixture\", whose p(z|y) is "
+                        "the prior of z; remove prior_per_category or use shape = \"m2\"")
+    if condition is not None and condition.prior and discrete is not None and discrete.shape == "mixture":
+        raise SpecError("model.condition.prior = true with model.discrete.shape = \"mixture\", whose p(z|y) is the "
+                        "prior of z; set model.condition.prior = false (the decoder and encoder still read c) or use "
+                        "shape = \"m2\"")
+    if discrete is not None and discrete.init == "vade":
+        raise SpecError("model.discrete.init = \"vade\" pretrains without covariates; use init = \"random\" with "
+                        "data.covariates")
 
 
 def condition_features(layout: Sequence[int], embedding_dim: int) -> int:
@@ -251,20 +327,38 @@ def condition_features(layout: Sequence[int], embedding_dim: int) -> int:
 
 
 def build_conditioned(spec, layout: Sequence[int], encoder: nn.Module, decoder: nn.Module, prior: Prior, latent_dim: int,
-                      stream, networks) -> tuple[Conditioning, nn.Module, nn.Module, Prior]:
-    """The conditioned encoder (where ``model.condition.encoder``), decoder and prior (where
-    ``model.condition.prior``) of a model spec, for covariates of ``layout``."""
+                      stream, networks, upper: Sequence = (), classifier: Optional[nn.Module] = None,
+                      build_prior=None) -> tuple[Conditioning, nn.Module, nn.Module, Prior, Optional[nn.Module]]:
+    """The conditioned parts of a model spec, for covariates of ``layout``: the decoder; where
+    ``model.condition.encoder``, every guide network (the bottom encoder, each upper layer's
+    encoder in ``upper``, which are replaced in place, and q(y|x)'s ``classifier``: q(y|x, c));
+    where ``model.condition.prior``, the prior of the top layer, p(z_L | c), and each upper
+    layer's p(z_l | z_(l+1), c), so that the whole p(z | c) reads c; where
+    ``model.condition.prior_per_category``, one prior per category, ``build_prior(k)`` the k-th."""
     options = spec.condition
     if options is None:
         raise SpecError("model.condition: covariates are given, and the model spec has no [model.condition] table; "
                         "add one (its defaults: the decoder and encoder read c)")
     check_supported(spec)
-    conditioning = Conditioning(layout, options.encoder, options.prior)
-    with stream("condition.decoder"):
-        decoder = ConditionedNetwork(decoder, conditioning, options.embedding_dim, options.inject, "decoder")
+    per_category = options.prior_per_category
+    conditioning = Conditioning(layout, options.encoder, options.prior or per_category is not None)
+
+    def wrap(network, name, where, inject="input"):
+        with stream(f"condition.{name}"):
+            return ConditionedNetwork(network, conditioning, options.embedding_dim, inject, where)
+
+    decoder = wrap(decoder, "decoder", "decoder", options.inject)
+    L = 1 + len(upper)
+    for i, layer in enumerate(upper):
+        name = f"upper_layers.{L - 2 - i}"  # the spec lists the layers top first
+        if options.encoder:
+            layer.encoder = wrap(layer.encoder, f"{name}.encoder", f"{name}.encoder")
+        if options.prior:
+            layer.down.network = wrap(layer.down.network, f"{name}.prior_network", f"{name}.prior_network")
     if options.encoder:
-        with stream("condition.encoder"):
-            encoder = ConditionedNetwork(encoder, conditioning, options.embedding_dim, "input", "encoder")
+        encoder = wrap(encoder, "encoder", "encoder")
+        if classifier is not None:
+            classifier = wrap(classifier, "classifier", "discrete.classifier")
     if options.prior:
         try:
             with stream("condition.prior"):
@@ -273,4 +367,13 @@ def build_conditioned(spec, layout: Sequence[int], encoder: nn.Module, decoder: 
                 prior = ConditionalPrior(latent_dim, network, conditioning, options.embedding_dim)
         except SpecError as exc:
             raise SpecError(f"model.condition.prior_network: {exc}") from None
-    return conditioning, encoder, decoder, prior
+    if per_category is not None:
+        column = options._prior_column
+        if column is None or column >= len(layout):
+            raise SpecError(f"model.condition.prior_per_category names {per_category!r}, and the covariates are not "
+                            "named here; build the model from a whole spec (its data.covariates)")
+        if not layout[column]:
+            raise SpecError(f"model.condition.prior_per_category: {per_category!r} is continuous; name a categorical "
+                            f"covariate (or force it with data.covariate_kinds.{per_category} = \"categorical\")")
+        prior = PerCategoryPrior([build_prior(k) for k in range(layout[column])], conditioning, column)
+    return conditioning, encoder, decoder, prior, classifier

@@ -134,6 +134,7 @@ class VAE(nn.Module):
         self.register_buffer("labelled_x", None, persistent=False)
         self.register_buffer("labelled_y", None, persistent=False)
         self.register_buffer("is_labelled", None, persistent=False)
+        self.register_buffer("labelled_rows", None, persistent=False)
         prior.bind(self)
 
     @property
@@ -238,13 +239,23 @@ class VAE(nn.Module):
         """One-hot y for integer classes; a relaxed sample is already a vector."""
         return y if y.is_floating_point() else F.one_hot(y, self.classes).to(self.class_logits.dtype)
 
+    def _per_class(self):
+        """A context for a computation with a class dimension right of the batch's (every y at
+        once, (..., B, classes, ...)): the covariates c, (B, K), are read as (B, 1, K)."""
+        conditioning = getattr(self, "conditioning", None)
+        if conditioning is None or conditioning.current is None:
+            return nullcontext()
+        return conditioning.given(conditioning.current.unsqueeze(-2))
+
     def _eye(self) -> Tensor:
         return torch.eye(self.classes, dtype=self.class_logits.dtype, device=self.class_logits.device)
 
+    @conditioned
     def q_y_logits(self, x: Tensor) -> Tensor:
         """The logits of q(y|x)."""
         return self.classifier(self.encoder_input(x))
 
+    @conditioned
     def q_z(self, u: Tensor, y: Optional[Tensor] = None):
         """q(z|x, y) from the encoder's input u and one-hot y (q(z|x) without y, or where the
         encoder reads x alone); with several layers the joint over the concatenated layers."""
@@ -266,7 +277,8 @@ class VAE(nn.Module):
         the encoder reads, the marginal sum_y q(y|x) q(z|x, y)."""
         u = self.encoder_input(x)
         if self.classes and self.structure.y.encoder_reads_y:
-            components = self.q_z(u.unsqueeze(-len(self.data_shape) - 1), self._eye())
+            with self._per_class():
+                components = self.q_z(u.unsqueeze(-len(self.data_shape) - 1), self._eye())
             return MarginalMixture(dist.Categorical(logits=self.classifier(u)), components)
         if not self.upper:
             return self.posterior_from_encoder_input(u)
@@ -277,14 +289,18 @@ class VAE(nn.Module):
         slot (with a class-conditional prior, the marginal over y)."""
         return self.prior.given(y) if y is not None and self._y_feeds("prior") else self.prior()
 
+    @conditioned
     def p_z(self, y: Optional[Tensor] = None):
         """p(z|y) over the whole latent vector (p(z) without y, or where y feeds the decoder)."""
         top = self._top_prior(y)
         if not self.upper:
             return top
-        # the top prior is built once (a VampPrior runs the encoder on its pseudo-inputs):
-        # JointLatent walks the layers on every log_prob and rsample
-        return JointLatent(lambda draw: self.walk_prior(draw, y, top), self.layer_dims)
+        conditioning = getattr(self, "conditioning", None)  # p(z | c): one distribution per row of c
+        per_row = conditioning is not None and conditioning.prior and conditioning.current is not None
+        # the top prior is built once, under the c of now (a VampPrior runs the encoder on its
+        # pseudo-inputs): JointLatent walks the layers on every log_prob and rsample
+        return JointLatent(lambda draw: self.walk_prior(draw, y, top), self.layer_dims,
+                           conditioning.current.shape[:-1] if per_row else ())
 
     @conditioned
     def latent_prior(self):
@@ -326,7 +342,7 @@ class VAE(nn.Module):
             for i in range(L):
                 encoder, posterior = self._layer(i)
                 h = encoder(below)
-                stopped = self._stopped(posterior, encoder, below, h, i == 0)
+                stopped = self._keeping_condition(self._stopped(posterior, encoder, below, h, i == 0))
                 z[i] = below = draw(i, posterior(h), stopped)
         elif guide == "top_down":
             flat_u = u.reshape(*u.shape[: u.dim() - len(self.data_shape)], -1)
@@ -334,7 +350,7 @@ class VAE(nn.Module):
                 encoder, posterior = self._layer(i)
                 inputs = u if i == L - 1 else concatenated(flat_u, z[i + 1])
                 h = encoder(inputs)
-                z[i] = draw(i, posterior(h), self._stopped(posterior, encoder, inputs, h, i == L - 1))
+                z[i] = draw(i, posterior(h), self._keeping_condition(self._stopped(posterior, encoder, inputs, h, i == L - 1)))
         else:  # ladder
             up = self._upward(u)
             top = self.upper[-1].posterior
@@ -347,8 +363,22 @@ class VAE(nn.Module):
                     merged = ladder_merge(*posterior.loc_scale(h), *down.loc_scale(above, stopped=True))
                     return dist.Normal(*merged).to_event(1).log_prob(value)
 
-                z[i] = draw(i, dist.Normal(loc, scale).to_event(1), stopped)
+                z[i] = draw(i, dist.Normal(loc, scale).to_event(1), self._keeping_condition(stopped))
         return z
+
+    def _keeping_condition(self, function: Callable) -> Callable:
+        """``function`` run, whenever it is called, with the covariates c of now (a stopped log q
+        reruns a network that reads c, after the guide that made it has returned)."""
+        conditioning = getattr(self, "conditioning", None)
+        if conditioning is None:
+            return function
+        c = conditioning.current
+
+        def call(*args, **kwargs):
+            with conditioning.given(c):
+                return function(*args, **kwargs)
+
+        return call
 
     @staticmethod
     def _stopped(posterior: Posterior, encoder: nn.Module, inputs: Tensor, h: Tensor, of_x: bool):
@@ -385,6 +415,7 @@ class VAE(nn.Module):
             return {"library": None if x is None else self.likelihood.observed_library(x)}
         return {}
 
+    @conditioned
     def p_x_given(self, z: Tensor, y: Optional[Tensor] = None, x: Optional[Tensor] = None):
         """p(x|z, y) (p(x|z) without y or where y does not feed the decoder), event shape
         data_shape; ``x``, the data scored, where the likelihood needs its library size."""
@@ -398,7 +429,8 @@ class VAE(nn.Module):
         """p(x|z); where y feeds the decoder, the marginal sum_y p(y) p(x|y, z)."""
         if not self._y_feeds("decoder"):
             return self.p_x_given(z, None, x)
-        components = self.p_x_given(z.unsqueeze(-2), self._eye(), self._unsqueezed(x))
+        with self._per_class():
+            components = self.p_x_given(z.unsqueeze(-2), self._eye(), self._unsqueezed(x))
         return dist.MixtureSameFamily(dist.Categorical(logits=self.class_logits), components)
 
     @conditioned
@@ -407,8 +439,9 @@ class VAE(nn.Module):
         decoder, sum_y p(y) E[x|y, z]."""
         if not self._y_feeds("decoder"):
             return self.likelihood.mean(self.decoder(self.decoder_input(z)), **self._context(x))
-        means = self.likelihood.mean(self.decoder(self.decoder_input(z.unsqueeze(-2), self._eye())),
-                                     **self._context(self._unsqueezed(x)))
+        with self._per_class():
+            means = self.likelihood.mean(self.decoder(self.decoder_input(z.unsqueeze(-2), self._eye())),
+                                         **self._context(self._unsqueezed(x)))
         weights = torch.softmax(self.class_logits, -1).reshape(self.classes, *(1,) * len(self.data_shape))
         return (weights * means).sum(-len(self.data_shape) - 1)
 
@@ -460,6 +493,7 @@ class VAE(nn.Module):
         mask = torch.zeros(self.num_data, dtype=torch.bool, device=x.device)
         mask[rows.to(x.device)] = True
         self.is_labelled = mask
+        self.labelled_rows = rows.to(x.device)
         self.alpha, self.labelled_batch = float(alpha), min(batch, len(x))
 
     # --- Pyro model and guide --------------------------------------------------------
@@ -472,6 +506,15 @@ class VAE(nn.Module):
         if self.is_labelled is None or index is None:
             return nullcontext()
         return poutine.mask(mask=~self.is_labelled[index.to(self.is_labelled.device)])
+
+    def _labelled_covariates(self, rows: Tensor):
+        """A context in which the conditioned parts read the covariates of the labelled plate's
+        rows (their rows of the training split); nothing to do without covariates."""
+        conditioning = getattr(self, "conditioning", None)
+        if conditioning is None or conditioning.observed is None:
+            return nullcontext()
+        c = conditioning.observed[self.labelled_rows[rows].to(conditioning.observed.device)]
+        return conditioning.given(c.to(self.class_logits.dtype))
 
     def _labelled_plate(self):
         return pyro.plate("labelled", len(self.labelled_x), subsample_size=self.labelled_batch,
@@ -532,7 +575,7 @@ class VAE(nn.Module):
                     z = self._prior_sites(y)
                 pyro.sample("x", self.p_x_given(z, y, x), obs=x)
         if self.labelled_x is not None and part != "unlabelled":
-            with self._labelled_plate() as rows:
+            with self._labelled_plate() as rows, self._labelled_covariates(rows):
                 xl, yl = self.labelled_x[rows], self.labelled_y[rows]
                 pyro.sample("y_labelled", dist.Categorical(logits=self.class_logits), obs=yl)
                 y = self.one_hot(yl)
@@ -555,7 +598,7 @@ class VAE(nn.Module):
                 y = self._guide_y(u, x) if self.classes else None
                 self._posterior_sites(u, y)
         if self.labelled_x is not None and part != "unlabelled":
-            with self._labelled_plate() as rows:
+            with self._labelled_plate() as rows, self._labelled_covariates(rows):
                 ul = self.encoder_input(self.labelled_x[rows])
                 with poutine.scale(scale=self.beta):
                     self._posterior_sites(ul, self.one_hot(self.labelled_y[rows]), "_labelled")
@@ -583,11 +626,12 @@ class VAE(nn.Module):
         return ImportanceTerms(self.p_x(z, x).log_prob(x), self.latent_prior().log_prob(z), q.log_prob(z))
 
     @torch.no_grad()
+    @conditioned
     def sample_given(self, y: Tensor) -> tuple[Tensor, Tensor]:
         """(z, E[x|z, y]) for z ~ p(z|y), one draw per class in ``y`` (integers)."""
         y = self.one_hot(y)
         p = self.p_z(y)
-        z = p.sample() if self._y_feeds("prior") else p.sample(y.shape[:-1])
+        z = p.sample() if self._y_feeds("prior") or p.batch_shape else p.sample(y.shape[:-1])
         return z, self.likelihood.mean(self.decoder(self.decoder_input(z, y)))
 
     @torch.no_grad()

@@ -53,7 +53,7 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
             start += dim
     discrete = run.vae.classes
     if discrete:  # q(y|x) per example, beside the draws of z
-        class_probs = class_probabilities(run.vae, x)
+        class_probs = class_probabilities(run.vae, x, condition=c)
         groups["posterior"]["q_y"] = (("obs", "y"), class_probs)
         groups["posterior"] = groups["posterior"].assign_coords(y=np.arange(discrete))
     idata = arviz_compat.to_data(groups)
@@ -108,7 +108,8 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
         predicted = class_probs.argmax(-1)
         figures["latent_space_predicted"] = latent_space(folder / "latent_space_predicted.png", means, predicted, pair,
                                                          "argmax q(y|x)", names=names)
-        figures["class_samples"] = class_samples(folder / "class_samples.png", run.vae)
+        with given(run.vae, None if c is None else run.coding.draw(8 * discrete, seed=seed).to(x.device)):
+            figures["class_samples"] = class_samples(folder / "class_samples.png", run.vae)  # 8 per class
         if labels is not None:
             scores = classification_summary(torch.as_tensor(class_probs), labels)
             diagnostics.update({k: scores[k] for k in ("accuracy", "cluster_accuracy", "nmi", "confusion")})
