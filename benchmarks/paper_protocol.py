@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyro_vae.infer.train import resolve_device
+from pyro_vae.devices import resolve_device
 from pyro_vae.spec import load_spec
 from pyro_vae.workflows.evaluate import evaluate_run
 from pyro_vae.workflows.train import train

@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pyro_vae.infer.train import resolve_device
+from pyro_vae.devices import resolve_device
 from pyro_vae.workflows.compare import compare
 from train_throughput import DATA, machine, parse_arguments
 

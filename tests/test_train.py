@@ -11,7 +11,8 @@ import torch
 from helpers import QUICK, assert_one_line_error, run_cli, write_npz
 from pyro_vae import load_run
 from pyro_vae.cli import main
-from pyro_vae.infer.train import kl_weight, resolve_device
+from pyro_vae.devices import resolve_device
+from pyro_vae.infer.train import kl_weight
 from pyro_vae.spec import load_spec
 from pyro_vae.runs import METRIC_COLUMNS
 from pyro_vae.spec import Schedule

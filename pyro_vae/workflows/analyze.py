@@ -17,7 +17,7 @@ from ..analysis import arviz_compat
 from ..analysis.inference_data import draws_to_groups, khat_advice, khat_bands, posterior_draws_sharded
 from ..analysis.plots import example_posteriors, gaussian_moments, interpolation, khat_plot, latent_space, traversals
 from ..files import atomic_path, atomic_write_json, atomic_write_text, check_room, output_folder
-from ..infer.train import resolve_device
+from ..devices import resolve_device
 from ..model.condition import given
 from ..runs import load_run, record_outputs
 from .evaluate import heldout

@@ -55,7 +55,7 @@ from ..errors import RunError, SpecError
 from ..files import atomic_write_json, atomic_write_text, read_csv, write_csv
 from ..infer.evaluate import describe_active_units, standard_error
 from ..infer.gradients import SNRProbe, snr_against_k
-from ..infer.train import resolve_device
+from ..devices import resolve_device
 from ..runs import CHECKPOINT, METRICS, SUMMARY, RunLock, claim_output_dir, load_run, record_outputs
 from ..spec import DEFAULT_DATA, DEFAULT_INFERENCE, DEFAULT_MODEL, load_spec
 from ..registry import kinds_in, trusting_code

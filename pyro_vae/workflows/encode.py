@@ -34,7 +34,7 @@ from ..data.covariates import with_values
 from ..errors import DataError, RunError
 from ..files import NpzWriter, atomic_path, check_room
 from ..infer.encode import encode_chunks
-from ..infer.train import resolve_device
+from ..devices import resolve_device
 from ..runs import load_run, read_spec
 from .evaluate import heldout, run_dataset
 from .memory import FLOAT, codes_chunk, refuse_beyond

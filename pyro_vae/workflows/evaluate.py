@@ -18,7 +18,7 @@ from ..data import load_data
 from ..errors import DataError
 from ..files import atomic_write, atomic_write_json, output_folder
 from ..infer.evaluate import BUDGET, classification_summary, importance_sample_sharded, summarize
-from ..infer.train import resolve_device
+from ..devices import resolve_device
 from ..runs import load_run, record_outputs
 from ..spec import DataSpec, data_table
 

@@ -17,10 +17,11 @@ from .. import distributed
 from ..analysis.figures import training_figures
 from ..data import binarize, check_support, labelled_rows, largest_level, load_data, split_chunks
 from ..data.statistics import DataStatistics
+from ..devices import resolve_device
 from ..errors import DataError, Interrupted, RunError, SpecError, TrainingDiverged
 from ..files import atomic_write_json, atomic_write_text, output_folder, write_csv
 from ..infer.pretrain import vade_initialize
-from ..infer.train import Trainer, resolve_device, say_on_stderr
+from ..infer.train import Trainer, say_on_stderr
 from ..model import build_vae
 from ..model.likelihoods import LIKELIHOODS
 from ..provenance import provenance
