@@ -12,7 +12,8 @@ from helpers import QUICK, assert_one_line_error, run_cli, write_npz
 from pyro_vae import load_run
 from pyro_vae.cli import main
 from pyro_vae.devices import resolve_device
-from pyro_vae.infer.train import kl_weight
+from pyro_vae.infer.estimators import ESTIMATORS
+from pyro_vae.infer.schedules import kl_weight, temperature
 from pyro_vae.spec import load_spec
 from pyro_vae.runs import METRIC_COLUMNS
 from pyro_vae.spec import Schedule
@@ -88,11 +89,26 @@ def test_early_stopping_keeps_the_best_weights(tmp_path):
 
 
 def test_kl_warmup_is_linear():
-    s = Schedule(kl_warmup_epochs=2, beta=0.5)
-    assert kl_weight(s, 0, 10) == pytest.approx(0.5 / 20)
-    assert kl_weight(s, 9, 10) == pytest.approx(0.25)
-    assert kl_weight(s, 19, 10) == pytest.approx(0.5) and kl_weight(s, 500, 10) == 0.5
-    assert kl_weight(Schedule(beta=2.0), 0, 10) == 2.0
+    """beta * min(1, (step + 1) / (warmup_epochs * steps_per_epoch)), by hand: 2 epochs of
+    10 steps at beta = 0.5 -> 0.5/20 at the first step, 0.25 at step 9, 0.5 from step 19 on."""
+    assert kl_weight(0, 10, 2, 0.5) == pytest.approx(0.5 / 20)
+    assert kl_weight(9, 10, 2, 0.5) == pytest.approx(0.25)
+    assert kl_weight(19, 10, 2, 0.5) == pytest.approx(0.5) and kl_weight(500, 10, 2, 0.5) == 0.5
+    assert kl_weight(4, 8, 1.5, 1.0) == pytest.approx(5 / 12)  # a fractional warm-up: 12 steps
+    assert kl_weight(0, 10, 0, 2.0) == 2.0 and kl_weight(0, 10, Schedule(beta=2.0).kl_warmup_epochs, 2.0) == 2.0
+
+
+def test_temperature_anneals_geometrically():
+    """tau(t) = max(final, initial * (final / initial)^(t / anneal_epochs)), by hand: from 1
+    to 0.25 over 2 epochs -> 0.5 after 1 epoch, 0.25 after 2 and after; no anneal -> final."""
+    assert temperature(0.0, 1.0, 0.25, 2.0) == 1.0
+    assert temperature(1.0, 1.0, 0.25, 2.0) == pytest.approx(0.5)
+    assert temperature(0.5, 2.0, 0.5, 2.0) == pytest.approx(2.0 * 0.25 ** 0.25)  # 1.4142...
+    assert temperature(2.0, 1.0, 0.25, 2.0) == pytest.approx(0.25) and temperature(7.0, 1.0, 0.25, 2.0) == 0.25
+    assert temperature(0.0, 1.0, 0.5, 0.0) == 0.5 and temperature(0.0, 0.5, 1.0, 3.0) == 1.0
+    relaxed = ESTIMATORS.build({"kind": "relaxed", "initial_temperature": 1.0, "final_temperature": 0.25,
+                                "anneal_epochs": 2.0})
+    assert relaxed.temperature(1.0) == pytest.approx(0.5)  # the estimator's schedule is this one
 
 
 def test_warmup_reaches_the_metrics(tmp_path):

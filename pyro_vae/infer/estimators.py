@@ -42,6 +42,7 @@ from ..errors import NotTraceable
 from ..model.traits import EstimatorTraits, traits_of
 from ..registry import Registry
 from .pyro_internals import ReplayValues, particle_traces, vectorized_traces
+from .schedules import temperature
 
 ESTIMATORS = Registry("estimator")
 ESTIMATORS.protocol(ELBO)
@@ -205,11 +206,8 @@ class RelaxedELBO(Trace_ELBO):
         self.traits = EstimatorTraits(discrete="relaxed", straight_through=straight_through)
 
     def temperature(self, epochs: float) -> float:
-        """tau after ``epochs`` (a fraction) of training."""
-        if self.anneal_epochs <= 0 or self.final_temperature >= self.initial_temperature:
-            return self.final_temperature
-        ratio = self.final_temperature / self.initial_temperature
-        return max(self.final_temperature, self.initial_temperature * ratio ** (epochs / self.anneal_epochs))
+        """tau after ``epochs`` (a fraction) of training (``schedules.temperature``)."""
+        return temperature(epochs, self.initial_temperature, self.final_temperature, self.anneal_epochs)
 
 
 Temperature = Annotated[float, Field(gt=0, le=100)]

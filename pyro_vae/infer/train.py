@@ -35,6 +35,7 @@ from .estimators import ESTIMATORS, applied_to, supports_subsampling
 from .evaluate import elbo_terms
 from . import pyro_internals
 from .optim import OPTIMIZERS, SingleOptimizer
+from .schedules import kl_weight
 
 VALIDATION_BLOCK = 1024  # validation examples per seeded block (the same blocks whatever the number of ranks)
 
@@ -59,14 +60,6 @@ class TrainState:
     bad_epochs: int = 0
     stopped_early: bool = False
     history: list = field(default_factory=list)
-
-
-def kl_weight(schedule, global_step: int, steps_per_epoch: int) -> float:
-    """beta, ramped linearly from ~0 over the first kl_warmup_epochs (Bowman et al., 2016)."""
-    warmup_steps = schedule.kl_warmup_epochs * steps_per_epoch
-    if warmup_steps <= 0:
-        return schedule.beta
-    return schedule.beta * min(1.0, (global_step + 1) / warmup_steps)
 
 
 class Trainer:
@@ -261,9 +254,7 @@ class Trainer:
         try:
             for i, x in zip(steps, batches):
                 index = order[i * B : (i + 1) * B][self.local_batch]
-                self.vae.beta = kl_weight(self.schedule, state.global_step, self.steps_per_epoch)
-                if self.temperature_schedule is not None:
-                    self.vae.temperature = self.temperature_schedule(state.global_step / self.steps_per_epoch)
+                self._anneal()
                 try:
                     with pyro.validation_enabled(not self._validated):
                         loss = self._step(x, index, i, requested)
@@ -299,6 +290,13 @@ class Trainer:
             batches.close()  # stops a read-ahead thread at once, whatever ended the loop
         state.epoch_seconds += time.perf_counter() - started
         return state.epoch_seconds
+
+    def _anneal(self) -> None:
+        """beta and a relaxed y's temperature at the current step (``schedules``)."""
+        step, s = self.state.global_step, self.schedule
+        self.vae.beta = kl_weight(step, self.steps_per_epoch, s.kl_warmup_epochs, s.beta)
+        if self.temperature_schedule is not None:
+            self.vae.temperature = self.temperature_schedule(step / self.steps_per_epoch)
 
     def _step(self, x, index, i: int, requested: Sequence[int]) -> Optional[float]:
         """Step i of the epoch; its loss, or None where a compiled step's loss stays on the
