@@ -96,11 +96,6 @@ class Trainer:
         # estimate of the full-data objective, and shapes stay static (as Pyro's JIT needs)
         self.steps_per_epoch = self.num_data // self.batch_size
         self.estimator = ESTIMATORS.build(inference.estimator)
-        if inference.estimator.get("jit") and self.schedule.kl_warmup_epochs > 0:
-            raise SpecError(
-                "inference.estimator.jit = true compiles beta into the traced loss and cannot follow "
-                "a KL warm-up; set inference.schedule.kl_warmup_epochs = 0 or jit = false"
-            )
         if not supports_subsampling(self.estimator) and self.group.active:
             raise SpecError(
                 f"inference.estimator: {inference.estimator['kind']} pools each particle over the whole batch and "
