@@ -13,6 +13,7 @@ from pyro_vae import load_run
 from pyro_vae.cli import main
 from pyro_vae.devices import resolve_device
 from pyro_vae.infer.estimators import ESTIMATORS
+from pyro_vae.infer.loop import CheckpointClock, Progress, StopVote
 from pyro_vae.infer.schedules import kl_weight, temperature
 from pyro_vae.spec import load_spec
 from pyro_vae.runs import METRIC_COLUMNS
@@ -109,6 +110,37 @@ def test_temperature_anneals_geometrically():
     relaxed = ESTIMATORS.build({"kind": "relaxed", "initial_temperature": 1.0, "final_temperature": 0.25,
                                 "anneal_epochs": 2.0})
     assert relaxed.temperature(1.0) == pytest.approx(0.5)  # the estimator's schedule is this one
+
+
+def test_checkpoint_clock_is_due_every_n_steps_but_not_at_an_epochs_end():
+    clock = CheckpointClock(every=4, steps_per_epoch=10)
+    due = [g for g in range(1, 31) if clock.due(g, (g - 1) % 10)]
+    assert due == [4, 8, 12, 16, 24, 28]  # 20 is epoch 2's last step: the epoch's end writes it
+    assert not any(CheckpointClock(0, 10).due(g, 0) for g in range(1, 30))
+
+
+def test_the_stop_vote_of_several_ranks_stops_all_and_averages_the_loss():
+    class TwoRanks:  # the all-reduce of two ranks, the other one having loss 3.0 and a stop request
+        active, world_size = True, 2
+
+        def all_reduce_sum(self, tensor):
+            return tensor + torch.tensor([3.0, 1.0], dtype=torch.float64)
+
+    assert StopVote(TwoRanks())(1.0, []) == (2.0, True)  # (1 + 3) / 2, and the other rank's stop
+    single = type("One", (), {"active": False})()
+    assert StopVote(single)(1.5, []) == (1.5, False) and StopVote(single)(None, [15]) == (None, True)
+
+
+def test_without_a_bar_about_twenty_epoch_lines_are_logged():
+    lines = []
+    progress = Progress(total=100, done=0, enabled=False, log=lines.append)
+    row = {"train_elbo": -1.0, "val_elbo": -2.0, "kl": 3.0, "seconds": 0.5}
+    for epoch in range(1, 101):
+        progress.epoch({**row, "epoch": epoch}, 100, stopped_early=False)
+    assert [int(line.split()[1].split("/")[0]) for line in lines] == [1, *range(5, 101, 5)]
+    assert lines[0] == "epoch    1/100  train_elbo -1.000  val_elbo -2.000  kl 3.000  (0.50 s)"
+    progress.epoch({**row, "epoch": 7}, 100, stopped_early=True)  # the epoch training stopped at
+    assert lines[-1].startswith("epoch    7/100")
 
 
 def test_warmup_reaches_the_metrics(tmp_path):

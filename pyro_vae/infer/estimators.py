@@ -38,7 +38,7 @@ from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 from torch.distributions import kl_divergence
 
-from ..errors import NotTraceable
+from ..errors import NotTraceable, SpecError
 from ..model.traits import EstimatorTraits, traits_of
 from ..registry import Registry
 from .pyro_internals import ReplayValues, particle_traces, vectorized_traces
@@ -519,3 +519,20 @@ def stl(*, k: Samples = 1) -> ELBO:
 
 def supports_subsampling(elbo: ELBO) -> bool:
     return traits_of(elbo).subsampling
+
+
+def check_estimator_fits(elbo: ELBO, kind: str, group, batch_size: int, num_data: int) -> None:
+    """An estimator that pools each particle over the whole batch (no subsampling) can be
+    neither split across processes nor used on mini-batches: refused, saying what to change."""
+    if supports_subsampling(elbo):
+        return
+    if group.active:
+        raise SpecError(
+            f"inference.estimator: {kind} pools each particle over the whole batch and cannot be split across "
+            f"{group.world_size} processes; run it in one process or choose another estimator"
+        )
+    if batch_size < num_data:
+        raise SpecError(
+            f"inference.estimator: {kind} does not support mini-batching; "
+            f"set inference.schedule.batch_size >= {num_data} (the training set) or choose another estimator"
+        )
