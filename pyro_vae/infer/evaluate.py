@@ -342,17 +342,6 @@ def active_unit_summary(posterior_mean: Tensor, mc_variance: Optional[Tensor] = 
     }
 
 
-def describe_active_units(summary: dict) -> str:
-    """'5 of 16' (with several layers '5 of 24: z1 4 of 16, z2 1 of 8'), or why there is no count."""
-    if summary["active_units"] is None:
-        return "n/a (a posterior without a closed-form mean needs at least 2 draws)"
-    text = f"{summary['active_units']} of {summary['latent_dim']}"
-    per_layer, dims = summary.get("active_units_per_layer"), summary.get("layer_dims") or []
-    if per_layer and len(dims) > 1:
-        text += ": " + ", ".join(f"z{i + 1} {a} of {d}" for i, (a, d) in enumerate(zip(per_layer, dims)))
-    return text
-
-
 def standard_error(values: Tensor | np.ndarray) -> float:
     values = torch.as_tensor(values, dtype=torch.float64)
     return (values.std() / math.sqrt(len(values))).item() if len(values) > 1 else math.nan
