@@ -55,7 +55,7 @@ def supervised_accuracy(trainer, classifier: dict, steps: int, seed: int) -> flo
 def kmeans_scores(data, seed: int) -> dict:
     from sklearn.cluster import KMeans
 
-    from pyro_vae.infer.evaluate import classification_summary
+    from pyro_vae.infer.metrics import classification_summary
 
     train, test = data.split("train").cpu().numpy(), data.split("test").cpu().numpy()
     kmeans = KMeans(10, n_init=10, random_state=seed).fit(train.reshape(len(train), -1))

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from helpers import assert_one_line_error
 from pyro_vae.infer.estimators import ESTIMATORS, PartwiseLoss
-from pyro_vae.infer.evaluate import classification_summary, importance_sample
+from pyro_vae.infer.evaluate import importance_sample
+from pyro_vae.infer.metrics import classification_summary
 from pyro_vae.model import build_vae
 from pyro_vae.spec import ModelSpec
 

@@ -442,7 +442,7 @@ def test_the_default_demo_is_a_working_probability_model(tmp_path, seed):
     log p(x) is a log-probability (negative); at least half the latent units active; a
     logistic-regression classifier trained on the digits reads at least 95% of the validation
     digits' reconstructions at the posterior mean."""
-    from pyro_vae.infer.evaluate import active_units
+    from pyro_vae.infer.metrics import active_units
 
     out = tmp_path / "digits"
     run, data, classifier = _demo(out, seed)

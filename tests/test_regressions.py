@@ -14,7 +14,8 @@ from helpers import write_npz
 from pyro_vae.data import Dataset, load_data, read_source
 from pyro_vae.infer.gradients import gradient_snr, snr_against_k
 from pyro_vae.infer.estimators import ESTIMATORS
-from pyro_vae.infer.evaluate import active_units, importance_sample, summarize
+from pyro_vae.infer.evaluate import importance_sample
+from pyro_vae.infer.metrics import active_units, summarize
 from pyro_vae.model import build_vae
 from pyro_vae.spec import DataSpec, Spec
 

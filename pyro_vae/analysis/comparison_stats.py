@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import numpy as np
 from torch import Tensor
 
-from ..infer.evaluate import standard_error
+from ..infer.metrics import standard_error
 
 CLASSIFICATION_SCORES = ("accuracy", "cluster_accuracy", "nmi")
 DISCRETE_FIGURES = ("snr_classifier", *CLASSIFICATION_SCORES)  # only a model with a discrete latent has them

@@ -9,8 +9,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..infer.evaluate import (BUDGET, active_unit_summary, classification_summary, posterior_mean_covariance,
-                              standard_error)
+from ..infer.evaluate import BUDGET
+from ..infer.metrics import active_unit_summary, classification_summary, posterior_mean_covariance, standard_error
 from .. import distributed
 from ..analysis.discrete import class_probabilities, class_samples, confusion_matrix
 from ..analysis.figures import Look, elbo_curves, image_panel, reconstruction_panel

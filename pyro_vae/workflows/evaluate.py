@@ -17,7 +17,8 @@ from .. import distributed
 from ..data import load_data
 from ..errors import DataError
 from ..files import atomic_write, atomic_write_json, output_folder
-from ..infer.evaluate import BUDGET, PerExample, classification_summary, importance_sample_sharded, summarize
+from ..infer.evaluate import BUDGET, PerExample, importance_sample_sharded
+from ..infer.metrics import classification_summary, summarize
 from ..devices import resolve_device
 from ..runs import load_run, record_outputs
 from ..spec import DataSpec, data_table
