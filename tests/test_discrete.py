@@ -256,6 +256,10 @@ def test_classification_summary_against_known_answers():
     assert summary["cluster_accuracy"] == 1
     assert summary["nmi"] == pytest.approx(1.0)
     assert summary["confusion"][1][0] == 2
+    assert summary["confusion"] == [[0, 0, 2], [2, 0, 0], [0, 2, 0]]  # [predicted y][label], counted by hand
+    # more labels than classes, a class never predicted: the matrix is classes x labels
+    summary = classification_summary(torch.eye(2)[[0, 0, 0, 1]], torch.tensor([0, 1, 2, 2]))
+    assert summary["confusion"] == [[1, 1, 1], [0, 0, 1]] and summary["cluster_accuracy"] == 0.5
 
 
 def test_a_discrete_model_defaults_to_enumeration():

@@ -12,6 +12,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from scipy import stats
+from scipy.optimize import linear_sum_assignment
+from sklearn.metrics import confusion_matrix, normalized_mutual_info_score
 from torch import Tensor
 
 from .evaluate import PerExample
@@ -64,8 +67,10 @@ def active_unit_summary(posterior_mean: Tensor, mc_variance: Optional[Tensor] = 
 
 
 def standard_error(values: Tensor | np.ndarray) -> float:
-    values = torch.as_tensor(values, dtype=torch.float64)
-    return (values.std() / math.sqrt(len(values))).item() if len(values) > 1 else math.nan
+    """The standard error of the mean, std(ddof=1) / sqrt(n) (``scipy.stats.sem``), in float64;
+    NaN with fewer than 2 values."""
+    values = torch.as_tensor(values, dtype=torch.float64).cpu().numpy()
+    return float(stats.sem(values)) if len(values) > 1 else math.nan
 
 
 def summarize(result: PerExample, num_samples: int, layer_dims: Optional[Sequence[int]] = None) -> dict:
@@ -91,15 +96,11 @@ def classification_summary(class_probs: Tensor, labels: Tensor) -> dict:
     """How q(y|x) agrees with labels: the accuracy of argmax q(y|x) read as the label
     (``accuracy``), the accuracy under the best one-to-one matching of clusters to labels
     (``cluster_accuracy``; Hungarian algorithm, scipy), and normalized mutual information
-    (``nmi``; scikit-learn)."""
-    from scipy.optimize import linear_sum_assignment
-    from sklearn.metrics import normalized_mutual_info_score
-
+    (``nmi``; scikit-learn), and ``confusion``, counts[predicted y, label] (classes x labels)."""
     predicted = class_probs.argmax(-1).cpu().numpy()
     truth = labels.cpu().numpy().astype(np.int64)
     size = max(int(predicted.max()), int(truth.max()), class_probs.shape[-1] - 1) + 1
-    counts = np.zeros((size, size), dtype=np.int64)
-    np.add.at(counts, (predicted, truth), 1)
+    counts = confusion_matrix(truth, predicted, labels=np.arange(size)).T  # sklearn's rows are the labels
     clusters, classes = linear_sum_assignment(counts, maximize=True)
     return {
         "accuracy": float((predicted == truth).mean()),
