@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from pyro_vae.infer.evaluate import BUDGET, chunk_plan, importance_sample
-from pyro_vae.infer.train import resolve_device
+from pyro_vae.devices import resolve_device
 from pyro_vae.model import build_vae
 from train_throughput import DATA, machine, parse_arguments, textbook_spec
 

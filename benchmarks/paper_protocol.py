@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyro_vae.infer.train import resolve_device
+from pyro_vae.devices import resolve_device
 from pyro_vae.spec import load_spec
 from pyro_vae.workflows.evaluate import evaluate_run
 from pyro_vae.workflows.train import train
@@ -182,7 +182,8 @@ def main(argv=None) -> int:
         trainer = train(variant_spec(name, args.epochs, args.device, args.seed, args.warmup), out / name, force=True, progress=False,
                         log=lambda _: None)
         state = trainer.state
-        summary, (_, npz), _ = evaluate_run(out / name, num_samples=args.samples, limit=args.limit, device=args.device)
+        evaluation = evaluate_run(out / name, num_samples=args.samples, limit=args.limit, device=args.device)
+        summary, npz = evaluation.summary, evaluation.npz_path
         rows.append({"variant": name, "epochs": state.epoch, "best_epoch": state.best_epoch, "val_elbo": state.best_val,
                      "log_likelihood": summary["log_likelihood"], "se": summary["log_likelihood_se"],
                      "seconds_per_epoch": state.train_seconds / max(state.epoch, 1),

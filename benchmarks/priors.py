@@ -22,8 +22,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pyro_vae.infer.train import resolve_device
-from pyro_vae.workflows.compare import compare
+from pyro_vae.devices import resolve_device
+from pyro_vae.workflows.compare import Design, EvaluationSettings, SNRSettings, compare
 from train_throughput import DATA, machine, parse_arguments
 
 VARIANTS = {  # name: (prior, posterior)
@@ -53,12 +53,12 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     compare(
-        model="bernoulli_mlp", inference="trace_elbo", data=str(DATA), zip_axes=True, seeds=args.seeds, force=True,
-        vary=[f"model.prior={','.join(VARIANTS[v][0] for v in chosen)}",
-              f"model.posterior={','.join(VARIANTS[v][1] for v in chosen)}"],
+        Design(vary=[f"model.prior={','.join(VARIANTS[v][0] for v in chosen)}",
+                     f"model.posterior={','.join(VARIANTS[v][1] for v in chosen)}"], zip_axes=True, seeds=args.seeds),
+        model="bernoulli_mlp", inference="trace_elbo", data=str(DATA), force=True,
         overrides=["model.latent_dim=40", "model.encoder.hidden=[300,300]", "model.decoder.hidden=[300,300]",
                    f"inference.schedule.epochs={args.epochs}", f"inference.schedule.device={args.device}"],
-        out=args.out, samples=args.samples, limit=args.limit, snr_repeats=20, snr_k=(),
+        out=args.out, evaluation=EvaluationSettings(samples=args.samples, limit=args.limit), snr=SNRSettings(repeats=20, k=()),
     )
     print(f"\n{args.epochs} epochs, {args.seeds} seed(s) each on {machine(resolve_device(args.device))}; log p(x) with K = {args.samples} "
           f"on {args.limit} validation images; table: {args.out}/comparison.md\n")

@@ -55,7 +55,7 @@ def supervised_accuracy(trainer, classifier: dict, steps: int, seed: int) -> flo
 def kmeans_scores(data, seed: int) -> dict:
     from sklearn.cluster import KMeans
 
-    from pyro_vae.infer.evaluate import classification_summary
+    from pyro_vae.infer.metrics import classification_summary
 
     train, test = data.split("train").cpu().numpy(), data.split("test").cpu().numpy()
     kmeans = KMeans(10, n_init=10, random_state=seed).fit(train.reshape(len(train), -1))
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
         started = time.perf_counter()
         trainer = train(s, out / f"m2_{count}", force=True, progress=False, log=lambda _: None)
         seconds = time.perf_counter() - started
-        summary, _, _ = evaluate_run(out / f"m2_{count}", split="test", num_samples=args.samples, device="cpu")
+        summary = evaluate_run(out / f"m2_{count}", split="test", num_samples=args.samples, device="cpu").summary
         row = {"labels": count, "m2_accuracy": summary["accuracy"], "m2_log_likelihood": summary["log_likelihood"],
                "supervised_accuracy": supervised_accuracy(trainer, s.model.discrete.classifier, args.supervised_steps, args.seed),
                "train_seconds": seconds}
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
         started = time.perf_counter()
         trainer = train(s, out / "gmvae", force=True, progress=False, log=lambda _: None)
         seconds = time.perf_counter() - started
-        summary, _, _ = evaluate_run(out / "gmvae", split="test", num_samples=args.samples, device="cpu")
+        summary = evaluate_run(out / "gmvae", split="test", num_samples=args.samples, device="cpu").summary
         results["gmvae"] = {"cluster_accuracy": summary["cluster_accuracy"], "nmi": summary["nmi"],
                             "log_likelihood": summary["log_likelihood"], "train_seconds": seconds,
                             "kmeans": kmeans_scores(trainer.data, args.seed)}

@@ -38,7 +38,8 @@ import pyro.poutine as poutine
 import torch
 
 from pyro_vae.data import Dataset
-from pyro_vae.infer.train import Trainer, resolve_device
+from pyro_vae.devices import resolve_device
+from pyro_vae.infer.train import Trainer
 from pyro_vae.model import build_vae
 
 from train_throughput import DATA, PlainVAE, machine, parse_arguments, textbook_spec

@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from pyro_vae.infer.train import resolve_device
+from pyro_vae.devices import resolve_device
 from pyro_vae.spec import load_spec
 from pyro_vae.tracking import TRACKERS
 from pyro_vae.workflows.train import train

@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyro_vae.data import Dataset
-from pyro_vae.infer.train import Trainer, resolve_device
+from pyro_vae.devices import resolve_device
+from pyro_vae.infer.train import Trainer
 from pyro_vae.model import build_vae
 from pyro_vae.spec import Spec
 

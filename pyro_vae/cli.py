@@ -18,15 +18,14 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__, distributed, stops
-from .analysis.comparison_table import comparison_text
-from .analysis.inference_data import khat_advice
+from .analysis.comparison_table import comparison_note, comparison_text
 from .errors import Interrupted, Stopped, TrainingDiverged, UserError
-from .infer.evaluate import describe_active_units
+from .analysis.text import analysis_lines, evaluation_lines
 from .spec import DEFAULT_DATA, DEFAULT_INFERENCE, DEFAULT_MODEL, SLOTS, Spec, load_spec, parse_override, shipped, spec_summary
 from .registry import trusting_code
 from .tracking import TRACKERS
 from .workflows.analyze import analyze_run
-from .workflows.compare import compare
+from .workflows.compare import Design, EvaluationSettings, SNRSettings, compare
 from .workflows.encode import encode_run
 from .workflows.evaluate import evaluate_run
 from .workflows.sample import sample_run
@@ -325,8 +324,8 @@ def _report_training(trainer, out: Path) -> int:
 
 
 def cmd_sample(args) -> int:
-    png, npz = sample_run(args.run, args.n, args.seed, condition=args.condition)
-    _say(f"samples: {png} and {npz} (z, mean)")
+    samples = sample_run(args.run, args.n, args.seed, condition=args.condition)
+    _say(f"samples: {samples.png} and {samples.npz} (z, mean)")
     return 0
 
 
@@ -350,31 +349,18 @@ def cmd_specs(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    result, paths, _ = evaluate_run(args.run, data=args.data, split=args.split, num_samples=args.samples,
-                                 limit=args.limit, seed=args.seed, device=args.device)
-    _say(f"{'split':<16}{args.split} ({result['n']} examples, K = {result['samples']} samples each)")
-    rows = [
-        ("log p(x)", f"{result['log_likelihood']:.3f} +- {result['log_likelihood_se']:.3f}"),
-        ("ELBO", f"{result['elbo']:.3f} +- {result['elbo_se']:.3f}"),
-        ("reconstruction", f"{result['reconstruction']:.3f}"),
-        ("KL", f"{result['kl']:.3f}"),
-        ("active units", describe_active_units(result)),
-    ]
-    if "accuracy" in result:  # a discrete latent, on labelled examples
-        rows += [("accuracy", f"{result['accuracy']:.1%} (argmax q(y|x) read as the label)"),
-                 ("clustering", f"{result['cluster_accuracy']:.1%} accuracy under the best one-to-one matching of clusters to labels"),
-                 ("NMI", f"{result['nmi']:.3f}")]
-    for name, value in rows:
-        _say(f"{name:<16}{value}")
-    _say(f"({result['units']}; +- one standard error over examples; {result['seconds']:.1f} s on {result['device']})")
-    _say(f"written: {paths[0]} and {paths[1]}")
+    evaluation = evaluate_run(args.run, data=args.data, split=args.split, num_samples=args.samples,
+                              limit=args.limit, seed=args.seed, device=args.device)
+    for line in evaluation_lines(evaluation.summary):
+        _say(line)
+    _say(f"written: {evaluation.json_path} and {evaluation.npz_path}")
     return 0
 
 
 def cmd_encode(args) -> int:
-    out, n = encode_run(args.run, args.out, data=args.data, split=args.split, samples=args.samples, seed=args.seed,
-                        device=args.device, force=args.force, transform=args.transform)
-    _say(f"encoded {n} examples ({args.split}): {out}")
+    encoded = encode_run(args.run, args.out, data=args.data, split=args.split, samples=args.samples, seed=args.seed,
+                         device=args.device, force=args.force, transform=args.transform)
+    _say(f"encoded {encoded.examples} examples ({args.split}): {encoded.path}")
     return 0
 
 
@@ -383,15 +369,9 @@ def cmd_analyze(args) -> int:
                          draws=args.draws, seed=args.seed, device=args.device)
     if result is None:  # another rank than 0: rank 0 reports
         return 0
-    d = result["diagnostics"]
-    bands = d["khat_bands"]
-    _say(f"{d['n']} examples of {d['split']}, {d['samples']} draws each")
-    _say(f"log p(x): IS {d['is_log_likelihood']['mean']:.3f} +- {d['is_log_likelihood']['se']:.3f}, "
-         f"PSIS {d['psis_log_likelihood']['mean']:.3f} +- {d['psis_log_likelihood']['se']:.3f} ({d['units']})")
-    _say(f"k-hat: good (<0.5) {bands['good']['share']:.1%}, usable (0.5-0.7) {bands['ok']['share']:.1%}, "
-         f"unreliable (>=0.7) {bands['bad']['share']:.1%}")
-    _say(khat_advice(bands))
-    _say(f"report: {result['folder'] / 'report.md'}")
+    for line in analysis_lines(result.diagnostics):
+        _say(line)
+    _say(f"report: {result.report}")
     return 0
 
 
@@ -403,19 +383,15 @@ def cmd_compare(args) -> int:
         raise_usage(f"--snr-k {args.snr_k!r}: expected comma-separated whole numbers, e.g. 1,5,20")
     if any(k <= 0 for k in snr_k):
         raise_usage(f"--snr-k {args.snr_k!r}: K must be positive")
-    report = compare(model=args.model, inference=args.inference, data=args.data, vary=args.vary,
-                     estimators=args.estimators, zip_axes=args.zip_axes, seeds=args.seeds, overrides=_overrides(args),
-                     out=Path(args.out), force=args.force, reference=args.reference, split=args.split,
-                     samples=args.samples, limit=args.limit, snr_repeats=args.snr_repeats, snr_k=snr_k, progress=None,
-                     log=_say)
-    settings = report["settings"]
-    seeds = settings["seeds"]
-    _say("\n" + comparison_text(report))
-    _say(f"(means over {seeds} seed(s); log p(x) with K = {settings['samples']} on "
-         f"{settings['split']}; differences paired by example, with their standard error over seeds "
-         f"(training's randomness{', the one to go by' if seeds > 1 else '; n/a with one seed'}) and over examples; "
-         "ms/step: the median over epochs, and its interquartile range)")
-    _say(f"written: {Path(args.out) / 'comparison.md'}, comparison.csv, comparison.json and comparison_*.png")
+    design = Design(vary=args.vary, estimators=args.estimators, zip_axes=args.zip_axes, seeds=args.seeds,
+                    reference=args.reference)
+    comparison = compare(design, out=Path(args.out), model=args.model, inference=args.inference, data=args.data,
+                         overrides=_overrides(args), force=args.force,
+                         evaluation=EvaluationSettings(split=args.split, samples=args.samples, limit=args.limit),
+                         snr=SNRSettings(repeats=args.snr_repeats, k=snr_k), progress=None, log=_say)
+    _say("\n" + comparison_text(comparison.report))
+    _say(comparison_note(comparison.report))
+    _say(f"written: {comparison.table}, comparison.csv, comparison.json and comparison_*.png")
     return 0
 
 

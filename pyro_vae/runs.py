@@ -31,7 +31,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from .data import Preprocessing, binarize
+from .data import Preprocessing
+from .data.new_examples import prepare_examples
 from .data.covariates import CovariateCoding, with_values
 from .errors import DataError, RunError, SpecError, UserError
 from .files import atomic_path, atomic_write, read_csv
@@ -402,41 +403,14 @@ class Run:
         counts; one example or a batch) as this run's model sees them: on its device,
         float32, in its data shape, normalized and standardized as in training, binarized
         (seed: the run's) where training binarized. Values outside what the model can score,
-        or far outside the training data's range (un-normalized input), are refused."""
-        vae, p = self.vae, self.preprocessing or Preprocessing()
-        device = next(iter(vae.parameters())).device
-        if not isinstance(x, torch.Tensor):
-            x = np.asarray(x)
-            if x.dtype.kind not in "biuf":
-                raise DataError(f"prepare: an array of dtype {x.dtype} does not hold numbers; give a numeric array")
-        x = torch.as_tensor(x).to(device)
-        if x.dtype == torch.bool:
-            x = x.to(torch.uint8)
-        if x.is_complex():
-            raise DataError(f"prepare: values of dtype {x.dtype} are not real numbers")
-        size = math.prod(vae.data_shape)
-        if x.numel() % size or (x.ndim and x.shape[-1] != vae.data_shape[-1] and x.shape[-1] != size):
-            raise DataError(f"prepare: an array of shape {tuple(x.shape)} does not hold examples of shape "
-                            f"{vae.data_shape}; give (n, {', '.join(map(str, vae.data_shape))}) or (n, {size})")
-        x = p.apply(x.reshape(-1, *vae.data_shape))
-        if not torch.isfinite(x).all():  # before binarizing, which would hide them
-            raise DataError("prepare: the data contain NaN or infinite values; clean them first")
-        if p.low is not None and len(x):
-            span = max(p.high - p.low, 1e-12)
-            low, high = x.min().item(), x.max().item()
-            if low < p.low - span or high > p.high + span:
-                raise DataError(
-                    f"prepare: the data span {low:g}..{high:g} once prepared, far outside the training data's "
-                    f"{p.low:g}..{p.high:g}; give values as the training file stored them (the run divides by "
-                    f"{p.divide or 1:g} itself), not rescaled or raw from another source"
-                )
+        or far outside the training data's range (un-normalized input), are refused
+        (:func:`~pyro_vae.data.new_examples.prepare_examples`)."""
+        vae = self.vae
+        binarize_seed = None
         if self.spec.data.binarize != "none":
-            seed = self.spec.inference.schedule.seed if seed is None else seed
-            x = binarize(x, seed, "test", torch.arange(len(x)))
-        problem = vae.likelihood.check(x, "prepare: the data")
-        if problem:
-            raise DataError(problem)
-        return x
+            binarize_seed = self.spec.inference.schedule.seed if seed is None else seed
+        return prepare_examples(x, vae.data_shape, vae.likelihood, self.preprocessing, binarize_seed,
+                                next(iter(vae.parameters())).device)
 
     def encode(self, x, samples: int = 0, seed: int = 0, covariates=None, transform=None) -> dict:
         """Latent codes of new data (stored values, see :meth:`prepare`): ``mean`` and

@@ -197,6 +197,15 @@ class InferenceSpec(_Strict):
         self.optimizer = _in_slot("optimizer", OPTIMIZERS, self.optimizer, _default_kind(InferenceSpec, "optimizer"))
         return self
 
+    @model_validator(mode="after")
+    def _jit_without_warmup(self):
+        """A JIT-traced loss holds beta as a constant, so it cannot follow a KL warm-up."""
+        if self.estimator.get("jit") and self.schedule.kl_warmup_epochs > 0:
+            raise SlotError(("estimator", "jit"),
+                            "true compiles beta into the traced loss and cannot follow a KL warm-up; "
+                            "set inference.schedule.kl_warmup_epochs = 0 or inference.estimator.jit = false")
+        return self
+
 
 class DataSpec(_Strict):
     """On what: a named data set or a file, and how its values are prepared."""

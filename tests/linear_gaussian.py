@@ -62,6 +62,14 @@ def make(D=4, L=2, s=0.5, N=64, exact_posterior=False, seed=0, num_data=None, pr
     return vae, x, exact
 
 
+def importance_terms(vae, x, num_samples):
+    """(log p(x|z_s), log p(z_s), log q(z_s|x)) at num_samples draws z_s ~ q(z|x), each
+    (num_samples, n), from the VAE's own distributions."""
+    q = vae.q(x)
+    z = q.rsample((num_samples,))
+    return vae.p_x(z, x).log_prob(x), vae.latent_prior().log_prob(z), q.log_prob(z)
+
+
 def exact_posterior(vae, x):
     """(mean, std) of p(z|x) for the model in ``vae`` (read from its decoder)."""
     W, b = vae.decoder.net[0].weight, vae.decoder.net[0].bias

@@ -177,9 +177,11 @@ def test_an_interrupted_comparison_continues_to_the_numbers_of_one_never_interru
     """A comparison killed in its second cell's training (after a checkpoint) and run again
     keeps the first cell, resumes the second from its checkpoint and ends with the same
     per-example log p(x) and SNR points as a comparison that ran through."""
-    args = dict(vary=["model.posterior.kind=diagonal_normal,iaf"], seeds=1, overrides=["inference.schedule.epochs=3",
-                "inference.schedule.batch_size=256"], samples=8, limit=30, snr_repeats=4, snr_k=(), log=lambda _: None)
-    whole = compare_module.compare(out=tmp_path / "whole", **args)
+    design = compare_module.Design(vary=["model.posterior.kind=diagonal_normal,iaf"], seeds=1)
+    args = dict(overrides=["inference.schedule.epochs=3", "inference.schedule.batch_size=256"],
+                evaluation=compare_module.EvaluationSettings(samples=8, limit=30),
+                snr=compare_module.SNRSettings(repeats=4, k=()), log=lambda _: None)
+    whole = compare_module.compare(design, out=tmp_path / "whole", **args).report
 
     real_train = compare_module.train
 
@@ -196,13 +198,13 @@ def test_an_interrupted_comparison_continues_to_the_numbers_of_one_never_interru
 
     monkeypatch.setattr(compare_module, "train", killed_in_the_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        compare_module.compare(out=tmp_path / "cut", **args)
+        compare_module.compare(design, out=tmp_path / "cut", **args)
     cut = tmp_path / "cut"
     assert json.loads((cut / "runs/iaf-seed0/summary.json").read_text())["epochs"] == 2
     assert (cut / "runs/diagonal_normal-seed0/comparison_done.json").is_file()
     monkeypatch.setattr(compare_module, "train", real_train)
     said = []
-    again = compare_module.compare(out=cut, **{**args, "log": said.append})
+    again = compare_module.compare(design, out=cut, **{**args, "log": said.append}).report
     assert any("done before, kept" in s for s in said) and any("resuming its training" in s for s in said)
     for cell in ("diagonal_normal", "iaf"):
         a = np.load(tmp_path / f"whole/runs/{cell}-seed0/evaluation/valid.npz")["log_likelihood"]

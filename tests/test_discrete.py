@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from helpers import assert_one_line_error
 from pyro_vae.infer.estimators import ESTIMATORS, PartwiseLoss
-from pyro_vae.infer.evaluate import classification_summary, importance_sample
+from pyro_vae.infer.evaluate import importance_sample
+from pyro_vae.infer.metrics import classification_summary
 from pyro_vae.model import build_vae
 from pyro_vae.spec import ModelSpec
 
@@ -255,6 +256,10 @@ def test_classification_summary_against_known_answers():
     assert summary["cluster_accuracy"] == 1
     assert summary["nmi"] == pytest.approx(1.0)
     assert summary["confusion"][1][0] == 2
+    assert summary["confusion"] == [[0, 0, 2], [2, 0, 0], [0, 2, 0]]  # [predicted y][label], counted by hand
+    # more labels than classes, a class never predicted: the matrix is classes x labels
+    summary = classification_summary(torch.eye(2)[[0, 0, 0, 1]], torch.tensor([0, 1, 2, 2]))
+    assert summary["confusion"] == [[1, 1, 1], [0, 0, 1]] and summary["cluster_accuracy"] == 0.5
 
 
 def test_a_discrete_model_defaults_to_enumeration():

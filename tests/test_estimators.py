@@ -28,7 +28,8 @@ def test_importance_sampled_loglik_converges_to_exact():
         errors.append(np.abs(estimate - exact).mean())
     assert all(a > b for a, b in zip(errors, errors[1:])), errors
     with torch.no_grad():  # per-example Monte Carlo standard error of the K = 5000 estimate
-        log_w = vae.importance_terms(x, 5000).log_weights.double()
+        log_px_z, log_pz, log_qz = lg.importance_terms(vae, x, 5000)
+        log_w = (log_px_z + log_pz - log_qz).double()
         w = (log_w - log_w.max(0).values).exp()
         se = (w.std(0) / (w.mean(0) * math.sqrt(5000))).numpy()
     assert errors[-1] < 2 * se.mean(), (errors, se.mean())  # the mean |error| of a Gaussian error is 0.8 SE

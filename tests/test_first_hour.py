@@ -292,7 +292,7 @@ def test_integer_levels_kept_undivided_get_the_normalize_hint(tmp_path):
 
 
 def test_comparison_summary_names_both_uncertainties_and_robust_timings():
-    from pyro_vae.workflows.compare import _aggregate
+    from pyro_vae.analysis.comparison_stats import aggregate
 
     rows = [{"cell": e, "seed": s, "log_likelihood": ll, "diff_vs_reference": d, "diff_se": se, "elbo": 0.0,
              "kl": 0.0, "active_units": 3, "snr_encoder": 1.0, "snr_decoder": 1.0, "seconds_per_epoch": 1.0}
@@ -302,7 +302,7 @@ def test_comparison_summary_names_both_uncertainties_and_robust_timings():
     timings = {(e, s): [0.01, 0.01, 0.14] for e in "ab" for s in range(3)}
     rng = np.random.default_rng(0)
     paired = {(e, s): (rng.normal(size=50) * (e == "b"), np.arange(50) + 50 * s) for e in "ab" for s in range(3)}
-    b = _aggregate(rows, ["a", "b"], timings, paired)["b"]
+    b = aggregate(rows, ["a", "b"], timings, paired)["b"]
     diffs = np.array([1.0, 0.5, 0.6])
     assert b["diff_se_seeds"] == pytest.approx(diffs.std(ddof=1) / math.sqrt(3))
     ses = [paired[("b", s)][0].std(ddof=1) / math.sqrt(50) for s in range(3)]  # each seed its own examples
@@ -310,7 +310,7 @@ def test_comparison_summary_names_both_uncertainties_and_robust_timings():
     assert b["diff_se"] == b["diff_se_seeds"] and b["diff_se_over"] == "seeds"
     assert b["seconds_per_step"] == pytest.approx(0.01)
     assert b["seconds_per_step_quartiles"] == pytest.approx(list(np.percentile([0.01, 0.01, 0.14] * 3, [25, 75])))
-    one_seed = _aggregate(rows[3:4], ["b"], timings, paired)["b"]
+    one_seed = aggregate(rows[3:4], ["b"], timings, paired)["b"]
     assert one_seed["diff_se_seeds"] is None and one_seed["diff_se"] == pytest.approx(ses[0])
     assert one_seed["diff_se_over"] == "examples"
 
@@ -345,7 +345,7 @@ def test_the_standard_error_over_examples_matches_the_spread_of_redrawn_examples
     with the seed); e_sn (sd 0.6) is each seed's own. Over 2000 redraws of the examples, the
     reported SE of the mean over seeds and examples matches the spread of that mean (5%).
     Treating shared examples as independent reported about 1/sqrt(3) of it (issue 29)."""
-    from pyro_vae.workflows.compare import se_over_examples
+    from pyro_vae.analysis.comparison_stats import se_over_examples
 
     rng = np.random.default_rng(1)
     seeds, n, redraws = 3, 200, 2000
@@ -451,7 +451,7 @@ def test_the_default_demo_is_a_working_probability_model(tmp_path, seed):
     log p(x) is a log-probability (negative); at least half the latent units active; a
     logistic-regression classifier trained on the digits reads at least 95% of the validation
     digits' reconstructions at the posterior mean."""
-    from pyro_vae.infer.evaluate import active_units
+    from pyro_vae.infer.metrics import active_units
 
     out = tmp_path / "digits"
     run, data, classifier = _demo(out, seed)

@@ -191,8 +191,8 @@ def test_streamed_resume_and_evaluation_match(tmp_path):
     assert history(resumed) == history(whole)
     memory = small_spec(tmp_path / "x.npy", epochs=2, in_memory=True)
     train(memory, tmp_path / "memory")
-    a, _, _ = evaluate_run(tmp_path / "whole", num_samples=20)
-    b, _, _ = evaluate_run(tmp_path / "memory", num_samples=20)
+    a = evaluate_run(tmp_path / "whole", num_samples=20).summary
+    b = evaluate_run(tmp_path / "memory", num_samples=20).summary
     assert a["log_likelihood"] == b["log_likelihood"] and a["kl"] == b["kl"]
 
 
@@ -344,9 +344,11 @@ def test_evaluating_other_data_keeps_the_runs_results(digits_run, tmp_path):
 
     from pyro_vae.workflows.evaluate import evaluate_run
 
-    own, (own_json, own_npz), _ = evaluate_run(digits_run, num_samples=10, limit=30, seed=3)
+    own = evaluate_run(digits_run, num_samples=10, limit=30, seed=3)
+    own_json, own_npz = own.json_path, own.npz_path
     path = write_npz(tmp_path / "other.npz", train=load_digits().data[:200].astype(np.uint8))
-    other, (json_path, npz_path), _ = evaluate_run(digits_run, data=str(path), num_samples=10, limit=15)
+    other = evaluate_run(digits_run, data=str(path), num_samples=10, limit=15)
+    json_path, npz_path = other.json_path, other.npz_path
     assert json_path.name == "other-valid.json" and own_json.name == "valid.json" and own_json.exists()
     per_example = np.load(own_npz)
     index = per_example["index"]

@@ -14,7 +14,8 @@ from helpers import write_npz
 from pyro_vae.data import Dataset, load_data, read_source
 from pyro_vae.infer.gradients import gradient_snr, snr_against_k
 from pyro_vae.infer.estimators import ESTIMATORS
-from pyro_vae.infer.evaluate import active_units, importance_sample, summarize
+from pyro_vae.infer.evaluate import importance_sample
+from pyro_vae.infer.metrics import active_units, summarize
 from pyro_vae.model import build_vae
 from pyro_vae.spec import DataSpec, Spec
 
@@ -72,8 +73,8 @@ def test_evaluate_and_analyze_report_the_same_active_units(digits_run):
     from pyro_vae.workflows.analyze import analyze_run
     from pyro_vae.workflows.evaluate import evaluate_run
 
-    evaluation, _, _ = evaluate_run(digits_run, num_samples=100, limit=150, device="cpu")
-    analysis = analyze_run(digits_run, num_samples=100, limit=150, draws=20, device="cpu")["diagnostics"]
+    evaluation = evaluate_run(digits_run, num_samples=100, limit=150, device="cpu").summary
+    analysis = analyze_run(digits_run, num_samples=100, limit=150, draws=20, device="cpu").diagnostics
     assert evaluation["active_units"] == analysis["active_units"]
     assert np.allclose(evaluation["posterior_mean_variance"], analysis["posterior_mean_variance"], atol=1e-5)
 
@@ -241,7 +242,7 @@ def test_active_units_without_enough_draws_are_reported_as_unknown(tmp_path):
     noise from spread across examples: no count, and the JSON stays standard."""
     import json
 
-    from pyro_vae.infer.evaluate import describe_active_units
+    from pyro_vae.analysis.text import describe_active_units
 
     vae = small(posterior={"kind": "user_components:StandardNormalPosterior"})
     vae.eval()

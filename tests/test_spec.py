@@ -103,6 +103,16 @@ def test_switching_a_kind_replaces_the_old_kinds_parameters():
     assert load_spec(overrides=["inference.estimator.kind=tail_adaptive"]).inference.estimator["num_particles"] == 5
 
 
+def test_a_jit_estimator_with_a_kl_warmup_is_refused_by_the_spec():
+    """The traced loss holds beta constant: the cross-field check is the spec's own, so a
+    spec loaded from Python is refused as on the command line, before any training."""
+    with pytest.raises(SpecError, match=r"^inference\.estimator\.jit: true compiles beta .* cannot follow a KL warm-up; "
+                                        r"set inference\.schedule\.kl_warmup_epochs = 0"):
+        load_spec(inference="jit_trace_elbo", overrides=["inference.schedule.kl_warmup_epochs=0.5"])
+    assert load_spec(inference="jit_trace_elbo").inference.estimator["jit"] is True  # no warm-up: fine
+    assert load_spec(overrides=["inference.schedule.kl_warmup_epochs=5"]).inference.schedule.kl_warmup_epochs == 5
+
+
 def test_model_file_errors(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[model\nlatent_dim = 3\n")

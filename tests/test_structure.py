@@ -164,3 +164,28 @@ def test_every_subpackage_is_installed():
     listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(PACKAGE.parent).parts) for p in PACKAGE.rglob("__init__.py")}
     assert found <= listed, f"add to [tool.setuptools] packages: {', '.join(sorted(found - listed))}"
+
+
+# the Trainer and the workflows stay readable: no function longer than this (issue 32)
+MAX_FUNCTION_LINES = 50
+SHORT = [PACKAGE / "infer" / "train.py", *sorted((PACKAGE / "workflows").glob("*.py"))]
+
+
+def long_functions(source: str, limit: int = MAX_FUNCTION_LINES) -> list[tuple[str, int]]:
+    """(name, lines) of every function or method in ``source`` longer than ``limit`` lines,
+    counted from its ``def`` (decorators aside) to its last line, docstring included."""
+    return [(node.name, node.end_lineno - node.lineno + 1) for node in ast.walk(ast.parse(source))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > limit]
+
+
+def test_long_functions_are_counted():
+    body = "".join(f"    x = {i}\n" for i in range(49))
+    assert long_functions(f"def f():\n{body}") == []  # 50 lines
+    assert long_functions(f"class A:\n    def g(self):\n    {body.replace(chr(10), chr(10) + '    ')}    y = 1\n") == [("g", 51)]
+
+
+def test_no_function_over_50_lines_in_the_trainer_and_the_workflows():
+    long = [f"{path.relative_to(PACKAGE.parent)}: {name} ({lines} lines)"
+            for path in SHORT for name, lines in long_functions(path.read_text())]
+    assert not long, "split these into functions of one job each:\n" + "\n".join(long)
+

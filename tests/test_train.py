@@ -11,7 +11,10 @@ import torch
 from helpers import QUICK, assert_one_line_error, run_cli, write_npz
 from pyro_vae import load_run
 from pyro_vae.cli import main
-from pyro_vae.infer.train import kl_weight, resolve_device
+from pyro_vae.devices import resolve_device
+from pyro_vae.infer.estimators import ESTIMATORS
+from pyro_vae.infer.loop import CheckpointClock, Progress, StopVote
+from pyro_vae.infer.schedules import kl_weight, temperature
 from pyro_vae.spec import load_spec
 from pyro_vae.runs import METRIC_COLUMNS
 from pyro_vae.spec import Schedule
@@ -91,11 +94,57 @@ def test_early_stopping_keeps_the_best_weights(tmp_path):
 
 
 def test_kl_warmup_is_linear():
-    s = Schedule(kl_warmup_epochs=2, beta=0.5)
-    assert kl_weight(s, 0, 10) == pytest.approx(0.5 / 20)
-    assert kl_weight(s, 9, 10) == pytest.approx(0.25)
-    assert kl_weight(s, 19, 10) == pytest.approx(0.5) and kl_weight(s, 500, 10) == 0.5
-    assert kl_weight(Schedule(beta=2.0), 0, 10) == 2.0
+    """beta * min(1, (step + 1) / (warmup_epochs * steps_per_epoch)), by hand: 2 epochs of
+    10 steps at beta = 0.5 -> 0.5/20 at the first step, 0.25 at step 9, 0.5 from step 19 on."""
+    assert kl_weight(0, 10, 2, 0.5) == pytest.approx(0.5 / 20)
+    assert kl_weight(9, 10, 2, 0.5) == pytest.approx(0.25)
+    assert kl_weight(19, 10, 2, 0.5) == pytest.approx(0.5) and kl_weight(500, 10, 2, 0.5) == 0.5
+    assert kl_weight(4, 8, 1.5, 1.0) == pytest.approx(5 / 12)  # a fractional warm-up: 12 steps
+    assert kl_weight(0, 10, 0, 2.0) == 2.0 and kl_weight(0, 10, Schedule(beta=2.0).kl_warmup_epochs, 2.0) == 2.0
+
+
+def test_temperature_anneals_geometrically():
+    """tau(t) = max(final, initial * (final / initial)^(t / anneal_epochs)), by hand: from 1
+    to 0.25 over 2 epochs -> 0.5 after 1 epoch, 0.25 after 2 and after; no anneal -> final."""
+    assert temperature(0.0, 1.0, 0.25, 2.0) == 1.0
+    assert temperature(1.0, 1.0, 0.25, 2.0) == pytest.approx(0.5)
+    assert temperature(0.5, 2.0, 0.5, 2.0) == pytest.approx(2.0 * 0.25 ** 0.25)  # 1.4142...
+    assert temperature(2.0, 1.0, 0.25, 2.0) == pytest.approx(0.25) and temperature(7.0, 1.0, 0.25, 2.0) == 0.25
+    assert temperature(0.0, 1.0, 0.5, 0.0) == 0.5 and temperature(0.0, 0.5, 1.0, 3.0) == 1.0
+    relaxed = ESTIMATORS.build({"kind": "relaxed", "initial_temperature": 1.0, "final_temperature": 0.25,
+                                "anneal_epochs": 2.0})
+    assert relaxed.temperature(1.0) == pytest.approx(0.5)  # the estimator's schedule is this one
+
+
+def test_checkpoint_clock_is_due_every_n_steps_but_not_at_an_epochs_end():
+    clock = CheckpointClock(every=4, steps_per_epoch=10)
+    due = [g for g in range(1, 31) if clock.due(g, (g - 1) % 10)]
+    assert due == [4, 8, 12, 16, 24, 28]  # 20 is epoch 2's last step: the epoch's end writes it
+    assert not any(CheckpointClock(0, 10).due(g, 0) for g in range(1, 30))
+
+
+def test_the_stop_vote_of_several_ranks_stops_all_and_averages_the_loss():
+    class TwoRanks:  # the all-reduce of two ranks, the other one having loss 3.0 and a stop request
+        active, world_size = True, 2
+
+        def all_reduce_sum(self, tensor):
+            return tensor + torch.tensor([3.0, 1.0], dtype=torch.float64)
+
+    assert StopVote(TwoRanks())(1.0, []) == (2.0, True)  # (1 + 3) / 2, and the other rank's stop
+    single = type("One", (), {"active": False})()
+    assert StopVote(single)(1.5, []) == (1.5, False) and StopVote(single)(None, [15]) == (None, True)
+
+
+def test_without_a_bar_about_twenty_epoch_lines_are_logged():
+    lines = []
+    progress = Progress(total=100, done=0, enabled=False, log=lines.append)
+    row = {"train_elbo": -1.0, "val_elbo": -2.0, "kl": 3.0, "seconds": 0.5}
+    for epoch in range(1, 101):
+        progress.epoch({**row, "epoch": epoch}, 100, stopped_early=False)
+    assert [int(line.split()[1].split("/")[0]) for line in lines] == [1, *range(5, 101, 5)]
+    assert lines[0] == "epoch    1/100  train_elbo -1.000  val_elbo -2.000  kl 3.000  (0.50 s)"
+    progress.epoch({**row, "epoch": 7}, 100, stopped_early=True)  # the epoch training stopped at
+    assert lines[-1].startswith("epoch    7/100")
 
 
 @pytest.mark.integration

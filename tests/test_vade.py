@@ -9,7 +9,7 @@ import torch
 from sklearn.mixture import GaussianMixture
 
 from helpers import assert_one_line_error, run_cli
-from pyro_vae.infer.evaluate import classification_summary
+from pyro_vae.infer.metrics import classification_summary
 from pyro_vae.infer.pretrain import _codes, vade_initialize
 from pyro_vae.model import build_vae
 from pyro_vae.spec import ModelSpec

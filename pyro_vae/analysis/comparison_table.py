@@ -89,3 +89,13 @@ def comparison_text(report: dict) -> str:
             [label, f"{s['snr_classifier']:.3f}", f"{s['accuracy']:.3f}", f"{s['cluster_accuracy']:.3f}", f"{s['nmi']:.3f}"]
             for label, s in discrete])
     return "\n".join(lines)
+
+
+def comparison_note(report: dict) -> str:
+    """The line under the printed table: what its figures are."""
+    settings = report["settings"]
+    seeds = settings["seeds"]
+    return (f"(means over {seeds} seed(s); log p(x) with K = {settings['samples']} on "
+            f"{settings['split']}; differences paired by example, with their standard error over seeds "
+            f"(training's randomness{', the one to go by' if seeds > 1 else '; n/a with one seed'}) and over examples; "
+            "ms/step: the median over epochs, and its interquartile range)")

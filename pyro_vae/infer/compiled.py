@@ -75,16 +75,16 @@ def compile_backend(setting, device: torch.device, foreign: Sequence[str] = (), 
     """The backend ``inference.schedule.compile`` asks for on this device, or None (eager).
 
     ``true``: a CUDA graph on CUDA, else the replayed graph; a backend's name: that one
-    (``cuda_graph`` only on CUDA); ``auto``, on the CPU, by the run's planned ``steps``
-    (``benchmarks/train_throughput.py`` and ``step_breakdown.py``, 2-core CPU):
+    (``cuda_graph`` only on CUDA); ``auto``, on the CPU, by the run's planned ``steps``,
+    where each choice was measured to win back its one-off cost (BENCHMARKS.md, "Across
+    batch sizes, with the compiled step": ``benchmarks/train_throughput.py`` and
+    ``step_breakdown.py``):
 
     - at least AUTO_MIN_STEPS: the replayed graph, faster than the eager step at every
-      batch size; its tracing takes 0.3 to 0.5 s and saves 0.65 to 1.06 ms a step
-      (batches 16 to 1024), won back after 300 to 800 steps;
+      batch size measured, once its tracing (well under a second) is paid back;
     - at least AUTO_INDUCTOR_STEPS, where a C++ compiler is installed: ``inductor``,
-      another 0.7 to 1.5 ms a step faster than the graph (batches 32 to 256: 0.96x to
-      0.88x plain PyTorch with the same fused Adam), after a compilation of 9 s (cached)
-      to 17 s (first time), won back after 6,000 to 24,000 steps;
+      faster again than the graph, once its compilation (seconds, cached afterwards) is
+      paid back;
     - shorter runs train eagerly.
 
     Eager elsewhere, where no measurement was made (no GPU was available), and for a

@@ -39,10 +39,11 @@ from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 from torch.distributions import kl_divergence
 
-from ..errors import NotTraceable
+from ..errors import NotTraceable, SpecError
 from ..model.traits import EstimatorTraits, traits_of
 from ..registry import Registry
 from .pyro_internals import ReplayValues, particle_traces, vectorized_traces
+from .schedules import temperature
 
 ESTIMATORS = Registry("estimator")
 ESTIMATORS.protocol(ELBO)
@@ -213,11 +214,8 @@ class RelaxedELBO(Trace_ELBO):
         self.traits = EstimatorTraits(discrete="relaxed", straight_through=straight_through)
 
     def temperature(self, epochs: float) -> float:
-        """tau after ``epochs`` (a fraction) of training."""
-        if self.anneal_epochs <= 0 or self.final_temperature >= self.initial_temperature:
-            return self.final_temperature
-        ratio = self.final_temperature / self.initial_temperature
-        return max(self.final_temperature, self.initial_temperature * ratio ** (epochs / self.anneal_epochs))
+        """tau after ``epochs`` (a fraction) of training (``schedules.temperature``)."""
+        return temperature(epochs, self.initial_temperature, self.final_temperature, self.anneal_epochs)
 
 
 Temperature = Annotated[float, Field(gt=0, le=100)]
@@ -529,3 +527,20 @@ def stl(*, k: Samples = 1) -> ELBO:
 
 def supports_subsampling(elbo: ELBO) -> bool:
     return traits_of(elbo).subsampling
+
+
+def check_estimator_fits(elbo: ELBO, kind: str, group, batch_size: int, num_data: int) -> None:
+    """An estimator that pools each particle over the whole batch (no subsampling) can be
+    neither split across processes nor used on mini-batches: refused, saying what to change."""
+    if supports_subsampling(elbo):
+        return
+    if group.active:
+        raise SpecError(
+            f"inference.estimator: {kind} pools each particle over the whole batch and cannot be split across "
+            f"{group.world_size} processes; run it in one process or choose another estimator"
+        )
+    if batch_size < num_data:
+        raise SpecError(
+            f"inference.estimator: {kind} does not support mini-batching; "
+            f"set inference.schedule.batch_size >= {num_data} (the training set) or choose another estimator"
+        )

@@ -9,17 +9,16 @@ log q(z_s|x) and
 
 The work is chunked over examples and samples so that one decoder pass holds at most
 ``budget`` output values: memory is bounded whatever S and the number of examples.
-Active units (Burda et al., 2016) are the latent dimensions d with
-Cov_x(E_q[z_d|x]) > 0.01; see :class:`PosteriorMoments` for how E_q[z|x] is taken.
+E_q[z|x] for active units (:mod:`pyro_vae.infer.metrics`) is taken as
+:class:`PosteriorMoments` says.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional
 
-import numpy as np
 import torch
 from pyro.distributions import Independent, Normal
 from torch.distributions import kl_divergence
@@ -31,7 +30,6 @@ from ..model.vae import ImportanceTerms
 
 BUDGET = 2**23  # decoder output values per chunk
 MAX_ROWS = 2**16  # latent draws per chunk: bounds the networks' hidden layers when outputs are few
-ACTIVE_THRESHOLD = 0.01
 
 
 def chunk_plan(num_samples: int, num_examples: int, values_per_sample: int, budget: int = BUDGET) -> tuple[int, int]:
@@ -97,7 +95,7 @@ class PosteriorMoments:
     Where q has a closed-form mean it is used. Otherwise m_n is the Monte Carlo mean of
     all S draws, and its Monte Carlo variance Var_q[z|x_n]/S is kept: the variance over
     examples of the estimated means is Cov_x(m) plus the average of those, which
-    :func:`active_units` subtracts (with S = 50 draws from q = N(0, I) the raw variance
+    :func:`~pyro_vae.infer.metrics.active_units` subtracts (with S = 50 draws from q = N(0, I) the raw variance
     is 0.02, over the 0.01 threshold, for units that are all inactive).
     """
 
@@ -257,28 +255,6 @@ def importance_sample_classes(vae, x: Tensor, num_samples: int, budget: int = BU
     )
 
 
-def classification_summary(class_probs: Tensor, labels: Tensor) -> dict:
-    """How q(y|x) agrees with labels: the accuracy of argmax q(y|x) read as the label
-    (``accuracy``), the accuracy under the best one-to-one matching of clusters to labels
-    (``cluster_accuracy``; Hungarian algorithm, scipy), and normalized mutual information
-    (``nmi``; scikit-learn)."""
-    from scipy.optimize import linear_sum_assignment
-    from sklearn.metrics import normalized_mutual_info_score
-
-    predicted = class_probs.argmax(-1).cpu().numpy()
-    truth = labels.cpu().numpy().astype(np.int64)
-    size = max(int(predicted.max()), int(truth.max()), class_probs.shape[-1] - 1) + 1
-    counts = np.zeros((size, size), dtype=np.int64)
-    np.add.at(counts, (predicted, truth), 1)
-    clusters, classes = linear_sum_assignment(counts, maximize=True)
-    return {
-        "accuracy": float((predicted == truth).mean()),
-        "cluster_accuracy": float(counts[clusters, classes].sum() / len(truth)),
-        "nmi": float(normalized_mutual_info_score(truth, predicted)),
-        "confusion": counts[: class_probs.shape[-1], : int(truth.max()) + 1].tolist(),
-    }
-
-
 def importance_sample_sharded(vae, x: Tensor, num_samples: int, budget: int = BUDGET, seed: int = 0,
                               group: distributed.Group = distributed.SINGLE,
                               condition: Optional[Tensor] = None) -> PerExample:
@@ -299,82 +275,3 @@ def elbo_terms(vae, x: Tensor, num_samples: int = 1, condition: Optional[Tensor]
     """Per-example Monte Carlo reconstruction and KL (the validation metrics)."""
     result = importance_sample(vae, x, num_samples, condition=condition)
     return result.reconstruction, result.kl
-
-
-def posterior_mean_covariance(posterior_mean: Tensor, mc_variance: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-    """(Cov_x(E_q[z_d|x]) per dimension d, the Monte Carlo part removed from it), both (latent,).
-
-    The variance over examples of Monte Carlo means exceeds that of the exact means by
-    the average Monte Carlo variance of a mean; that average is subtracted (and
-    returned, as the Monte Carlo error that was removed)."""
-    mc = torch.zeros(posterior_mean.shape[-1], dtype=torch.float64, device=posterior_mean.device)
-    if len(posterior_mean) < 2:
-        return torch.zeros_like(mc), mc
-    if mc_variance is not None:
-        mc = mc_variance.double().mean(0)
-    return posterior_mean.double().var(0) - mc, mc
-
-
-def active_units(posterior_mean: Tensor, mc_variance: Optional[Tensor] = None, threshold: float = ACTIVE_THRESHOLD) -> int:
-    """The number of dimensions with Cov_x(E_q[z_d|x]) > threshold (Burda et al., 2016)."""
-    covariance, _ = posterior_mean_covariance(posterior_mean, mc_variance)
-    return int((covariance > threshold).sum().item())
-
-
-def active_unit_summary(posterior_mean: Tensor, mc_variance: Optional[Tensor] = None,
-                        layer_dims: Optional[Sequence[int]] = None) -> dict:
-    """``active_units``, ``posterior_mean_variance`` (Cov_x(E_q[z_d|x]) per dimension) and
-    ``posterior_mean_mc_variance`` (the Monte Carlo part removed from it), as evaluate and
-    analyze report them; all None when they cannot be estimated (a posterior without a
-    closed-form mean and fewer than 2 draws). With stacked layers (``layer_dims``, the
-    sizes of z_1 ... z_L in the latent vector), also ``active_units_per_layer``."""
-    covariance, mc = posterior_mean_covariance(posterior_mean, mc_variance)
-    latent_dim = posterior_mean.shape[-1]
-    layer_dims = list(layer_dims or [latent_dim])
-    if not torch.isfinite(mc).all():
-        return {"active_units": None, "latent_dim": latent_dim, "layer_dims": layer_dims, "active_units_per_layer": None,
-                "posterior_mean_variance": None, "posterior_mean_mc_variance": None}
-    active = covariance > ACTIVE_THRESHOLD
-    return {
-        "active_units": int(active.sum().item()),
-        "latent_dim": latent_dim,
-        "layer_dims": layer_dims,
-        "active_units_per_layer": [int(part.sum().item()) for part in torch.split(active, layer_dims)],
-        "posterior_mean_variance": covariance.tolist(),
-        "posterior_mean_mc_variance": mc.tolist(),
-    }
-
-
-def describe_active_units(summary: dict) -> str:
-    """'5 of 16' (with several layers '5 of 24: z1 4 of 16, z2 1 of 8'), or why there is no count."""
-    if summary["active_units"] is None:
-        return "n/a (a posterior without a closed-form mean needs at least 2 draws)"
-    text = f"{summary['active_units']} of {summary['latent_dim']}"
-    per_layer, dims = summary.get("active_units_per_layer"), summary.get("layer_dims") or []
-    if per_layer and len(dims) > 1:
-        text += ": " + ", ".join(f"z{i + 1} {a} of {d}" for i, (a, d) in enumerate(zip(per_layer, dims)))
-    return text
-
-
-def standard_error(values: Tensor | np.ndarray) -> float:
-    values = torch.as_tensor(values, dtype=torch.float64)
-    return (values.std() / math.sqrt(len(values))).item() if len(values) > 1 else math.nan
-
-
-def summarize(result: PerExample, num_samples: int, layer_dims: Optional[Sequence[int]] = None) -> dict:
-    """The dataset-level figures of an evaluation (nats per example). ``posterior_mean_variance``
-    is Cov_x(E_q[z_d|x]) per dimension, which active units threshold at 0.01, and
-    ``posterior_mean_mc_variance`` the Monte Carlo part removed from it (0 for exact means)."""
-    summary = {
-        "log_likelihood": result.log_likelihood.double().mean().item(),
-        "log_likelihood_se": standard_error(result.log_likelihood),
-        "elbo": result.elbo.double().mean().item(),
-        "elbo_se": standard_error(result.elbo),
-        "reconstruction": result.reconstruction.double().mean().item(),
-        "kl": result.kl.double().mean().item(),
-        **active_unit_summary(result.posterior_mean, result.posterior_mean_mc_variance, layer_dims),
-        "kl_per_dim": None if result.kl_per_dim is None else result.kl_per_dim.double().mean(0).tolist(),
-        "samples": num_samples,
-        "n": len(result.log_likelihood),
-    }
-    return summary

@@ -25,43 +25,19 @@ from typing import Callable, Optional, Sequence
 import pyro
 import torch
 from pyro.infer import SVI
-from tqdm.auto import tqdm
 
 from .. import distributed
-from ..errors import Interrupted, NotTraceable, SpecError, TrainingDiverged
+from ..errors import Interrupted, NotTraceable, TrainingDiverged
 from ..stops import stop_requests
 from .compiled import CompiledStep, compile_backend, outside_library
-from .estimators import ESTIMATORS, applied_to, supports_subsampling
+from .estimators import ESTIMATORS, applied_to, check_estimator_fits
 from .evaluate import elbo_terms
 from . import pyro_internals
+from .loop import PROGRESS_EVERY, CheckpointClock, Progress, StopVote
 from .optim import OPTIMIZERS, SingleOptimizer
+from .schedules import kl_weight
 
 VALIDATION_BLOCK = 1024  # validation examples per seeded block (the same blocks whatever the number of ranks)
-
-
-def resolve_device(choice: str, where: str = "inference.schedule.device") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; any other torch device string (``cpu``,
-    ``cuda``, ``cuda:1``, ``mps``) must name a device this machine has. Under several
-    processes ``cuda`` is this rank's GPU, ``cuda:LOCAL_RANK``."""
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(choice)
-    except (RuntimeError, ValueError):
-        raise SpecError(f"{where}: {choice!r} is not a torch device; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise SpecError(f"{where}: {choice!r} but no CUDA device is available; use 'auto' or 'cpu'")
-        if device.index is not None and device.index >= count:
-            raise SpecError(f"{where}: {choice!r} but this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
-    elif device.type != "cpu":
-        try:
-            torch.empty(0, device=device)
-        except (RuntimeError, AssertionError, NotImplementedError) as exc:
-            raise SpecError(f"{where}: {choice!r} is not available here ({str(exc).splitlines()[0][:100]}); "
-                            "use 'auto' or 'cpu'") from None
-    return distributed.local_device(device)
 
 
 def say_on_stderr(text: str) -> None:
@@ -84,14 +60,6 @@ class TrainState:
     bad_epochs: int = 0
     stopped_early: bool = False
     history: list = field(default_factory=list)
-
-
-def kl_weight(schedule, global_step: int, steps_per_epoch: int) -> float:
-    """beta, ramped linearly from ~0 over the first kl_warmup_epochs (Bowman et al., 2016)."""
-    warmup_steps = schedule.kl_warmup_epochs * steps_per_epoch
-    if warmup_steps <= 0:
-        return schedule.beta
-    return schedule.beta * min(1.0, (global_step + 1) / warmup_steps)
 
 
 class Trainer:
@@ -128,21 +96,22 @@ class Trainer:
         # estimate of the full-data objective, and shapes stay static (as Pyro's JIT needs)
         self.steps_per_epoch = self.num_data // self.batch_size
         self.estimator = ESTIMATORS.build(inference.estimator)
-        if inference.estimator.get("jit") and self.schedule.kl_warmup_epochs > 0:
-            raise SpecError(
-                "inference.estimator.jit = true compiles beta into the traced loss and cannot follow "
-                "a KL warm-up; set inference.schedule.kl_warmup_epochs = 0 or jit = false"
-            )
-        if not supports_subsampling(self.estimator) and self.group.active:
-            raise SpecError(
-                f"inference.estimator: {inference.estimator['kind']} pools each particle over the whole batch and "
-                f"cannot be split across {self.group.world_size} processes; run it in one process or choose another estimator"
-            )
-        if not supports_subsampling(self.estimator) and self.batch_size < self.num_data:
-            raise SpecError(
-                f"inference.estimator: {inference.estimator['kind']} does not support mini-batching; "
-                f"set inference.schedule.batch_size >= {self.num_data} (the training set) or choose another estimator"
-            )
+        check_estimator_fits(self.estimator, inference.estimator["kind"], self.group, self.batch_size, self.num_data)
+        self._set_up_svi()
+        self.data_rng = torch.Generator(device=self.device).manual_seed(self.schedule.seed)
+        self.epoch_start_rng = self.data_rng.get_state()
+        self.state = TrainState()
+        self.best_weights: Optional[dict] = None
+        self._validated = False
+        self.stop_vote = StopVote(self.group)
+        self.clock = CheckpointClock(self.schedule.checkpoint_every, self.steps_per_epoch)
+        self.compiled = self._compiled_step()
+        self._unread = None  # compiled steps' losses not read yet
+
+    def _set_up_svi(self) -> None:
+        """The VAE set up for the estimator, every rank from rank 0's weights, the optimizer
+        and ``SVI(model, guide, optimizer, loss)``."""
+        vae, inference = self.vae, self.inference
         vae.num_data = self.num_data
         vae.use_estimator(self.estimator, inference.estimator["kind"])
         self.temperature_schedule = getattr(self.estimator, "temperature", None)  # a relaxed discrete latent's
@@ -154,22 +123,20 @@ class Trainer:
                                      self.group.average_gradients if self.group.active else None)
         loss = applied_to(self.estimator, vae)  # with labelled examples, part by part (issue 28)
         self.svi = SVI(vae.model, vae.guide, self.optim, loss=loss.loss, loss_and_grads=loss.loss_and_grads)
-        self.data_rng = torch.Generator(device=self.device).manual_seed(self.schedule.seed)
-        self.epoch_start_rng = self.data_rng.get_state()
-        self.state = TrainState()
-        self.best_weights: Optional[dict] = None
-        self._validated = False
-        foreign = outside_library(vae)
-        steps = self.schedule.epochs * self.steps_per_epoch
-        backend = compile_backend(self.schedule.compile, self.device, foreign, steps)
-        if foreign and self.schedule.compile == "auto" and compile_backend("auto", self.device, (), steps):
+
+    def _compiled_step(self) -> Optional[CompiledStep]:
+        """The compiled step ``inference.schedule.compile`` asks for, or None (eager); with
+        ``compile = auto``, a line saying why where the choice is not the obvious one."""
+        s, foreign = self.schedule, outside_library(self.vae)
+        steps = s.epochs * self.steps_per_epoch
+        backend = compile_backend(s.compile, self.device, foreign, steps)
+        if foreign and s.compile == "auto" and compile_backend("auto", self.device, (), steps):
             self.log(f"inference.schedule.compile = auto: {', '.join(foreign)} not the library's (its Python "
                      "state would be traced once); training eagerly, set compile = true to trace it")
-        if backend == "inductor" and self.schedule.compile == "auto":
+        if backend == "inductor" and s.compile == "auto":
             self.log("inference.schedule.compile = auto: a long run, so Inductor compiles the step first "
                      "(10-20 s, once; then about 1 ms a step saved); compile = \"graph\" skips the compilation")
-        self.compiled = None if backend is None else CompiledStep(vae, self.estimator, self.optim.params, backend)
-        self._unread = None  # compiled steps' losses not read yet
+        return None if backend is None else CompiledStep(self.vae, self.estimator, self.optim.params, backend)
 
     # --- checkpoint state ------------------------------------------------------------
 
@@ -233,37 +200,23 @@ class Trainer:
 
     def fit(self) -> TrainState:
         s, state = self.schedule, self.state
-        total = s.epochs * self.steps_per_epoch
-        bar = tqdm(
-            total=total,
-            initial=min(state.global_step, total),
-            disable=(None if self.progress is None else not self.progress),
-            unit="step",
-            dynamic_ncols=True,
-            leave=False,
-            file=sys.stderr,
-        )
-        with bar, stop_requests() as requested, warnings.catch_warnings():
+        progress = Progress(s.epochs * self.steps_per_epoch, state.global_step, self.progress, self.log)
+        with progress, stop_requests() as requested, warnings.catch_warnings():
             # a non-finite loss stops training with our own one-line message; Pyro's warning would repeat it
             warnings.filterwarnings("ignore", message=r"Encountered (NaN|[+-]?inf)", category=UserWarning)
             while state.epoch < s.epochs and not state.stopped_early:
-                self.run_epoch(bar, requested)
+                self.run_epoch(progress, requested)
                 row = self._validate()
                 self._end_epoch(row)
                 if self.on_epoch is not None:
                     self.on_epoch(self)
-                every = max(1, s.epochs // 20)  # without a progress bar: about 20 lines per run
-                if bar.disable and (row["epoch"] % every == 0 or row["epoch"] in (1, s.epochs) or state.stopped_early):
-                    self.log(
-                        f"epoch {row['epoch']:>4}/{s.epochs}  train_elbo {row['train_elbo']:.3f}  "
-                        f"val_elbo {row['val_elbo']:.3f}  kl {row['kl']:.3f}  ({row['seconds']:.2f} s)"
-                    )
+                progress.epoch(row, s.epochs, state.stopped_early)
         if self.keeps_best:
             self.vae.load_state_dict(self.best_weights)
         self.vae.eval()
         return state
 
-    def run_epoch(self, bar=None, requested: Sequence[int] = ()) -> float:
+    def run_epoch(self, progress: Optional[Progress] = None, requested: Sequence[int] = ()) -> float:
         """The remaining SVI steps of the current epoch; returns their seconds so far.
 
         Pyro's argument validation is on for the trainer's first step (it catches shape
@@ -271,59 +224,68 @@ class Trainer:
         against the likelihood's support before training.
         """
         state, B = self.state, self.batch_size
-        if state.step_in_epoch == 0:
-            self.epoch_start_rng = self.data_rng.get_state()
-        current = self.data_rng.get_state()
-        self.data_rng.set_state(self.epoch_start_rng)
-        order = torch.randperm(self.num_data, generator=self.data_rng, device=self.device)
-        if state.step_in_epoch:  # resuming inside an epoch: same order, same draws from here on
-            self.data_rng.set_state(current)
+        order = self._epoch_order()
         self.vae.train()
-        started = time.perf_counter()
+        self._started = time.perf_counter()
         steps = range(state.step_in_epoch, self.steps_per_epoch)
         # this rank's slice of each global batch (a streamed split is read ahead in the background)
         batches = self.data.batches((order[i * B : (i + 1) * B] for i in steps), self.data_rng, self.local_batch)
         try:
             for i, x in zip(steps, batches):
-                index = order[i * B : (i + 1) * B][self.local_batch]
-                self.vae.beta = kl_weight(self.schedule, state.global_step, self.steps_per_epoch)
-                if self.temperature_schedule is not None:
-                    self.vae.temperature = self.temperature_schedule(state.global_step / self.steps_per_epoch)
-                try:
-                    with pyro.validation_enabled(not self._validated):
-                        loss = self._step(x, index, i, requested)
-                except TrainingDiverged as exc:
-                    raise self._diverged(str(exc)) from None
-                stop = bool(requested)
-                if self.group.active:  # the one-process loss, and a stop requested on any rank stops all
-                    totals = self.group.all_reduce_sum(torch.tensor([loss, float(stop)], dtype=torch.float64))
-                    loss = totals[0].item() / self.group.world_size
-                    # decided by the reduced flag alone: a signal landing after this all-reduce is taken
-                    # at the next step, so no rank enters the checkpoint's collectives without the others
-                    stop = totals[1].item() > 0
-                self._validated = True
-                if loss is not None:
-                    if not math.isfinite(loss):
-                        raise self._diverged(f"loss is {loss}")
-                    state.epoch_loss += loss
-                state.global_step += 1
-                state.step_in_epoch = i + 1
-                if bar is not None:
-                    if i % 25 == 0 or i + 1 == self.steps_per_epoch:
-                        elbo = -state.epoch_loss / state.step_in_epoch / self.num_data
-                        bar.set_postfix_str(f"epoch {state.epoch + 1} elbo {elbo:.2f}", refresh=False)
-                    bar.update()
-                every = self.schedule.checkpoint_every
-                if stop or (every and state.global_step % every == 0 and i + 1 < self.steps_per_epoch):
-                    state.epoch_seconds += time.perf_counter() - started
-                    started = time.perf_counter()
-                    self._save()
-                    if stop:
-                        raise Interrupted(requested[0] if requested else signal.SIGTERM, state.epoch + 1, state.step_in_epoch)
+                self._train_step(i, x, order[i * B : (i + 1) * B][self.local_batch], progress, requested)
         finally:
             batches.close()  # stops a read-ahead thread at once, whatever ended the loop
-        state.epoch_seconds += time.perf_counter() - started
+        state.epoch_seconds += time.perf_counter() - self._started
         return state.epoch_seconds
+
+    def _epoch_order(self) -> torch.Tensor:
+        """The epoch's permutation of the training examples, drawn from the data generator's
+        state at the epoch's start (so an epoch resumed midway has the same order), leaving
+        the generator where it was inside the epoch."""
+        if self.state.step_in_epoch == 0:
+            self.epoch_start_rng = self.data_rng.get_state()
+        current = self.data_rng.get_state()
+        self.data_rng.set_state(self.epoch_start_rng)
+        order = torch.randperm(self.num_data, generator=self.data_rng, device=self.device)
+        if self.state.step_in_epoch:  # resuming inside an epoch: same order, same draws from here on
+            self.data_rng.set_state(current)
+        return order
+
+    def _train_step(self, i: int, x, index, progress: Optional[Progress], requested: Sequence[int]) -> None:
+        """Step i of the epoch on batch x (rows ``index``): the schedules, the step, the
+        stop vote, the counters, the progress bar, and a checkpoint where one is due."""
+        state = self.state
+        self._anneal()
+        try:
+            with pyro.validation_enabled(not self._validated):
+                loss = self._step(x, index, i, requested)
+        except TrainingDiverged as exc:
+            raise self._diverged(str(exc)) from None
+        loss, stop = self.stop_vote(loss, requested)
+        self._validated = True
+        if loss is not None:
+            if not math.isfinite(loss):
+                raise self._diverged(f"loss is {loss}")
+            state.epoch_loss += loss
+        state.global_step += 1
+        state.step_in_epoch = i + 1
+        if progress is not None:
+            progress.step(state.epoch + 1, state.step_in_epoch, self.steps_per_epoch,
+                          lambda: -state.epoch_loss / state.step_in_epoch / self.num_data)
+        if stop or self.clock.due(state.global_step, i):
+            now = time.perf_counter()
+            state.epoch_seconds += now - self._started
+            self._started = now
+            self._save()
+            if stop:
+                raise Interrupted(requested[0] if requested else signal.SIGTERM, state.epoch + 1, state.step_in_epoch)
+
+    def _anneal(self) -> None:
+        """beta and a relaxed y's temperature at the current step (``schedules``)."""
+        step, s = self.state.global_step, self.schedule
+        self.vae.beta = kl_weight(step, self.steps_per_epoch, s.kl_warmup_epochs, s.beta)
+        if self.temperature_schedule is not None:
+            self.vae.temperature = self.temperature_schedule(step / self.steps_per_epoch)
 
     def _step(self, x, index, i: int, requested: Sequence[int]) -> Optional[float]:
         """Step i of the epoch; its loss, or None where a compiled step's loss stays on the
@@ -352,9 +314,8 @@ class Trainer:
         """Whether step i's loss must be read now: always off CUDA and under several
         processes (the loss is all-reduced every step); on CUDA at every progress update,
         checkpoint, stop request and epoch end."""
-        every = self.schedule.checkpoint_every
-        return (self.device.type != "cuda" or self.group.active or bool(requested) or i % 25 == 0
-                or i + 1 == self.steps_per_epoch or bool(every and (self.state.global_step + 1) % every == 0))
+        return (self.device.type != "cuda" or self.group.active or bool(requested) or i % PROGRESS_EVERY == 0
+                or i + 1 == self.steps_per_epoch or self.clock.due(self.state.global_step + 1, i))
 
     def _diverged(self, what: str) -> TrainingDiverged:
         s = self.state

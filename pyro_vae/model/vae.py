@@ -618,13 +618,6 @@ class VAE(nn.Module):
 
     # --- direct evaluation (no tracing) ----------------------------------------------
 
-    @conditioned
-    def importance_terms(self, x: Tensor, num_samples: int) -> ImportanceTerms:
-        """The three log-densities at ``num_samples`` draws z_s ~ q(z|x), unscaled."""
-        q = self.q(x)
-        z = q.rsample((num_samples,))
-        return ImportanceTerms(self.p_x(z, x).log_prob(x), self.latent_prior().log_prob(z), q.log_prob(z))
-
     @torch.no_grad()
     @conditioned
     def sample_given(self, y: Tensor) -> tuple[Tensor, Tensor]:

@@ -43,6 +43,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -50,12 +51,13 @@ import numpy as np
 import torch
 
 from ..analysis.compare_figures import comparison_figures
+from ..analysis.comparison_stats import CLASSIFICATION_SCORES, aggregate, paired_differences
 from ..analysis.comparison_table import comparison_markdown
+from ..analysis.text import describe_active_units
 from ..errors import RunError, SpecError
 from ..files import atomic_write_json, atomic_write_text, read_csv, write_csv
-from ..infer.evaluate import describe_active_units, standard_error
 from ..infer.gradients import SNRProbe, snr_against_k
-from ..infer.train import resolve_device
+from ..devices import resolve_device
 from ..runs import CHECKPOINT, METRICS, SUMMARY, RunLock, claim_output_dir, load_run, record_outputs
 from ..spec import DEFAULT_DATA, DEFAULT_INFERENCE, DEFAULT_MODEL, load_spec
 from ..registry import kinds_in, trusting_code
@@ -88,8 +90,6 @@ METRIC_COLUMNS = [
     "nmi",
     "run",
 ]
-CLASSIFICATION_SCORES = ("accuracy", "cluster_accuracy", "nmi")
-DISCRETE_FIGURES = ("snr_classifier", *CLASSIFICATION_SCORES)  # only a model with a discrete latent has them
 PLAN, DONE, SNR_POINTS = "comparison_plan.json", "comparison_done.json", "snr_points.json"
 SNR_AXES = ("inference.estimator", "model.posterior")  # gradient SNR is measured where one of these varies
 
@@ -104,81 +104,143 @@ def parse_estimators(text: str) -> list[tuple[str, dict]]:
     return [(value, parse_table(value, "estimators")) for value in estimator_axis(text).values]
 
 
+@dataclass(frozen=True)
+class Design:
+    """What is compared: ``vary`` holds ``PATH=V1,V2,...`` axes (crossed, or zipped with
+    ``zip_axes``), ``estimators`` is the shorthand for the estimator's axis; every cell is
+    trained with ``seeds`` seeds and its differences taken to the ``reference`` cell (the
+    first cell by default)."""
+
+    vary: Sequence[str] = ()
+    estimators: Optional[str] = None
+    zip_axes: bool = False
+    seeds: int = 3
+    reference: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """How every run is evaluated: log p(x) with K = ``samples`` importance samples on up to
+    ``limit`` examples (None: all) of ``split``, the same examples for every cell."""
+
+    split: str = "valid"
+    samples: int = 1000
+    limit: Optional[int] = 2000
+
+
+@dataclass(frozen=True)
+class SNRSettings:
+    """Where the estimator or the posterior varies: ``repeats`` gradient estimates per SNR
+    point, and the K of the SNR-against-K curve (where the estimator varies)."""
+
+    repeats: int = 50
+    k: Sequence[int] = (1, 5, 20)
+
+
+@dataclass
+class Comparison:
+    """What ``compare`` wrote to ``folder``: ``report`` is comparison.json's content (the
+    settings, one row per cell and seed, each cell's summary over seeds, ...)."""
+
+    report: dict
+    folder: Path
+
+    @property
+    def table(self) -> Path:
+        return self.folder / "comparison.md"
+
+
 def compare(
+    design: Design,
     *,
+    out: Path,
     model: Optional[str] = None,
     inference: Optional[str] = None,
     data: Optional[str] = None,
-    vary: Sequence[str] = (),
-    estimators: Optional[str] = None,
-    zip_axes: bool = False,
-    seeds: int = 3,
     overrides: Sequence[str] = (),
-    out: Path,
+    evaluation: EvaluationSettings = EvaluationSettings(),
+    snr: SNRSettings = SNRSettings(),
     force: bool = False,
-    reference: Optional[str] = None,
-    split: str = "valid",
-    samples: int = 1000,
-    limit: Optional[int] = 2000,
-    snr_repeats: int = 50,
-    snr_k: Sequence[int] = (1, 5, 20),
     progress: Optional[bool] = False,
     log=print,
-) -> dict:
-    """Train and evaluate every cell with every seed; write comparison.csv/.json/.md and
-    figures to ``out``, one run directory per cell and seed under ``out/runs``. ``vary``
-    holds ``PATH=V1,V2,...`` axes, ``estimators`` is the shorthand for the estimator's.
+) -> Comparison:
+    """Train and evaluate every cell of ``design`` with every seed; write comparison.csv/.json/.md
+    and figures to ``out``, one run directory per cell and seed under ``out/runs``. The
+    base spec is ``model``, ``inference``, ``data`` and ``overrides``, as for ``train``.
     Run again with the same arguments, it continues an interrupted comparison."""
-    axes = [parse_axis(text) for text in vary] + ([estimator_axis(estimators)] if estimators else [])
+    axes = [parse_axis(text) for text in design.vary] + ([estimator_axis(design.estimators)] if design.estimators else [])
     if not axes:
         raise SpecError("nothing to compare: give {vary} KEY=VALUE,VALUE,... (e.g. model.prior.kind=standard_normal,vamp) "
                         "or {estimators} LIST")
     out = Path(out)
     base = load_spec(model, inference, data, overrides)
-    if base.tracking is not None and base.tracking["kind"] == "mlflow" and base.tracking["uri"] is None:
-        # every cell's run in one MLflow store, under the comparison's folder, an experiment named after it
-        base.tracking["uri"] = f"sqlite:///{(out / MLFLOW_STORE).resolve()}"
-        if base.tracking["experiment"] == "pyro-vae":
-            base.tracking["experiment"] = out.resolve().name
-    cells = plan_cells(base, axes, zip_axes)
-    check_runs(len(cells), seeds, limit)
+    _one_mlflow_store(base, out)
+    cells = plan_cells(base, axes, design.zip_axes)
+    check_runs(len(cells), design.seeds, evaluation.limit)
     labels = [cell.label for cell in cells]
-    reference = reference or labels[0]
+    reference = design.reference or labels[0]
     if reference not in labels:
         raise SpecError(f"{{reference}} {reference!r} is not among the cells ({', '.join(labels)})")
-    varies = [axis.path for axis in axes if len(set(axis.values)) > 1]
-    snr = any(path.startswith(SNR_AXES) for path in varies)
-    estimator_varies = any(path.startswith("inference.estimator") for path in varies)
-    settings = {
-        "model": model or DEFAULT_MODEL, "inference": inference or DEFAULT_INFERENCE, "data": data or DEFAULT_DATA,
-        "overrides": list(overrides), "axes": [{"path": a.path, "name": a.name, "values": list(a.values)} for a in axes],
-        "zip": zip_axes, "cells": labels, "seeds": seeds, "split": split, "samples": samples, "limit": limit,
-        "snr": snr, "snr_repeats": snr_repeats if snr else None, "snr_k": list(snr_k) if estimator_varies else [],
-    }
+    settings = _settings(model, inference, data, overrides, design, axes, labels, evaluation, snr)
     plan = {"settings": settings, "specs": {cell.label: cell.spec.to_toml() for cell in cells}}
     lock = _claim(out, plan, force, log)
     # the cells' kinds were given here (--vary) or checked when the base spec was read: its runs are read back with them
     trusted = [kind for cell in cells for _, kind in kinds_in(cell.spec.to_dict())]
     try:
         with trusting_code(kinds=trusted):
-            runs = [(cell, seed) for seed in range(seeds) for cell in cells]
-            log(f"compare: {len(cells)} cell(s) x {seeds} seed(s) = {len(runs)} runs of "
-                f"{base.inference.schedule.epochs} epochs, each then evaluated with K = {samples} on "
-                f"{f'up to {limit}' if limit else 'all'} {split} examples" + (f", and gradient SNR measured 3 times with {snr_repeats} "
-                                                                  "estimates" if snr else "") + f" -> {out}")
+            runs = [(cell, seed) for seed in range(design.seeds) for cell in cells]
+            log(_plan_line(len(cells), runs, base.inference.schedule.epochs, settings, out))
             timer = _Timer(len(runs), log)
             for number, (cell, seed) in enumerate(runs, 1):
                 _run_cell(cell, seed, out, settings, timer, number, progress, log)
             report = _report(cells, axes, settings, reference, out, log)
-            write_csv(out / "comparison.csv", report["rows"], columns(axes))
-            atomic_write_json(out / "comparison.json", report)
-            atomic_write_text(out / "comparison.md", comparison_markdown(report))
-            comparison_figures(out, report)
-            record_outputs(out, [out / "comparison.csv", out / "comparison.json", out / "comparison.md",
-                                 *out.glob("comparison_*.png"), *tracking_outputs(out)])
-            return report
+            _write(out, report, axes)
+            return Comparison(report, out)
     finally:
         lock.release()
+
+
+def _one_mlflow_store(base, out: Path) -> None:
+    """Every cell's run in one MLflow store, under the comparison's folder, in an experiment
+    named after it (where the spec tracks to MLflow without a store of its own)."""
+    if base.tracking is not None and base.tracking["kind"] == "mlflow" and base.tracking["uri"] is None:
+        base.tracking["uri"] = f"sqlite:///{(out / MLFLOW_STORE).resolve()}"
+        if base.tracking["experiment"] == "pyro-vae":
+            base.tracking["experiment"] = out.resolve().name
+
+
+def _settings(model, inference, data, overrides, design: Design, axes: list[Axis], labels: list[str],
+              evaluation: EvaluationSettings, snr: SNRSettings) -> dict:
+    """The comparison's settings, as its plan keeps them (the same ones continue it)."""
+    varies = [axis.path for axis in axes if len(set(axis.values)) > 1]
+    measures_snr = any(path.startswith(SNR_AXES) for path in varies)
+    estimator_varies = any(path.startswith("inference.estimator") for path in varies)
+    return {
+        "model": model or DEFAULT_MODEL, "inference": inference or DEFAULT_INFERENCE, "data": data or DEFAULT_DATA,
+        "overrides": list(overrides), "axes": [{"path": a.path, "name": a.name, "values": list(a.values)} for a in axes],
+        "zip": design.zip_axes, "cells": labels, "seeds": design.seeds, "split": evaluation.split,
+        "samples": evaluation.samples, "limit": evaluation.limit, "snr": measures_snr,
+        "snr_repeats": snr.repeats if measures_snr else None, "snr_k": list(snr.k) if estimator_varies else [],
+    }
+
+
+def _plan_line(cells: int, runs: list, epochs: int, settings: dict, out: Path) -> str:
+    limit, split, snr = settings["limit"], settings["split"], settings["snr"]
+    return (f"compare: {cells} cell(s) x {settings['seeds']} seed(s) = {len(runs)} runs of "
+            f"{epochs} epochs, each then evaluated with K = {settings['samples']} on "
+            f"{f'up to {limit}' if limit else 'all'} {split} examples" + (f", and gradient SNR measured 3 times with "
+                                                                          f"{settings['snr_repeats']} estimates" if snr else "")
+            + f" -> {out}")
+
+
+def _write(out: Path, report: dict, axes: list[Axis]) -> None:
+    """comparison.csv, .json, .md and the figures, recorded in the folder's manifest."""
+    write_csv(out / "comparison.csv", report["rows"], columns(axes))
+    atomic_write_json(out / "comparison.json", report)
+    atomic_write_text(out / "comparison.md", comparison_markdown(report))
+    comparison_figures(out, report)
+    record_outputs(out, [out / "comparison.csv", out / "comparison.json", out / "comparison.md",
+                         *out.glob("comparison_*.png"), *tracking_outputs(out)])
 
 
 def _claim(out: Path, plan: dict, force: bool, log) -> RunLock:
@@ -275,8 +337,8 @@ def _run_cell(cell: Cell, seed: int, out: Path, settings: dict, timer: _Timer, n
         train(spec, run_dir, force=True, **quiet, **hooks)
     trained = time.perf_counter()
     log(f"{name}: evaluating log p(x) with K = {settings['samples']}")
-    summary, _, _ = evaluate_run(run_dir, split=settings["split"], num_samples=settings["samples"],
-                                 limit=settings["limit"], seed=0, device=spec.inference.schedule.device)
+    summary = evaluate_run(run_dir, split=settings["split"], num_samples=settings["samples"],
+                           limit=settings["limit"], seed=0, device=spec.inference.schedule.device).summary
     train_seconds, evaluate_seconds = trained - started, time.perf_counter() - trained
     atomic_write_json(run_dir / DONE, {"train_seconds": train_seconds, "evaluate_seconds": evaluate_seconds})
     record_outputs(run_dir, [run_dir / DONE])
@@ -305,52 +367,12 @@ def _report(cells: list[Cell], axes: list[Axis], settings: dict, reference: str,
     rows, curves, timings, snr_points, per_example = [], {}, {}, {}, {}
     for seed in range(settings["seeds"]):
         for cell in cells:
-            run_dir = _run_dir(out, cell.label, seed)
-            summary = json.loads((run_dir / "evaluation" / f"{settings['split']}.json").read_text())
-            examples = np.load(run_dir / "evaluation" / f"{settings['split']}.npz")
-            per_example[(cell.label, seed)] = (torch.from_numpy(examples["log_likelihood"]).double(), examples["index"])
-            history = read_csv(run_dir / METRICS)
-            run_summary = json.loads((run_dir / SUMMARY).read_text())
-            train_size = run_summary["data"]["train"]
-            steps_per_epoch = train_size // min(cell.spec.inference.schedule.batch_size, train_size)
-            step_seconds = [r["seconds"] / steps_per_epoch for r in history]
-            points = json.loads((run_dir / SNR_POINTS).read_text()) if settings["snr"] else []
-            final = points[-1] if points else {}
-            rows.append({
-                "cell": cell.label,
-                **cell.values,
-                "seed": seed,
-                "log_likelihood": summary["log_likelihood"],
-                "log_likelihood_se": summary["log_likelihood_se"],
-                "elbo": summary["elbo"],
-                "kl": summary["kl"],
-                "active_units": summary["active_units"],
-                "active_units_by_layer": describe_active_units(summary),  # 'a of d: z1 a1 of d1, ...' with layers
-                "seconds_per_step": float(np.median(step_seconds)) if step_seconds else math.nan,
-                "seconds_per_epoch": float(np.median([r["seconds"] for r in history])) if history else math.nan,
-                **{key: final.get(key, math.nan) for key in ("snr_encoder", "snr_decoder", "grad_var_encoder",
-                                                             "grad_var_decoder", "snr_classifier", "grad_var_classifier")},
-                **{key: summary.get(key, math.nan) for key in CLASSIFICATION_SCORES},
-                "run": str(run_dir.relative_to(out)),
-            })
-            curves[(cell.label, seed)] = [r["val_elbo"] for r in history]
-            timings[(cell.label, seed)] = step_seconds
+            key = (cell.label, seed)
+            row, curves[key], timings[key], points, per_example[key] = _read_run(cell, seed, settings, out)
+            rows.append(row)
             if points:
-                snr_points[(cell.label, seed)] = points
-    paired = {}  # (cell, seed): (per-example differences to the reference, their source rows), or None
-    for row in rows:
-        mine, index = per_example[(row["cell"], row["seed"])]
-        theirs, their_index = per_example[(reference, row["seed"])]
-        if not np.array_equal(index, their_index):
-            log(f"{row['cell']} (seed {row['seed']}) was evaluated on other examples than {reference}: no paired "
-                "difference (an axis changed the held-out data)")
-            row["diff_vs_reference"] = row["diff_se"] = math.nan
-            paired[(row["cell"], row["seed"])] = None
-            continue
-        diff = mine - theirs
-        row["diff_vs_reference"] = diff.mean().item()
-        row["diff_se"] = standard_error(diff) if row["cell"] != reference else 0.0
-        paired[(row["cell"], row["seed"])] = (diff.numpy(), np.asarray(index))
+                snr_points[key] = points
+    paired = paired_differences(rows, per_example, reference, log)
     labels = [cell.label for cell in cells]
     snr_k_rows = _snr_against_k(cells, settings, reference, out, log) if settings["snr_k"] else []  # [] unless the estimator varies
     settings = {**settings, "reference": reference, "examples": len(per_example[(reference, 0)][0])}
@@ -358,13 +380,42 @@ def _report(cells: list[Cell], axes: list[Axis], settings: dict, reference: str,
         "settings": settings,
         "cells": {cell.label: cell.values for cell in cells},
         "rows": rows,
-        "summary": _aggregate(rows, labels, timings, paired),
+        "summary": aggregate(rows, labels, timings, paired),
         "snr_points": [{"cell": l, "seed": s, "points": p} for (l, s), p in snr_points.items()],
         "snr_vs_k": snr_k_rows,
         "learning_curves": [{"cell": l, "seed": s, "val_elbo": c} for (l, s), c in curves.items()],
         "note": "standard errors are over per-example held-out estimates (paired across cells for the differences) "
                 "and over seeds; this is not leave-one-out cross-validation",
     }
+
+
+def _read_run(cell: Cell, seed: int, settings: dict, out: Path) -> tuple:
+    """One run's row of comparison.csv, its validation ELBO per epoch, its seconds per step
+    per epoch, its SNR points and its per-example (log p(x), source rows), from its files."""
+    run_dir = _run_dir(out, cell.label, seed)
+    summary = json.loads((run_dir / "evaluation" / f"{settings['split']}.json").read_text())
+    examples = np.load(run_dir / "evaluation" / f"{settings['split']}.npz")
+    per_example = (torch.from_numpy(examples["log_likelihood"]).double(), examples["index"])
+    history = read_csv(run_dir / METRICS)
+    train_size = json.loads((run_dir / SUMMARY).read_text())["data"]["train"]
+    steps_per_epoch = train_size // min(cell.spec.inference.schedule.batch_size, train_size)
+    step_seconds = [r["seconds"] / steps_per_epoch for r in history]
+    points = json.loads((run_dir / SNR_POINTS).read_text()) if settings["snr"] else []
+    final = points[-1] if points else {}
+    row = {
+        "cell": cell.label,
+        **cell.values,
+        "seed": seed,
+        **{key: summary[key] for key in ("log_likelihood", "log_likelihood_se", "elbo", "kl", "active_units")},
+        "active_units_by_layer": describe_active_units(summary),  # 'a of d: z1 a1 of d1, ...' with layers
+        "seconds_per_step": float(np.median(step_seconds)) if step_seconds else math.nan,
+        "seconds_per_epoch": float(np.median([r["seconds"] for r in history])) if history else math.nan,
+        **{key: final.get(key, math.nan) for key in ("snr_encoder", "snr_decoder", "grad_var_encoder",
+                                                     "grad_var_decoder", "snr_classifier", "grad_var_classifier")},
+        **{key: summary.get(key, math.nan) for key in CLASSIFICATION_SCORES},
+        "run": str(run_dir.relative_to(out)),
+    }
+    return row, [r["val_elbo"] for r in history], step_seconds, points, per_example
 
 
 def _snr_against_k(cells: list[Cell], settings: dict, reference: str, out: Path, log) -> list[dict]:
@@ -391,49 +442,3 @@ def _snr_against_k(cells: list[Cell], settings: dict, reference: str, out: Path,
 
 def _slug(label: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in label.replace(":", "_").replace("=", ""))
-
-
-def se_over_examples(paired: list) -> float:
-    """The standard error over examples of the paired difference's mean over seeds,
-    mean_s mean_n d_sn (d_sn: seed s, example n; ``paired``: one (d_s, source rows) per
-    seed, None where there is no paired difference).
-
-    When every seed was evaluated on the same examples (a source's own held-out split,
-    ``--limit`` subsets drawn with one seed), one example's differences are correlated
-    across seeds, so they are averaged first: SE = std_n(mean_s d_sn) / sqrt(n). When each
-    seed has examples of its own (splits drawn with the seed), the seeds' means are
-    independent: SE = sqrt(sum_s SE_s^2) / S, with SE_s = std_n(d_sn) / sqrt(n_s)."""
-    if not paired or any(p is None for p in paired):
-        return math.nan
-    if all(np.array_equal(index, paired[0][1]) for _, index in paired):
-        return standard_error(np.mean([d for d, _ in paired], axis=0))
-    return math.sqrt(sum(standard_error(d) ** 2 for d, _ in paired)) / len(paired)
-
-
-def _aggregate(rows: list[dict], labels: list[str], timings: dict, paired: dict) -> dict:
-    """Per cell: the mean over seeds of each figure with its standard error over seeds;
-    the paired difference's standard error over examples (``diff_se_examples``, see
-    :func:`se_over_examples`; ``paired``: {(cell, seed): (differences, rows) or None}) and
-    over seeds (``diff_se_seeds``), the headline ``diff_se`` being the one over seeds when
-    there are several (it covers training's randomness, which the examples' does not);
-    timings as medians with their interquartile range over all epochs of all seeds."""
-    summary = {}
-    for label in labels:
-        mine = [r for r in rows if r["cell"] == label]
-        entry = {}
-        for key in ("log_likelihood", "diff_vs_reference", "elbo", "kl", "active_units", "snr_encoder", "snr_decoder",
-                    *DISCRETE_FIGURES):
-            values = np.array([r.get(key, math.nan) if key in DISCRETE_FIGURES else r[key] for r in mine], dtype=float)
-            entry[key] = float(values.mean())
-            entry[f"{key}_se_seeds"] = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
-        entry["diff_se_examples"] = float(se_over_examples([paired[(label, r["seed"])] for r in mine]))
-        entry["diff_se_seeds"] = entry.pop("diff_vs_reference_se_seeds")
-        several = entry["diff_se_seeds"] is not None
-        entry["diff_se"] = entry["diff_se_seeds"] if several else entry["diff_se_examples"]
-        entry["diff_se_over"] = "seeds" if several else "examples"
-        steps = np.concatenate([np.asarray(timings[(label, r["seed"])], dtype=float) for r in mine])
-        entry["seconds_per_step"] = float(np.median(steps)) if len(steps) else math.nan
-        entry["seconds_per_step_quartiles"] = [float(q) for q in np.percentile(steps, [25, 75])] if len(steps) else None
-        entry["seconds_per_epoch"] = float(np.median([r["seconds_per_epoch"] for r in mine]))
-        summary[label] = entry
-    return summary

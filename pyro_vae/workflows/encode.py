@@ -23,6 +23,7 @@ import csv
 import io
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -34,7 +35,7 @@ from ..data.covariates import with_values
 from ..errors import DataError, RunError
 from ..files import NpzWriter, atomic_path, check_room
 from ..infer.encode import encode_chunks
-from ..infer.train import resolve_device
+from ..devices import resolve_device
 from ..runs import load_run, read_spec
 from .evaluate import heldout, run_dataset
 from .memory import FLOAT, codes_chunk, refuse_beyond
@@ -42,31 +43,22 @@ from .memory import FLOAT, codes_chunk, refuse_beyond
 FORMATS = (".npz", ".csv", ".h5ad")
 
 
+@dataclass
+class Encoded:
+    """What ``encode_run`` wrote: the file ``path`` and the number of ``examples`` in it."""
+
+    path: Path
+    examples: int
+
+
 def encode_run(path, out, data: Optional[str] = None, split: str = "all", samples: int = 0, seed: int = 0,
-               device="auto", force: bool = False, transform: Sequence[str] = ()) -> tuple[Path, int]:
+               device="auto", force: bool = False, transform: Sequence[str] = ()) -> Encoded:
     """Encode ``split`` (``all``: train, valid and test, in that order) of the run's data or
     of ``data`` with the run at ``path``; write ``out``. ``transform`` (``NAME=VALUE``
     settings): also each example's reconstruction E[x | E_q[z], c'] with those covariates
-    changed (see :func:`~pyro_vae.infer.encode.encode`). Returns (out, examples)."""
+    changed (see :func:`~pyro_vae.infer.encode.encode`)."""
     out = Path(out)
-    if out.suffix.lower() not in FORMATS:
-        raise DataError(f"{{out}} {out}: unknown format; give a file ending in {', '.join(FORMATS)}")
-    if samples and out.suffix.lower() == ".csv":
-        raise DataError("{samples}: draws are written to .npz (or .h5ad), not to a CSV; choose {out} FILE.npz")
-    spec = read_spec(path)
-    source = Path(data).resolve() if data is not None and Path(data).exists() else None
-    if source is None and data is None and spec.data.path is not None:
-        source = Path(spec.data.path).resolve()
-    if out.suffix.lower() == ".h5ad":
-        if source is None or source.suffix.lower() != ".h5ad":
-            raise DataError(f"{{out}} {out}: an .h5ad output annotates an .h5ad input; the data here are not one "
-                            "(write .npz or .csv instead)")
-    if source is not None and out.resolve() == source:
-        raise DataError(f"{{out}} {out}: is the input file; the input is never overwritten, choose another path")
-    if (out.exists() or out.is_symlink()) and not force:  # a link is replaced, never written through
-        raise RunError(f"{{out}} {out}: exists; choose another file or pass {{force}} to replace it")
-    if transform and out.suffix.lower() == ".csv":
-        raise DataError("{transform}: reconstructions are written to .npz (or .h5ad), not to a CSV; choose {out} FILE.npz")
+    source = _checked_output(out, read_spec(path), data, samples, force, transform)
     device = resolve_device(device, "{device}")
     run = load_run(path, device)
     if transform and not run.coding:
@@ -85,41 +77,75 @@ def encode_run(path, out, data: Optional[str] = None, split: str = "all", sample
     with atomic_path(out) as tmp:
         sink = writer(tmp, source, run, total, samples)
         try:
-            parts = []
-            for name in names:
-                examples = heldout(run, data, name, None, seed, device, dataset=dataset)
-                chunks, done = [], 0
-                changed = with_values(examples.condition, changes) if changes else None
-                for part in encode_chunks(run.vae, examples.x, samples, seed=seed, chunk=chunk,
-                                          condition=examples.condition, transformed=changed):
-                    draws = part.pop("samples", None)
-                    if draws is not None:
-                        sink.draws(examples.index[done : done + len(draws)], draws)
-                    done += len(part["mean"])
-                    chunks.append(part)
-                parts.append((name, examples, chunks))
-            result = {
-                "mean": np.concatenate([c["mean"] for _, _, cs in parts for c in cs]),
-                "std": np.concatenate([c["std"] for _, _, cs in parts for c in cs]),
-                "index": np.concatenate([e.index for _, e, _ in parts]).astype(np.int64),
-                "split": np.concatenate([np.full(len(e.index), n) for n, e, _ in parts]),
-                "exact": np.array(all(bool(c["exact"]) for _, _, cs in parts for c in cs)),
-            }
-            for key in ("q_y", "transformed"):
-                if key in parts[0][2][0]:
-                    result[key] = np.concatenate([c[key] for _, _, cs in parts for c in cs])
-            if changes:
-                result["transform"] = np.array(_transform_name(transform))
-            if run.vae.layers > 1:  # the latent vector is (z_1, ..., z_L): each layer's size
-                result["layer_dims"] = np.array(run.vae.layer_dims)
-            if all(e.labels is not None for _, e, _ in parts):
-                result["labels"] = np.concatenate([e.labels.cpu().numpy() for _, e, _ in parts])
-                if parts[0][1].label_names:
-                    result["label_names"] = np.array(parts[0][1].label_names)
+            parts = [_encode_split(run, data, name, seed, device, dataset, chunk, samples, changes, sink)
+                     for name in names]
+            result = _codes(run, parts, changes and _transform_name(transform))
             sink.finish(result)
         finally:
             sink.close()
-    return out, len(result["index"])
+    return Encoded(out, len(result["index"]))
+
+
+def _checked_output(out: Path, spec, data: Optional[str], samples: int, force: bool, transform: Sequence[str]):
+    """The input file (where the data are one), after refusing an output that cannot hold
+    what is asked, that would overwrite the input, or that exists (without ``force``)."""
+    if out.suffix.lower() not in FORMATS:
+        raise DataError(f"{{out}} {out}: unknown format; give a file ending in {', '.join(FORMATS)}")
+    if samples and out.suffix.lower() == ".csv":
+        raise DataError("{samples}: draws are written to .npz (or .h5ad), not to a CSV; choose {out} FILE.npz")
+    source = Path(data).resolve() if data is not None and Path(data).exists() else None
+    if source is None and data is None and spec.data.path is not None:
+        source = Path(spec.data.path).resolve()
+    if out.suffix.lower() == ".h5ad":
+        if source is None or source.suffix.lower() != ".h5ad":
+            raise DataError(f"{{out}} {out}: an .h5ad output annotates an .h5ad input; the data here are not one "
+                            "(write .npz or .csv instead)")
+    if source is not None and out.resolve() == source:
+        raise DataError(f"{{out}} {out}: is the input file; the input is never overwritten, choose another path")
+    if (out.exists() or out.is_symlink()) and not force:  # a link is replaced, never written through
+        raise RunError(f"{{out}} {out}: exists; choose another file or pass {{force}} to replace it")
+    if transform and out.suffix.lower() == ".csv":
+        raise DataError("{transform}: reconstructions are written to .npz (or .h5ad), not to a CSV; choose {out} FILE.npz")
+    return source
+
+
+def _encode_split(run, data, name: str, seed: int, device, dataset, chunk: int, samples: int, changes: dict, sink):
+    """(split, its examples, their codes chunk by chunk); the draws go to ``sink`` as made."""
+    examples = heldout(run, data, name, None, seed, device, dataset=dataset)
+    chunks, done = [], 0
+    changed = with_values(examples.condition, changes) if changes else None
+    for part in encode_chunks(run.vae, examples.x, samples, seed=seed, chunk=chunk,
+                              condition=examples.condition, transformed=changed):
+        draws = part.pop("samples", None)
+        if draws is not None:
+            sink.draws(examples.index[done : done + len(draws)], draws)
+        done += len(part["mean"])
+        chunks.append(part)
+    return name, examples, chunks
+
+
+def _codes(run, parts: list, transform_name) -> dict:
+    """The arrays the output holds (see the module's table), from each split's codes;
+    ``transform_name``, the covariates' setting where reconstructions were asked for."""
+    result = {
+        "mean": np.concatenate([c["mean"] for _, _, cs in parts for c in cs]),
+        "std": np.concatenate([c["std"] for _, _, cs in parts for c in cs]),
+        "index": np.concatenate([e.index for _, e, _ in parts]).astype(np.int64),
+        "split": np.concatenate([np.full(len(e.index), n) for n, e, _ in parts]),
+        "exact": np.array(all(bool(c["exact"]) for _, _, cs in parts for c in cs)),
+    }
+    for key in ("q_y", "transformed"):
+        if key in parts[0][2][0]:
+            result[key] = np.concatenate([c[key] for _, _, cs in parts for c in cs])
+    if transform_name:
+        result["transform"] = np.array(transform_name)
+    if run.vae.layers > 1:  # the latent vector is (z_1, ..., z_L): each layer's size
+        result["layer_dims"] = np.array(run.vae.layer_dims)
+    if all(e.labels is not None for _, e, _ in parts):
+        result["labels"] = np.concatenate([e.labels.cpu().numpy() for _, e, _ in parts])
+        if parts[0][1].label_names:
+            result["label_names"] = np.array(parts[0][1].label_names)
+    return result
 
 
 def _transform_name(transform: Sequence[str]) -> str:

@@ -17,8 +17,9 @@ from .. import distributed
 from ..data import load_data
 from ..errors import DataError
 from ..files import atomic_write, atomic_write_json, output_folder
-from ..infer.evaluate import BUDGET, classification_summary, importance_sample_sharded, summarize
-from ..infer.train import resolve_device
+from ..infer.evaluate import BUDGET, PerExample, importance_sample_sharded
+from ..infer.metrics import classification_summary, summarize
+from ..devices import resolve_device
 from ..runs import load_run, record_outputs
 from ..spec import DataSpec, data_table
 
@@ -88,13 +89,26 @@ def _safe_name(data: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "data"
 
 
-def evaluate_run(path, data=None, split="valid", num_samples=5000, limit=None, seed=0, device="auto", budget=BUDGET):
+@dataclass
+class Evaluation:
+    """What ``evaluate_run`` found and wrote: ``summary`` (as in the JSON file: log p(x) and
+    the ELBO with their standard errors, KL, active units, ...), the files ``json_path``
+    and ``npz_path``, and the ``per_example`` estimates."""
+
+    summary: dict
+    json_path: Path
+    npz_path: Path
+    per_example: PerExample
+
+
+def evaluate_run(path, data=None, split="valid", num_samples=5000, limit=None, seed=0, device="auto",
+                 budget=BUDGET) -> Evaluation:
     """Evaluate a run directory; writes RUN/evaluation/<split>.json and <split>.npz (for
     other data, ``<data>-<split>``: the run's own results are never overwritten).
 
     Under several processes the examples are shared among the ranks in seeded blocks, the
     per-example results gathered, and rank 0 alone writes. Returns (summary, (json path,
-    npz path), per-example estimates) on every rank."""
+    npz path), per-example estimates) on every rank, as an :class:`Evaluation`."""
     device = resolve_device(device, "{device}")
     group = distributed.use_device(device)
     run = load_run(path, device)
@@ -113,7 +127,7 @@ def evaluate_run(path, data=None, split="valid", num_samples=5000, limit=None, s
         output_folder(folder)
     json_path, npz_path = folder / f"{examples.tag}.json", folder / f"{examples.tag}.npz"
     if not group.is_main:
-        return summary, (json_path, npz_path), result
+        return Evaluation(summary, json_path, npz_path, result)
     atomic_write_json(json_path, summary)
     arrays = {
         name: getattr(result, name).cpu().numpy()
@@ -123,4 +137,4 @@ def evaluate_run(path, data=None, split="valid", num_samples=5000, limit=None, s
     arrays["index"] = examples.index  # each example's row in the source's array (which ones --limit chose)
     atomic_write(npz_path, lambda f: np.savez(f, **arrays))
     record_outputs(path, [json_path, npz_path])
-    return summary, (json_path, npz_path), result
+    return Evaluation(summary, json_path, npz_path, result)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -19,7 +19,14 @@ from .memory import FLOAT, samples_chunk
 SHOWN = 64  # samples drawn in the figure; the array file holds all
 
 
-def sample_run(path, n: int, seed: int = 0, condition: Sequence[str] = ()) -> tuple[Path, Path]:
+class Samples(NamedTuple):
+    """What ``sample_run`` wrote: the figure ``png`` and the array file ``npz``."""
+
+    png: Path
+    npz: Path
+
+
+def sample_run(path, n: int, seed: int = 0, condition: Sequence[str] = ()) -> Samples:
     """Write RUN/samples/samples.png (E[x|z] for the first draws z ~ p(z), at most ``SHOWN``)
     and samples.npz (z, mean: all n); returns their paths. Draws are seeded with ``seed``,
     and decoded in chunks (at most ``BUDGET`` output values, and what memory allows) that
@@ -65,4 +72,4 @@ def sample_run(path, n: int, seed: int = 0, condition: Sequence[str] = ()) -> tu
     png = image_panel(folder / "samples.png", [("E[x|z], z ~ p(z)", shown, [f"sample {i}" for i in range(len(shown))])],
                       Look.of(run.vae, run.summary.get("data", {}).get("feature_names")), title)
     record_outputs(run.path, [png, npz])
-    return png, npz
+    return Samples(png, npz)

@@ -8,7 +8,7 @@ import json
 import math
 import platform
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import pyro
 import torch
@@ -17,10 +17,11 @@ from .. import distributed
 from ..analysis.figures import training_figures
 from ..data import binarize, check_support, labelled_rows, largest_level, load_data, split_chunks
 from ..data.statistics import DataStatistics
+from ..devices import resolve_device
 from ..errors import DataError, Interrupted, RunError, SpecError, TrainingDiverged
 from ..files import atomic_write_json, atomic_write_text, output_folder, write_csv
 from ..infer.pretrain import vade_initialize
-from ..infer.train import Trainer, resolve_device, say_on_stderr
+from ..infer.train import Trainer, say_on_stderr
 from ..model import build_vae
 from ..model.likelihoods import LIKELIHOODS
 from ..provenance import provenance
@@ -296,7 +297,14 @@ def train(spec, out=None, *, force: bool = False, progress: Optional[bool] = Non
             lock.release()
 
 
-def check(spec, init=None) -> tuple:
+class Checked(NamedTuple):
+    """What :func:`check` built: the ``vae`` and the prepared ``data`` (a Dataset)."""
+
+    vae: object
+    data: object
+
+
+def check(spec, init=None) -> Checked:
     """Every check :func:`train` makes before its first step (data, model, their fit, the
     estimator, ``init``'s weights), without training: returns (vae, data)."""
     vae, data = _prepare(spec)
@@ -304,7 +312,7 @@ def check(spec, init=None) -> tuple:
         load_initial_weights(vae, init)
     Trainer(vae, data, spec.inference, progress=False)
     tracker_of(spec)
-    return vae, data
+    return Checked(vae, data)
 
 
 def load_initial_weights(vae, run) -> None:
@@ -383,49 +391,11 @@ def _confirm_tracking(spec, path: Path, given: dict) -> None:
 
 def _resume(path: Path, spec, progress, log, extended: bool, on_epoch=None, before=None) -> Trainer:
     # no checkpoint: stopped before the first one was written, so it starts again (same seed)
-    checkpoint = load_checkpoint(path / CHECKPOINT) if (path / CHECKPOINT).exists() else None
-    if checkpoint is not None:
-        if "training" not in checkpoint:
-            raise RunError(f"{path / CHECKPOINT}: holds weights only, no training state to resume from")
-        try:
-            state = checkpoint["training"]["state"]
-            state["stopped_early"], state["epoch"] = bool(state["stopped_early"]), int(state["epoch"])
-            checkpoint["data_shape"], checkpoint["num_data"] = list(checkpoint["data_shape"]), int(checkpoint["num_data"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise RunError(f"{path / CHECKPOINT}: its training state is incomplete ({type(exc).__name__}: "
-                           f"{str(exc)[:80]}); the file was altered: restore it or start a new run") from None
-        # a run killed after its last checkpoint, before its figures and summary, is finished by resuming it
-        ended = _summary_of(path).get("status") in ENDED
-        if state["stopped_early"] and ended:
-            raise RunError(
-                f"{{resume}} {path}: the run stopped early at epoch {state['epoch']} (no better validation ELBO for "
-                f"inference.schedule.patience epochs); to train on, start a new run from its weights: "
-                f"pyro-vae train --init {path} --out NEW"
-            )
-        if state["epoch"] >= spec.inference.schedule.epochs and ended:
-            raise RunError(
-                f"{{resume}} {path}: the run already finished (epoch {state['epoch']} of "
-                f"{spec.inference.schedule.epochs}); to train longer: pyro-vae train --resume {path} "
-                f"--set inference.schedule.epochs=N, with N > {state['epoch']}"
-            )
+    checkpoint = _resumable_checkpoint(path, spec) if (path / CHECKPOINT).exists() else None
     vae, data = _prepare(spec)
     trainer = Trainer(vae, data, spec.inference, progress=progress, log=log, on_epoch=on_epoch)
     if checkpoint is not None:
-        if list(data.data_shape) != list(checkpoint["data_shape"]) or trainer.num_data != checkpoint["num_data"]:
-            raise RunError(f"{{resume}} {path}: the data no longer match the checkpoint (shape or size changed)")
-        if checkpoint.get("data_sha256", data.sha256) != data.sha256:
-            raise RunError(f"{{resume}} {path}: {data.source} changed since the run started (its SHA-256 differs); "
-                           "restore the file, or start a new run")
-        saved = checkpoint["training"].get("world_size", 1)
-        if saved != trainer.group.world_size:
-            raise RunError(
-                f"{{resume}} {path}: the run was trained by {saved} process(es), this is {trainer.group.world_size}; "
-                f"resume with the same number (torchrun --nproc_per_node ... so that the world size is {saved})"
-            )
-        try:
-            trainer.restore(checkpoint)
-        except (RuntimeError, KeyError, TypeError, ValueError) as exc:
-            raise RunError(f"{path / CHECKPOINT}: cannot restore training state ({str(exc).splitlines()[0][:160]})") from None
+        _restore(path, trainer, data, checkpoint)
     writer = None
     if trainer.group.is_main:
         writer = _RunWriter(path, trainer, resumed=checkpoint is not None, tracker=tracker_of(spec), spec=spec)
@@ -436,3 +406,53 @@ def _resume(path: Path, spec, progress, log, extended: bool, on_epoch=None, befo
     if before is not None:
         before(trainer)
     return _run(trainer, writer)
+
+
+def _resumable_checkpoint(path: Path, spec) -> dict:
+    """The run's checkpoint, with a complete training state, of a run that has epochs left
+    to train (else refused, saying what to do instead)."""
+    checkpoint = load_checkpoint(path / CHECKPOINT)
+    if "training" not in checkpoint:
+        raise RunError(f"{path / CHECKPOINT}: holds weights only, no training state to resume from")
+    try:
+        state = checkpoint["training"]["state"]
+        state["stopped_early"], state["epoch"] = bool(state["stopped_early"]), int(state["epoch"])
+        checkpoint["data_shape"], checkpoint["num_data"] = list(checkpoint["data_shape"]), int(checkpoint["num_data"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RunError(f"{path / CHECKPOINT}: its training state is incomplete ({type(exc).__name__}: "
+                       f"{str(exc)[:80]}); the file was altered: restore it or start a new run") from None
+    # a run killed after its last checkpoint, before its figures and summary, is finished by resuming it
+    ended = _summary_of(path).get("status") in ENDED
+    if state["stopped_early"] and ended:
+        raise RunError(
+            f"{{resume}} {path}: the run stopped early at epoch {state['epoch']} (no better validation ELBO for "
+            f"inference.schedule.patience epochs); to train on, start a new run from its weights: "
+            f"pyro-vae train --init {path} --out NEW"
+        )
+    if state["epoch"] >= spec.inference.schedule.epochs and ended:
+        raise RunError(
+            f"{{resume}} {path}: the run already finished (epoch {state['epoch']} of "
+            f"{spec.inference.schedule.epochs}); to train longer: pyro-vae train --resume {path} "
+            f"--set inference.schedule.epochs=N, with N > {state['epoch']}"
+        )
+    return checkpoint
+
+
+def _restore(path: Path, trainer: Trainer, data, checkpoint: dict) -> None:
+    """The trainer set to the checkpoint's state, once the data and the number of processes
+    are found to be the ones that wrote it."""
+    if list(data.data_shape) != list(checkpoint["data_shape"]) or trainer.num_data != checkpoint["num_data"]:
+        raise RunError(f"{{resume}} {path}: the data no longer match the checkpoint (shape or size changed)")
+    if checkpoint.get("data_sha256", data.sha256) != data.sha256:
+        raise RunError(f"{{resume}} {path}: {data.source} changed since the run started (its SHA-256 differs); "
+                       "restore the file, or start a new run")
+    saved = checkpoint["training"].get("world_size", 1)
+    if saved != trainer.group.world_size:
+        raise RunError(
+            f"{{resume}} {path}: the run was trained by {saved} process(es), this is {trainer.group.world_size}; "
+            f"resume with the same number (torchrun --nproc_per_node ... so that the world size is {saved})"
+        )
+    try:
+        trainer.restore(checkpoint)
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        raise RunError(f"{path / CHECKPOINT}: cannot restore training state ({str(exc).splitlines()[0][:160]})") from None
