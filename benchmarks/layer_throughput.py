@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import statistics
 import sys
-import time
 
 import numpy as np
 import torch

@@ -43,8 +43,6 @@ like ``../shared/data``.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import math
 import platform

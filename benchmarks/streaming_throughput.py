@@ -31,7 +31,7 @@ import torch
 
 from pyro_vae.infer.train import Trainer
 
-from pyro_vae.workflows.train import _prepare
+from pyro_vae.workflows.train import prepare_training
 from pyro_vae.spec import Spec
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "binarized_mnist.npz"
@@ -74,7 +74,7 @@ def main() -> int:
             trainers = {}
             for in_memory in (True, False):
                 s = spec(path, batch, in_memory)
-                vae, data = _prepare(s)
+                vae, data = prepare_training(s)
                 vae.name = "memory" if in_memory else "streamed"  # two VAEs in Pyro's one param store
                 trainers[in_memory] = Trainer(vae, data, s.inference, progress=False)
             times = {True: [], False: []}

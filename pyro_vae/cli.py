@@ -18,18 +18,13 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__, distributed, stops
-from .analysis.comparison_table import comparison_note, comparison_text
 from .errors import Interrupted, Stopped, TrainingDiverged, UserError
-from .analysis.text import analysis_lines, evaluation_lines
 from .spec import DEFAULT_DATA, DEFAULT_INFERENCE, DEFAULT_MODEL, SLOTS, Spec, load_spec, parse_override, shipped, spec_summary
 from .registry import trusting_code
 from .tracking import TRACKERS
-from .workflows.analyze import analyze_run
-from .workflows.compare import Design, EvaluationSettings, SNRSettings, compare
-from .workflows.encode import encode_run
-from .workflows.evaluate import evaluate_run
-from .workflows.sample import sample_run
-from .workflows.train import CONFIRMABLE, EXTENDABLE, check, resume, saved_weights, train
+
+# Each command imports its workflow (and the analysis it prints) when it runs: `--help`, the
+# refusals and `train` start without ArviZ, xarray and the comparison statistics.
 
 EXIT_USAGE, EXIT_DIVERGED, EXIT_PEER_FAILED = 2, 3, 4
 
@@ -242,6 +237,7 @@ def _nonempty_out(args) -> None:
 
 
 def cmd_train(args) -> int:
+    from .workflows.train import check, resume, train
     _nonempty_out(args)
     if args.resume:
         given = [flag for flag, value in (("--spec", args.spec), ("--out", args.out), ("--init", args.init),
@@ -281,6 +277,7 @@ def _overrides(args) -> list[str]:
 
 def _tracking_destinations(overrides: Sequence[str]) -> dict:
     """``--resume RUN --set tracking.uri=URI``: the destinations the user gives again."""
+    from .workflows.train import CONFIRMABLE
     found = {}
     for text in overrides:
         parts, value = parse_override(text)
@@ -292,6 +289,7 @@ def _tracking_destinations(overrides: Sequence[str]) -> dict:
 def _extension(overrides: Sequence[str]):
     """The epochs of ``--resume RUN --set inference.schedule.epochs=N`` (None without --set);
     any other key but a tracking destination is refused: a resumed run keeps its spec."""
+    from .workflows.train import CONFIRMABLE, EXTENDABLE
     epochs = None
     for text in overrides:
         parts, value = parse_override(text)
@@ -311,6 +309,7 @@ def _quiet_log(args):
 
 
 def _report_training(trainer, out: Path) -> int:
+    from .workflows.train import saved_weights
     s = trainer.state
     epoch, elbo, which = saved_weights(trainer)
     _say(f"run: {out}")
@@ -324,6 +323,7 @@ def _report_training(trainer, out: Path) -> int:
 
 
 def cmd_sample(args) -> int:
+    from .workflows.sample import sample_run
     samples = sample_run(args.run, args.n, args.seed, condition=args.condition)
     _say(f"samples: {samples.png} and {samples.npz} (z, mean)")
     return 0
@@ -349,6 +349,8 @@ def cmd_specs(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from .analysis.text import evaluation_lines
+    from .workflows.evaluate import evaluate_run
     evaluation = evaluate_run(args.run, data=args.data, split=args.split, num_samples=args.samples,
                               limit=args.limit, seed=args.seed, device=args.device)
     for line in evaluation_lines(evaluation.summary):
@@ -358,6 +360,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_encode(args) -> int:
+    from .workflows.encode import encode_run
     encoded = encode_run(args.run, args.out, data=args.data, split=args.split, samples=args.samples, seed=args.seed,
                          device=args.device, force=args.force, transform=args.transform)
     _say(f"encoded {encoded.examples} examples ({args.split}): {encoded.path}")
@@ -365,6 +368,8 @@ def cmd_encode(args) -> int:
 
 
 def cmd_analyze(args) -> int:
+    from .analysis.text import analysis_lines
+    from .workflows.analyze import analyze_run
     result = analyze_run(args.run, data=args.data, split=args.split, num_samples=args.samples, limit=args.limit,
                          draws=args.draws, seed=args.seed, device=args.device)
     if result is None:  # another rank than 0: rank 0 reports
@@ -376,6 +381,8 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    from .analysis.comparison_table import comparison_note, comparison_text
+    from .workflows.compare import Design, EvaluationSettings, SNRSettings, compare
     _nonempty_out(args)
     try:
         snr_k = [int(k) for k in args.snr_k.split(",") if k.strip()]

@@ -109,7 +109,7 @@ def test_tied_weights_give_the_same_finite_khat_on_both_versions():
     np.testing.assert_allclose(psis_mean, np.logaddexp.reduce(log_weights, axis=-1) - np.log(log_weights.shape[-1]),
                                rtol=0, atol=1e-8)
     untied = psis_weights()["S1000"]  # rows without ties are left exactly as they were
-    assert np.array_equal(arviz_compat._untied(untied, 30), untied)
+    assert np.array_equal(arviz_compat.dequantize_ties(untied, 30), untied)
 
 
 def test_summary_and_hdi_are_the_pinned_90_percent_hdi():

@@ -159,20 +159,20 @@ def test_auto_picks_inductor_for_runs_long_enough_to_win_its_compilation_back(mo
     """Inductor's compilation (9-17 s) pays from AUTO_INDUCTOR_STEPS planned steps on, where
     a C++ compiler is installed; without one, or below, auto keeps the replayed graph."""
     cpu = torch.device("cpu")
-    monkeypatch.setattr(compiled_module, "_cpp_compiler", lambda: "/usr/bin/g++")
+    monkeypatch.setattr(compiled_module, "cpp_compiler", lambda: "/usr/bin/g++")
     long = AUTO_INDUCTOR_STEPS
     assert compile_backend("auto", cpu, steps=long) == "inductor" and compile_backend("auto", cpu, steps=long - 1) == "graph"
     assert compile_backend("auto", cpu, steps=None) == "graph"  # a run of unknown length: not the long compilation
     assert compile_backend("auto", cpu, ["MyLikelihood"], steps=long) is None
     assert compile_backend("auto", torch.device("cuda"), steps=long) is None
-    monkeypatch.setattr(compiled_module, "_cpp_compiler", lambda: None)
+    monkeypatch.setattr(compiled_module, "cpp_compiler", lambda: None)
     assert compile_backend("auto", cpu, steps=long) == "graph"
     monkeypatch.undo()
     monkeypatch.setenv("PATH", "/nonexistent")  # nothing on the path: no compiler, unless $CXX names one
     monkeypatch.delenv("CXX", raising=False)
-    assert compiled_module._cpp_compiler() is None
+    assert compiled_module.cpp_compiler() is None
     monkeypatch.setenv("CXX", sys.executable)
-    assert compiled_module._cpp_compiler() == sys.executable
+    assert compiled_module.cpp_compiler() == sys.executable
 
 
 def test_a_step_inductor_cannot_compile_is_taken_eagerly_in_one_line(data_files, monkeypatch):
@@ -227,7 +227,7 @@ def test_auto_compiles_a_long_run_and_leaves_a_short_one_eager(data_files, monke
         assert not compiled or trainer.compiled.backend == "graph"
     # long enough for Inductor (compiled at the first compiled step, not here): one line says
     # why the first steps take seconds
-    monkeypatch.setattr(compiled_module, "_cpp_compiler", lambda: "/usr/bin/g++")
+    monkeypatch.setattr(compiled_module, "cpp_compiler", lambda: "/usr/bin/g++")
     lines = []
     trainer = _trainer(_spec(data_files, compile="auto", epochs=AUTO_INDUCTOR_STEPS), lines)
     assert trainer.compiled.backend == "inductor"

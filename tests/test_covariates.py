@@ -12,7 +12,6 @@ import torch
 from scipy import stats
 
 from pyro_vae.data import load_data
-from pyro_vae.data.covariates import CovariateCoding
 from pyro_vae.errors import DataError, SpecError
 from pyro_vae.infer.evaluate import importance_sample
 from pyro_vae.model import build_vae

@@ -185,6 +185,7 @@ def test_resume_under_torchrun_after_killing_the_launcher_is_exact(runs):
     assert metrics(runs["killed"]) == metrics(runs["two"])
 
 
+@pytest.mark.slow  # ~20 s of CPU; two processes on one node are the default suite's
 @pytest.mark.integration
 def test_two_nodes_on_one_machine(runs, tmp_path):
     """torchrun --nnodes 2 --node_rank 0|1 with the rendezvous on loopback: the same world of
@@ -361,6 +362,7 @@ def test_python_dash_m_pyro_vae_is_the_cli():
     assert result.returncode == 0 and result.stdout.startswith("pyro-vae ")
 
 
+@pytest.mark.slow  # three torchrun launches, ~50 s of CPU
 @pytest.mark.integration
 def test_resume_under_torchrun_keeps_every_ranks_trace_graph_baselines(tmp_path):
     """TraceGraph_ELBO's decaying-average baselines live in each rank's param store and

@@ -401,12 +401,12 @@ def test_robust_limits_show_progress_and_note_the_outlier():
 def test_snr_ticks_are_plain_numbers():
     from matplotlib.figure import Figure
 
-    from pyro_vae.analysis.compare_figures import _plain_numbers
+    from pyro_vae.analysis.compare_figures import plain_numbers
 
     ax = Figure().subplots()
     ax.set_yscale("log")
     ax.plot([1, 2], [8, 40])
-    _plain_numbers(ax.yaxis)
+    plain_numbers(ax.yaxis)
     ax.figure.canvas.draw() if hasattr(ax.figure, "canvas") and ax.figure.canvas else None
     assert ax.yaxis.get_major_formatter()(20, 0) == "20" and ax.yaxis.get_major_formatter()(0.5, 0) == "0.5"
     assert ax.yaxis.get_minor_formatter()(20, 0) == "20"

@@ -271,11 +271,11 @@ def test_standardize_uses_the_training_split_and_is_stored(tmp_path):
 
 
 def test_learned_gaussian_scales_start_from_the_data_spread(tmp_path):
-    from pyro_vae.workflows.train import _prepare
+    from pyro_vae.workflows.train import prepare_training
 
     array = (np.random.default_rng(0).normal(0, 1, (400, 3)) * [0.5, 3.0, 0.0]).astype(np.float32)
     np.save(tmp_path / "x.npy", array)
-    vae, data = _prepare(small_spec(tmp_path / "x.npy", standardize=False))  # the data's own spread (auto would make it 1)
+    vae, data = prepare_training(small_spec(tmp_path / "x.npy", standardize=False))  # the data's own spread (auto would make it 1)
     _, scale = vae.likelihood.loc_scale(torch.zeros(1, 1, 3))
     sd = array[data.origin["train"]].std(0)
     assert np.allclose(scale.detach().numpy()[:2], sd[:2], rtol=1e-4)

@@ -339,7 +339,7 @@ def test_train_evaluate_analyze_encode_sample_on_two_layers(tmp_path):
 
 
 def test_each_layers_figures_take_its_own_most_active_dimensions_and_name_them_by_layer():
-    from pyro_vae.workflows.analyze import _most_active_by_layer
+    from pyro_vae.workflows.analyze import most_active_by_layer
 
     vae, _, _ = lg.make_two_layer("top_down")
     assert vae.latent_labels == ["z1[0]", "z2[0]"]
@@ -347,7 +347,7 @@ def test_each_layers_figures_take_its_own_most_active_dimensions_and_name_them_b
     vae = build_vae(spec, (5,))
     assert vae.latent_labels == ["z1[0]", "z1[1]", "z1[2]", "z2[0]", "z2[1]"]
     variances = np.array([0.1, 0.9, 0.5, 0.2, 3.0])
-    assert _most_active_by_layer(vae, variances) == {"z1": [1, 2, 0], "z2": [4, 3]}
+    assert most_active_by_layer(vae, variances) == {"z1": [1, 2, 0], "z2": [4, 3]}
 
 
 def test_a_traversal_of_an_upper_layer_moves_the_layers_below_to_their_conditional_means():

@@ -230,7 +230,7 @@ def test_patience_counts_from_the_end_of_the_warmup():
                                                        "kl_warmup_epochs": 3}}})
     trainer = Trainer(vae, data, spec.inference, progress=False)
     for epoch, value in enumerate([-10.0, -11.0, -12.0, -13.0, -14.0], start=1):
-        trainer._end_epoch({"epoch": epoch, "val_elbo": value})
+        trainer.end_epoch({"epoch": epoch, "val_elbo": value})
         assert trainer.state.stopped_early == (epoch == 4), epoch  # epochs 2-3 worse, but in the warm-up
         if trainer.state.stopped_early:
             break

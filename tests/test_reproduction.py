@@ -22,6 +22,7 @@ reproduce = sys.modules["reproduce"] = importlib.util.module_from_spec(SPEC)  # 
 SPEC.loader.exec_module(reproduce)
 
 ROWS = sorted(reproduce.ROWS)
+DEFAULT_ROWS = (1, 5)  # a continuous and a semi-supervised row in the default suite; the others are slow
 
 
 def _write_idx(path, array):
@@ -85,7 +86,7 @@ def _check_row(row: int, out):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("row", ROWS)
+@pytest.mark.parametrize("row", [row if row in DEFAULT_ROWS else pytest.param(row, marks=pytest.mark.slow) for row in ROWS])
 def test_each_row_runs_end_to_end_on_a_tiny_budget(row, data_root, tmp_path):
     assert reproduce.main(["--row", str(row), "--out", str(tmp_path), "--tiny", "--data-root", str(data_root)]) == 0
     _check_row(row, tmp_path)

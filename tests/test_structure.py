@@ -104,7 +104,11 @@ def test_a_table_of_layers_is_read_as_written():
 
 
 def test_no_project_import_inside_a_function():
-    local = [f"{m}:{line} imports {t}" for m, t, line, top in _imports() if not top]
+    """Imports are at the top, where the layer order shows, except in the CLI: the top layer,
+    which nothing imports (so a local import there hides no cycle), imports each command's
+    workflow when it runs, so that `--help`, the refusals and `train` start without ArviZ and
+    the comparison statistics (the layer test above still checks those imports)."""
+    local = [f"{m}:{line} imports {t}" for m, t, line, top in _imports() if not top and m != "pyro_vae.cli"]
     assert not local, "\n".join(local)
 
 

@@ -157,7 +157,8 @@ def test_m2_on_two_layers_decodes_z1_and_y_and_its_marginal_p_x_sums_y():
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("shape", ["mixture", pytest.param("m2", marks=pytest.mark.slow)])  # m2: its units cover it
+@pytest.mark.slow  # ~25 s of CPU each; the unit tests above cover both shapes
+@pytest.mark.parametrize("shape", ["mixture", "m2"])
 def test_cli_trains_evaluates_and_samples_y_on_two_layers(shape, tmp_path):
     rng = np.random.default_rng(0)
     data = tmp_path / "d.npz"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import assert_one_line_error, run_cli
+from helpers import assert_one_line_error
 from pyro_vae.cli import main
 from pyro_vae.errors import RunError
 from pyro_vae.runs import MANIFEST, load_checkpoint, load_run, read_manifest, sha256_file

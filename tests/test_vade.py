@@ -10,7 +10,7 @@ from sklearn.mixture import GaussianMixture
 
 from helpers import assert_one_line_error, run_cli
 from pyro_vae.infer.metrics import classification_summary
-from pyro_vae.infer.pretrain import _codes, vade_initialize
+from pyro_vae.infer.pretrain import autoencoder_codes, vade_initialize
 from pyro_vae.model import build_vae
 from pyro_vae.spec import ModelSpec
 
@@ -39,7 +39,7 @@ def test_vade_sets_p_z_given_y_to_the_mixture_of_the_codes_and_q_y_to_its_assign
     before = torch.get_rng_state()
     mixture = vade_initialize(vae, x, epochs=30, seed=0)
     assert torch.equal(torch.get_rng_state(), before)  # the caller's stream untouched
-    codes = _codes(vae, x).double().numpy()
+    codes = autoencoder_codes(vae, x).double().numpy()
     independent = GaussianMixture(C, covariance_type="diag", random_state=0, reg_covar=1e-4).fit(codes)
     assert np.allclose(vae.prior.loc.detach().numpy(), independent.means_, atol=1e-5)
     scales = torch.nn.functional.softplus(vae.prior.raw_scale).detach().numpy()

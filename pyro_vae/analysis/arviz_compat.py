@@ -102,7 +102,7 @@ def _tail_length(S: int) -> int:
     return int(math.floor(min(S / 5, 3 * math.sqrt(S))))
 
 
-def _untied(log_weights: np.ndarray, M: int) -> np.ndarray:
+def dequantize_ties(log_weights: np.ndarray, M: int) -> np.ndarray:
     """The rows whose M + 1 largest log weights hold exact ties, dequantized. Ties come from
     float32 rounding (a q near the posterior: every log weight is log p(x) to a few ulps), and
     make the two ArviZ disagree: 0.x fits only the values above the cutoff (k-hat = inf when 4
@@ -125,7 +125,7 @@ def psislw(log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     is the PSIS estimate of log E_q[w]."""
     log_weights = np.asarray(log_weights, dtype=np.float64)
     S, M = log_weights.shape[-1], _tail_length(log_weights.shape[-1])
-    log_weights = _untied(log_weights, M)
+    log_weights = dequantize_ties(log_weights, M)
     if M < 5:  # too few draws for a Pareto fit: as ArviZ 0.x, no smoothing and k-hat = inf
         return log_weights.copy(), np.full(log_weights.shape[:-1], np.inf)
     if major() >= 1:

@@ -10,7 +10,7 @@ import numpy as np
 from .figures import epoch_ticks, new_figure, robust_limits, save_figure, ticker
 
 
-def _plain_numbers(axis) -> None:
+def plain_numbers(axis) -> None:
     """Log-axis ticks as plain numbers (20, 0.5), not powers of ten (2x10^1)."""
     def minor(value, _):  # within a decade every tick is labelled, over several only the 2s and 5s
         low, high = sorted(axis.get_view_interval())
@@ -23,11 +23,11 @@ def _plain_numbers(axis) -> None:
 def _log_axes(ax, xlabel: str, ylabel: str, title: str, x_log: bool) -> None:
     if x_log:
         ax.set_xscale("log")
-        _plain_numbers(ax.xaxis)
+        plain_numbers(ax.xaxis)
     else:
         ax.xaxis.set_major_locator(ticker().MaxNLocator(integer=True))
     ax.set_yscale("log")
-    _plain_numbers(ax.yaxis)
+    plain_numbers(ax.yaxis)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

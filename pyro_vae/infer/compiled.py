@@ -66,7 +66,7 @@ AUTO_MIN_STEPS = 1000
 AUTO_INDUCTOR_STEPS = 25_000
 
 
-def _cpp_compiler() -> Optional[str]:
+def cpp_compiler() -> Optional[str]:
     """The C++ compiler Inductor's CPU code needs (``$CXX``, else g++ or clang++), if any."""
     return next(filter(None, (shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "clang++") if c)), None)
 
@@ -100,7 +100,7 @@ def compile_backend(setting, device: torch.device, foreign: Sequence[str] = (), 
     if setting == "auto":
         if device.type != "cpu" or foreign or (steps is not None and steps < AUTO_MIN_STEPS):
             return None
-        return "inductor" if steps is not None and steps >= AUTO_INDUCTOR_STEPS and _cpp_compiler() else "graph"
+        return "inductor" if steps is not None and steps >= AUTO_INDUCTOR_STEPS and cpp_compiler() else "graph"
     return setting
 
 

@@ -14,13 +14,17 @@ means, and on MNIST the GMVAE stays below k-means on the pixels (BENCHMARKS.md).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.mixture import GaussianMixture
 
 from ..model.numerics import softplus_inverse
 from .evaluate import closed_form_mean
+
+if TYPE_CHECKING:
+    from sklearn.mixture import GaussianMixture
 
 BATCH = 256
 LR = 1e-3
@@ -39,7 +43,7 @@ def _code(vae, x: torch.Tensor) -> torch.Tensor:
     return q.rsample() if mean is None else mean
 
 
-def _codes(vae, x, chunk: int = 4096) -> torch.Tensor:
+def autoencoder_codes(vae, x, chunk: int = 4096) -> torch.Tensor:
     """The codes of every row of x, in chunks."""
     with torch.no_grad():
         return torch.cat([_code(vae, x[i : i + chunk]) for i in range(0, len(x), chunk)])
@@ -69,7 +73,9 @@ def vade_initialize(vae, x, epochs: int, seed: int = 0, log=None) -> GaussianMix
                 optimizer.step()
                 total += loss.item() * len(rows)
             say(f"vade pretraining: epoch {epoch + 1}/{epochs}, reconstruction -log p(x|z) {total / n:.2f} nats")
-        codes = _codes(vae, x).cpu().double().numpy()
+        codes = autoencoder_codes(vae, x).cpu().double().numpy()
+        from sklearn.mixture import GaussianMixture  # here, not at the top: only VaDE needs scikit-learn's ~1 s import
+
         mixture = GaussianMixture(classes, covariance_type="diag", random_state=seed, reg_covar=1e-4).fit(codes)
         with torch.no_grad():
             vae.prior.loc.copy_(torch.as_tensor(mixture.means_, dtype=vae.prior.loc.dtype))

@@ -207,7 +207,7 @@ class Trainer:
             while state.epoch < s.epochs and not state.stopped_early:
                 self.run_epoch(progress, requested)
                 row = self._validate()
-                self._end_epoch(row)
+                self.end_epoch(row)
                 if self.on_epoch is not None:
                     self.on_epoch(self)
                 progress.epoch(row, s.epochs, state.stopped_early)
@@ -354,7 +354,7 @@ class Trainer:
             "examples_per_second": self.steps_per_epoch * self.batch_size / seconds if seconds > 0 else math.nan,
         }
 
-    def _end_epoch(self, row: dict) -> None:
+    def end_epoch(self, row: dict) -> None:
         state = self.state
         state.history.append(row)
         state.train_seconds += state.epoch_seconds

@@ -115,7 +115,7 @@ def _latents(vae, moments) -> _Latents:
     order = np.argsort(-covariance.cpu().numpy())
     top = [int(d) for d in order[: min(4, vae.latent_dim)]]
     pair = top[:2] if len(top) >= 2 else [top[0], top[0]]
-    layer_tops = _most_active_by_layer(vae, covariance.cpu().numpy()) if vae.layers > 1 else {}
+    layer_tops = most_active_by_layer(vae, covariance.cpu().numpy()) if vae.layers > 1 else {}
     return _Latents(means, means.std(0), covariance, top, pair, layer_tops)
 
 
@@ -218,7 +218,7 @@ def _walks(folder: Path, vae, latents: _Latents, x, pair: tuple[int, int], look,
                                                          dims, spread_t, look, layer=name)
 
 
-def _most_active_by_layer(vae, covariance: np.ndarray, count: int = 4) -> dict[str, list[int]]:
+def most_active_by_layer(vae, covariance: np.ndarray, count: int = 4) -> dict[str, list[int]]:
     """Each stochastic layer's ``count`` most active coordinates of the latent vector (by the
     variance of the posterior means over examples), by the layer's site name."""
     tops, start = {}, 0

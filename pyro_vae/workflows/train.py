@@ -41,7 +41,7 @@ def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
-def _prepare(spec):
+def prepare_training(spec):
     """Data and VAE for ``spec``, checked against each other, on the spec's device."""
     device = resolve_device(spec.inference.schedule.device)
     distributed.use_device(device, spec.inference.schedule.collective_timeout)
@@ -266,7 +266,7 @@ def train(spec, out=None, *, force: bool = False, progress: Optional[bool] = Non
     weights, with a fresh optimizer. ``before(trainer)`` runs once before the first step,
     ``on_epoch(trainer)`` after each epoch."""
 
-    vae, data = _prepare(spec)
+    vae, data = prepare_training(spec)
     if init is not None:
         load_initial_weights(vae, init)
     elif spec.model.discrete is not None and spec.model.discrete.init == "vade":
@@ -307,7 +307,7 @@ class Checked(NamedTuple):
 def check(spec, init=None) -> Checked:
     """Every check :func:`train` makes before its first step (data, model, their fit, the
     estimator, ``init``'s weights), without training: returns (vae, data)."""
-    vae, data = _prepare(spec)
+    vae, data = prepare_training(spec)
     if init is not None:
         load_initial_weights(vae, init)
     Trainer(vae, data, spec.inference, progress=False)
@@ -392,7 +392,7 @@ def _confirm_tracking(spec, path: Path, given: dict) -> None:
 def _resume(path: Path, spec, progress, log, extended: bool, on_epoch=None, before=None) -> Trainer:
     # no checkpoint: stopped before the first one was written, so it starts again (same seed)
     checkpoint = _resumable_checkpoint(path, spec) if (path / CHECKPOINT).exists() else None
-    vae, data = _prepare(spec)
+    vae, data = prepare_training(spec)
     trainer = Trainer(vae, data, spec.inference, progress=progress, log=log, on_epoch=on_epoch)
     if checkpoint is not None:
         _restore(path, trainer, data, checkpoint)
