@@ -20,6 +20,7 @@ from scipy.special import logsumexp
 
 from pyro_vae.errors import SpecError
 from pyro_vae.infer.evaluate import importance_sample
+from pyro_vae.model.condition import given as conditioned_on
 from pyro_vae.model import build_vae
 from pyro_vae.spec import Spec
 
@@ -473,3 +474,22 @@ def test_train_evaluate_analyze_encode_sample_on_each_structure(table_file, stru
     assert result.returncode == 0, result.stderr
     samples = np.load(run / "samples" / "samples.npz")
     assert (samples["condition"][:, 0] == 1).all() and np.isfinite(samples["mean"]).all()
+
+
+@pytest.mark.parametrize("guide", ["top_down", "bottom_up"])
+def test_a_two_layer_joint_keeps_the_covariates_it_was_built_with(guide):
+    """p(z | c) and q(z | x, c) over stacked layers are walked again on every log_prob and
+    rsample; built with condition=c they score under c wherever they are used (they read
+    no c at all outside a conditioned call, or mixed the top prior's c with another c of the
+    layers below: found by an outside review)."""
+    vae, x, c, exact = two_layer_conditional(guide, n=6)
+    z = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    prior, posterior = vae.latent_prior(condition=c), vae.q(x, condition=c)
+    with conditioned_on(vae, c):
+        expected_prior, expected_posterior = vae.latent_prior().log_prob(z), vae.q(x).log_prob(z)
+    assert torch.allclose(prior.log_prob(z), expected_prior)  # outside any conditioned call
+    assert torch.allclose(posterior.log_prob(z), expected_posterior)
+    with conditioned_on(vae, c.flip(0)):  # under other covariates, still its own
+        assert torch.allclose(prior.log_prob(z), expected_prior)
+        assert torch.allclose(posterior.log_prob(z), expected_posterior)
+        assert not torch.allclose(vae.latent_prior().log_prob(z), expected_prior)  # the premise: c matters

@@ -261,7 +261,8 @@ class VAE(nn.Module):
         encoder reads x alone); with several layers the joint over the concatenated layers."""
         if self.upper:
             batch = u.shape[: u.dim() - len(self.data_shape)]
-            return JointLatent(lambda draw: self.walk_posterior(u, draw), self.layer_dims, batch)
+            # the walk keeps the covariates c of this call: the joint is scored and sampled later
+            return JointLatent(self._keeping_condition(lambda draw: self.walk_posterior(u, draw)), self.layer_dims, batch)
         return self.posterior(self.encoder(self._with_y(u, y)))
 
     def _with_y(self, u: Tensor, y: Optional[Tensor]) -> Tensor:
@@ -297,9 +298,10 @@ class VAE(nn.Module):
             return top
         conditioning = getattr(self, "conditioning", None)  # p(z | c): one distribution per row of c
         per_row = conditioning is not None and conditioning.prior and conditioning.current is not None
-        # the top prior is built once, under the c of now (a VampPrior runs the encoder on its
-        # pseudo-inputs): JointLatent walks the layers on every log_prob and rsample
-        return JointLatent(lambda draw: self.walk_prior(draw, y, top), self.layer_dims,
+        # the top prior is built once (a VampPrior runs the encoder on its pseudo-inputs) and the
+        # walk keeps the covariates c of this call: JointLatent walks the layers on every
+        # log_prob and rsample, later, under whatever c is current then
+        return JointLatent(self._keeping_condition(lambda draw: self.walk_prior(draw, y, top)), self.layer_dims,
                            conditioning.current.shape[:-1] if per_row else ())
 
     @conditioned
