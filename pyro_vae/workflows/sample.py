@@ -69,7 +69,8 @@ def sample_run(path, n: int, seed: int = 0, condition: Sequence[str] = ()) -> Sa
         f"the first {SHOWN} of {n} decoded samples from the prior (seed {seed}; all in samples.npz)"
     if condition:
         title += ", " + ", ".join(condition)
-    png = image_panel(folder / "samples.png", [("E[x|z], z ~ p(z)", shown, [f"sample {i}" for i in range(len(shown))])],
+    subtitle = "E[x|z, c], z ~ p(z|c)" if c is not None else "E[x|z], z ~ p(z)"
+    png = image_panel(folder / "samples.png", [(subtitle, shown, [f"sample {i}" for i in range(len(shown))])],
                       Look.of(run.vae, run.summary.get("data", {}).get("feature_names")), title)
     record_outputs(run.path, [png, npz])
     return Samples(png, npz)
