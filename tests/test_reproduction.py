@@ -146,3 +146,27 @@ def test_bad_arguments_are_refused_in_one_line(data_root, tmp_path, capsys):
 def test_each_row_runs_on_the_real_data_on_a_tiny_budget(row, tmp_path):
     assert reproduce.main(["--row", str(row), "--out", str(tmp_path), "--tiny"]) == 0
     _check_row(row, tmp_path)
+
+
+BY_EPOCH_SPEC = importlib.util.spec_from_file_location("accuracy_by_epoch", ROOT / "benchmarks" / "accuracy_by_epoch.py")
+accuracy_by_epoch = importlib.util.module_from_spec(BY_EPOCH_SPEC)
+BY_EPOCH_SPEC.loader.exec_module(accuracy_by_epoch)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("row", [5, 6])
+def test_accuracy_by_epoch_reads_q_y_as_evaluate_does(row, data_root, tmp_path):
+    """One line before training and one per epoch; the last equals what `pyro-vae evaluate`
+    reports for the run's saved (last) weights on the same test images."""
+    from pyro_vae.cli import main
+
+    out = tmp_path / f"row{row}"
+    lines = accuracy_by_epoch.main(["--row", str(row), "--epochs", "2", "--pretrain-epochs", "1", "--tiny",
+                                    "--data-root", str(data_root), "--out", str(out)])
+    assert [line["epoch"] for line in lines] == [0, 1, 2]
+    written = [json.loads(text) for text in (out / "accuracy_by_epoch.jsonl").read_text().splitlines()]
+    assert written == lines
+    assert main(["evaluate", str(out / "run"), "--split", "test", "--samples", "2", "--seed", "0"]) == 0
+    evaluated = json.loads((out / "run" / "evaluation" / "test.json").read_text())
+    for key in ("accuracy", "cluster_accuracy", "nmi"):
+        assert lines[-1][key] == pytest.approx(evaluated[key], abs=1e-9), key

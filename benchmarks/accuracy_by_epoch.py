@@ -1,0 +1,75 @@
+"""q(y|x) on the test images after every epoch, for the reproduction table's rows with a
+categorical y (REPRODUCTION.md rows 5 and 6): M2's accuracy (argmax q(y|x) read as the label)
+or the GMVAE's clustering accuracy (the best one-to-one matching of clusters to labels), both
+with NMI, on the official 10,000 MNIST test images; for row 6 also right after VaDE's start,
+before the first epoch. Trains the row's spec exactly as ``benchmarks/reproduce.py`` does
+(the same ``--set`` list), through ``pyro_vae.workflows.train.train``, writing the run to
+``--out`` (resumable with ``pyro-vae train --resume``) and one JSON line per measurement to
+``--out``/accuracy_by_epoch.jsonl:
+
+    python benchmarks/accuracy_by_epoch.py --row 5 --epochs 5 --out runs/m2_by_epoch
+    python benchmarks/accuracy_by_epoch.py --row 6 --epochs 10 --pretrain-epochs 50 --seed 1 --out runs/vade_s1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reproduce import M2, VADE, prepare_data  # noqa: E402
+
+from pyro_vae.infer.metrics import classification_summary  # noqa: E402
+from pyro_vae.spec import load_spec  # noqa: E402
+from pyro_vae.workflows.train import train  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def main(argv=None) -> list:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--row", type=int, choices=(5, 6), required=True)
+    parser.add_argument("--epochs", type=int, required=True)
+    parser.add_argument("--pretrain-epochs", type=int, default=10, help="row 6: VaDE's autoencoder epochs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--data-root", default=str(DATA), help="the shared data folder (default: ../shared/data)")
+    parser.add_argument("--tiny", action="store_true", help="300 training images: checks the script end to end")
+    args = parser.parse_args(argv)
+    out, root = Path(args.out), Path(args.data_root)
+    if args.row == 5:
+        model, sets, data = "m2_semisupervised", list(M2), prepare_data("mnist_semi", root, out / "data", args.tiny)
+    else:
+        model, sets = "gmvae", [*VADE, f"model.discrete.pretrain_epochs={args.pretrain_epochs}"]
+        data = prepare_data("mnist_all", root, out / "data", args.tiny)
+    spec = load_spec(model=model, inference="trace_enum", data=str(data),
+                     overrides=[*sets, *args.set, f"inference.schedule.epochs={args.epochs}",
+                                f"inference.schedule.seed={args.seed}"])
+    started, lines = time.perf_counter(), out / "accuracy_by_epoch.jsonl"
+    measured = []
+
+    def measure(trainer) -> None:
+        x, labels = trainer.data.scored("test", 0), trainer.data.labels["test"]
+        with torch.no_grad():
+            probs = torch.cat([trainer.vae.q_y_logits(x[i : i + 2000]).softmax(-1) for i in range(0, len(x), 2000)])
+        summary = classification_summary(probs, labels)
+        line = {"row": args.row, "seed": args.seed, "epoch": len(measured), "accuracy": summary["accuracy"],
+                "cluster_accuracy": summary["cluster_accuracy"], "nmi": summary["nmi"],
+                "seconds": round(time.perf_counter() - started, 1)}
+        measured.append(line)
+        with lines.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+        print(json.dumps(line), flush=True)
+
+    train(spec, out / "run", force=True, progress=False, before=measure, on_epoch=measure)
+    return measured
+
+
+if __name__ == "__main__":
+    main()
