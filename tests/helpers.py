@@ -48,3 +48,20 @@ QUICK = ["--set", "inference.schedule.epochs=2", "--quiet"]
 def write_npz(path, **arrays):
     np.savez(path, **arrays)
     return path
+
+
+def small_gaussian_vae(latent_dim=8, features=6, **model):
+    """A small VAE on real-valued features (Gaussian likelihood, MLPs of 16 units), seeded;
+    ``model`` overrides its spec's [model] keys."""
+    from pyro_vae.model import build_vae
+    from pyro_vae.spec import Spec
+
+    spec = Spec.from_dict({"model": {
+        "latent_dim": latent_dim,
+        "likelihood": {"kind": "gaussian"},
+        "encoder": {"kind": "mlp", "hidden": [16]},
+        "decoder": {"kind": "mlp", "hidden": [16]},
+        **model,
+    }}).model
+    torch.manual_seed(0)
+    return build_vae(spec, (features,))
