@@ -1,5 +1,5 @@
 """What the tests share besides fixtures: the shared data's paths and skip marks, the
-real CLI in a subprocess, the one-line-error assertion, and small writers."""
+real CLI in a subprocess, the one-line-error assertion, small writers, and a small VAE."""
 
 import os
 import subprocess
@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from pyro_vae.model import build_vae
+from pyro_vae.spec import Spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -53,9 +56,6 @@ def write_npz(path, **arrays):
 def small_gaussian_vae(latent_dim=8, features=6, **model):
     """A small VAE on real-valued features (Gaussian likelihood, MLPs of 16 units), seeded;
     ``model`` overrides its spec's [model] keys."""
-    from pyro_vae.model import build_vae
-    from pyro_vae.spec import Spec
-
     spec = Spec.from_dict({"model": {
         "latent_dim": latent_dim,
         "likelihood": {"kind": "gaussian"},
