@@ -1,5 +1,5 @@
 """What the tests share besides fixtures: the shared data's paths and skip marks, the
-real CLI in a subprocess, the one-line-error assertion, and small writers."""
+real CLI in a subprocess, the one-line-error assertion, small writers, and a small VAE."""
 
 import os
 import subprocess
@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from pyro_vae.model import build_vae
+from pyro_vae.spec import Spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -48,3 +51,17 @@ QUICK = ["--set", "inference.schedule.epochs=2", "--quiet"]
 def write_npz(path, **arrays):
     np.savez(path, **arrays)
     return path
+
+
+def small_gaussian_vae(latent_dim=8, features=6, **model):
+    """A small VAE on real-valued features (Gaussian likelihood, MLPs of 16 units), seeded;
+    ``model`` overrides its spec's [model] keys."""
+    spec = Spec.from_dict({"model": {
+        "latent_dim": latent_dim,
+        "likelihood": {"kind": "gaussian"},
+        "encoder": {"kind": "mlp", "hidden": [16]},
+        "decoder": {"kind": "mlp", "hidden": [16]},
+        **model,
+    }}).model
+    torch.manual_seed(0)
+    return build_vae(spec, (features,))

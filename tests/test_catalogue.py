@@ -1,4 +1,6 @@
-"""The catalogue: every likelihood, prior and posterior against an independent computation."""
+"""The catalogue: every likelihood, prior and posterior against an independent computation;
+the VampPrior's pseudo-inputs stay in the encoder inputs' domain and score deterministically
+under encoder dropout."""
 
 import math
 
@@ -10,6 +12,7 @@ import torch
 from pyro.distributions import transforms as T
 from scipy import special, stats
 
+from helpers import small_gaussian_vae as small
 from pyro_vae.model import build_vae
 from pyro_vae.model.likelihoods import LIKELIHOODS
 from pyro_vae.model.posteriors import POSTERIORS
@@ -378,6 +381,32 @@ def test_vamp_pseudo_inputs_are_trained():
     names = {n for n, _ in vae.named_parameters()}
     assert "prior.pseudo_inputs" in names
     assert not any(n.startswith("prior.encoder") for n in names)  # the encoder is not registered twice
+
+
+@pytest.mark.parametrize("likelihood, bounds", [("bernoulli", (0.0, 1.0)), ("poisson", (0.0, None)), ("gaussian", (None, None))])
+def test_vamp_pseudo_inputs_stay_in_the_encoder_inputs_domain(likelihood, bounds):
+    vae = small(likelihood={"kind": likelihood}, prior={"kind": "vamp", "components": 6})
+    with torch.no_grad():
+        vae.prior.pseudo_inputs.copy_(torch.linspace(-3, 5, 36).reshape(6, 6))
+    u = vae.prior.inputs()
+    lower, upper = bounds
+    assert (lower is None or u.min() >= lower) and (upper is None or u.max() <= upper)
+    assert (lower is not None or u.min() < -2) and (upper is not None or u.max() > 4)
+    free = small(likelihood={"kind": likelihood}, prior={"kind": "vamp", "components": 6, "pseudo_inputs": "free"})
+    with torch.no_grad():
+        free.prior.pseudo_inputs.copy_(torch.linspace(-3, 5, 36).reshape(6, 6))
+    assert torch.equal(free.prior.inputs(), free.prior.pseudo_inputs)
+
+
+def test_vamp_prior_is_deterministic_under_encoder_dropout():
+    vae = small(prior={"kind": "vamp", "components": 6}, encoder={"kind": "mlp", "hidden": [16], "dropout": 0.5})
+    z = torch.randn(4, 8)
+    vae.train()
+    first, second = vae.prior().log_prob(z), vae.prior().log_prob(z)
+    assert torch.equal(first, second)
+    assert vae.encoder.training  # the encoder's own mode is left as it was
+    vae.eval()
+    assert torch.allclose(vae.prior().log_prob(z), first)
 
 
 # --- posteriors ---------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 The traced graph draws the eager step's random numbers in the eager order, so for the
 same seed a compiled run must end with the eager run's parameters exactly, across the
 catalogue (every prior, likelihood and posterior, in the covering set of
-test_combinations.py), every estimator that compiles, and under a KL warm-up (beta
+test_every_combination_trains.py), every estimator that compiles, and under a KL warm-up (beta
 changes every step). What cannot compile falls back to eager with one line.
 """
 
@@ -20,7 +20,7 @@ from pyro_vae.infer.train import Trainer
 from pyro_vae.model import build_vae
 from pyro_vae.model.likelihoods import LIKELIHOODS as LIKELIHOOD_CLASSES
 from pyro_vae.spec import Spec
-from test_combinations import COVERING, LIKELIHOODS, POSTERIORS, PRIORS, write_data_files
+from test_every_combination_trains import COVERING, LIKELIHOODS, POSTERIORS, PRIORS, write_data_files
 
 
 @pytest.fixture(scope="module")

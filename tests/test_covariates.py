@@ -1,4 +1,4 @@
-"""Covariates (issue 27): reading and coding them, the conditional model, counterfactual decoding."""
+"""Covariates: reading and coding them, the conditional model, counterfactual decoding."""
 
 import json
 import math

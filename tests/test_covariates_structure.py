@@ -1,4 +1,4 @@
-"""Covariates in every latent structure (issue 27): stacked layers and a categorical y.
+"""Covariates in every latent structure: stacked layers and a categorical y.
 
 Closed forms: a two-layer linear-Gaussian model whose every level reads c has a Gaussian
 log p(x | c); a mixture of linear Gaussians (GMVAE and M2 shapes) with a covariate shift has

@@ -1,4 +1,6 @@
-"""Data sources, preparation, and refusal of data outside the likelihood's support."""
+"""Data sources, preparation, and refusal of data outside the likelihood's support; one
+normalization rule (integer levels of any dtype, binary bytes in every format, by the
+likelihood unless data.normalize says), and dynamic binarization when a split is scored."""
 
 import gzip
 import struct
@@ -8,7 +10,7 @@ import pytest
 import torch
 
 from helpers import MNIST, MNIST_IDX, needs_idx, needs_mnist, write_npz
-from pyro_vae.data import check_support, load_data, prepare, read_source
+from pyro_vae.data import Dataset, check_support, load_data, prepare, read_source
 from pyro_vae.errors import DataError
 from pyro_vae.model.likelihoods import LIKELIHOODS
 from pyro_vae.spec import DataSpec
@@ -129,6 +131,7 @@ def _write_idx(path, array, magic_type=0x08):
     header = bytes([0, 0, magic_type, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     with gzip.open(path, "wb") as f:
         f.write(header + array.astype(np.uint8).tobytes())
+    return path
 
 
 def test_idx_files(tmp_path):
@@ -221,3 +224,60 @@ def test_a_test_split_carved_from_a_file_with_its_own_validation_split_is_said(t
     assert data["train"] == 200 and "test" not in data and "drawn_from_train" not in data
     digits = prepare(read_source("digits", None), spec(), seed=0)
     assert digits.drawn == {"test": 180, "valid": 180}
+
+
+def test_binary_bytes_stay_binary_in_every_format(tmp_path):
+    """Regression: IDX bytes holding only 0 and 1 were divided by 255 ({0, 0.0039}) and passed
+    the Bernoulli check; the same bytes in an .npz stayed {0, 1}."""
+    binary = (np.random.default_rng(0).random((40, 3, 3)) > 0.5).astype(np.uint8)
+    idx = _write_idx(tmp_path / "b-images-idx3-ubyte.gz", binary)
+    npz = write_npz(tmp_path / "b.npz", train=binary)
+    for path in (idx, npz):
+        data = load_data(DataSpec(path=str(path)), seed=0)
+        values = torch.cat([data.split("train").flatten(), data.split("valid").flatten()]).unique()
+        assert values.tolist() == [0.0, 1.0], path
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int32, np.int64])
+def test_integer_levels_of_any_dtype_are_normalized_alike(tmp_path, dtype):
+    """Regression: int64 levels 0..255 were never normalized; uint8 ones were."""
+    levels = np.random.default_rng(1).integers(0, 256, (30, 4))
+    reference = load_data(DataSpec(path=str(write_npz(tmp_path / "u8.npz", train=levels.astype(np.uint8)))), seed=0)
+    other = load_data(DataSpec(path=str(write_npz(tmp_path / "other.npz", train=levels.astype(dtype)))), seed=0)
+    assert torch.equal(reference.split("train"), other.split("train"))
+    assert reference.split("train").max() <= 1 and reference.split("train").max() > 0.9
+
+
+def test_auto_normalization_follows_the_likelihood(tmp_path):
+    from pyro_vae.model.likelihoods import LIKELIHOODS
+
+    levels = np.random.default_rng(2).integers(0, 256, (30, 4)).astype(np.int64)
+    path = str(write_npz(tmp_path / "levels.npz", train=levels))
+    for kind, divided in (("bernoulli", True), ("gaussian", True), ("categorical", False), ("poisson", False)):
+        data = load_data(DataSpec(path=path, standardize=False), seed=0, likelihood=LIKELIHOODS.resolve(kind))
+        assert (data.split("train").max() <= 1) == divided, kind
+    forced = load_data(DataSpec(path=path, normalize=True), seed=0, likelihood=LIKELIHOODS.resolve("poisson"))
+    assert forced.split("train").max() <= 1
+    kept = load_data(DataSpec(path=path, normalize=False), seed=0, likelihood=LIKELIHOODS.resolve("bernoulli"))
+    assert kept.split("train").max() > 1
+    counts = np.random.default_rng(3).poisson(500, (30, 4))  # past 255: counts, never divided
+    assert read_source(None, str(write_npz(tmp_path / "c.npz", train=counts))).max_level is None
+
+
+@pytest.mark.integration
+def test_scoring_a_dynamically_binarized_train_split_draws_binary_data(tmp_path):
+    """Regression: evaluate/analyze --split train scored the grayscale intensities."""
+    from pyro_vae.cli import main
+    from pyro_vae.workflows.evaluate import heldout
+    from pyro_vae.runs import load_run
+
+    out = tmp_path / "dynamic"
+    assert main(["train", "--model", "bernoulli_mlp", "--out", str(out), "--set", "data.binarize=dynamic", "--set", "inference.schedule.epochs=1",
+                 "--quiet"]) == 0
+    run = load_run(out, "cpu")
+    x = heldout(run, split="train").x
+    assert x.unique().tolist() == [0.0, 1.0]
+    again = heldout(run, split="train").x
+    assert torch.equal(x, again)  # seeded: every command scores the same draw
+    data = Dataset({"train": torch.full((200, 3), 0.3)}, {}, (3,), "t", dynamic=True)
+    assert abs(data.scored("train", 0).mean().item() - 0.3) < 0.06

@@ -1,4 +1,4 @@
-"""A fuzzer of hostile data files of every format (issue 30): valid small files of each
+"""A fuzzer of hostile data files of every format: valid small files of each
 format (.npy, .npz, .csv/.tsv, IDX raw and .gz, .h5ad dense, CSR and CSC), mutated at
 random (seeded): bytes flipped, files truncated, headers rewritten (shapes huge, negative
 or empty; dtypes big-endian, float128, timedelta64, object, complex, text), zip sizes that

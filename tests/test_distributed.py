@@ -133,6 +133,7 @@ def test_only_rank_zero_writes_and_speaks(runs):
     assert runs["two_stdout"].count("run: ") == 1  # one rank reports
 
 
+@pytest.mark.integration
 def test_two_processes_train_like_one(runs):
     """Different latent draws, so not identical: the same trajectory within noise."""
     one, two = metrics(runs["one"]), metrics(runs["two"])

@@ -1,5 +1,6 @@
 """Estimators on a model with exact log p(x): bounds, unbiasedness under mini-batching,
-gradient estimators, and the bias of Pyro's RenyiELBO that ours removes."""
+gradient estimators, and the bias of Pyro's RenyiELBO that ours removes; a mixture prior
+trains under Pyro's traced (JIT) ELBO."""
 
 import math
 
@@ -135,12 +136,18 @@ def _z_scores(a, b):
 
 def test_dreg_matches_iwae_in_expectation_with_lower_encoder_variance():
     vae, x, _ = lg.make(N=6)
-    dreg_enc, dreg_dec = gradient_samples(vae, build({"kind": "iwae_dreg", "k": 8}), x, 3000)
+    # DReG's encoder gradients vary 0.45% as much as IWAE's (measured: var sums 0.0045 apart), so
+    # the z-scores' standard error sqrt(var_dreg / n_dreg + var_iwae / n_iwae) is IWAE's term:
+    # 1000 DReG draws beside 3000 IWAE ones make it 0.7% wider than 3000 of each (the bias the
+    # test can see: the same within 1%), for a third less time. The false failures are as before:
+    # at most 20 parameters x P(|z| > 4.5) = 1.4e-4 for the z-scores whatever the draws, and the
+    # variance ratio (0.0045 against 0.5) has a bootstrap sd of 1e-4 at 1000 draws.
+    dreg_enc, dreg_dec = gradient_samples(vae, build({"kind": "iwae_dreg", "k": 8}), x, 1000)
     iwae_enc, iwae_dec = gradient_samples(vae, build({"kind": "iwae", "k": 8}), x, 3000)
     assert _z_scores(dreg_enc, iwae_enc).max() < 4.5
     assert dreg_enc.var(0).sum() < 0.5 * iwae_enc.var(0).sum()
-    # the decoder's estimator is IWAE's: with the same draws, the same gradients
-    assert torch.allclose(dreg_dec, iwae_dec, rtol=1e-8, atol=1e-10)
+    # the decoder's estimator is IWAE's: with the same draws (the first 1000, same seed), the same gradients
+    assert torch.allclose(dreg_dec, iwae_dec[:len(dreg_dec)], rtol=1e-8, atol=1e-10)
 
 
 def test_stl_matches_trace_elbo_in_expectation_with_lower_variance():
@@ -180,3 +187,18 @@ def test_tail_adaptive_refuses_minibatches_and_reports_an_elbo():
         Trainer(vae, data, spec.inference)
     value = build({"kind": "tail_adaptive", "num_particles": 4}).loss_and_grads(vae.model, vae.guide, x)
     assert math.isfinite(value) and value > 0
+
+
+@pytest.mark.integration
+def test_the_mixture_prior_trains_under_the_traced_elbo(tmp_path):
+    """The hostile-spec fuzzer's case (issue 30): a mixture prior with inference.estimator.jit
+    = true stopped with a TorchScript traceback in the first backward pass (log_softmax's
+    backward given the float64 gradient of the prior's float64 sum)."""
+    from pyro_vae.cli import main
+
+    code = main(["train", "--out", str(tmp_path / "run"), "--quiet", "--set", "model.prior.kind=mixture",
+                 "--set", "model.prior.components=3", "--set", "model.latent_dim=2", "--set", "inference.estimator.jit=true",
+                 "--set", "inference.schedule.epochs=1", "--set", "model.encoder.hidden=[16]",
+                 "--set", "model.decoder.hidden=[16]"])
+    assert code == 0
+    assert np.isfinite(float((tmp_path / "run" / "metrics.csv").read_text().splitlines()[-1].split(",")[2]))

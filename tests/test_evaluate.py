@@ -1,4 +1,6 @@
-"""`pyro-vae evaluate` and `pyro-vae compare` through the CLI, checked against the files they write."""
+"""Evaluation: active units counted apart from the Monte Carlo noise of estimated posterior
+means (unknown from one draw), the same count in evaluate and analyze, and `pyro-vae
+evaluate` and `pyro-vae compare` through the CLI, checked against the files they write."""
 
 import csv
 import json
@@ -6,9 +8,13 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from helpers import assert_one_line_error, run_cli, write_npz
+from helpers import small_gaussian_vae as small
 from pyro_vae.cli import main
+from pyro_vae.infer.evaluate import importance_sample
+from pyro_vae.infer.metrics import active_units, summarize
 from pyro_vae.workflows.cells import estimator_axis
 from pyro_vae.workflows.compare import columns, parse_estimators
 
@@ -133,3 +139,64 @@ def test_compare_bad_estimators(tmp_path, capsys, estimators, fragment):
     code = main(["compare", "--estimators", estimators, "--out", str(tmp_path / "c")])
     assert_one_line_error(code, capsys.readouterr().err, fragment)
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("draws", [50, 100, 200])
+def test_no_active_units_when_q_ignores_x_whatever_the_number_of_draws(draws):
+    """Regression: q(z|x) = N(0, I) (no closed-form mean) reported 8/8 active units at 50
+    draws, 3/8 at 100: the Monte Carlo variance of the estimated means (1/S) was counted
+    as variance across examples. Both evaluate and analyze now remove it."""
+    from pyro_vae.analysis.inference_data import posterior_draws
+
+    vae = small(posterior={"kind": "user_components:StandardNormalPosterior"})
+    vae.eval()
+    x = torch.randn(1000, 6)
+    torch.manual_seed(1)
+    result = importance_sample(vae, x, draws)
+    summary = summarize(result, draws)
+    raw = int((result.posterior_mean.var(0) > 0.01).sum())  # what was reported before
+    assert summary["active_units"] == 0, summary["posterior_mean_variance"]
+    assert np.allclose(summary["posterior_mean_mc_variance"], 1 / draws, rtol=0.1)
+    if draws == 50:
+        assert raw == 8  # the defect this removes
+    torch.manual_seed(1)
+    moments = posterior_draws(vae, x, draws, keep_draws=10).moments
+    assert active_units(moments.mean, moments.mc_variance) == 0
+
+
+def test_exact_means_are_used_where_q_has_them():
+    vae = small()
+    vae.eval()
+    x = torch.randn(50, 6)
+    result = importance_sample(vae, x, 3)
+    assert torch.allclose(result.posterior_mean, vae.q(x).mean, atol=1e-6)
+    assert result.posterior_mean_mc_variance.abs().max() == 0
+
+
+@pytest.mark.integration
+def test_evaluate_and_analyze_report_the_same_active_units(digits_run):
+    """Regression: evaluate reported 5/16 and analyze 7/16 for the same run."""
+    from pyro_vae.workflows.analyze import analyze_run
+    from pyro_vae.workflows.evaluate import evaluate_run
+
+    evaluation = evaluate_run(digits_run, num_samples=100, limit=150, device="cpu").summary
+    analysis = analyze_run(digits_run, num_samples=100, limit=150, draws=20, device="cpu").diagnostics
+    assert evaluation["active_units"] == analysis["active_units"]
+    assert np.allclose(evaluation["posterior_mean_variance"], analysis["posterior_mean_variance"], atol=1e-5)
+
+
+def test_active_units_without_enough_draws_are_reported_as_unknown(tmp_path):
+    """One draw from a posterior without a closed-form mean cannot separate Monte Carlo
+    noise from spread across examples: no count, and the JSON stays standard."""
+    import json
+
+    from pyro_vae.analysis.text import describe_active_units
+
+    vae = small(posterior={"kind": "user_components:StandardNormalPosterior"})
+    vae.eval()
+    summary = summarize(importance_sample(vae, torch.randn(20, 6), 1), 1)
+    assert summary["active_units"] is None and summary["latent_dim"] == 8
+    assert "needs at least 2 draws" in describe_active_units(summary)
+    json.loads(json.dumps(summary), parse_constant=lambda c: pytest.fail(f"non-standard JSON {c}"))
+    exact = summarize(importance_sample(small(), torch.randn(20, 6), 1), 1)
+    assert describe_active_units(exact).endswith("of 8")

@@ -1,4 +1,4 @@
-"""The figures a new user looks at first (issue 29): one colour scale for the data's figures,
+"""The figures a new user looks at first: one colour scale for the data's figures,
 the interpolation's endpoints and colour bar, posterior marginals whose numbers do not sit
 on the curves, and a Gaussian q(z|x)'s exact contours in the pair plot."""
 

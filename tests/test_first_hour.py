@@ -1,5 +1,5 @@
-"""The first hour (issue 12): spec composition, train --check, provenance, run locks,
-extending and warm-starting runs, custom components from the working directory,
+"""What a new user meets in the first hour: spec composition, train --check, provenance,
+run locks, extending and warm-starting runs, custom components from the working directory,
 value-aware error hints, honest comparison figures and numbers, and the demo's quality."""
 
 import json

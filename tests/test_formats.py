@@ -1,4 +1,4 @@
-"""The data users bring (issue 11): .npy, CSV, AnnData; streaming from disk against
+"""The data users bring: .npy, CSV, AnnData; streaming from disk against
 holding in memory; standardization; log1p encoder input and library sizes; Run.prepare,
 encode, and the one-line refusals of bad input."""
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from test_layers_identity_configs import CONFIGS, train_config
+from one_layer_configs import CONFIGS, train_config
 
 REFERENCE = json.loads((Path(__file__).parent / "data" / "one_layer_reference.json").read_text())
 
@@ -216,7 +216,7 @@ from pyro_vae.infer.train import Trainer  # noqa: E402
 from pyro_vae.model import build_vae  # noqa: E402
 from pyro_vae.model.likelihoods import LIKELIHOODS  # noqa: E402
 from pyro_vae.spec import Spec  # noqa: E402
-from test_layers_identity_configs import SMALL, write_data  # noqa: E402
+from one_layer_configs import SMALL, write_data  # noqa: E402
 
 TWO_LAYERS = {"latent_dim": 3, "encoder": SMALL, "decoder": SMALL,
               "upper_layers": [{"latent_dim": 2, "encoder": SMALL, "prior_network": SMALL}]}

@@ -540,7 +540,7 @@ def estimator_table(kind: str, k: int) -> dict:
 
 LOSS_KINDS = ["iwae", "iwae_dreg", "renyi", "stl", "tail_adaptive", "trace_elbo", "trace_enum", "trace_graph",
               "trace_mean_field"]
-DISCRETE_ONLY = {"relaxed"}  # relaxes a discrete y, which this model lacks: tests/test_discrete.py checks it
+DISCRETE_ONLY = {"relaxed"}  # relaxes a discrete y, which this model lacks: tests/test_categorical.py checks it
 
 
 def recording_guide(vae, store: list):

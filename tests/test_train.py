@@ -1,4 +1,5 @@
-"""Training end to end: the CLI, the run directory, determinism, load_run, errors."""
+"""Training end to end: the CLI, the run directory, determinism, load_run, errors, and
+early stopping's patience counted from the end of the KL warm-up."""
 
 import csv
 import json
@@ -9,15 +10,17 @@ import pytest
 import torch
 
 from helpers import QUICK, assert_one_line_error, run_cli, write_npz
+from helpers import small_gaussian_vae as small
 from pyro_vae import load_run
 from pyro_vae.cli import main
+from pyro_vae.data import Dataset
 from pyro_vae.devices import resolve_device
 from pyro_vae.infer.estimators import ESTIMATORS
 from pyro_vae.infer.loop import CheckpointClock, Progress, StopVote
 from pyro_vae.infer.schedules import kl_weight, temperature
 from pyro_vae.spec import load_spec
 from pyro_vae.runs import METRIC_COLUMNS
-from pyro_vae.spec import Schedule
+from pyro_vae.spec import Schedule, Spec
 
 
 def read_metrics(run):
@@ -264,3 +267,20 @@ def test_example_script_trains_with_plain_svi():
     result = subprocess.run([sys.executable, str(script), "--epochs", "2"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "validation log p(x)" in result.stdout and "learned prior scales" in result.stdout
+
+
+def test_patience_counts_from_the_end_of_the_warmup():
+    from pyro_vae.infer.train import Trainer
+
+    vae = small(latent_dim=2)
+    x = torch.randn(20, 6)
+    data = Dataset({"train": x, "valid": x[:5]}, {}, (6,), "t")
+    spec = Spec.from_dict({"inference": {"schedule": {"epochs": 10, "batch_size": 10, "patience": 1,
+                                                       "kl_warmup_epochs": 3}}})
+    trainer = Trainer(vae, data, spec.inference, progress=False)
+    for epoch, value in enumerate([-10.0, -11.0, -12.0, -13.0, -14.0], start=1):
+        trainer.end_epoch({"epoch": epoch, "val_elbo": value})
+        assert trainer.state.stopped_early == (epoch == 4), epoch  # epochs 2-3 worse, but in the warm-up
+        if trainer.state.stopped_early:
+            break
+    assert trainer.state.best_epoch == 1

@@ -1,4 +1,4 @@
-"""A run directory or a spec from someone else (issue 30): nothing in it runs code, writes
+"""A run directory or a spec from someone else: nothing in it runs code, writes
 outside the run or calls out unless the user says so; --force deletes only what pyro-vae
 wrote; memory is refused before it is spent; every bad case is one line and exit 2."""
 

@@ -1,4 +1,4 @@
-"""Data files from someone else (issue 30, sections 1 and 5): what a file declares is
+"""Data files from someone else: what a file declares is
 checked before anything is allocated or converted; a bad file is one line and exit 2,
 never a crash, a hang or an allocation it dictates; valid data in an unusual encoding
 (big-endian, float128) are read as they are. The fuzzer of every format is in

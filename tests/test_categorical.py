@@ -147,9 +147,13 @@ def test_baselines_and_enumeration_reduce_the_variance_of_q_y_gradients():
     vae = small_vae("mixture", num_data=40)
     x = data(8)
     variance = {}
+    # The variances are far apart (measured over 300 draws: 2887, 160 and 16.4, ratios 0.055 and
+    # 0.10): over the 100 draws after the warm-up, the bootstrap puts each log-ratio 11 sd
+    # (enum/graph) and 17 sd (graph/elbo) from 0, a false failure below 1e-29 (at 300 draws: 20
+    # and 30 sd), and the test takes half the time.
     for spec in ({"kind": "trace_elbo"}, {"kind": "trace_graph"}, {"kind": "trace_enum"}):
         pyro.clear_param_store()
-        g = gradient_draws(vae, ESTIMATORS.build(spec), x, spec["kind"], 400)
+        g = gradient_draws(vae, ESTIMATORS.build(spec), x, spec["kind"], 200)
         variance[spec["kind"]] = g[100:].var(0).sum().item()  # after the average baseline has settled
     assert variance["trace_enum"] < variance["trace_graph"] < variance["trace_elbo"], variance
 

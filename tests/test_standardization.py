@@ -1,4 +1,4 @@
-"""log p(x) and the ELBO in the data's own units (issue 29): a standardized run reports the
+"""log p(x) and the ELBO in the data's own units: a standardized run reports the
 density of the data as given (the standardization's log-Jacobian -sum_j log sd_j added),
 so runs with and without standardization are comparable; ``standardize = "auto"``
 standardizes for likelihoods of real values only."""
