@@ -324,7 +324,7 @@ def load_initial_weights(vae, run) -> None:
     checkpoint = load_checkpoint(path / CHECKPOINT)
     check_finite(path, checkpoint, "start from another run, or train without {init}", "{init} ")
     try:
-        load_weights(vae, checkpoint["weights"])
+        load_weights(vae, checkpoint)
     except RuntimeError as exc:
         raise RunError(f"{{init}} {path}: its weights do not fit this spec's model ({exc}); "
                        "{init} needs the same model table (latent size, networks, slots)") from None
@@ -418,6 +418,7 @@ def _resumable_checkpoint(path: Path, spec) -> dict:
         state = checkpoint["training"]["state"]
         state["stopped_early"], state["epoch"] = bool(state["stopped_early"]), int(state["epoch"])
         checkpoint["data_shape"], checkpoint["num_data"] = list(checkpoint["data_shape"]), int(checkpoint["num_data"])
+        checkpoint["training"]["world_size"] = int(checkpoint["training"]["world_size"])
     except (KeyError, TypeError, ValueError) as exc:
         raise RunError(f"{path / CHECKPOINT}: its training state is incomplete ({type(exc).__name__}: "
                        f"{str(exc)[:80]}); the file was altered: restore it or start a new run") from None
@@ -446,7 +447,7 @@ def _restore(path: Path, trainer: Trainer, data, checkpoint: dict) -> None:
     if checkpoint.get("data_sha256", data.sha256) != data.sha256:
         raise RunError(f"{{resume}} {path}: {data.source} changed since the run started (its SHA-256 differs); "
                        "restore the file, or start a new run")
-    saved = checkpoint["training"].get("world_size", 1)
+    saved = checkpoint["training"]["world_size"]
     if saved != trainer.group.world_size:
         raise RunError(
             f"{{resume}} {path}: the run was trained by {saved} process(es), this is {trainer.group.world_size}; "
