@@ -212,7 +212,7 @@ class RunLock:
             os.close(self._fd)
             raise RunError(
                 f"{folder}: being written by {holder or 'another process'}; wait for it to finish or stop it "
-                "({force} does not override this), or choose another {out}"
+                "($force does not override this), or choose another $out"
             ) from None
         stale = self._holder()
         if stale and log is not None:
@@ -249,20 +249,20 @@ def claim_output_dir(path: Path, *, force: bool, log: Callable[[str], None] | No
     until released."""
     path = Path(path)
     if path.is_symlink() and not path.exists():
-        raise RunError(f"{{out}} {path}: a symbolic link to {os.readlink(path)}, which does not exist; choose another path")
+        raise RunError(f"$out {path}: a symbolic link to {os.readlink(path)}, which does not exist; choose another path")
     if path.exists() and not path.is_dir():
-        raise RunError(f"{{out}} {path}: exists and is not a folder; choose another path")
+        raise RunError(f"$out {path}: exists and is not a folder; choose another path")
     created = not (path / LOCK).exists()
     try:
         lock = RunLock(path, log)  # first: a live writer is refused even with --force
     except OSError as exc:
-        raise RunError(f"{{out}} {path}: cannot be written ({exc.strerror or exc}); choose a writable folder") from None
+        raise RunError(f"$out {path}: cannot be written ({exc.strerror or exc}); choose a writable folder") from None
     try:
         if any(p.name != LOCK for p in path.iterdir()):
             if not force:
-                resume = f", or {{resume}} {path} to continue that run" if resumable else ""
-                raise RunError(f"{{out}} {path}: already holds files; pass {{force}} to replace them{resume}, "
-                               "or choose another {out}")
+                resume = f", or $resume {path} to continue that run" if resumable else ""
+                raise RunError(f"$out {path}: already holds files; pass $force to replace them{resume}, "
+                               "or choose another $out")
             kept = _clear(path, kind)
             if kept and log is not None:
                 shown = ", ".join(kept[:5]) + (f" and {len(kept) - 5} more" if len(kept) > 5 else "")
@@ -273,7 +273,7 @@ def claim_output_dir(path: Path, *, force: bool, log: Callable[[str], None] | No
         if created:  # refused: leave the folder as it was found
             (path / LOCK).unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            raise RunError(f"{{out}} {path}: cannot be written ({exc.strerror or exc}); choose a writable folder") from None
+            raise RunError(f"$out {path}: cannot be written ({exc.strerror or exc}); choose a writable folder") from None
         raise
     return lock
 
@@ -292,14 +292,14 @@ def _clear(path: Path, kind: str) -> list[str]:
     manifest = read_manifest(path)
     if manifest is None or manifest["pyro_vae"] != kind:
         what = "not a pyro-vae " + kind if manifest is None else f"a pyro-vae {manifest['pyro_vae']}, not a {kind}"
-        raise RunError(f"{{out}} {path}: {{force}} replaces only a {kind} pyro-vae wrote (marked by its {MANIFEST}), and "
-                       f"this folder is {what}; nothing was deleted: choose another {{out}}, or empty it yourself")
+        raise RunError(f"$out {path}: $force replaces only a {kind} pyro-vae wrote (marked by its {MANIFEST}), and "
+                       f"this folder is {what}; nothing was deleted: choose another $out, or empty it yourself")
     runs = [path / r for r in manifest.get("runs", []) if _inside(path / r, path)]
     for folder in (path, *runs):
         for name in OWN_FOLDERS:
             if (folder / name).is_symlink() or ((folder / name).exists() and not (folder / name).is_dir()):
-                raise RunError(f"{{out}} {path}: {folder / name} is a symbolic link or a file where pyro-vae writes a "
-                               "folder; nothing was deleted: remove it yourself, or choose another {out}")
+                raise RunError(f"$out {path}: {folder / name} is a symbolic link or a file where pyro-vae writes a "
+                               "folder; nothing was deleted: remove it yourself, or choose another $out")
     for run in runs:  # each of a comparison's runs by its own manifest, and gone when nothing else is left in it
         if read_manifest(run, "run") is not None and not _clear(run, "run"):
             for name in (LOCK, MANIFEST):

@@ -173,7 +173,7 @@ def test_device_choice(monkeypatch):
         resolve_device("banana")
     if not torch.backends.mps.is_available():
         with pytest.raises(SpecError, match=r"^device: 'mps' is not available here \(.*\); use 'auto' or 'cpu'") as caught:
-            resolve_device("mps", "{device}")  # a workflow's parameter: device= in Python, --device on the CLI
+            resolve_device("mps", "$device")  # a workflow's parameter: device= in Python, --device on the CLI
         assert caught.value.for_command_line().startswith("--device: 'mps' is not available here")
     spec = load_spec(overrides=["inference.schedule.device=cuda:1"])  # the spec keeps any device string
     assert spec.inference.schedule.device == "cuda:1"
