@@ -3,10 +3,11 @@
 The CLI turns every :class:`UserError` into that line on stderr and exit status 2;
 anything else is a bug and keeps its traceback.
 
-Library code speaks in library terms: a message names a caller's parameter as a
-placeholder (``{force}``, ``{out}``, ``{device}``, ... : the keys of TERMS), which ``str()``
-renders as the Python parameter (``force=True``) and the CLI as its flag (``--force``),
-so neither reader is told about the other's spelling.
+Library code speaks in library terms: a message names a caller's parameter as ``$`` and
+its name (``$force``, ``$out``, ``$device``, ...: the keys of TERMS; an f-string leaves a
+``$`` alone, so it needs no escapes), which ``str()`` renders as the Python parameter
+(``force=True``) and the CLI as its flag (``--force``), so neither reader is told about the
+other's spelling.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Mapping
 
-# each placeholder: (library term, command-line term)
+# each parameter a message names as $name: (library term, command-line term)
 TERMS = {
     "force": ("force=True", "--force"),
     "out": ("out", "--out"),
@@ -33,7 +34,7 @@ TERMS = {
     "condition": ("condition", "--condition"),
     "transform": ("transform", "--transform"),
 }
-_PLACEHOLDER = re.compile(r"\{(" + "|".join(TERMS) + r")\}")
+_PARAMETER = re.compile(r"\$(" + "|".join(TERMS) + r")\b")  # any other $ is left as it is
 
 
 class UserError(Exception):
@@ -41,12 +42,12 @@ class UserError(Exception):
 
     @property
     def template(self) -> str:
-        """The message with its placeholders unrendered (to pass it on, e.g. between ranks)."""
+        """The message with its ``$`` parameters unrendered (to pass it on, e.g. between ranks)."""
         return super().__str__()
 
     def render(self, terms: Mapping[str, str]) -> str:
-        """The message with its parameter placeholders spelled by ``terms``."""
-        return _PLACEHOLDER.sub(lambda m: terms[m.group(1)], self.template)
+        """The message with its ``$`` parameters spelled by ``terms``."""
+        return _PARAMETER.sub(lambda m: terms[m.group(1)], self.template)
 
     def __str__(self) -> str:
         return self.render({name: library for name, (library, _) in TERMS.items()})

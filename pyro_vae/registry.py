@@ -237,7 +237,7 @@ def check_code_trusted(raw: Any, source: str, given: frozenset = frozenset(), ru
         if everything or kind in given or kind in known:
             continue
         raise SpecError(f"{source}: {where} = {kind!r} would import and run module {module!r}, code from outside "
-                        f"pyro-vae; pass {{trust_code}} only if you trust whoever wrote {source} (read the module first)")
+                        f"pyro-vae; pass $trust_code only if you trust whoever wrote {source} (read the module first)")
 
 
 def module_origin(top: str) -> Optional[Path]:

@@ -53,7 +53,16 @@ METRIC_COLUMNS = [
     "seconds",
     "examples_per_second",
 ]
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
+"""The layout of checkpoint.pt, written into every checkpoint as ``"format"``. A checkpoint
+of an older format is rewritten into the current layout in memory when it is read (its
+function in MIGRATIONS, one per older format, applied in turn); a newer one is refused.
+
+2 (since 2026-12-07): ``preprocessing`` and ``training.world_size`` always present, and the
+  weights hold every parameter and buffer of the model, but for those a migrated file
+  ``lacks`` (a list of names, in memory only), which keep the model's initial values.
+1 (until 2026-12-07): as 2, except that files written before 2026-11-22 lack
+  ``preprocessing``, ``training.world_size`` and a count likelihood's ``mean_library``."""
 
 
 def save_checkpoint(path: Path, checkpoint: dict) -> None:
@@ -104,10 +113,31 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
         raise RunError(
             f"{path}: corrupt or truncated checkpoint ({_first_line(exc)}); re-run training or restore the file"
         ) from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT or "weights" not in checkpoint \
-            or not isinstance(checkpoint["weights"], dict):
+    version = checkpoint.get("format") if isinstance(checkpoint, dict) else None
+    if type(version) is not int or version < 1 or not isinstance(checkpoint.get("weights"), dict):
         raise RunError(f"{path}: not a pyro-vae checkpoint (format {CHECKPOINT_FORMAT})")
+    if version > CHECKPOINT_FORMAT:
+        raise RunError(f"{path}: checkpoint format {version}, newer than this pyro-vae reads (format "
+                       f"{CHECKPOINT_FORMAT} and older); upgrade pyro-vae (pip install --upgrade pyro-vae) to load it")
+    for old in range(version, CHECKPOINT_FORMAT):
+        checkpoint = MIGRATIONS[old](checkpoint)
     return checkpoint
+
+
+def _from_format_1(checkpoint: dict) -> dict:
+    """Format 1 as format 2. A file written before 2026-11-22 lacks ``preprocessing`` (its
+    data were prepared as its spec says: None), ``training.world_size`` (one process) and
+    a count likelihood's ``mean_library`` (the model's initial value, 1, stands: only a
+    library-size model reads it, and those kept it); ``lacks`` names those weights."""
+    checkpoint.setdefault("preprocessing", None)
+    if isinstance(checkpoint.get("training"), dict):
+        checkpoint["training"].setdefault("world_size", 1)
+    checkpoint["lacks"] = ["likelihood.mean_library"]
+    checkpoint["format"] = 2
+    return checkpoint
+
+
+MIGRATIONS = {1: _from_format_1}  # format -> its checkpoint rewritten in the next format
 
 
 # --- the manifest: what marks a folder as a run (or a comparison), and what it wrote ---------
@@ -182,7 +212,7 @@ class RunLock:
             os.close(self._fd)
             raise RunError(
                 f"{folder}: being written by {holder or 'another process'}; wait for it to finish or stop it "
-                "({force} does not override this), or choose another {out}"
+                "($force does not override this), or choose another $out"
             ) from None
         stale = self._holder()
         if stale and log is not None:
@@ -219,20 +249,20 @@ def claim_output_dir(path: Path, *, force: bool, log: Callable[[str], None] | No
     until released."""
     path = Path(path)
     if path.is_symlink() and not path.exists():
-        raise RunError(f"{{out}} {path}: a symbolic link to {os.readlink(path)}, which does not exist; choose another path")
+        raise RunError(f"$out {path}: a symbolic link to {os.readlink(path)}, which does not exist; choose another path")
     if path.exists() and not path.is_dir():
-        raise RunError(f"{{out}} {path}: exists and is not a folder; choose another path")
+        raise RunError(f"$out {path}: exists and is not a folder; choose another path")
     created = not (path / LOCK).exists()
     try:
         lock = RunLock(path, log)  # first: a live writer is refused even with --force
     except OSError as exc:
-        raise RunError(f"{{out}} {path}: cannot be written ({exc.strerror or exc}); choose a writable folder") from None
+        raise RunError(f"$out {path}: cannot be written ({exc.strerror or exc}); choose a writable folder") from None
     try:
         if any(p.name != LOCK for p in path.iterdir()):
             if not force:
-                resume = f", or {{resume}} {path} to continue that run" if resumable else ""
-                raise RunError(f"{{out}} {path}: already holds files; pass {{force}} to replace them{resume}, "
-                               "or choose another {out}")
+                resume = f", or $resume {path} to continue that run" if resumable else ""
+                raise RunError(f"$out {path}: already holds files; pass $force to replace them{resume}, "
+                               "or choose another $out")
             kept = _clear(path, kind)
             if kept and log is not None:
                 shown = ", ".join(kept[:5]) + (f" and {len(kept) - 5} more" if len(kept) > 5 else "")
@@ -243,7 +273,7 @@ def claim_output_dir(path: Path, *, force: bool, log: Callable[[str], None] | No
         if created:  # refused: leave the folder as it was found
             (path / LOCK).unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            raise RunError(f"{{out}} {path}: cannot be written ({exc.strerror or exc}); choose a writable folder") from None
+            raise RunError(f"$out {path}: cannot be written ({exc.strerror or exc}); choose a writable folder") from None
         raise
     return lock
 
@@ -262,14 +292,14 @@ def _clear(path: Path, kind: str) -> list[str]:
     manifest = read_manifest(path)
     if manifest is None or manifest["pyro_vae"] != kind:
         what = "not a pyro-vae " + kind if manifest is None else f"a pyro-vae {manifest['pyro_vae']}, not a {kind}"
-        raise RunError(f"{{out}} {path}: {{force}} replaces only a {kind} pyro-vae wrote (marked by its {MANIFEST}), and "
-                       f"this folder is {what}; nothing was deleted: choose another {{out}}, or empty it yourself")
+        raise RunError(f"$out {path}: $force replaces only a {kind} pyro-vae wrote (marked by its {MANIFEST}), and "
+                       f"this folder is {what}; nothing was deleted: choose another $out, or empty it yourself")
     runs = [path / r for r in manifest.get("runs", []) if _inside(path / r, path)]
     for folder in (path, *runs):
         for name in OWN_FOLDERS:
             if (folder / name).is_symlink() or ((folder / name).exists() and not (folder / name).is_dir()):
-                raise RunError(f"{{out}} {path}: {folder / name} is a symbolic link or a file where pyro-vae writes a "
-                               "folder; nothing was deleted: remove it yourself, or choose another {out}")
+                raise RunError(f"$out {path}: {folder / name} is a symbolic link or a file where pyro-vae writes a "
+                               "folder; nothing was deleted: remove it yourself, or choose another $out")
     for run in runs:  # each of a comparison's runs by its own manifest, and gone when nothing else is left in it
         if read_manifest(run, "run") is not None and not _clear(run, "run"):
             for name in (LOCK, MANIFEST):
@@ -355,8 +385,9 @@ class Run:
     @property
     def preprocessing(self):
         """The map from stored values to what the model saw in training (normalization,
-        standardization), kept in the checkpoint; None for a run from before it was kept."""
-        state = self.checkpoint.get("preprocessing")
+        standardization), kept in the checkpoint; None for a run from before it was kept
+        (format 1), whose data are prepared as its spec says."""
+        state = self.checkpoint["preprocessing"]
         return None if state is None else Preprocessing.from_state(state)
 
     @property
@@ -428,15 +459,14 @@ class Run:
         return encode(self.vae, x, samples, seed=seed, condition=c, transformed=changed)
 
 
-def load_weights(vae, weights: dict) -> None:
-    """A checkpoint's weights into ``vae``; RuntimeError (one line) when they do not fit. A
-    run from before count likelihoods kept their training mean library size lacks it: the
-    default (1) stands."""
+def load_weights(vae, checkpoint: dict) -> None:
+    """A checkpoint's weights into ``vae``; RuntimeError (one line) when they do not fit.
+    Weights an older format lacked (``lacks``, see MIGRATIONS) keep the model's initial values."""
     try:
-        missing, unexpected = vae.load_state_dict(weights, strict=False)
+        missing, unexpected = vae.load_state_dict(checkpoint["weights"], strict=False)
     except RuntimeError as exc:  # a shape mismatch
         raise RuntimeError(" ".join(str(exc).split())[:200]) from None
-    missing = [k for k in missing if not k.endswith("likelihood.mean_library")]
+    missing = [k for k in missing if not any(k.endswith(name) for name in checkpoint.get("lacks", ()))]
     if missing or unexpected:
         raise RuntimeError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
 
@@ -448,7 +478,7 @@ def _check_preprocessing(path: Path, checkpoint: dict) -> None:
         shape = tuple(int(n) for n in checkpoint["data_shape"])
         if not shape or min(shape) < 1 or math.prod(shape) > 2**31 or int(checkpoint["num_data"]) < 1:
             raise ValueError("data_shape or num_data")
-        p = Preprocessing.from_state(checkpoint.get("preprocessing"))
+        p = Preprocessing.from_state(checkpoint["preprocessing"])
         for value in (p.mean, p.sd):
             if value is not None:
                 if not isinstance(value, torch.Tensor) or not torch.isfinite(value).all():
@@ -494,8 +524,8 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu", trust_
     try:
         coding = CovariateCoding.from_state(checkpoint.get("covariates"))
         vae = build_vae(spec.model, tuple(checkpoint["data_shape"]), int(checkpoint["num_data"]), coding.layout)
-        load_weights(vae, checkpoint["weights"])
-        preprocessing = Preprocessing.from_state(checkpoint.get("preprocessing"))
+        load_weights(vae, checkpoint)
+        preprocessing = Preprocessing.from_state(checkpoint["preprocessing"])
         vae.likelihood.use_data_units(preprocessing.log_jacobian(vae.data_shape))
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:
         raise RunError(f"{path / CHECKPOINT}: does not match {path / SPEC} ({str(exc).splitlines()[0][:160]})") from None

@@ -376,6 +376,22 @@ def test_a_component_that_cannot_be_scored_counts_as_density_zero():
         assert torch.allclose(mixture.log_prob(z), expected)
 
 
+def test_an_expanded_mixture_scores_its_shared_gaussians_as_torch_does():
+    """A data plate expands the mixture to (batch,): the expanded copy keeps the K Gaussians
+    as built (``shared_components``) and scores z as torch's broadcast mixture does."""
+    from pyro_vae.model.priors import _Mixture
+
+    loc, scale, logits = torch.randn(3, 2), torch.rand(3, 2) + 0.5, torch.randn(3)
+    components = pyro.distributions.Normal(loc, scale).to_event(1)
+    mixture = _Mixture(pyro.distributions.Categorical(logits=logits), components)
+    expanded = mixture.expand((4,))
+    assert expanded.batch_shape == (4,) and expanded.shared_components is components
+    z = torch.randn(5, 4, 2)
+    expected = torch.distributions.MixtureSameFamily(torch.distributions.Categorical(logits=logits),
+                                                     torch.distributions.Independent(torch.distributions.Normal(loc, scale), 1)).log_prob(z)
+    assert torch.allclose(expanded.log_prob(z), expected, atol=1e-5)
+
+
 def test_vamp_pseudo_inputs_are_trained():
     vae = vae_with(prior={"kind": "vamp", "components": 5})
     names = {n for n, _ in vae.named_parameters()}

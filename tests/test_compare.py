@@ -68,9 +68,9 @@ def test_a_slot_value_replaces_the_table_and_a_new_kind_drops_the_old_kinds_sett
 
 
 @pytest.mark.parametrize("axes, zip_axes, fragment", [
-    (["model.prior.kind=standard_normal,nope"], False, "{vary} nope: model.prior.kind: unknown prior kind 'nope'"),
+    (["model.prior.kind=standard_normal,nope"], False, "$vary nope: model.prior.kind: unknown prior kind 'nope'"),
     (["model.latent_dim=4,4"], False, "distinct values"),
-    (["model.latent_dim=4,8", "model.posterior.kind=iaf"], True, "{zip} pairs the values element-wise"),
+    (["model.latent_dim=4,8", "model.posterior.kind=iaf"], True, "$zip pairs the values element-wise"),
     (["model.latent_dim=4", "model.latent_dim=8"], False, "model.latent_dim is given twice"),
     (["latent_dim"], False, "expected KEY=VALUE,VALUE"),
 ])

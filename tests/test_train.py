@@ -19,7 +19,7 @@ from pyro_vae.infer.estimators import ESTIMATORS
 from pyro_vae.infer.loop import CheckpointClock, Progress, StopVote
 from pyro_vae.infer.schedules import kl_weight, temperature
 from pyro_vae.spec import load_spec
-from pyro_vae.runs import METRIC_COLUMNS
+from pyro_vae.runs import CHECKPOINT_FORMAT, METRIC_COLUMNS
 from pyro_vae.spec import Schedule, Spec
 
 
@@ -47,7 +47,7 @@ def test_cli_train_writes_a_complete_run(digits_run):
     assert spec["inference"]["schedule"]["epochs"] == 3 and spec["data"]["name"] == "digits"
     # weights only: loads without unpickling arbitrary objects
     checkpoint = torch.load(digits_run / "checkpoint.pt", weights_only=True)
-    assert checkpoint["format"] == 1 and checkpoint["data_shape"] == [64]
+    assert checkpoint["format"] == CHECKPOINT_FORMAT and checkpoint["data_shape"] == [64]
 
 
 @pytest.mark.integration
@@ -176,7 +176,7 @@ def test_device_choice(monkeypatch):
         resolve_device("banana")
     if not torch.backends.mps.is_available():
         with pytest.raises(SpecError, match=r"^device: 'mps' is not available here \(.*\); use 'auto' or 'cpu'") as caught:
-            resolve_device("mps", "{device}")  # a workflow's parameter: device= in Python, --device on the CLI
+            resolve_device("mps", "$device")  # a workflow's parameter: device= in Python, --device on the CLI
         assert caught.value.for_command_line().startswith("--device: 'mps' is not available here")
     spec = load_spec(overrides=["inference.schedule.device=cuda:1"])  # the spec keeps any device string
     assert spec.inference.schedule.device == "cuda:1"

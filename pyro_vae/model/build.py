@@ -30,58 +30,64 @@ from .vae import VAE
 MAX_PARAMETERS = 100_000_000
 
 
+class Streams:
+    """Each part's own random stream (see the module docstring): while ``name`` is built,
+    torch's generator is seeded with ``base_seed`` + crc32(``name``), and restored after."""
+
+    def __init__(self, base_seed: int):
+        self.base_seed = base_seed
+
+    @contextmanager
+    def __call__(self, name: str):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.base_seed + zlib.crc32(name.encode()))
+            yield
+
+    def build(self, name: str, registry, table, *sizes):
+        """``registry.build(table, *sizes)`` in the stream ``name``; its errors name ``model.<name>``."""
+        try:
+            with self(name):
+                return registry.build(table, *sizes)
+        except SpecError as exc:
+            raise SpecError(f"model.{name}: {exc}") from None
+
+
 def build_vae(spec, data_shape: tuple[int, ...], num_data: Optional[int] = None, covariates: Sequence[int] = ()) -> VAE:
     """A VAE from a ModelSpec, sized from the data shape: data -> likelihood -> decoder
     outputs; posterior -> encoder outputs. ``covariates``: the layout of the covariates the
     model conditions on (per covariate its categories, 0 for a continuous one; see
-    model/condition.py). Refuses models over MAX_PARAMETERS before allocating them."""
+    model/condition.py). Refuses models over MAX_PARAMETERS before allocating them: the
+    model is first built on the meta device (shapes, no memory) and counted, then built
+    for real (a model cannot be moved off the meta device with its initial values)."""
     if getattr(spec, "condition", None) is not None and not covariates:
         raise SpecError("model.condition: the model conditions on covariates, and data.covariates names none; set "
                         "data.covariates (--set 'data.covariates=[\"batch\"]', or [\"label\"] for a data set's labels) "
                         "or remove model.condition")
     data_shape = tuple(data_shape)
-    base_seed = int(torch.randint(2**31, (), device="cpu"))  # the one draw from the global generator
-
-    @contextmanager
-    def stream(name: str):
-        """The part ``name``'s own random stream while it is built."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(base_seed + zlib.crc32(name.encode()))
-            yield
-
-    def part(slot, registry):
-        def build_part(*sizes):
-            try:
-                with stream(slot):
-                    return registry.build(getattr(spec, slot), *sizes)
-            except SpecError as exc:
-                raise SpecError(f"model.{slot}: {exc}") from None
-
-        return build_part
-
-    parts = {"likelihood": part("likelihood", LIKELIHOODS), "posterior": part("posterior", POSTERIORS),
-             "encoder": part("encoder", NETWORKS), "decoder": part("decoder", NETWORKS), "prior": part("prior", PRIORS)}
-
-    def build():
-        transform = getattr(spec, "encoder_input", "auto")
-        likelihood = parts["likelihood"](data_shape)
-        if transform == "log1p" and likelihood.domain_bounds[0] is None:
-            raise SpecError(
-                f"model.encoder_input = \"log1p\" needs non-negative data, but the {spec.likelihood['kind']} likelihood "
-                "models any real value; use it with count or [0, 1] likelihoods, or set model.encoder_input = \"auto\""
-            )
-        if covariates:
-            check_supported(spec)
-        return build_structure(spec, parts, likelihood, data_shape, num_data, transform, stream, covariates)
-
+    streams = Streams(int(torch.randint(2**31, (), device="cpu")))  # the one draw from the global generator
     with torch.device("meta"):
-        count = sum(p.numel() for p in build().parameters())
+        count = sum(p.numel() for p in _build(spec, data_shape, num_data, covariates, streams).parameters())
     if count > MAX_PARAMETERS:
         raise SpecError(
             f"model: {count:,} parameters for data of shape {data_shape} is over the limit of "
             f"{MAX_PARAMETERS:,}; use smaller hidden widths or latent_dim"
         )
-    return build()
+    return _build(spec, data_shape, num_data, covariates, streams)
+
+
+def _build(spec, data_shape: tuple[int, ...], num_data, covariates: Sequence[int], streams: Streams) -> VAE:
+    """The VAE of :func:`build_vae`, its parts drawn from ``streams`` (the same values at
+    every call with the same streams: the meta dry run and the real build agree)."""
+    transform = getattr(spec, "encoder_input", "auto")
+    likelihood = streams.build("likelihood", LIKELIHOODS, spec.likelihood, data_shape)
+    if transform == "log1p" and likelihood.domain_bounds[0] is None:
+        raise SpecError(
+            f"model.encoder_input = \"log1p\" needs non-negative data, but the {spec.likelihood['kind']} likelihood "
+            "models any real value; use it with count or [0, 1] likelihoods, or set model.encoder_input = \"auto\""
+        )
+    if covariates:
+        check_supported(spec)
+    return build_structure(spec, likelihood, data_shape, num_data, transform, streams, covariates)
 
 
 def categorical_y(spec) -> Optional[CategoricalY]:
@@ -124,7 +130,7 @@ def check_structure(spec, y: Optional[CategoricalY]) -> None:
                         "also reads y; use standard_normal, learned_normal, mixture or flow")
 
 
-def build_structure(spec, parts: dict, likelihood, data_shape, num_data, transform, stream,
+def build_structure(spec, likelihood, data_shape, num_data, transform, streams: Streams,
                     covariates: Sequence[int] = ()) -> VAE:
     """A VAE with the spec's structure: the bottom layer z_1 (the model's own latent_dim,
     posterior and encoder), ``spec.upper_layers`` above it (see model/layers.py), each
@@ -142,16 +148,9 @@ def build_structure(spec, parts: dict, likelihood, data_shape, num_data, transfo
     dims = [spec.latent_dim] + [layer.latent_dim for layer in upper_specs]
     L, features = len(dims), math.prod(data_shape)
     classes = y.classes if y is not None else 0
-
-    def built(what: str, registry, table, *sizes):
-        try:
-            with stream(what):
-                return registry.build(table, *sizes)
-        except SpecError as exc:
-            raise SpecError(f"model.{what}: {exc}") from None
-
-    posteriors = [parts["posterior"](dims[0])] + [
-        built(f"upper_layers.{L - 1 - i}.posterior", POSTERIORS, upper_specs[i - 1].posterior, dims[i]) for i in range(1, L)]
+    posteriors = [streams.build("posterior", POSTERIORS, spec.posterior, dims[0])] + [
+        streams.build(f"upper_layers.{L - 1 - i}.posterior", POSTERIORS, upper_specs[i - 1].posterior, dims[i])
+        for i in range(1, L)]
 
     def encoder_in(i: int) -> tuple[int, ...]:
         if i == 0 and y is not None and y.encoder_reads_y:
@@ -162,36 +161,37 @@ def build_structure(spec, parts: dict, likelihood, data_shape, num_data, transfo
             return data_shape if i == L - 1 else (features + dims[i + 1],)
         return data_shape if i == 0 else (posteriors[i - 1].encoder_outputs,)
 
-    encoder = parts["encoder"](encoder_in(0), (posteriors[0].encoder_outputs,))
+    encoder = streams.build("encoder", NETWORKS, spec.encoder, encoder_in(0), (posteriors[0].encoder_outputs,))
     upper = []
     for i in range(1, L):
         where = f"upper_layers.{L - 1 - i}"  # the spec lists the layers top first
-        layer_encoder = built(f"{where}.encoder", NETWORKS, upper_specs[i - 1].encoder, encoder_in(i),
-                              (posteriors[i].encoder_outputs,))
-        down = built(f"{where}.prior_network", NETWORKS, upper_specs[i - 1].prior_network, (dims[i],), (2 * dims[i - 1],))
+        layer_encoder = streams.build(f"{where}.encoder", NETWORKS, upper_specs[i - 1].encoder, encoder_in(i),
+                                      (posteriors[i].encoder_outputs,))
+        down = streams.build(f"{where}.prior_network", NETWORKS, upper_specs[i - 1].prior_network, (dims[i],),
+                             (2 * dims[i - 1],))
         upper.append(UpperLayer(layer_encoder, posteriors[i], ConditionalNormal(down, dims[i - 1])))
     y_to_decoder = classes if y is not None and y.feeds == "decoder" else 0
     decoder_in = (dims[0] if spec.decoder_reads == "bottom" else sum(dims)) + y_to_decoder
-    decoder = parts["decoder"]((decoder_in,), (likelihood.outputs, *data_shape))
+    decoder = streams.build("decoder", NETWORKS, spec.decoder, (decoder_in,), (likelihood.outputs, *data_shape))
     classifier = baseline = None
     if y is not None and y.feeds == "prior":
-        with stream("prior"):
+        with streams("prior"):
             prior = ClassConditionalPrior(dims[-1], classes)
     else:
-        prior = parts["prior"](dims[-1])
+        prior = streams.build("prior", PRIORS, spec.prior, dims[-1])
     if y is not None:
         try:
-            with stream("classifier"):
+            with streams("classifier"):
                 classifier = NETWORKS.build(spec.discrete.classifier, data_shape, (classes,))
         except SpecError as exc:
             raise SpecError(f"model.discrete.classifier: {exc}") from None
-        with stream("baseline"):
+        with streams("baseline"):
             baseline = Baseline(features)
     conditioning = None
     if covariates:
         conditioning, encoder, decoder, prior, classifier = build_conditioned(
-            spec, covariates, encoder, decoder, prior, dims[-1], stream, NETWORKS, upper, classifier,
-            lambda k: built(f"prior.{k}", PRIORS, spec.prior, dims[-1]))
+            spec, covariates, encoder, decoder, prior, dims[-1], streams, NETWORKS, upper, classifier,
+            lambda k: streams.build(f"prior.{k}", PRIORS, spec.prior, dims[-1]))
     vae = VAE(prior, likelihood, posteriors[0], encoder, decoder, num_data, input_transform=transform, upper=upper,
               structure=Structure(guide, spec.decoder_reads, y), classifier=classifier, baseline=baseline)
     if conditioning is not None:

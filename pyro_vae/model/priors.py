@@ -117,13 +117,19 @@ class _Mixture(dist.MixtureSameFamily):
     float64 (except on MPS, which has none): its three terms can be large and nearly
     cancel (a small s_k, z far from 0), which float32 would round by far more than the
     broadcast form does. Other components are scored the broadcast way (``_each_component``).
+
+    ``shared_components`` are the K components as built, before any ``expand`` (see there).
     """
+
+    def __init__(self, mixture_distribution, component_distribution, validate_args=None):
+        super().__init__(mixture_distribution, component_distribution, validate_args)
+        self.shared_components = component_distribution
 
     def log_prob(self, value):
         if self._validate_args:
             self._validate_sample(value)
         log_mix = torch.log_softmax(self.mixture_distribution.logits, dim=-1)
-        gaussians = _diagonal_gaussians(getattr(self, "_shared_components", self.component_distribution))
+        gaussians = _diagonal_gaussians(self.shared_components)
         if gaussians is None:
             return torch.logsumexp(self._each_component(value) + log_mix, dim=-1)
         dtype = value.dtype if value.device.type == "mps" else torch.float64
@@ -166,8 +172,8 @@ class _Mixture(dist.MixtureSameFamily):
         """The mixture over a batch (as a data plate asks): the components are expanded
         views, and the K Gaussians they all share are kept as they were, so that scoring
         (and its backward) never touches a (*batch, K, D) tensor."""
-        new = super().expand(batch_shape, _instance)
-        new._shared_components = getattr(self, "_shared_components", self.component_distribution)
+        new = super().expand(batch_shape, self._get_checked_instance(_Mixture, _instance))
+        new.shared_components = self.shared_components
         return new
 
     def _pad(self, x):

@@ -61,7 +61,7 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
     """Write RUN/analysis/: posterior.nc, diagnostics.json, figures and report.md. Under
     several processes the draws are shared among the ranks in seeded blocks and rank 0
     alone writes (the others return None)."""
-    device = resolve_device(device, "{device}")
+    device = resolve_device(device, "$device")
     group = distributed.use_device(device)
     run = load_run(path, device)
     examples = heldout(run, data, split, limit, seed, device)

@@ -63,10 +63,10 @@ def parse_axis(text: str, flag: str = "vary") -> Axis:
     path, sep, rest = text.partition("=")
     path = path.strip()
     if not sep or not path or any(not part for part in path.split(".")):
-        raise SpecError(f"{{{flag}}} {text!r}: expected KEY=VALUE,VALUE,..., e.g. model.prior.kind=standard_normal,vamp")
+        raise SpecError(f"${flag} {text!r}: expected KEY=VALUE,VALUE,..., e.g. model.prior.kind=standard_normal,vamp")
     values = split_values(rest)
     if not values:
-        raise SpecError(f"{{{flag}}} {text!r}: give one or more values, comma-separated")
+        raise SpecError(f"${flag} {text!r}: give one or more values, comma-separated")
     return Axis(path, tuple(values), flag)
 
 
@@ -74,7 +74,7 @@ def estimator_axis(text: str) -> Axis:
     """``--estimators LIST``: the shorthand of ``--vary inference.estimator=LIST``."""
     values = split_values(text)
     if not values or len(set(values)) != len(values):
-        raise SpecError(f"{{estimators}} {text!r}: give one or more distinct estimators, comma-separated")
+        raise SpecError(f"$estimators {text!r}: give one or more distinct estimators, comma-separated")
     return Axis("inference.estimator", tuple(values), "estimators")
 
 
@@ -83,11 +83,11 @@ def parse_table(text: str, flag: str = "vary") -> dict:
     kind, *settings = text.split(":")
     table: dict = {"kind": kind.strip()}
     if not table["kind"]:
-        raise SpecError(f"{{{flag}}} {text!r}: expected kind:key=value, e.g. iwae:k=5")
+        raise SpecError(f"${flag} {text!r}: expected kind:key=value, e.g. iwae:k=5")
     for setting in settings:
         key, sep, value = setting.partition("=")
         if not sep or not key:
-            raise SpecError(f"{{{flag}}} {text!r}: expected kind:key=value, e.g. iwae:k=5")
+            raise SpecError(f"${flag} {text!r}: expected kind:key=value, e.g. iwae:k=5")
         table[key.strip()] = toml_value(value)
     return table
 
@@ -116,16 +116,16 @@ def plan_cells(base: Spec, axes: list[Axis], zip_axes: bool = False) -> list[Cel
     each validated as a spec before anything is trained."""
     paths = [axis.path for axis in axes]
     if len(set(paths)) != len(paths):
-        raise SpecError(f"{{vary}}: {', '.join(sorted({p for p in paths if paths.count(p) > 1}))} is given twice; "
+        raise SpecError(f"$vary: {', '.join(sorted({p for p in paths if paths.count(p) > 1}))} is given twice; "
                         "give each key once, with all its values")
     repeated = [axis for axis in axes if len(set(axis.values)) != len(axis.values)]
     if repeated and not zip_axes:  # zipped, a value may recur beside different ones
-        raise SpecError(f"{{{repeated[0].flag}}} {repeated[0].path}: give distinct values (a value twice is "
+        raise SpecError(f"${repeated[0].flag} {repeated[0].path}: give distinct values (a value twice is "
                         "the same cell twice)")
     if zip_axes and len({len(axis.values) for axis in axes}) > 1:
         counts = ", ".join(f"{axis.path}: {len(axis.values)}" for axis in axes)
-        raise SpecError(f"{{zip}} pairs the values element-wise, so every axis needs as many ({counts}); "
-                        "give each the same number, or leave out {zip} for the cross product")
+        raise SpecError(f"$zip pairs the values element-wise, so every axis needs as many ({counts}); "
+                        "give each the same number, or leave out $zip for the cross product")
     combos = list(zip(*(axis.values for axis in axes))) if zip_axes else list(itertools.product(*(a.values for a in axes)))
     shown = [axis for axis in axes if len(set(axis.values)) > 1] or axes  # the label shows the values that differ
     cells = []
@@ -138,11 +138,11 @@ def plan_cells(base: Spec, axes: list[Axis], zip_axes: bool = False) -> list[Cel
         try:
             spec = Spec.from_dict(raw)
         except SpecError as exc:
-            flags = "{estimators}" if all(axis.flag == "estimators" for axis in axes) else "{vary}"
+            flags = "$estimators" if all(axis.flag == "estimators" for axis in axes) else "$vary"
             raise SpecError(f"{flags} {label}: {exc}") from None
         cells.append(Cell(label, values, spec))
     labels = [cell.label for cell in cells]
     if len(set(labels)) != len(labels):
-        raise SpecError(f"{{vary}}: two cells read alike ({', '.join(sorted({l for l in labels if labels.count(l) > 1}))}); "
+        raise SpecError(f"$vary: two cells read alike ({', '.join(sorted({l for l in labels if labels.count(l) > 1}))}); "
                         "give values that differ")
     return cells

@@ -170,8 +170,8 @@ def compare(
     Run again with the same arguments, it continues an interrupted comparison."""
     axes = [parse_axis(text) for text in design.vary] + ([estimator_axis(design.estimators)] if design.estimators else [])
     if not axes:
-        raise SpecError("nothing to compare: give {vary} KEY=VALUE,VALUE,... (e.g. model.prior.kind=standard_normal,vamp) "
-                        "or {estimators} LIST")
+        raise SpecError("nothing to compare: give $vary KEY=VALUE,VALUE,... (e.g. model.prior.kind=standard_normal,vamp) "
+                        "or $estimators LIST")
     out = Path(out)
     base = load_spec(model, inference, data, overrides)
     _one_mlflow_store(base, out)
@@ -180,7 +180,7 @@ def compare(
     labels = [cell.label for cell in cells]
     reference = design.reference or labels[0]
     if reference not in labels:
-        raise SpecError(f"{{reference}} {reference!r} is not among the cells ({', '.join(labels)})")
+        raise SpecError(f"$reference {reference!r} is not among the cells ({', '.join(labels)})")
     settings = _settings(model, inference, data, overrides, design, axes, labels, evaluation, snr)
     plan = {"settings": settings, "specs": {cell.label: cell.spec.to_toml() for cell in cells}}
     lock = _claim(out, plan, force, log)
@@ -258,8 +258,8 @@ def _claim(out: Path, plan: dict, force: bool, log) -> RunLock:
             log(f"{out}: continuing the comparison started there ({done} run(s) already done are kept)")
             return lock
         lock.release()
-        raise RunError(f"{{out}} {out}: holds a comparison with other cells or settings; run it with the same ones to "
-                       "continue it, pass {force} to replace it, or choose another {out}")
+        raise RunError(f"$out {out}: holds a comparison with other cells or settings; run it with the same ones to "
+                       "continue it, pass $force to replace it, or choose another $out")
     lock = claim_output_dir(out, force=force, log=log, kind="comparison", resumable=False)
     atomic_write_json(out / PLAN, plan)
     record_outputs(out, [out / PLAN])

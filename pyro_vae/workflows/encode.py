@@ -59,20 +59,20 @@ def encode_run(path, out, data: Optional[str] = None, split: str = "all", sample
     changed (see :func:`~pyro_vae.infer.encode.encode`)."""
     out = Path(out)
     source = _checked_output(out, read_spec(path), data, samples, force, transform)
-    device = resolve_device(device, "{device}")
+    device = resolve_device(device, "$device")
     run = load_run(path, device)
     if transform and not run.coding:
-        raise DataError("{transform}: changes covariates, and this run's model has none; leave it out")
-    changes = run.coding.assignments(list(transform), "{transform}") if transform else {}
+        raise DataError("$transform: changes covariates, and this run's model has none; leave it out")
+    changes = run.coding.assignments(list(transform), "$transform") if transform else {}
     dataset = run_dataset(run, data, device)  # read and prepared once, whatever the splits
     names = [s for s in SPLITS if s in dataset.splits] if split == "all" else [split]
     total, latent = sum(len(dataset.splits[name]) for name in names if name in dataset.splits), run.vae.latent_dim
     chunk = codes_chunk(total, samples, latent)
     if samples:  # the draws stream to the file: the disk, not memory, must hold them
-        check_room(out, FLOAT * total * samples * latent, "{samples}")
+        check_room(out, FLOAT * total * samples * latent, "$samples")
     if changes:  # the reconstructions are held, one data row per example
         refuse_beyond(FLOAT * 2 * total * math.prod(run.vae.data_shape), f"the reconstructions of {total} examples",
-                      "{transform}")
+                      "$transform")
     writer = {".npz": _NpzCodes, ".csv": _CsvCodes, ".h5ad": _H5adCodes}[out.suffix.lower()]
     with atomic_path(out) as tmp:
         sink = writer(tmp, source, run, total, samples)
@@ -90,22 +90,22 @@ def _checked_output(out: Path, spec, data: Optional[str], samples: int, force: b
     """The input file (where the data are one), after refusing an output that cannot hold
     what is asked, that would overwrite the input, or that exists (without ``force``)."""
     if out.suffix.lower() not in FORMATS:
-        raise DataError(f"{{out}} {out}: unknown format; give a file ending in {', '.join(FORMATS)}")
+        raise DataError(f"$out {out}: unknown format; give a file ending in {', '.join(FORMATS)}")
     if samples and out.suffix.lower() == ".csv":
-        raise DataError("{samples}: draws are written to .npz (or .h5ad), not to a CSV; choose {out} FILE.npz")
+        raise DataError("$samples: draws are written to .npz (or .h5ad), not to a CSV; choose $out FILE.npz")
     source = Path(data).resolve() if data is not None and Path(data).exists() else None
     if source is None and data is None and spec.data.path is not None:
         source = Path(spec.data.path).resolve()
     if out.suffix.lower() == ".h5ad":
         if source is None or source.suffix.lower() != ".h5ad":
-            raise DataError(f"{{out}} {out}: an .h5ad output annotates an .h5ad input; the data here are not one "
+            raise DataError(f"$out {out}: an .h5ad output annotates an .h5ad input; the data here are not one "
                             "(write .npz or .csv instead)")
     if source is not None and out.resolve() == source:
-        raise DataError(f"{{out}} {out}: is the input file; the input is never overwritten, choose another path")
+        raise DataError(f"$out {out}: is the input file; the input is never overwritten, choose another path")
     if (out.exists() or out.is_symlink()) and not force:  # a link is replaced, never written through
-        raise RunError(f"{{out}} {out}: exists; choose another file or pass {{force}} to replace it")
+        raise RunError(f"$out {out}: exists; choose another file or pass $force to replace it")
     if transform and out.suffix.lower() == ".csv":
-        raise DataError("{transform}: reconstructions are written to .npz (or .h5ad), not to a CSV; choose {out} FILE.npz")
+        raise DataError("$transform: reconstructions are written to .npz (or .h5ad), not to a CSV; choose $out FILE.npz")
     return source
 
 
@@ -228,7 +228,7 @@ class _H5adCodes:
         latent = run.vae.latent_dim
         # HDF5 cannot fail cleanly half way: a file the size limit or the disk would cut short is refused first
         check_room(tmp, source.stat().st_size + FLOAT * self.n_obs * (4 * latent + run.vae.classes + samples * latent)
-                   + 2**20, "{samples}" if samples else "")
+                   + 2**20, "$samples" if samples else "")
         shutil.copyfile(source, tmp)
         self.file = h5py.File(tmp, "r+")
         self.obsm = self.file.require_group("obsm")

@@ -109,7 +109,7 @@ def evaluate_run(path, data=None, split="valid", num_samples=5000, limit=None, s
     Under several processes the examples are shared among the ranks in seeded blocks, the
     per-example results gathered, and rank 0 alone writes. Returns (summary, (json path,
     npz path), per-example estimates) on every rank, as an :class:`Evaluation`."""
-    device = resolve_device(device, "{device}")
+    device = resolve_device(device, "$device")
     group = distributed.use_device(device)
     run = load_run(path, device)
     examples = heldout(run, data, split, limit, seed, device)

@@ -85,12 +85,12 @@ def codes_chunk(examples: int, samples: int, latent: int, budget: int = BUDGET) 
     ``budget`` values, and what memory allows) fit; the draws go to the file pass by pass.
     The means and sds of every example are held (twice, as parts and joined). Refuses what
     cannot fit: those, or one example's draws."""
-    refuse_beyond(FLOAT * 2 * examples * 3 * latent, f"the codes of {examples} examples", "{split}")
+    refuse_beyond(FLOAT * 2 * examples * 3 * latent, f"the codes of {examples} examples", "$split")
     if not samples:
         return 2048
     per_example = FLOAT * SLACK * samples * latent  # the draws, their transpose, the copy written
     spare = available() - FLOAT * 2 * examples * 3 * latent
-    refuse_beyond(per_example, f"{samples} draws of one example", "{samples}")
+    refuse_beyond(per_example, f"{samples} draws of one example", "$samples")
     return max(1, min(2048, budget // (samples * latent), int(spare // per_example)))
 
 
@@ -98,7 +98,7 @@ def samples_chunk(n: int, features: int, latent: int, budget: int = BUDGET) -> i
     """``sample``: draws per decoder pass, a multiple of 16 (at most ``budget`` decoded
     values, and what memory allows); the n draws of z are held, the decoded means go to the
     file pass by pass. Refuses the z when they cannot fit."""
-    refuse_beyond(FLOAT * 2 * n * latent, f"{n} draws of z", "{n}")
+    refuse_beyond(FLOAT * 2 * n * latent, f"{n} draws of z", "$n")
     per_draw = FLOAT * SLACK * (features + latent)
     spare = available() - FLOAT * 2 * n * latent
     return max(16, min(budget // features, int(spare // per_draw)) // 16 * 16)
@@ -109,5 +109,5 @@ def check_runs(cells: int, seeds: int, examples: Optional[int]) -> None:
     runs = cells * seeds
     if runs > MAX_RUNS:
         raise TooLarge(f"{cells} cell(s) x {seeds} seed(s) = {runs:,} runs, more than the {MAX_RUNS:,} a comparison "
-                       "plans; lower {seeds}")
-    refuse_beyond(8 * 2 * runs * (examples or 0), f"the per-example estimates of {runs:,} runs", "{seeds} or --limit")
+                       "plans; lower $seeds")
+    refuse_beyond(8 * 2 * runs * (examples or 0), f"the per-example estimates of {runs:,} runs", "$seeds or --limit")

@@ -39,12 +39,12 @@ def sample_run(path, n: int, seed: int = 0, condition: Sequence[str] = ()) -> Sa
     features, latent = math.prod(run.vae.data_shape), run.vae.latent_dim
     coding = run.coding
     if condition and not coding:
-        raise DataError("{condition}: this run's model has no covariates; leave it out")
-    changes = coding.assignments(list(condition), "{condition}") if condition else {}
+        raise DataError("$condition: this run's model has no covariates; leave it out")
+    changes = coding.assignments(list(condition), "$condition") if condition else {}
     chunk = samples_chunk(n, features, latent)  # a multiple of 16: the same draws as one call where n <= chunk
     folder = output_folder(run.path / "samples")
     npz = folder / "samples.npz"
-    check_room(npz, FLOAT * n * (features + latent), "{n}")
+    check_room(npz, FLOAT * n * (features + latent), "$n")
     torch.manual_seed(seed)
     c = coding.draw(n, changes, seed) if coding else None
     zs, shown = [], None

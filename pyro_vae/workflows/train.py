@@ -320,14 +320,14 @@ def load_initial_weights(vae, run) -> None:
     the same architecture; the optimizer, counters and RNGs start fresh."""
     path = Path(run)
     if not path.is_dir():
-        raise RunError(f"{{init}} {path}: no such run directory")
+        raise RunError(f"$init {path}: no such run directory")
     checkpoint = load_checkpoint(path / CHECKPOINT)
-    check_finite(path, checkpoint, "start from another run, or train without {init}", "{init} ")
+    check_finite(path, checkpoint, "start from another run, or train without $init", "$init ")
     try:
-        load_weights(vae, checkpoint["weights"])
+        load_weights(vae, checkpoint)
     except RuntimeError as exc:
-        raise RunError(f"{{init}} {path}: its weights do not fit this spec's model ({exc}); "
-                       "{init} needs the same model table (latent size, networks, slots)") from None
+        raise RunError(f"$init {path}: its weights do not fit this spec's model ({exc}); "
+                       "$init needs the same model table (latent size, networks, slots)") from None
 
 
 EXTENDABLE = ("inference.schedule.epochs",)
@@ -355,13 +355,13 @@ def resume(path, *, progress: Optional[bool] = None, log=None, epochs: Optional[
     def spec_text() -> str:
         nonlocal lock
         if not path.is_dir():
-            raise RunError(f"{{resume}} {path}: no such run directory")
+            raise RunError(f"$resume {path}: no such run directory")
         lock = RunLock(path, log or say_on_stderr)  # before reading: a live writer is refused
         spec = read_spec(path)
         remove_partial_writes(path)
         if epochs is not None:
             if epochs < spec.inference.schedule.epochs:
-                raise RunError(f"{{resume}} {path}: inference.schedule.epochs = {epochs} is fewer than the run's "
+                raise RunError(f"$resume {path}: inference.schedule.epochs = {epochs} is fewer than the run's "
                                f"{spec.inference.schedule.epochs}; give more epochs to train longer")
             spec.inference.schedule.epochs = epochs
         _confirm_tracking(spec, path, tracking or {})
@@ -384,7 +384,7 @@ def _confirm_tracking(spec, path: Path, given: dict) -> None:
     outside = target_outside(spec.tracking, path)
     if outside is not None and given.get(outside[0]) != outside[1]:
         key, value = outside
-        raise RunError(f"{{resume}} {path}: its spec sends tracking to {value!r}, outside the run directory; "
+        raise RunError(f"$resume {path}: its spec sends tracking to {value!r}, outside the run directory; "
                        f"a resumed run tracks only into its own folder unless you give the destination again: "
                        f"--set tracking.{key}={value}")
 
@@ -418,6 +418,7 @@ def _resumable_checkpoint(path: Path, spec) -> dict:
         state = checkpoint["training"]["state"]
         state["stopped_early"], state["epoch"] = bool(state["stopped_early"]), int(state["epoch"])
         checkpoint["data_shape"], checkpoint["num_data"] = list(checkpoint["data_shape"]), int(checkpoint["num_data"])
+        checkpoint["training"]["world_size"] = int(checkpoint["training"]["world_size"])
     except (KeyError, TypeError, ValueError) as exc:
         raise RunError(f"{path / CHECKPOINT}: its training state is incomplete ({type(exc).__name__}: "
                        f"{str(exc)[:80]}); the file was altered: restore it or start a new run") from None
@@ -425,13 +426,13 @@ def _resumable_checkpoint(path: Path, spec) -> dict:
     ended = _summary_of(path).get("status") in ENDED
     if state["stopped_early"] and ended:
         raise RunError(
-            f"{{resume}} {path}: the run stopped early at epoch {state['epoch']} (no better validation ELBO for "
+            f"$resume {path}: the run stopped early at epoch {state['epoch']} (no better validation ELBO for "
             f"inference.schedule.patience epochs); to train on, start a new run from its weights: "
             f"pyro-vae train --init {path} --out NEW"
         )
     if state["epoch"] >= spec.inference.schedule.epochs and ended:
         raise RunError(
-            f"{{resume}} {path}: the run already finished (epoch {state['epoch']} of "
+            f"$resume {path}: the run already finished (epoch {state['epoch']} of "
             f"{spec.inference.schedule.epochs}); to train longer: pyro-vae train --resume {path} "
             f"--set inference.schedule.epochs=N, with N > {state['epoch']}"
         )
@@ -442,14 +443,14 @@ def _restore(path: Path, trainer: Trainer, data, checkpoint: dict) -> None:
     """The trainer set to the checkpoint's state, once the data and the number of processes
     are found to be the ones that wrote it."""
     if list(data.data_shape) != list(checkpoint["data_shape"]) or trainer.num_data != checkpoint["num_data"]:
-        raise RunError(f"{{resume}} {path}: the data no longer match the checkpoint (shape or size changed)")
+        raise RunError(f"$resume {path}: the data no longer match the checkpoint (shape or size changed)")
     if checkpoint.get("data_sha256", data.sha256) != data.sha256:
-        raise RunError(f"{{resume}} {path}: {data.source} changed since the run started (its SHA-256 differs); "
+        raise RunError(f"$resume {path}: {data.source} changed since the run started (its SHA-256 differs); "
                        "restore the file, or start a new run")
-    saved = checkpoint["training"].get("world_size", 1)
+    saved = checkpoint["training"]["world_size"]
     if saved != trainer.group.world_size:
         raise RunError(
-            f"{{resume}} {path}: the run was trained by {saved} process(es), this is {trainer.group.world_size}; "
+            f"$resume {path}: the run was trained by {saved} process(es), this is {trainer.group.world_size}; "
             f"resume with the same number (torchrun --nproc_per_node ... so that the world size is {saved})"
         )
     try:
