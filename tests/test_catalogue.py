@@ -399,6 +399,19 @@ def test_vamp_pseudo_inputs_are_trained():
     assert not any(n.startswith("prior.encoder") for n in names)  # the encoder is not registered twice
 
 
+def test_vamp_pseudo_inputs_are_a_parameter_from_construction_shaped_by_the_vae():
+    """The u_k exist when the prior is built (torch's uninitialized parameter) and take
+    the data's shape, N(0.05, 0.01^2) entries, when the VAE binds its prior."""
+    from pyro_vae.model.priors import PRIORS
+
+    prior = PRIORS.build({"kind": "vamp", "components": 3}, 2)
+    assert isinstance(dict(prior.named_parameters())["pseudo_inputs"], torch.nn.UninitializedParameter)
+    vae = vae_with(prior={"kind": "vamp", "components": 400}, data_shape=(5,))
+    u = dict(vae.named_parameters())["prior.pseudo_inputs"]
+    assert type(u) is torch.nn.Parameter and u.shape == (400, 5)
+    assert abs(u.mean().item() - 0.05) < 4 * 0.01 / math.sqrt(u.numel()) and abs(u.std().item() - 0.01) < 1e-3
+
+
 @pytest.mark.parametrize("likelihood, bounds", [("bernoulli", (0.0, 1.0)), ("poisson", (0.0, None)), ("gaussian", (None, None))])
 def test_vamp_pseudo_inputs_stay_in_the_encoder_inputs_domain(likelihood, bounds):
     vae = small(likelihood={"kind": likelihood}, prior={"kind": "vamp", "components": 6})

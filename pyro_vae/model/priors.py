@@ -222,13 +222,19 @@ class VampPrior(Prior):
         super().__init__(latent_dim)
         self.components = components
         self.constrained = pseudo_inputs == "constrained"
+        # the u_k are a parameter from the start; their shape (components, *data shape) is
+        # the data's, known when the VAE binds its prior (torch's lazy-parameter mechanism)
+        self.pseudo_inputs = nn.UninitializedParameter()
 
     def bind(self, vae):
         self._posterior_of = vae.posterior_from_encoder_input  # not a submodule: no double registration
         self._networks = (vae.encoder, vae.posterior, vae.upper)  # a tuple: not registered as submodules either
         self._component_values = 4 * vae.posterior.values_per_draw
         self.bounds = vae.encoder_input_bounds if self.constrained else (None, None)
-        self.pseudo_inputs = nn.Parameter(0.05 + 0.01 * torch.randn(self.components, *vae.data_shape))
+        start = 0.05 + 0.01 * torch.randn(self.components, *vae.data_shape)
+        self.pseudo_inputs.materialize(start.shape, device=start.device, dtype=start.dtype)
+        with torch.no_grad():
+            self.pseudo_inputs.copy_(start)
 
     @property
     def values_per_draw(self) -> int:
