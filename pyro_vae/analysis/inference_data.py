@@ -26,7 +26,8 @@ import xarray as xr
 
 from .. import distributed
 from . import arviz_compat
-from ..infer.evaluate import BUDGET, PosteriorMoments, example_blocks, importance_chunks
+from ..infer.evaluate import (BUDGET, PosteriorMoments, example_blocks, importance_chunks, proposal_rows,
+                              refined_proposals, refined_proposals_sharded)
 
 BANDS = (("good", -math.inf, 0.5), ("ok", 0.5, 0.7), ("bad", 0.7, math.inf))
 
@@ -87,11 +88,13 @@ class PosteriorDraws:
 
 @torch.no_grad()
 def posterior_draws(vae, x: torch.Tensor, num_samples: int, keep_draws: Optional[int] = None, budget: int = BUDGET,
-                    condition: Optional[torch.Tensor] = None, refine: int = 0) -> PosteriorDraws:
+                    condition: Optional[torch.Tensor] = None, refine: int = 0,
+                    proposals: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> PosteriorDraws:
     """S draws per example, streamed in chunks: the PSIS diagnostics use all S, and only
     the first ``keep_draws`` (default: all) are kept, so memory is bounded whatever S is.
     With ``refine`` steps the draws come from q(z|x) refined per example (the semi-amortized
-    proposal of :mod:`pyro_vae.infer.refine`), and k-hat diagnoses that proposal."""
+    proposal of :mod:`pyro_vae.infer.refine`; or ``proposals``, refined already), and k-hat
+    diagnoses that proposal."""
     n, keep = len(x), num_samples if keep_draws is None else min(keep_draws, num_samples)
     z = np.empty((keep, n, vae.latent_dim), dtype=np.float32)
     log_lik = np.empty((keep, n), dtype=np.float32)
@@ -105,8 +108,10 @@ def posterior_draws(vae, x: torch.Tensor, num_samples: int, keep_draws: Optional
         k, p, i = psis(np.concatenate(pieces, 0).T)
         khat[rows], psis_ll[rows], is_ll[rows] = k, p, i
 
+    if refine and proposals is None:
+        proposals = refined_proposals(vae, x, refine, budget, condition=condition)
     drawn = 0
-    for rows, q, zs, terms in importance_chunks(vae, x, num_samples, budget, condition=condition, refine=refine):
+    for rows, q, zs, terms in importance_chunks(vae, x, num_samples, budget, condition=condition, proposals=proposals):
         moments.add(rows, q, zs)
         if rows != current:
             if current is not None:
@@ -136,9 +141,11 @@ def posterior_draws_sharded(vae, x: torch.Tensor, num_samples: int, keep_draws: 
     """:func:`posterior_draws` over seeded blocks of examples shared among the ranks: the
     results do not depend on the number of processes (see ``distributed.blockwise``).
     ``condition``: each example's covariates, where the model reads them."""
+    proposals = refined_proposals_sharded(vae, x, refine, budget, seed, group, condition) if refine else None
+
     def compute(rows: slice) -> dict:
         d = posterior_draws(vae, x[rows], num_samples, keep_draws, budget, None if condition is None else condition[rows],
-                            refine)
+                            proposals=proposal_rows(proposals, rows))
         arrays = {name: torch.as_tensor(getattr(d, name)) for name in _PER_EXAMPLE}
         return {**arrays, "moment_sum": d.moments.sum, "moment_sum_squares": d.moments.sum_squares,
                 "moment_exact": d.moments.exact, "moment_std": d.moments.std}
