@@ -191,11 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _refine_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--refine", type=_nonnegative, default=0, metavar="STEPS",
+    p.add_argument("--refine", type=_nonnegative, default=None, metavar="STEPS",
                    help="refine each example's Gaussian q(z|x) by STEPS Adam steps on its own ELBO, the model fixed, and "
                    "use it as the importance proposal: a semi-amortized proposal (Kim et al., 2018) that closes the "
                    "encoder's amortization gap; log p(x) estimates the same quantity with a lower variance and k-hat "
-                   "(default: %(default)s, the encoder's q; try 200-1000)")
+                   "(default: the run's model.refine_steps, 0 unless its spec says: the encoder's q; try 200-1000)")
 
 
 def _heldout_arguments(p: argparse.ArgumentParser, samples: int, limit: int | None = None) -> None:

@@ -148,6 +148,8 @@ class ModelSpec(_Strict):
     inference_network: Literal["bottom_up", "top_down", "ladder"] = "bottom_up"
     decoder_reads: Literal["bottom", "all"] = "bottom"
     condition: Optional[ConditionSpec] = None  # how data.covariates enter (defaults when covariates are named)
+    # steps q(z|x) is refined by, per example, as evaluate's and analyze's importance proposal (their --refine)
+    refine_steps: Annotated[int, Field(ge=0, le=100_000)] = 0
 
     @model_validator(mode="after")
     def _resolve_slots(self):

@@ -79,3 +79,14 @@ def test_refine_refuses_a_discrete_latent_in_one_line(tmp_path, capsys):
     capsys.readouterr()
     code = main(["evaluate", str(out), "--samples", "10", "--limit", "10", "--refine", "5"])
     assert_one_line_error(code, capsys.readouterr().err, "--refine refines a Gaussian q(z|x)", "discrete latent y")
+
+
+def test_a_runs_spec_sets_the_default_refinement(tmp_path, capsys):
+    out = tmp_path / "refined"
+    assert main(["train", "--out", str(out), "--quiet", "--set", "inference.schedule.epochs=1",
+                 "--set", "model.refine_steps=10"]) == 0
+    assert main(["evaluate", str(out), "--samples", "20", "--limit", "20"]) == 0
+    assert json.loads((out / "evaluation" / "valid.json").read_text())["refine"] == 10
+    assert main(["evaluate", str(out), "--samples", "20", "--limit", "20", "--refine", "0"]) == 0
+    assert json.loads((out / "evaluation" / "valid.json").read_text())["refine"] == 0
+    assert "from q(z|x))" in capsys.readouterr().out

@@ -58,15 +58,17 @@ class _Latents:
 
 
 def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optional[int] = 1000, draws: int = 200,
-                seed: int = 0, device="auto", budget: int = BUDGET, refine: int = 0) -> Optional[Analysis]:
+                seed: int = 0, device="auto", budget: int = BUDGET, refine: Optional[int] = None) -> Optional[Analysis]:
     """Write RUN/analysis/: posterior.nc, diagnostics.json, figures and report.md. Under
     several processes the draws are shared among the ranks in seeded blocks and rank 0
-    alone writes (the others return None). With ``refine`` steps the draws, k-hat, log p(x),
+    alone writes (the others return None). With ``refine`` steps (None: the run's
+    ``model.refine_steps``) the draws, k-hat, log p(x),
     posterior means and the example posteriors' figures are those of q(z|x) refined per
     example (:mod:`pyro_vae.infer.refine`); the reconstructions stay the encoder's."""
     device = resolve_device(device, "{device}")
     group = distributed.use_device(device)
     run = load_run(path, device)
+    refine = run.spec.model.refine_steps if refine is None else refine
     examples = heldout(run, data, split, limit, seed, device)
     if not isinstance(examples.x, torch.Tensor):  # a streamed split: the analysis holds its examples' draws anyway
         examples.x = examples.x[:]
