@@ -65,8 +65,9 @@ def khat_advice(bands: dict) -> str:
             "estimates, plain IS and PSIS alike, are unreliable (most likely too low).")
     if bad["share"] < MANY_UNRELIABLE:
         return said + " They are few: the means above move little with them."
-    return (said + " They are many, so the means above are in doubt too. To try: more draws (--samples; it helps "
-            "only where k-hat is below 1); a richer posterior (--model iaf_posterior or low_rank_posterior, or an "
+    return (said + " They are many, so the means above are in doubt too. To try: a proposal refined per example "
+            "(--refine 1000: it closes the encoder's amortization gap, often the main cause); more draws (--samples; "
+            "it helps only where k-hat is below 1); a richer posterior (--model iaf_posterior or low_rank_posterior, or an "
             "importance-weighted estimator such as --inference iwae_k5, which trains q(z|x) as a proposal); and a "
             "likelihood that fits the data (a density on a few discrete levels, for one, makes p(x|z) too peaked).")
 
