@@ -442,7 +442,7 @@ def lookup(raw: dict[str, Any], parts: Sequence[str]) -> Any:
     return node
 
 
-DEFAULT_MODEL, DEFAULT_INFERENCE, DEFAULT_DATA = "binomial", "trace_elbo", "digits"
+DEFAULT_MODEL, DEFAULT_INFERENCE, DEFAULT_DATA = "beta_binomial_mixture", "trace_elbo", "digits"
 DEFAULT_DISCRETE_INFERENCE = "trace_enum"  # the default inference for a model with a [model.discrete] table
 
 
