@@ -23,6 +23,7 @@ TERMS = {
     "init": ("init", "--init"),
     "resume": ("resume", "--resume"),
     "samples": ("samples", "--samples"),
+    "refine": ("refine", "--refine"),
     "estimators": ("estimators", "--estimators"),
     "reference": ("reference", "--reference"),
     "vary": ("vary", "--vary"),

@@ -66,6 +66,9 @@ MEANINGS = {
     "model.posterior": "the guide family q(z|x)",
     "model.encoder": "network from x to the posterior's parameters",
     "model.decoder": "network from z to the likelihood's parameters",
+    "model.refine_steps": "Adam steps each example's Gaussian q(z|x) is refined by on its own ELBO, the model fixed, "
+                          "when `evaluate`, `analyze` and `compare` use it as the importance proposal (a semi-amortized "
+                          "proposal; 0: the encoder's own q; their `--refine` overrides it)",
     "model.encoder_input": "what the encoder sees of x: `auto` (the likelihood's choice: log(1 + x) for counts, 8-bit "
                            "levels rescaled, else x), `identity` (x), or `log1p` (log(1 + x), the scVI convention; "
                            "refused for likelihoods of real values)",

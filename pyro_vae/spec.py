@@ -148,6 +148,8 @@ class ModelSpec(_Strict):
     inference_network: Literal["bottom_up", "top_down", "ladder"] = "bottom_up"
     decoder_reads: Literal["bottom", "all"] = "bottom"
     condition: Optional[ConditionSpec] = None  # how data.covariates enter (defaults when covariates are named)
+    # steps q(z|x) is refined by, per example, as evaluate's and analyze's importance proposal (their --refine)
+    refine_steps: Annotated[int, Field(ge=0, le=100_000)] = 0
 
     @model_validator(mode="after")
     def _resolve_slots(self):
@@ -440,7 +442,7 @@ def lookup(raw: dict[str, Any], parts: Sequence[str]) -> Any:
     return node
 
 
-DEFAULT_MODEL, DEFAULT_INFERENCE, DEFAULT_DATA = "binomial", "trace_elbo", "digits"
+DEFAULT_MODEL, DEFAULT_INFERENCE, DEFAULT_DATA = "beta_binomial_mixture", "trace_elbo", "digits"
 DEFAULT_DISCRETE_INFERENCE = "trace_enum"  # the default inference for a model with a [model.discrete] table
 
 

@@ -125,7 +125,7 @@ def test_the_share_of_unreliable_khat_is_said_with_what_it_means_and_what_to_try
     assert "They are few" in few and "To try" not in few
     many = khat_advice(khat_bands(np.r_[np.full(444, 0.2), np.full(556, 3.9)]))  # the demo before issue 29: 55.6%
     assert many.startswith("55.6% of the examples (556 of 1000) have k-hat >= 0.7") and "unreliable" in many
-    assert all(fix in many for fix in ("--samples", "iaf_posterior", "iwae_k5", "likelihood that fits the data"))
+    assert all(fix in many for fix in ("--refine 1000", "--samples", "iaf_posterior", "iwae_k5", "likelihood that fits the data"))
     shipped = {p.stem for p in (Path(__file__).parents[1] / "models").glob("*.toml")}
     assert {"iaf_posterior", "low_rank_posterior"} <= shipped and (Path(__file__).parents[1] / "inference" / "iwae_k5.toml").exists()
 

@@ -64,7 +64,7 @@ def test_overrides_reach_the_resolved_spec():
         ("model.latent_dim=abc", ["model.latent_dim", "integer", "'abc'"]),
         ("model.latent_dim=3.5", ["model.latent_dim", "integer"]),
         ("model.prior.kind=nope", ["model.prior.kind", "unknown prior kind 'nope'", "standard_normal", "vamp"]),
-        ("model.prior.components=3", ["model.prior.components", "not a parameter of prior kind 'standard_normal'"]),
+        ("model.prior.df=3", ["model.prior.df", "not a parameter of prior kind 'mixture'"]),  # the default prior's
         ("model.encoder.hidden=[]", None),  # valid: a linear encoder
         ("model.encoder.hidden=[0]", ["model.encoder.hidden.0", "greater than 0"]),
         ("model.encoder.activation=swish", ["model.encoder.activation", "softplus"]),

@@ -84,7 +84,7 @@ def test_same_seed_same_numbers_and_weights(tmp_path):
 def test_early_stopping_keeps_the_best_weights(tmp_path):
     out = tmp_path / "es"
     # a learning rate so large that validation gets worse after the first epoch
-    assert main(["train", "--out", str(out), "--quiet", "--set", "inference.schedule.epochs=30",
+    assert main(["train", "--out", str(out), "--quiet", "--model", "binomial", "--set", "inference.schedule.epochs=30",
                  "--set", "inference.schedule.patience=2", "--set", "inference.optimizer.lr=0.05"]) == 0
     rows = read_metrics(out)
     summary = json.loads((out / "summary.json").read_text())

@@ -23,7 +23,7 @@ from pyro_vae.workflows import memory
 
 pytestmark = pytest.mark.integration  # every test here runs the command line or other processes
 
-SMALL = ["--set", "model.latent_dim=2", "--set", "inference.schedule.epochs=1", "--quiet"]
+SMALL = ["--model", "binomial", "--set", "model.latent_dim=2", "--set", "inference.schedule.epochs=1", "--quiet"]  # N(0, I) prior
 FEW = ["--samples", "5", "--limit", "10"]
 
 

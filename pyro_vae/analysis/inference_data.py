@@ -26,7 +26,8 @@ import xarray as xr
 
 from .. import distributed
 from . import arviz_compat
-from ..infer.evaluate import BUDGET, PosteriorMoments, example_blocks, importance_chunks
+from ..infer.evaluate import (BUDGET, PosteriorMoments, example_blocks, importance_chunks, proposal_rows,
+                              refined_proposals, refined_proposals_sharded)
 
 BANDS = (("good", -math.inf, 0.5), ("ok", 0.5, 0.7), ("bad", 0.7, math.inf))
 
@@ -64,8 +65,9 @@ def khat_advice(bands: dict) -> str:
             "estimates, plain IS and PSIS alike, are unreliable (most likely too low).")
     if bad["share"] < MANY_UNRELIABLE:
         return said + " They are few: the means above move little with them."
-    return (said + " They are many, so the means above are in doubt too. To try: more draws (--samples; it helps "
-            "only where k-hat is below 1); a richer posterior (--model iaf_posterior or low_rank_posterior, or an "
+    return (said + " They are many, so the means above are in doubt too. To try: a proposal refined per example "
+            "(--refine 1000: it closes the encoder's amortization gap, often the main cause); more draws (--samples; "
+            "it helps only where k-hat is below 1); a richer posterior (--model iaf_posterior or low_rank_posterior, or an "
             "importance-weighted estimator such as --inference iwae_k5, which trains q(z|x) as a proposal); and a "
             "likelihood that fits the data (a density on a few discrete levels, for one, makes p(x|z) too peaked).")
 
@@ -82,13 +84,18 @@ class PosteriorDraws:
     is_log_likelihood: np.ndarray  # (n,)
     num_samples: int
     moments: PosteriorMoments  # E_q[z|x_n] from all S draws (exact where q has a mean)
+    refine: int = 0  # the steps q(z|x) was refined by per example (0: the encoder's own)
 
 
 @torch.no_grad()
 def posterior_draws(vae, x: torch.Tensor, num_samples: int, keep_draws: Optional[int] = None, budget: int = BUDGET,
-                    condition: Optional[torch.Tensor] = None) -> PosteriorDraws:
+                    condition: Optional[torch.Tensor] = None, refine: int = 0,
+                    proposals: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> PosteriorDraws:
     """S draws per example, streamed in chunks: the PSIS diagnostics use all S, and only
-    the first ``keep_draws`` (default: all) are kept, so memory is bounded whatever S is."""
+    the first ``keep_draws`` (default: all) are kept, so memory is bounded whatever S is.
+    With ``refine`` steps the draws come from q(z|x) refined per example (the semi-amortized
+    proposal of :mod:`pyro_vae.infer.refine`; or ``proposals``, refined already), and k-hat
+    diagnoses that proposal."""
     n, keep = len(x), num_samples if keep_draws is None else min(keep_draws, num_samples)
     z = np.empty((keep, n, vae.latent_dim), dtype=np.float32)
     log_lik = np.empty((keep, n), dtype=np.float32)
@@ -102,8 +109,10 @@ def posterior_draws(vae, x: torch.Tensor, num_samples: int, keep_draws: Optional
         k, p, i = psis(np.concatenate(pieces, 0).T)
         khat[rows], psis_ll[rows], is_ll[rows] = k, p, i
 
+    if refine and proposals is None:
+        proposals = refined_proposals(vae, x, refine, budget, condition=condition)
     drawn = 0
-    for rows, q, zs, terms in importance_chunks(vae, x, num_samples, budget, condition=condition):
+    for rows, q, zs, terms in importance_chunks(vae, x, num_samples, budget, condition=condition, proposals=proposals):
         moments.add(rows, q, zs)
         if rows != current:
             if current is not None:
@@ -119,7 +128,7 @@ def posterior_draws(vae, x: torch.Tensor, num_samples: int, keep_draws: Optional
         drawn += len(weights)
     if current is not None:
         finish(current, pending)
-    return PosteriorDraws(z, log_lik, log_w, khat, psis_ll, is_ll, num_samples, moments)
+    return PosteriorDraws(z, log_lik, log_w, khat, psis_ll, is_ll, num_samples, moments, refine)
 
 
 _EXAMPLE_DIM = {"z": 1, "log_likelihood": 1, "log_weight": 1}  # (draws, n, ...): examples second
@@ -129,22 +138,26 @@ _PER_EXAMPLE = ("z", "log_likelihood", "log_weight", "pareto_k", "psis_log_likel
 def posterior_draws_sharded(vae, x: torch.Tensor, num_samples: int, keep_draws: Optional[int] = None,
                             budget: int = BUDGET, seed: int = 0,
                             group: distributed.Group = distributed.SINGLE,
-                            condition: Optional[torch.Tensor] = None) -> PosteriorDraws:
+                            condition: Optional[torch.Tensor] = None, refine: int = 0) -> PosteriorDraws:
     """:func:`posterior_draws` over seeded blocks of examples shared among the ranks: the
     results do not depend on the number of processes (see ``distributed.blockwise``).
     ``condition``: each example's covariates, where the model reads them."""
+    proposals = refined_proposals_sharded(vae, x, refine, budget, seed, group, condition) if refine else None
+
     def compute(rows: slice) -> dict:
-        d = posterior_draws(vae, x[rows], num_samples, keep_draws, budget, None if condition is None else condition[rows])
+        d = posterior_draws(vae, x[rows], num_samples, keep_draws, budget, None if condition is None else condition[rows],
+                            proposals=proposal_rows(proposals, rows))
         arrays = {name: torch.as_tensor(getattr(d, name)) for name in _PER_EXAMPLE}
         return {**arrays, "moment_sum": d.moments.sum, "moment_sum_squares": d.moments.sum_squares,
-                "moment_exact": d.moments.exact}
+                "moment_exact": d.moments.exact, "moment_std": d.moments.std}
 
     block = example_blocks(vae, len(x), num_samples, budget)
     full = distributed.blockwise(len(x), block, group, compute, seed, _EXAMPLE_DIM)
     moments = PosteriorMoments(len(x), vae.latent_dim, num_samples, {"device": x.device, "dtype": x.dtype})
     moments.sum, moments.sum_squares, moments.exact = full["moment_sum"], full["moment_sum_squares"], full["moment_exact"]
+    moments.std = full["moment_std"]
     numpy = {name: full[name].cpu().numpy() for name in _PER_EXAMPLE}
-    return PosteriorDraws(**numpy, num_samples=num_samples, moments=moments)
+    return PosteriorDraws(**numpy, num_samples=num_samples, moments=moments, refine=refine)
 
 
 def _data_dims(data_shape: tuple[int, ...]) -> list[str]:
@@ -185,7 +198,8 @@ def draws_to_groups(draws: PosteriorDraws, x: torch.Tensor, labels=None) -> dict
     coords = {"obs": np.arange(n), "latent": np.arange(latent)}
     sample = ("chain", "draw")
     attrs = {"inference_library": "pyro_vae", "num_samples": draws.num_samples, "draws_kept": int(draws.z.shape[0]),
-             "source": "amortized posterior q(z|x)"}
+             "source": "amortized posterior q(z|x)" if not draws.refine else
+             f"q(z|x) refined per example by {draws.refine} steps on its ELBO (semi-amortized)"}
     on_draws = {"chain": [0], "draw": np.arange(draws.z.shape[0])}
     posterior = xr.Dataset({"z": ((*sample, "obs", "latent"), draws.z[None])}, coords={**on_draws, **coords}, attrs=attrs)
     sample_stats = xr.Dataset({

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from . import arviz_compat
 from .inference_data import khat_advice
-from .text import describe_active_units
+from .text import describe_active_units, proposal_words
 
 
 def _per_layer(figures: dict, rel, kind: str, what: str) -> str:
@@ -88,7 +88,7 @@ def analysis_report(run, diagnostics: dict, figures: dict, folder: Path, pair) -
     return f"""# Analysis of `{run.path.name}`
 
 {diagnostics['n']} examples of the `{diagnostics['split']}` split of {diagnostics['data']}, {diagnostics['samples']} draws
-from q(z|x) per example ({diagnostics['draws_stored']} stored in `posterior.nc`). Log-likelihoods are in
+from {proposal_words(diagnostics.get('refine', 0))} per example ({diagnostics['draws_stored']} stored in `posterior.nc`). Log-likelihoods are in
 {diagnostics['units']}, +- one standard error over examples.
 
 | quantity | value |

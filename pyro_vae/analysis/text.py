@@ -32,16 +32,22 @@ def evaluation_lines(summary: dict) -> list[str]:
         rows += [("accuracy", f"{summary['accuracy']:.1%} (argmax q(y|x) read as the label)"),
                  ("clustering", f"{summary['cluster_accuracy']:.1%} accuracy under the best one-to-one matching of clusters to labels"),
                  ("NMI", f"{summary['nmi']:.3f}")]
-    return [f"{'split':<16}{summary['split']} ({summary['n']} examples, K = {summary['samples']} samples each)",
+    return [f"{'split':<16}{summary['split']} ({summary['n']} examples, K = {summary['samples']} samples each "
+            f"from {proposal_words(summary.get('refine', 0))})",
             *(f"{name:<16}{value}" for name, value in rows),
             f"({summary['units']}; +- one standard error over examples; {summary['seconds']:.1f} s on {summary['device']})"]
+
+
+def proposal_words(refine: int) -> str:
+    """The importance proposal, in words: the encoder's q(z|x), or q refined per example."""
+    return "q(z|x)" if not refine else f"q(z|x) refined per example by {refine} steps on its own ELBO"
 
 
 def analysis_lines(diagnostics: dict) -> list[str]:
     """An analysis's diagnostics (``RUN/analysis/diagnostics.json``) as the lines ``analyze``
     prints: IS and PSIS log p(x), the shares of the k-hat bands and what they advise."""
     d, bands = diagnostics, diagnostics["khat_bands"]
-    return [f"{d['n']} examples of {d['split']}, {d['samples']} draws each",
+    return [f"{d['n']} examples of {d['split']}, {d['samples']} draws each from {proposal_words(d.get('refine', 0))}",
             f"log p(x): IS {d['is_log_likelihood']['mean']:.3f} +- {d['is_log_likelihood']['se']:.3f}, "
             f"PSIS {d['psis_log_likelihood']['mean']:.3f} +- {d['psis_log_likelihood']['se']:.3f} ({d['units']})",
             f"k-hat: good (<0.5) {bands['good']['share']:.1%}, usable (0.5-0.7) {bands['ok']['share']:.1%}, "

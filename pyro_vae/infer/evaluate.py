@@ -26,7 +26,9 @@ from torch import Tensor
 
 from .. import distributed
 from ..model.condition import given, prior_reads_condition
+from ..errors import RunError
 from ..model.vae import ImportanceTerms
+from .refine import PARTICLES, refine_gaussian
 
 BUDGET = 2**23  # decoder output values per chunk
 MAX_ROWS = 2**16  # latent draws per chunk: bounds the networks' hidden layers when outputs are few
@@ -51,23 +53,75 @@ def example_blocks(vae, num_examples: int, num_samples: int, budget: int = BUDGE
 
 
 def importance_chunks(vae, x: Tensor, num_samples: int, budget: int = BUDGET, prior=None,
-                      condition: Optional[Tensor] = None) -> Iterator[tuple[slice, object, Tensor, ImportanceTerms]]:
+                      condition: Optional[Tensor] = None,
+                      proposals: Optional[tuple[Tensor, Tensor]] = None) -> Iterator[tuple[slice, object, Tensor, ImportanceTerms]]:
     """(examples, q, z of shape (s, b, latent), the log-densities) chunk by chunk; with
     covariates, each example's own row of ``condition`` (log p(x | c)).
 
     p(z) is built once (``prior``, or ``vae.latent_prior()``): a VampPrior runs the encoder on
-    all its pseudo-inputs to build it; a prior p(z | c) is built per chunk."""
+    all its pseudo-inputs to build it; a prior p(z | c) is built per chunk. ``proposals``, the
+    (means, sds) of :func:`refined_proposals`, replace the encoder's q(z|x) as the proposal."""
     per_chunk, samples = chunk_plan(num_samples, len(x), vae.values_per_draw, budget)
     per_example = condition is not None and prior_reads_condition(vae)
     prior = vae.latent_prior() if prior is None and not per_example else prior
     for start in range(0, len(x), per_chunk):
         xb = x[start : start + per_chunk]
-        with given(vae, None if condition is None else condition[start : start + per_chunk]):
-            q, p = vae.q(xb), vae.latent_prior() if per_example else prior
+        rows = slice(start, start + len(xb))
+        with given(vae, None if condition is None else condition[rows]):
+            q = vae.q(xb) if proposals is None else Normal(proposals[0][rows], proposals[1][rows]).to_event(1)
+            p = vae.latent_prior() if per_example else prior
             for drawn in range(0, num_samples, samples):
                 z = q.rsample((min(samples, num_samples - drawn),))
                 terms = ImportanceTerms(vae.p_x(z, xb).log_prob(xb), p.log_prob(z), q.log_prob(z))
-                yield slice(start, start + len(xb)), q, z, terms
+                yield rows, q, z, terms
+
+
+NOT_REFINABLE = "$refine refines a Gaussian q(z|x); this run has a discrete latent y too: evaluate it without $refine"
+
+
+def refined_proposals(vae, x: Tensor, steps: int, budget: int = BUDGET, prior=None,
+                      condition: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """(means, sds), each (n, latent), of the encoder's q(z|x) refined by ``steps`` steps on
+    each example's ELBO (:mod:`pyro_vae.infer.refine`), as many examples at once as one
+    chunk's ``budget`` holds with the refinement's draws (in practice all of them)."""
+    if vae.classes:
+        raise RunError(NOT_REFINABLE)
+    per_block, _ = chunk_plan(PARTICLES, len(x), vae.values_per_draw, budget)
+    per_example = condition is not None and prior_reads_condition(vae)
+    means, sds = [], []
+    for start in range(0, len(x), per_block):
+        rows = slice(start, start + per_block)
+        with given(vae, None if condition is None else condition[rows]):
+            p = vae.latent_prior() if per_example or prior is None else prior
+            q = refine_gaussian(vae, x[rows], vae.q(x[rows]), p, steps)
+        means.append(q.mean)
+        sds.append(q.stddev)
+    return torch.cat(means), torch.cat(sds)
+
+
+REFINE_SEED = 7_919  # added to the seed of the refinement's draws: never the importance draws' own
+
+
+def refined_proposals_sharded(vae, x: Tensor, steps: int, budget: int = BUDGET, seed: int = 0,
+                              group: distributed.Group = distributed.SINGLE,
+                              condition: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """:func:`refined_proposals` in seeded blocks shared among the ranks, as large as one
+    chunk holds (``distributed.blockwise``): the same on every rank whatever their number."""
+    if vae.classes:
+        raise RunError(NOT_REFINABLE)
+    block, _ = chunk_plan(PARTICLES, len(x), vae.values_per_draw, budget)
+
+    def compute(rows: slice) -> dict:
+        mean, sd = refined_proposals(vae, x[rows], steps, budget, None, None if condition is None else condition[rows])
+        return {"mean": mean, "sd": sd}
+
+    full = distributed.blockwise(len(x), block, group, compute, seed + REFINE_SEED)
+    return full["mean"], full["sd"]
+
+
+def proposal_rows(proposals: Optional[tuple[Tensor, Tensor]], rows: slice) -> Optional[tuple[Tensor, Tensor]]:
+    """The refined proposals of ``rows`` (None stays None: the encoder's q)."""
+    return None if proposals is None else (proposals[0][rows], proposals[1][rows])
 
 
 def closed_form_mean(q) -> Optional[Tensor]:
@@ -103,6 +157,7 @@ class PosteriorMoments:
         self.num_samples = num_samples
         self.sum = torch.zeros(n, latent_dim, **like)
         self.sum_squares = torch.zeros(n, latent_dim, **like)
+        self.std = torch.full((n, latent_dim), math.nan, **like)  # q's sd where it has one in closed form
         self.exact = torch.zeros(n, dtype=torch.bool, device=like["device"])
         self._seen: set[int] = set()
 
@@ -114,6 +169,9 @@ class PosteriorMoments:
             if mean is not None:
                 self.exact[rows] = True
                 self.sum[rows] = mean * self.num_samples
+                std = closed_form_std(q)
+                if std is not None:
+                    self.std[rows] = std
         if not self.exact[rows.start]:
             self.sum[rows] += z.sum(0)
             self.sum_squares[rows] += z.square().sum(0)
@@ -158,11 +216,16 @@ class PerExample:
 
 @torch.no_grad()
 def importance_sample(vae, x: Tensor, num_samples: int, budget: int = BUDGET,
-                      condition: Optional[Tensor] = None) -> PerExample:
+                      condition: Optional[Tensor] = None, refine: int = 0,
+                      proposals: Optional[tuple[Tensor, Tensor]] = None) -> PerExample:
     """Per-example estimates (see the module docstring); with covariates, log p(x | c) for
     each example's own row of ``condition`` (the per-dimension KL is left out where the prior
-    is p(z | c))."""
+    is p(z | c)). With ``refine`` steps the proposal is q(z|x) refined per example
+    (:mod:`pyro_vae.infer.refine`; or ``proposals``, refined already), and the ELBO, KL and
+    posterior means are the refined q's."""
     if vae.classes:
+        if refine:
+            raise RunError(NOT_REFINABLE)
         return importance_sample_classes(vae, x, num_samples, budget, condition)
     n, S = len(x), num_samples
     like = {"device": x.device, "dtype": x.dtype}
@@ -173,7 +236,9 @@ def importance_sample(vae, x: Tensor, num_samples: int, budget: int = BUDGET,
     kl_dims: Optional[Tensor] = None if per_example else torch.zeros(n, vae.latent_dim, **like)
     first_chunk: set[int] = set()
     prior = None if per_example else vae.latent_prior()
-    for rows, q, z, terms in importance_chunks(vae, x, S, budget, prior, condition):
+    if refine and proposals is None:
+        proposals = refined_proposals(vae, x, refine, budget, prior, condition)
+    for rows, q, z, terms in importance_chunks(vae, x, S, budget, prior, condition, proposals):
         log_w = terms.log_weights
         lse[rows] = torch.logaddexp(lse[rows], torch.logsumexp(log_w, 0))
         sums["log_w"][rows] += log_w.sum(0)
@@ -257,12 +322,15 @@ def importance_sample_classes(vae, x: Tensor, num_samples: int, budget: int = BU
 
 def importance_sample_sharded(vae, x: Tensor, num_samples: int, budget: int = BUDGET, seed: int = 0,
                               group: distributed.Group = distributed.SINGLE,
-                              condition: Optional[Tensor] = None) -> PerExample:
+                              condition: Optional[Tensor] = None, refine: int = 0) -> PerExample:
     """:func:`importance_sample` over seeded blocks of examples shared among the ranks
     (``distributed.blockwise``): each example's draws depend on (seed, its block) only, so
     every number of processes, one included, gives the same per-example results."""
+    proposals = refined_proposals_sharded(vae, x, refine, budget, seed, group, condition) if refine else None
+
     def compute(rows: slice) -> dict:
-        result = importance_sample(vae, x[rows], num_samples, budget, None if condition is None else condition[rows])
+        result = importance_sample(vae, x[rows], num_samples, budget, None if condition is None else condition[rows],
+                                   proposals=proposal_rows(proposals, rows))
         return {f.name: getattr(result, f.name) for f in fields(result) if getattr(result, f.name) is not None}
 
     block = example_blocks(vae, len(x), num_samples, budget)

@@ -8,6 +8,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+from pyro.distributions import Normal
 
 from ..infer.evaluate import BUDGET
 from ..infer.metrics import active_unit_summary, classification_summary, posterior_mean_covariance, standard_error
@@ -57,18 +58,23 @@ class _Latents:
 
 
 def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optional[int] = 1000, draws: int = 200,
-                seed: int = 0, device="auto", budget: int = BUDGET) -> Optional[Analysis]:
+                seed: int = 0, device="auto", budget: int = BUDGET, refine: Optional[int] = None) -> Optional[Analysis]:
     """Write RUN/analysis/: posterior.nc, diagnostics.json, figures and report.md. Under
     several processes the draws are shared among the ranks in seeded blocks and rank 0
-    alone writes (the others return None)."""
+    alone writes (the others return None). With ``refine`` steps (None: the run's
+    ``model.refine_steps``) the draws, k-hat, log p(x),
+    posterior means and the example posteriors' figures are those of q(z|x) refined per
+    example (:mod:`pyro_vae.infer.refine`); the reconstructions stay the encoder's."""
     device = resolve_device(device, "$device")
     group = distributed.use_device(device)
     run = load_run(path, device)
+    refine = run.spec.model.refine_steps if refine is None else refine
     examples = heldout(run, data, split, limit, seed, device)
     if not isinstance(examples.x, torch.Tensor):  # a streamed split: the analysis holds its examples' draws anyway
         examples.x = examples.x[:]
     run.vae.eval()
-    posterior = posterior_draws_sharded(run.vae, examples.x, num_samples, draws, budget, seed, group, examples.condition)
+    posterior = posterior_draws_sharded(run.vae, examples.x, num_samples, draws, budget, seed, group, examples.condition,
+                                        refine)
     if not group.is_main:
         return None
     torch.manual_seed(seed)  # the figures' draws
@@ -80,9 +86,11 @@ def analyze_run(path, data=None, split="valid", num_samples=1000, limit: Optiona
         arviz_compat.write_netcdf(idata, tmp)
     latents = _latents(run.vae, posterior.moments)
     diagnostics = _diagnostics(run, idata, posterior.moments, examples, split, num_samples, latents.top)
+    diagnostics["refine"] = refine
     figures = _diagnostic_figures(folder, run, idata, latents, examples, class_probs, diagnostics, seed)
     atomic_write_json(folder / "diagnostics.json", diagnostics)
-    pair = _model_figures(folder, run, idata, latents, examples, split, seed, diagnostics, figures)
+    refined = (posterior.moments.mean, posterior.moments.std) if refine else None
+    pair = _model_figures(folder, run, idata, latents, examples, split, seed, diagnostics, figures, refined)
     atomic_write_text(folder / "report.md", analysis_report(run, diagnostics, figures, folder, pair))
     record_outputs(path, [folder / "posterior.nc", folder / "diagnostics.json", folder / "report.md", *figures.values()])
     return Analysis(diagnostics, figures, folder)
@@ -175,16 +183,18 @@ def _diagnostic_figures(folder: Path, run, idata, latents: _Latents, examples, c
 
 
 def _model_figures(folder: Path, run, idata, latents: _Latents, examples, split: str, seed: int, diagnostics: dict,
-                   figures: dict) -> tuple[int, int]:
-    """Added to ``figures``: the covariates', the example posteriors, the ELBO curves and
-    what the model does (reconstructions, samples, interpolation, traversals); returns the
-    two examples interpolated between."""
+                   figures: dict, refined=None) -> tuple[int, int]:
+    """Added to ``figures``: the covariates', the example posteriors (``refined``: the
+    refined proposals' (means, sds) of every example, drawn instead of the encoder's q),
+    the ELBO curves and what the model does (reconstructions, samples, interpolation,
+    traversals); returns the two examples interpolated between."""
     x, c, vae, top = examples.x, examples.condition, run.vae, latents.top
     if c is not None:
         figures.update(covariate_figures(folder, run, latents.means, c, latents.pair, seed))
     chosen = diagnostics["latent_summary"]["examples"]
     with torch.no_grad(), given(vae, None if c is None else c[chosen]):
-        gaussian = gaussian_moments(vae.q(x[chosen]))
+        q = vae.q(x[chosen]) if refined is None else Normal(refined[0][chosen], refined[1][chosen]).to_event(1)
+        gaussian = gaussian_moments(q)
     figures["posterior"], figures["pair"] = example_posteriors(folder / "posterior_examples.png", folder / "pair_examples.png",
                                                                idata, chosen, top[:2] if len(top) > 1 else top, gaussian,
                                                                vae.latent_labels)

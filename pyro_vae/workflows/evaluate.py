@@ -102,24 +102,28 @@ class Evaluation:
 
 
 def evaluate_run(path, data=None, split="valid", num_samples=5000, limit=None, seed=0, device="auto",
-                 budget=BUDGET) -> Evaluation:
+                 budget=BUDGET, refine: Optional[int] = None) -> Evaluation:
     """Evaluate a run directory; writes RUN/evaluation/<split>.json and <split>.npz (for
     other data, ``<data>-<split>``: the run's own results are never overwritten).
 
     Under several processes the examples are shared among the ranks in seeded blocks, the
     per-example results gathered, and rank 0 alone writes. Returns (summary, (json path,
-    npz path), per-example estimates) on every rank, as an :class:`Evaluation`."""
+    npz path), per-example estimates) on every rank, as an :class:`Evaluation`. With ``refine``
+    steps (None: the run's ``model.refine_steps``) the proposal is q(z|x) refined per example
+    (:mod:`pyro_vae.infer.refine`): log p(x) estimates the same quantity, the ELBO, KL and
+    posterior means are the refined q's."""
     device = resolve_device(device, "$device")
     group = distributed.use_device(device)
     run = load_run(path, device)
+    refine = run.spec.model.refine_steps if refine is None else refine
     examples = heldout(run, data, split, limit, seed, device)
     started = time.perf_counter()
-    result = importance_sample_sharded(run.vae, examples.x, num_samples, budget, seed, group, examples.condition)
+    result = importance_sample_sharded(run.vae, examples.x, num_samples, budget, seed, group, examples.condition, refine)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     summary = summarize(result, num_samples, run.vae.layer_dims)
     summary.update(split=split, data=examples.source, seconds=time.perf_counter() - started, device=str(device),
-                   seed=seed, processes=group.world_size, limit=limit, units=run.units)
+                   seed=seed, processes=group.world_size, limit=limit, units=run.units, refine=refine)
     if result.class_probs is not None and examples.labels is not None:
         summary.update(classification_summary(result.class_probs, examples.labels))
     folder = Path(path) / "evaluation"
