@@ -73,7 +73,7 @@ def save_checkpoint(path: Path, checkpoint: dict) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             try:
-                torch.save(checkpoint, f)
+                torch.save({k: v for k, v in checkpoint.items() if k != "lacks"}, f)  # in memory only
             except RuntimeError as exc:  # torch's writer reports a full disk or a file size limit this way
                 raise OSError(errno.EIO, f"writing failed: {_first_line(exc)}; is the disk full, or a file size limit "
                                          "(ulimit -f) set?") from None
@@ -115,7 +115,8 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
         ) from None
     version = checkpoint.get("format") if isinstance(checkpoint, dict) else None
     if type(version) is not int or version < 1 or not isinstance(checkpoint.get("weights"), dict):
-        raise RunError(f"{path}: not a pyro-vae checkpoint (format {CHECKPOINT_FORMAT})")
+        raise RunError(f"{path}: not a pyro-vae checkpoint (its format is not one of 1 to {CHECKPOINT_FORMAT})")
+    checkpoint.pop("lacks", None)  # only a migration says what an older format lacked; never the file
     if version > CHECKPOINT_FORMAT:
         raise RunError(f"{path}: checkpoint format {version}, newer than this pyro-vae reads (format "
                        f"{CHECKPOINT_FORMAT} and older); upgrade pyro-vae (pip install --upgrade pyro-vae) to load it")

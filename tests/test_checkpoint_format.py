@@ -11,11 +11,14 @@ model.decoder.hidden=[4]``.
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 
 from pyro_vae.cli import main
 from pyro_vae.model import build_vae
-from pyro_vae.runs import CHECKPOINT_FORMAT, load_checkpoint, load_run, read_spec, save_checkpoint
+from pyro_vae.errors import RunError
+from pyro_vae.runs import (CHECKPOINT_FORMAT, load_checkpoint, load_run, read_spec, record_outputs,
+                            save_checkpoint, sha256_file)
 
 FORMAT_1 = Path(__file__).parent / "data" / "format1_run"
 
@@ -49,12 +52,29 @@ def test_a_format_1_run_loads_to_its_weights_and_predictions():
 
 
 def test_the_migrated_checkpoint_written_as_the_current_format_loads_the_same(tmp_path):
-    migrated = load_checkpoint(FORMAT_1 / "checkpoint.pt")
+    """Written again from the loaded model (every weight, the ones the old file lacked
+    included), a migrated checkpoint is a format-2 file that loads strictly, the same."""
+    migrated, old = load_checkpoint(FORMAT_1 / "checkpoint.pt"), load_run(FORMAT_1)
     run = tmp_path / "run"
     shutil.copytree(FORMAT_1, run)
-    save_checkpoint(run / "checkpoint.pt", migrated)
-    assert torch.load(run / "checkpoint.pt", weights_only=True)["format"] == CHECKPOINT_FORMAT
-    assert torch.equal(_predictions(load_run(run).vae), _predictions(load_run(FORMAT_1).vae))
+    save_checkpoint(run / "checkpoint.pt", {**migrated, "weights": old.vae.state_dict()})
+    written = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert written["format"] == CHECKPOINT_FORMAT and "lacks" not in written
+    assert torch.equal(_predictions(load_run(run).vae), _predictions(old.vae))
+
+
+@pytest.mark.parametrize("lacks", [[""], ["weight", "bias"], "c", 5])
+def test_a_files_own_list_of_lacking_weights_is_never_trusted(lacks, tmp_path, digits_run):
+    """``lacks`` is what a migration says an older format lacked: a file that names it
+    itself (to load untrained weights without a word) is refused for its missing weights."""
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    current = torch.load(digits_run / "checkpoint.pt", weights_only=True)
+    weights = {k: v for k, v in current["weights"].items() if "decoder" not in k}
+    torch.save({**current, "weights": weights, "lacks": lacks}, run / "checkpoint.pt")  # past save_checkpoint's filter
+    record_outputs(run, [], checkpoint_sha256=sha256_file(run / "checkpoint.pt"))
+    with pytest.raises(RunError, match="missing"):
+        load_run(run)
 
 
 def test_format_1_without_world_size_and_format_2_files_of_todays_layout(tmp_path, digits_run):
