@@ -460,14 +460,21 @@ class Run:
         return encode(self.vae, x, samples, seed=seed, condition=c, transformed=changed)
 
 
+def with_lacking(weights: dict, vae, checkpoint: dict) -> dict:
+    """``weights`` (a checkpoint's ``weights`` or ``training.last_weights``) completed by the
+    model's initial values of those an older format lacked (``lacks``, set by MIGRATIONS)."""
+    lacks = checkpoint.get("lacks", ())
+    initial = vae.state_dict()
+    return {**{k: v for k, v in initial.items() if k not in weights and any(k.endswith(n) for n in lacks)}, **weights}
+
+
 def load_weights(vae, checkpoint: dict) -> None:
     """A checkpoint's weights into ``vae``; RuntimeError (one line) when they do not fit.
     Weights an older format lacked (``lacks``, see MIGRATIONS) keep the model's initial values."""
     try:
-        missing, unexpected = vae.load_state_dict(checkpoint["weights"], strict=False)
+        missing, unexpected = vae.load_state_dict(with_lacking(checkpoint["weights"], vae, checkpoint), strict=False)
     except RuntimeError as exc:  # a shape mismatch
         raise RuntimeError(" ".join(str(exc).split())[:200]) from None
-    missing = [k for k in missing if not any(k.endswith(name) for name in checkpoint.get("lacks", ()))]
     if missing or unexpected:
         raise RuntimeError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
 

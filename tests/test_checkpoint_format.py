@@ -107,3 +107,27 @@ def test_a_newer_format_is_refused_in_one_line_naming_it_and_the_fix(tmp_path, c
     assert len(err.splitlines()) == 1
     assert f"checkpoint format {CHECKPOINT_FORMAT + 1}, newer than this pyro-vae reads" in err
     assert "pip install --upgrade pyro-vae" in err
+
+
+def test_a_format_1_count_run_without_mean_library_resumes_as_if_never_stopped(tmp_path):
+    """``--resume`` of a format-1 file that lacks ``mean_library`` in both weight sets (the
+    layout before 2026-11-22) continues to the weights an uninterrupted run reaches."""
+    small = ["--model", "count_nb", "--set", "data.normalize=false", "--set", "model.latent_dim=2",
+             "--set", "model.encoder.hidden=[4]", "--set", "model.decoder.hidden=[4]", "--quiet"]
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    assert main(["train", *small, "--set", "inference.schedule.epochs=2", "--out", str(whole)]) == 0
+    assert main(["train", *small, "--set", "inference.schedule.epochs=1", "--out", str(stopped)]) == 0
+    checkpoint = torch.load(stopped / "checkpoint.pt", weights_only=True)
+    lacked = "likelihood.mean_library"
+    assert lacked in checkpoint["weights"]
+    checkpoint["format"] = 1
+    for weights in (checkpoint["weights"], checkpoint["training"]["last_weights"]):  # may be one dict, saved once
+        weights.pop(lacked, None)
+    assert lacked not in checkpoint["training"]["last_weights"]
+    save_checkpoint(stopped / "checkpoint.pt", checkpoint)
+    assert main(["train", "--resume", str(stopped), "--set", "inference.schedule.epochs=2", "--quiet"]) == 0
+    reached = torch.load(stopped / "checkpoint.pt", weights_only=True)["weights"]
+    expected = torch.load(whole / "checkpoint.pt", weights_only=True)["weights"]
+    assert reached.keys() == expected.keys()
+    for name, value in expected.items():
+        assert torch.equal(reached[name], value), name

@@ -27,7 +27,7 @@ from ..model.likelihoods import LIKELIHOODS
 from ..provenance import provenance
 from .memory import check_training_step
 from ..runs import (CHECKPOINT, CHECKPOINT_FORMAT, FIGURES, METRIC_COLUMNS, METRICS, SPEC, SUMMARY, RunLock, claim_output_dir,
-                   check_finite, load_checkpoint, load_weights, read_spec, record_outputs, remove_partial_writes,
+                   check_finite, load_checkpoint, load_weights, read_spec, record_outputs, remove_partial_writes, with_lacking,
                    save_checkpoint)
 from ..spec import Spec
 from ..tracking import TRACKERS, check_stores, target_outside, tracking_outputs
@@ -454,6 +454,8 @@ def _restore(path: Path, trainer: Trainer, data, checkpoint: dict) -> None:
             f"resume with the same number (torchrun --nproc_per_node ... so that the world size is {saved})"
         )
     try:
+        training = checkpoint["training"]
+        training["last_weights"] = with_lacking(training["last_weights"], trainer.vae, checkpoint)
         trainer.restore(checkpoint)
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:
         raise RunError(f"{path / CHECKPOINT}: cannot restore training state ({str(exc).splitlines()[0][:160]})") from None
