@@ -464,6 +464,8 @@ def with_lacking(weights: dict, vae, checkpoint: dict) -> dict:
     """``weights`` (a checkpoint's ``weights`` or ``training.last_weights``) completed by the
     model's initial values of those an older format lacked (``lacks``, set by MIGRATIONS)."""
     lacks = checkpoint.get("lacks", ())
+    if not lacks:
+        return weights
     initial = vae.state_dict()
     return {**{k: v for k, v in initial.items() if k not in weights and any(k.endswith(n) for n in lacks)}, **weights}
 

@@ -68,7 +68,7 @@ def importance_chunks(vae, x: Tensor, num_samples: int, budget: int = BUDGET, pr
         xb = x[start : start + per_chunk]
         rows = slice(start, start + len(xb))
         with given(vae, None if condition is None else condition[rows]):
-            q = vae.q(xb) if proposals is None else Normal(proposals[0][rows], proposals[1][rows]).to_event(1)
+            q = vae.q(xb) if proposals is None else proposal_q(proposal_rows(proposals, rows))
             p = vae.latent_prior() if per_example else prior
             for drawn in range(0, num_samples, samples):
                 z = q.rsample((min(samples, num_samples - drawn),))
@@ -119,9 +119,14 @@ def refined_proposals_sharded(vae, x: Tensor, steps: int, budget: int = BUDGET, 
     return full["mean"], full["sd"]
 
 
-def proposal_rows(proposals: Optional[tuple[Tensor, Tensor]], rows: slice) -> Optional[tuple[Tensor, Tensor]]:
-    """The refined proposals of ``rows`` (None stays None: the encoder's q)."""
+def proposal_rows(proposals: Optional[tuple[Tensor, Tensor]], rows) -> Optional[tuple[Tensor, Tensor]]:
+    """The refined proposals of ``rows`` (a slice or indices; None stays None: the encoder's q)."""
     return None if proposals is None else (proposals[0][rows], proposals[1][rows])
+
+
+def proposal_q(proposals: tuple[Tensor, Tensor]) -> Normal:
+    """Refined proposals (means, sds) as the diagonal normal q(z|x) they are, one per example."""
+    return Normal(*proposals).to_event(1)
 
 
 def closed_form_mean(q) -> Optional[Tensor]:

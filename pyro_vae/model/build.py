@@ -43,13 +43,14 @@ class Streams:
             torch.manual_seed(self.base_seed + zlib.crc32(name.encode()))
             yield
 
-    def build(self, name: str, registry, table, *sizes):
-        """``registry.build(table, *sizes)`` in the stream ``name``; its errors name ``model.<name>``."""
+    def build(self, name: str, registry, table, *sizes, key: Optional[str] = None):
+        """``registry.build(table, *sizes)`` in the stream ``name``; its errors name
+        ``model.<key>`` (``key``: the spec's key for the part, where it is not ``name``)."""
         try:
             with self(name):
                 return registry.build(table, *sizes)
         except SpecError as exc:
-            raise SpecError(f"model.{name}: {exc}") from None
+            raise SpecError(f"model.{key or name}: {exc}") from None
 
 
 def build_vae(spec, data_shape: tuple[int, ...], num_data: Optional[int] = None, covariates: Sequence[int] = ()) -> VAE:
@@ -180,11 +181,8 @@ def build_structure(spec, likelihood, data_shape, num_data, transform, streams: 
     else:
         prior = streams.build("prior", PRIORS, spec.prior, dims[-1])
     if y is not None:
-        try:
-            with streams("classifier"):
-                classifier = NETWORKS.build(spec.discrete.classifier, data_shape, (classes,))
-        except SpecError as exc:
-            raise SpecError(f"model.discrete.classifier: {exc}") from None
+        classifier = streams.build("classifier", NETWORKS, spec.discrete.classifier, data_shape, (classes,),
+                                   key="discrete.classifier")
         with streams("baseline"):
             baseline = Baseline(features)
     conditioning = None

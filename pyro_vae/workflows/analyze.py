@@ -8,9 +8,8 @@ from typing import Optional
 
 import numpy as np
 import torch
-from pyro.distributions import Normal
 
-from ..infer.evaluate import BUDGET
+from ..infer.evaluate import BUDGET, proposal_q, proposal_rows
 from ..infer.metrics import active_unit_summary, classification_summary, posterior_mean_covariance, standard_error
 from .. import distributed
 from ..analysis.discrete import class_probabilities, class_samples, confusion_matrix
@@ -193,7 +192,7 @@ def _model_figures(folder: Path, run, idata, latents: _Latents, examples, split:
         figures.update(covariate_figures(folder, run, latents.means, c, latents.pair, seed))
     chosen = diagnostics["latent_summary"]["examples"]
     with torch.no_grad(), given(vae, None if c is None else c[chosen]):
-        q = vae.q(x[chosen]) if refined is None else Normal(refined[0][chosen], refined[1][chosen]).to_event(1)
+        q = vae.q(x[chosen]) if refined is None else proposal_q(proposal_rows(refined, chosen))
         gaussian = gaussian_moments(q)
     figures["posterior"], figures["pair"] = example_posteriors(folder / "posterior_examples.png", folder / "pair_examples.png",
                                                                idata, chosen, top[:2] if len(top) > 1 else top, gaussian,
