@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("encode", help="write a run's latent codes of its data, or of other data",
                        description="For every example: the posterior mean and sd of q(z|x) (Monte Carlo for posteriors "
                        "without closed forms), optionally S draws, the labels and the example's row in its source. "
-                       "FILE.npz (arrays mean, std, samples, labels, index, split), FILE.csv (one row per example), "
+                       "FILE.npz (arrays mean, std, samples, labels, index, split; also train, valid, test and <split>_labels: the "
+                       "means as a data file that train --data reads, e.g. M2 on a VAE's codes, M1+M2), FILE.csv (one row per example), "
                        "or FILE.h5ad (for .h5ad input: a copy with obsm['X_pyro_vae'] and obsm['X_pyro_vae_std']; "
                        "the input is never written). Large data are read in chunks.")
     p.add_argument("run", metavar="RUN", help="a run directory written by pyro-vae train")

@@ -15,7 +15,7 @@ from pyro_vae.data import load_data, read_source
 from pyro_vae.errors import DataError, SpecError
 from pyro_vae.workflows.train import train
 from pyro_vae.model import build_vae
-from pyro_vae.runs import load_run
+from pyro_vae.runs import load_run, read_spec
 from pyro_vae.spec import DataSpec, Spec
 
 anndata = pytest.importorskip("anndata", reason="the anndata extra (in dev) is needed for .h5ad")
@@ -379,6 +379,31 @@ def test_encode_round_trips(digits_run, tmp_path):
     assert lines[0].startswith("index,split,label,mean_0") and len(lines) == 1 + len(heldout(run, split="test").index)
     code, _, err = run_cli("encode", digits_run, "--out", tmp_path / "codes.npz")
     assert_one_line_error(code, err, "exists", "--force")
+
+
+@pytest.mark.integration
+def test_encoded_codes_are_a_data_file_a_second_model_trains_on(digits_run, tmp_path):
+    """M1+M2 (Kingma et al., 2014): the .npz holds each split's means in its source order with
+    their labels, and ``train --data`` fits M2 to them."""
+    from pyro_vae.data.readers import read_npz
+
+    code, _, err = run_cli("encode", digits_run, "--out", tmp_path / "codes.npz")
+    assert code == 0, err
+    codes = np.load(tmp_path / "codes.npz")
+    data = read_npz(tmp_path / "codes.npz")
+    from sklearn.datasets import load_digits
+    target = load_digits().target
+    for split in ("train", "valid", "test"):
+        rows = np.flatnonzero(codes["split"] == split)
+        order = rows[np.argsort(codes["index"][rows])]
+        assert np.array_equal(codes[split], codes["mean"][order])
+        assert np.array_equal(codes[f"{split}_labels"], target[np.sort(codes["index"][rows])])
+        assert np.array_equal(data.labels[split], target[np.sort(codes["index"][rows])])
+    code, out, err = run_cli("train", "--model", "m2_semisupervised", "--data", tmp_path / "codes.npz",
+                             "--set", "data.labelled=20", "--set", "inference.schedule.epochs=1",
+                             "--set", "inference.schedule.batch_size=64", "--out", tmp_path / "m2")
+    assert code == 0, err
+    assert read_spec(tmp_path / "m2").model.discrete.shape == "m2"
 
 
 @pytest.mark.integration

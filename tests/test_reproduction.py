@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from helpers import ROOT, SHARED_DATA
+from pyro_vae.runs import load_run
 
 SPEC = importlib.util.spec_from_file_location("reproduce", ROOT / "benchmarks" / "reproduce.py")
 reproduce = sys.modules["reproduce"] = importlib.util.module_from_spec(SPEC)  # dataclasses look it up
@@ -63,8 +64,16 @@ def _check_row(row: int, out):
         assert cell["published"] == spec.cells[cell["cell"]].published
         assert cell["epochs"] == 1 and cell["status"] == "completed"
         assert cell["seconds_per_epoch"] > 0 and cell["wall_seconds"] > 0
-        assert cell["commands"][0].startswith(f"pyro-vae train --model {spec.cells[cell['cell']].model}")
-        assert cell["commands"][1].startswith(f"pyro-vae evaluate {cell['run']} --split {spec.split}")
+        commands, features = cell["commands"], spec.cells[cell["cell"]].features
+        if features is not None:  # M1+M2: M1 trained and its codes written first; the cell's model trains on them
+            m1, encode, *commands = commands
+            codes = out / f"row{row}" / f"{cell['cell']}_codes.npz"
+            assert m1.startswith(f"pyro-vae train --model {features.model}") and encode.endswith(f"--out {codes}")
+            assert f"--data {codes} " in commands[0]
+            m1_latent = load_run(out / f"row{row}" / f"{cell['cell']}_m1").vae.latent_dim
+            assert np.load(codes)["train"].shape[1] == m1_latent == 50
+        assert commands[0].startswith(f"pyro-vae train --model {spec.cells[cell['cell']].model}")
+        assert commands[1].startswith(f"pyro-vae evaluate {cell['run']} --split {spec.split}")
         evaluation = json.loads((out / f"row{row}" / cell["cell"] / "evaluation" / f"{spec.split}.json").read_text())
         assert cell["value"] == evaluation[spec.metric] and cell["n"] == evaluation["n"] == min(50, held_out)
         if spec.metric == "log_likelihood":

@@ -2,7 +2,7 @@
 
 | ``--out`` | what it holds |
 | --- | --- |
-| ``FILE.npz`` | arrays ``mean``, ``std`` (n, latent), ``samples`` (n, S, latent) with ``--samples S``, ``q_y`` (n, classes) with a categorical latent, ``layer_dims`` (the sizes of z_1 ... z_L in the latent vector) with stacked layers, ``labels`` and ``label_names`` when the data have them, ``index`` (each example's row in its source array) and ``split`` |
+| ``FILE.npz`` | arrays ``mean``, ``std`` (n, latent), ``samples`` (n, S, latent) with ``--samples S``, ``q_y`` (n, classes) with a categorical latent, ``layer_dims`` (the sizes of z_1 ... z_L in the latent vector) with stacked layers, ``labels`` and ``label_names`` when the data have them, ``index`` (each example's row in its source array) and ``split``; and the means in the layout ``pyro-vae train --data`` reads (``train``, ``valid``, ``test``, ``<split>_labels``: see below) |
 | ``FILE.csv`` | one row per example: index, split, label, mean_0.., std_0.., q_y_0.. (with a categorical latent) |
 | ``FILE.h5ad`` | for ``.h5ad`` input: a copy of the input with ``obsm["X_pyro_vae"]`` (means), ``obsm["X_pyro_vae_std"]`` and ``obsm["X_pyro_vae_q_y"]``, ``obsm["X_pyro_vae_samples"]`` (n_obs, S, latent) with ``--samples S``, with stacked layers also ``obsm["X_pyro_vae_z1"]``, ``obsm["X_pyro_vae_z1_std"]``, ... per layer, with ``--transform batch=b0`` the layer ``layers["pyro_vae_batch=b0"]`` (rows of cells not encoded are NaN); the input is never written |
 
@@ -10,6 +10,13 @@ With ``--transform NAME=VALUE`` (a model with covariates) the ``.npz`` also hold
 ``transformed``: each example's reconstruction E[x | E_q[z|x, c], c'] decoded with the
 covariate set to VALUE (scVI's ``transform_batch``: the batch-corrected data), and
 ``transform``, the setting.
+
+The ``.npz`` is also a data file: the arrays ``train``, ``valid`` and ``test`` hold each
+split's means E_q[z|x] in the order of the split's rows in its source, and ``<split>_labels``
+their labels, so ``pyro-vae train --data FILE.npz`` fits a second model to the codes. This is
+Kingma et al.'s (2014) M1+M2: M2 (``m2_semisupervised``) fitted to the latent features of a
+VAE (M1), where a Gaussian p(z_1 | y, z_2) on the codes separates the classes far better than
+M2 on the pixels (REPRODUCTION.md, row 5).
 
 Every file is written to a temporary name and renamed, so an interrupted encode leaves
 nothing half-written. The S draws of each example go to the file pass by pass (as many
@@ -148,6 +155,22 @@ def _codes(run, parts: list, transform_name) -> dict:
     return result
 
 
+def as_data(result: dict) -> dict:
+    """The means of each split, rows in their source order, with their labels (names where
+    the data named them): the arrays of an .npz data file (``pyro_vae.data.readers``)."""
+    arrays = {}
+    for split in SPLITS:
+        rows = np.flatnonzero(result["split"] == split)
+        if not len(rows):
+            continue
+        rows = rows[np.argsort(result["index"][rows], kind="stable")]
+        arrays[split] = result["mean"][rows]
+        if "labels" in result:
+            labels = result["labels"][rows]
+            arrays[f"{split}_labels"] = result["label_names"][labels] if "label_names" in result else labels
+    return arrays
+
+
 def _transform_name(transform: Sequence[str]) -> str:
     """``batch=b0`` (several: ``batch=b0,site=s1``), safe as an HDF5 name."""
     return ",".join("=".join(part.strip() for part in item.split("=", 1)) for item in transform).replace("/", "_")
@@ -165,7 +188,7 @@ class _NpzCodes:
 
     def finish(self, result: dict) -> None:
         assert self.npz.entry is None, "every example's draws are written before the codes"
-        for key, value in result.items():
+        for key, value in {**result, **as_data(result)}.items():
             self.npz.add(key, value)
 
     def close(self) -> None:
