@@ -90,6 +90,7 @@ def test_train_with_vade_pretrains_then_trains_and_says_so(tmp_path):
                            "--out", tmp_path / "run")
     assert code == 0, err
     assert "vade pretraining: epoch 2/2" in err and "mixture components fitted" in err
+    assert "(diagonal covariance, the likeliest of 1 fits" in err
     assert (tmp_path / "run" / "checkpoint.pt").exists()
 
 

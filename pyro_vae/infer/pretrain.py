@@ -108,8 +108,8 @@ def vade_initialize(vae, x, epochs: int, seed: int = 0, log=None, fits: int = 1)
                 loss.backward()
                 optimizer.step()
                 total += loss.item() * len(rows)
-        say(f"vade initialization: {classes} mixture components ({vae.prior.covariance} covariance, the likeliest of "
-            f"{fits} fits, {mixture.score(codes):.2f} nats per code) fitted to {n} codes; q(y|x) fitted to their "
+        say(f"vade initialization: {classes} mixture components fitted to {n} codes ({vae.prior.covariance} covariance, "
+            f"the likeliest of {fits} fits: log-likelihood {mixture.score(codes):.2f} nats per code); q(y|x) fitted to their "
             f"responsibilities (cross-entropy {total / n:.3f}, entropy floor "
             f"{-(targets * targets.clamp_min(1e-12).log()).sum(-1).mean().item():.3f} nats)")
     return mixture
