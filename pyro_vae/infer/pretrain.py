@@ -1,17 +1,18 @@
 """VaDE's initialization of a Gaussian-mixture VAE (Jiang et al., 2017, section 3.3).
 
 Before the ELBO is maximized, the encoder and decoder are pretrained as an autoencoder:
-z = E_q[z|x], the mean of q(z|x) (a draw from it where q has no closed-form mean), decoded, with the loss -log p(x | z) (the model's own
-likelihood, so the decoder starts where the VAE's reconstruction term wants it). A Gaussian
-mixture with one component per class, fitted by EM to the training codes
-(scikit-learn's ``GaussianMixture``; the best of ``fits`` runs from different k-means
-starts, by the mixture's likelihood of the codes: no labels read), then sets the
-class-conditional prior, p(z|y) = N(mu_y, Sigma_y), Sigma_y diagonal or full as the
-prior holds it (``model.discrete.covariance``; a full Sigma_y as its Cholesky factor);
-and q(y|x), which VaDE reads off the mixture as p(y|z = E_q[z|x]), is here a network of
-its own: it is fitted to the mixture's responsibilities by minimizing the cross-entropy -sum_y r_y(x) log q(y|x). p(y) stays
-uniform, as it is in the model. Without this start the components compete from near-equal
-means, and on MNIST the GMVAE stays below k-means on the pixels (BENCHMARKS.md).
+z = E_q[z|x], the mean of q(z|x) (a draw from it where q has no closed-form mean), is
+decoded, with the loss -log p(x | z) (the model's own likelihood, so the decoder starts
+where the VAE's reconstruction term wants it). A Gaussian mixture with one component per
+class, fitted by EM to the training codes (scikit-learn's ``GaussianMixture``; the best of
+``fits`` runs from different k-means starts, by the mixture's likelihood of the codes: no
+labels read), then sets the class-conditional prior, p(z|y) = N(mu_y, Sigma_y), Sigma_y
+diagonal or full as the prior holds it (``model.discrete.covariance``; a full Sigma_y as
+its Cholesky factor); and q(y|x), which VaDE reads off the mixture as p(y|z = E_q[z|x]),
+is here a network of its own: it is fitted to the mixture's responsibilities by minimizing
+the cross-entropy -sum_y r_y(x) log q(y|x). p(y) stays uniform, as it is in the model.
+Without this start the components compete from near-equal means, and on MNIST the GMVAE
+stays below k-means on the pixels (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -109,8 +110,8 @@ def vade_initialize(vae, x, epochs: int, seed: int = 0, log=None, fits: int = 1)
                 optimizer.step()
                 total += loss.item() * len(rows)
         say(f"vade initialization: {classes} mixture components fitted to {n} codes ({vae.prior.covariance} covariance, "
-            f"the likeliest of {fits} fits: log-likelihood {mixture.score(codes):.2f} nats per code); q(y|x) fitted to their "
-            f"responsibilities (cross-entropy {total / n:.3f}, entropy floor "
+            f"the likeliest of {fits} fits: log-likelihood {mixture.score(codes):.2f} nats per code); q(y|x) fitted to "
+            f"their responsibilities (cross-entropy {total / n:.3f}, entropy floor "
             f"{-(targets * targets.clamp_min(1e-12).log()).sum(-1).mean().item():.3f} nats)")
     return mixture
 
