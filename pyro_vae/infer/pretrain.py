@@ -109,9 +109,10 @@ def vade_initialize(vae, x, epochs: int, seed: int = 0, log=None, fits: int = 1)
                 loss.backward()
                 optimizer.step()
                 total += loss.item() * len(rows)
-        say(f"vade initialization: {classes} mixture components fitted to {n} codes ({vae.prior.covariance} covariance, "
-            f"the likeliest of {fits} fits: log-likelihood {mixture.score(codes):.2f} nats per code); q(y|x) fitted to "
-            f"their responsibilities (cross-entropy {total / n:.3f}, entropy floor "
+        say(f"vade initialization: {classes} mixture components fitted to {n} codes "
+            f"({vae.prior.covariance} covariance, the likeliest of {fits} fits: log-likelihood "
+            f"{mixture.score(codes):.2f} nats per code); q(y|x) fitted to their responsibilities (cross-entropy "
+            f"{total / n:.3f}, entropy floor "
             f"{-(targets * targets.clamp_min(1e-12).log()).sum(-1).mean().item():.3f} nats)")
     return mixture
 
