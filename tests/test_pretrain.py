@@ -8,16 +8,14 @@ densities, and TraceEnum_ELBO's loss with it against scipy at the guide's draws.
 import math
 
 import numpy as np
-import pyro
 import pytest
 import torch
 from scipy import stats
 from scipy.special import logsumexp
 from sklearn.mixture import GaussianMixture
 
-from helpers import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, run_cli, trace_enum_loss_at_draws
 from pyro_vae.errors import SpecError
-from pyro_vae.infer.estimators import ESTIMATORS
 from pyro_vae.infer.metrics import classification_summary
 from pyro_vae.infer.pretrain import autoencoder_codes, vade_initialize
 from pyro_vae.model import build_vae
@@ -131,14 +129,8 @@ def test_trace_enum_loss_with_a_full_covariance_p_z_given_y_against_scipy_at_its
     whatever the covariance."""
     vae, tril = full_prior()
     x = torch.randn(6, FEATURES, dtype=torch.float64)
-    vae.num_data = 30
-    vae.use_estimator(estimator := ESTIMATORS.build({"kind": "trace_enum"}), "trace_enum")
-    pyro.set_rng_seed(5)
-    loss = estimator.loss(vae.model, vae.guide, x, torch.arange(6))
-    pyro.set_rng_seed(5)
+    loss, q, z = trace_enum_loss_at_draws(vae, x, num_data=30)
     with torch.no_grad():
-        q = vae.q(x)
-        z = q.rsample()
         log_q_z = q.log_prob(z).numpy()
         log_px = vae.p_x_given(z, None, x).log_prob(x).numpy()
         q_y = torch.log_softmax(vae.q_y_logits(x), -1).numpy()
