@@ -98,6 +98,12 @@ MEANINGS = {
                            "p(z|y), and q(y|x) is fitted to the mixture's responsibilities; needs `shape = \"mixture\"` "
                            "and `encoder_reads_y = false`",
     "model.discrete.pretrain_epochs": "with `init = \"vade\"`: epochs of the autoencoder's pretraining",
+    "model.discrete.mixture_fits": "with `init = \"vade\"`: EM fits of the mixture to the codes, each from its own "
+                                   "k-means start; the one with the highest likelihood of the codes sets p(z|y) "
+                                   "(no labels read)",
+    "model.discrete.covariance": "p(z|y)'s covariance with `shape = \"mixture\"`: `diagonal`, N(mu_y, diag "
+                                 "sigma_y^2), or `full`, N(mu_y, L_y L_y^T) with a learned Cholesky factor L_y (and "
+                                 "VaDE's start fits a full-covariance mixture)",
     "model.condition": "how the covariates of `data.covariates` enter the model (`[model.condition]`, below); "
                        "required when covariates are named",
     # [model.condition]

@@ -58,8 +58,9 @@ class DiscreteSpec(_Strict):
     the paper's choice, with N training examples); ``labelled_batch`` labelled examples
     enter each step. ``init = "vade"`` starts the mixture from VaDE's initialization
     (Jiang et al., 2017; ``infer/pretrain.py``): an autoencoder pretrained for
-    ``pretrain_epochs``, a Gaussian mixture fitted to its codes sets p(z|y), and q(y|x) is
-    fitted to the mixture's responsibilities."""
+    ``pretrain_epochs``, a Gaussian mixture fitted to its codes sets p(z|y) (the best of
+    ``mixture_fits`` EM runs by their likelihood), and q(y|x) is fitted to the mixture's
+    responsibilities. ``covariance``: p(z|y)'s, ``diagonal`` or ``full`` (mixture only)."""
 
     classes: Annotated[int, Field(ge=2, le=1000)]
     shape: Literal["mixture", "m2"] = "mixture"
@@ -69,6 +70,8 @@ class DiscreteSpec(_Strict):
     encoder_reads_y: bool = True
     init: Literal["random", "vade"] = "random"
     pretrain_epochs: count(10_000) = 10
+    mixture_fits: count(1000) = 1
+    covariance: Literal["diagonal", "full"] = "diagonal"
 
     @model_validator(mode="after")
     def _resolve_slots(self):
@@ -76,6 +79,12 @@ class DiscreteSpec(_Strict):
         if self.init == "vade" and (self.shape != "mixture" or self.encoder_reads_y):
             raise ValueError("init = \"vade\" fits a Gaussian mixture p(z|y) to the codes of q(z|x): it needs "
                              "shape = \"mixture\" and encoder_reads_y = false")
+        if self.covariance == "full" and self.shape != "mixture":
+            raise ValueError("covariance = \"full\" is p(z|y)'s, and shape = \"m2\" has no p(z|y); use "
+                             "shape = \"mixture\" or covariance = \"diagonal\"")
+        if self.mixture_fits > 1 and self.init != "vade":
+            raise ValueError("mixture_fits counts the mixture fits of init = \"vade\"; set init = \"vade\" "
+                             "or remove mixture_fits")
         return self
 
 

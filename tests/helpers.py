@@ -65,3 +65,20 @@ def small_gaussian_vae(latent_dim=8, features=6, **model):
     }}).model
     torch.manual_seed(0)
     return build_vae(spec, (features,))
+
+
+def trace_enum_loss_at_draws(vae, x, num_data, seed=5):
+    """TraceEnum_ELBO's loss on the batch x (rows 0..B-1 of ``num_data``) and q(z|x) with the
+    draws z the guide made at that seed (y enumerated, not drawn): (loss, q, z)."""
+    import pyro
+
+    from pyro_vae.infer.estimators import ESTIMATORS
+
+    vae.num_data = num_data
+    vae.use_estimator(estimator := ESTIMATORS.build({"kind": "trace_enum"}), "trace_enum")
+    pyro.set_rng_seed(seed)
+    loss = estimator.loss(vae.model, vae.guide, x, torch.arange(len(x)))
+    pyro.set_rng_seed(seed)
+    with torch.no_grad():
+        q = vae.q(x)
+        return loss, q, q.rsample()

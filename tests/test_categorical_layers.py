@@ -14,7 +14,7 @@ import torch
 from scipy import stats
 from scipy.special import logsumexp, softplus
 
-from helpers import run_cli
+from helpers import run_cli, trace_enum_loss_at_draws
 from pyro_vae.infer.estimators import ESTIMATORS
 from pyro_vae.infer.evaluate import importance_sample
 from pyro_vae.model import build_vae
@@ -104,13 +104,7 @@ def test_trace_enum_loss_on_two_layers_with_y_against_scipy_at_its_draws():
     + log p(z1|z2) p(x|z1) - log q(z1|x) q(z2|z1)] at the guide's own draws (y summed)."""
     vae, x, _ = two_layer_mixture()
     x = x[:6]
-    vae.num_data = 30
-    vae.use_estimator(estimator := ESTIMATORS.build({"kind": "trace_enum"}), "trace_enum")
-    pyro.set_rng_seed(5)
-    loss = estimator.loss(vae.model, vae.guide, x, torch.arange(6))
-    pyro.set_rng_seed(5)
-    with torch.no_grad():
-        z = vae.q(x).rsample()  # the guide's draws: y is enumerated, not drawn
+    loss, _, z = trace_enum_loss_at_draws(vae, x, num_data=30)  # the guide's draws: y is enumerated, not drawn
     z1, z2, xs = z[:, 0].numpy(), z[:, 1].numpy(), x.numpy()
     W, bias = (p.detach().numpy() for p in (vae.decoder.net[0].weight, vae.decoder.net[0].bias))
     We, be = (p.detach().numpy() for p in (vae.encoder.net[0].weight, vae.encoder.net[0].bias))

@@ -177,7 +177,7 @@ def build_structure(spec, likelihood, data_shape, num_data, transform, streams: 
     classifier = baseline = None
     if y is not None and y.feeds == "prior":
         with streams("prior"):
-            prior = ClassConditionalPrior(dims[-1], classes)
+            prior = ClassConditionalPrior(dims[-1], classes, spec.discrete.covariance)
     else:
         prior = streams.build("prior", PRIORS, spec.prior, dims[-1])
     if y is not None:

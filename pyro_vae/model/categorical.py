@@ -57,7 +57,7 @@ so that every tool written for a continuous latent reads z correctly; the exact 
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, Optional
 
 import pyro.distributions as dist
 import torch
@@ -82,8 +82,14 @@ class CategoricalY(NamedTuple):
 
 
 class ClassConditionalPrior(Prior):
-    """p(z|y) = N(mu_y, diag sigma_y^2) per class, learned; ``prior()`` is the marginal
+    """p(z|y) = N(mu_y, Sigma_y) per class, learned; ``prior()`` is the marginal
     p(z) = sum_y p(y) p(z|y).
+
+    ``covariance = "diagonal"``: Sigma_y = diag sigma_y^2, sigma_y = softplus(raw_scale_y).
+    ``covariance = "full"``: Sigma_y = L_y L_y^T with the Cholesky factor
+    L_y = diag(softplus(raw_scale_y)) + the strictly lower triangle of ``off_diagonal_y``
+    (zero at the start, so a full mixture starts as the diagonal one); with a relaxed one-hot
+    y, L = sum_y y_k L_k, still lower triangular with a positive diagonal.
 
     The means start as N(0, 0.05^2 I) draws: apart, so that the symmetry between the classes
     is broken, and close, so that the x-dependent part of each example's ELBO decides its
@@ -94,23 +100,38 @@ class ClassConditionalPrior(Prior):
 
     INITIAL_SPREAD = 0.05
 
-    def __init__(self, latent_dim: int, classes: int):
+    def __init__(self, latent_dim: int, classes: int, covariance: Literal["diagonal", "full"] = "diagonal"):
         super().__init__(latent_dim)
+        self.covariance = covariance
         self.loc = nn.Parameter(self.INITIAL_SPREAD * torch.randn(classes, latent_dim))
         self.raw_scale = nn.Parameter(torch.full((classes, latent_dim), softplus_inverse(1.0)))
+        if covariance == "full":
+            self.off_diagonal = nn.Parameter(torch.zeros(classes, latent_dim, latent_dim))
         self.register_buffer("class_logits", torch.zeros(classes))
 
     @property
     def values_per_draw(self) -> int:
-        return self.loc.numel()
+        return self.loc.numel() * (self.latent_dim if self.covariance == "full" else 1)
+
+    def scale_tril(self) -> Tensor:
+        """L_y, (classes, latent_dim, latent_dim), with ``covariance = "full"``."""
+        return torch.diag_embed(F.softplus(self.raw_scale)) + torch.tril(self.off_diagonal, -1)
+
+    def _family(self, loc: Tensor, y: Optional[Tensor] = None) -> dist.Distribution:
+        if self.covariance == "full":
+            tril = self.scale_tril()
+            if y is not None:
+                tril = torch.einsum("...k,kij->...ij", y, tril)
+            return dist.MultivariateNormal(loc, scale_tril=tril)
+        scale = F.softplus(self.raw_scale)
+        return dist.Normal(loc, scale if y is None else y @ scale).to_event(1)
 
     def given(self, y: Tensor) -> dist.Distribution:
         """p(z|y) for one-hot (or relaxed one-hot) y of shape (..., classes)."""
-        return dist.Normal(y @ self.loc, y @ F.softplus(self.raw_scale)).to_event(1)
+        return self._family(y @ self.loc, y)
 
     def forward(self) -> dist.Distribution:
-        components = dist.Normal(self.loc, F.softplus(self.raw_scale)).to_event(1)
-        return dist.MixtureSameFamily(dist.Categorical(logits=self.class_logits), components)
+        return dist.MixtureSameFamily(dist.Categorical(logits=self.class_logits), self._family(self.loc))
 
 
 class _CategoricalDensity:

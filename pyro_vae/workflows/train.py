@@ -271,7 +271,8 @@ def train(spec, out=None, *, force: bool = False, progress: Optional[bool] = Non
         load_initial_weights(vae, init)
     elif spec.model.discrete is not None and spec.model.discrete.init == "vade":
         seed = spec.inference.schedule.seed
-        vade_initialize(vae, data.scored("train", seed), spec.model.discrete.pretrain_epochs, seed, log=log or say_on_stderr)
+        vade_initialize(vae, data.scored("train", seed), spec.model.discrete.pretrain_epochs, seed, log=log or say_on_stderr,
+                        fits=spec.model.discrete.mixture_fits)
     trainer = Trainer(vae, data, spec.inference, progress=progress, log=log, on_epoch=on_epoch)
     if note := carved_test_note(data, spec.data.test_fraction):
         trainer.log(note)
