@@ -97,7 +97,7 @@ VADE = [  # Jiang et al. (2017): 784-500-500-2000-10, ReLU, pretrained autoencod
     "model.encoder.hidden=[500,500,2000]", "model.encoder.activation=relu",
     "model.decoder.hidden=[2000,500,500]", "model.decoder.activation=relu",
     "model.discrete.classifier.hidden=[500]", "model.discrete.init=vade",
-    # a full-covariance p(z|y), started from the likeliest of 10 full mixtures on the codes (GMVAE_FINDINGS.md:
+    # a full-covariance p(z|y), started from the likeliest of 10 full mixtures on the codes (docs/gmvae-findings.md:
     # 71.0-85.2%, mean 80.1%, after 10 pretraining epochs and 8 epochs, seeds 0-4, against 59.3-68.3% diagonal)
     "model.discrete.covariance=full", "model.discrete.mixture_fits=10",
     "inference.optimizer.lr=2e-3", "inference.schedule.batch_size=100",
@@ -268,14 +268,17 @@ def features(cell: Cell, data: Path, run: Path, args) -> tuple[Path, list]:
     """M1+M2: train ``cell`` (M1) on ``data`` unless a finished run is there, encode the data
     with it; the codes file (an .npz data file) and the commands run."""
     m1, codes = run.with_name(run.name + "_m1"), run.with_name(run.name + "_codes.npz")
-    sets = [*cell.sets, f"inference.schedule.epochs={1 if args.tiny else args.features_epochs}",
-            f"inference.schedule.seed={args.seed}"]
+    epochs = f"inference.schedule.epochs={1 if args.tiny else args.features_epochs}"
+    sets = [*cell.sets, epochs, f"inference.schedule.seed={args.seed}"]
     commands = [["train", "--model", cell.model, "--data", str(data), *[a for s in sets for a in ("--set", s)],
                  "--out", str(m1), "--quiet"], ["encode", str(m1), "--out", str(codes)]]
-    if args.resume and _json(m1 / "summary.json").get("status") == "completed":
-        commands = commands[1:] if not codes.exists() else []
-    elif codes.exists():
-        codes.unlink()  # a new M1: its codes are stale
+    if args.resume and (m1 / "checkpoint.pt").exists():
+        if _json(m1 / "summary.json").get("status") in ("completed", "early_stopped"):
+            commands = commands[1:] if not codes.exists() else []
+        else:  # interrupted: M1 goes on where it stopped, and its codes are written anew
+            commands[0] = ["train", "--resume", str(m1), "--set", epochs, "--quiet"]
+    if commands and codes.exists():
+        codes.unlink()  # M1 trains on: its codes are stale
     for argv in commands:
         if (code := pyro_vae(argv)) != 0:
             raise SystemExit(code)

@@ -381,6 +381,38 @@ def test_encode_round_trips(digits_run, tmp_path):
     assert_one_line_error(code, err, "exists", "--force")
 
 
+def test_the_codes_data_layout_orders_rows_and_keeps_names_a_split_lacks(tmp_path):
+    """encode's data arrays: each split's means in source-row order whatever order they were
+    encoded in; string labels written as names, read back as one coding over the splits even
+    where a split lacks a class; a file with a single split reads as that split alone."""
+    from pyro_vae.data.readers import read_npz
+    from pyro_vae.workflows.encode import as_data
+
+    result = {"mean": np.arange(12, dtype=np.float32).reshape(6, 2),
+              "index": np.array([5, 2, 9, 1, 0, 3]),
+              "split": np.array(["train", "train", "train", "valid", "test", "test"]),
+              "labels": np.array([2, 0, 1, 0, 0, 0]), "label_names": np.array(["a", "b", "rare"])}
+    arrays = as_data(result)
+    assert np.array_equal(arrays["train"], result["mean"][[1, 0, 2]])  # rows 2, 5, 9
+    assert arrays["train_labels"].tolist() == ["a", "rare", "b"] and arrays["test_labels"].tolist() == ["a", "a"]
+    assert np.array_equal(arrays["test"], result["mean"][[4, 5]])
+    np.savez(tmp_path / "codes.npz", **arrays)
+    data = read_npz(tmp_path / "codes.npz")
+    assert data.label_names == ["a", "b", "rare"]
+    assert data.labels["train"].tolist() == [0, 2, 1] and data.labels["valid"].tolist() == [0]
+    only_test = as_data({**result, "split": np.full(6, "test")})
+    assert sorted(only_test) == ["test", "test_labels"] and np.array_equal(only_test["test"], result["mean"][[4, 3, 1, 5, 0, 2]])
+
+
+def test_npz_labels_mixing_names_and_numbers_are_refused(tmp_path):
+    from pyro_vae.data.readers import read_npz
+
+    path = write_npz(tmp_path / "mixed.npz", train=np.zeros((2, 3)), train_labels=np.array(["a", "b"]),
+                     valid=np.zeros((1, 3)), valid_labels=np.array([1]))
+    with pytest.raises(DataError, match="names and others numbers"):
+        read_npz(path)
+
+
 @pytest.mark.integration
 def test_encoded_codes_are_a_data_file_a_second_model_trains_on(digits_run, tmp_path):
     """M1+M2 (Kingma et al., 2014): the .npz holds each split's means in its source order with

@@ -101,6 +101,21 @@ def test_each_row_runs_end_to_end_on_a_tiny_budget(row, data_root, tmp_path):
     _check_row(row, tmp_path)
 
 
+@pytest.mark.integration
+def test_m1_m2_resumes_an_interrupted_m1_and_writes_its_codes_anew(data_root, tmp_path, capsys):
+    base = ["--row", "5", "--variants", "m1_m2", "--out", str(tmp_path), "--tiny", "--data-root", str(data_root)]
+    assert reproduce.main(base) == 0
+    m1, codes = tmp_path / "row5" / "m1_m2_m1", tmp_path / "row5" / "m1_m2_codes.npz"
+    summary = json.loads((m1 / "summary.json").read_text())
+    (m1 / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))  # as a crash leaves it
+    codes.write_bytes(b"stale")
+    capsys.readouterr()
+    assert reproduce.main([*base, "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert f"$ pyro-vae train --resume {m1}" in out and f"$ pyro-vae encode {m1}" in out
+    assert np.load(codes)["train"].shape[1] == 50
+
+
 def test_the_splits_follow_each_protocol(data_root, tmp_path):
     """Row 5: the first 5/6 of the training files for training, the rest for validation, the
     official test files as the test split; row 6: every training image; row 8: a seeded

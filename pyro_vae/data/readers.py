@@ -201,16 +201,15 @@ def read_npz(path: Path, options=None) -> RawData:
     shapes = {s: a.row_shape for s, a in splits.items()}
     if len(set(shapes.values())) > 1:
         raise DataError(f"{source}: splits disagree on the example shape {shapes}")
+    raw = {split: _labels(arrays[f"{split}_labels"], len(rows), f"{split}_labels", source)
+           for split, rows in splits.items() if f"{split}_labels" in arrays}
+    if len({values.dtype.kind in "USO" for values in raw.values()}) > 1:
+        raise DataError(f"{source}: some splits' labels are names and others numbers; store one kind in every split")
     labels, names = {}, None
-    for split in splits:
-        key = f"{split}_labels"
-        if key in arrays:
-            values = _labels(arrays[key], len(splits[split]), key, source)
-            labels[split], split_names = encode_labels(values, f"{source} ({key})")
-            if split_names is not None:
-                if names is not None and names != split_names:
-                    raise DataError(f"{source}: the splits' string labels name different classes; use one set of names")
-                names = split_names
+    if raw:  # one coding over all splits: names are numbered over their union (a split may lack a class)
+        codes, names = encode_labels(np.concatenate(list(raw.values())), f"{source} (labels)")
+        ends = np.cumsum([len(values) for values in raw.values()])
+        labels = dict(zip(raw, np.split(codes, ends[:-1])))
     covariates = {split: {name: _labels(arrays[f"{split}_{name}"], len(rows), f"{split}_{name}", source)
                           for name in _covariate_names(options) if f"{split}_{name}" in arrays}
                   for split, rows in splits.items()}

@@ -13,7 +13,9 @@ covariate set to VALUE (scVI's ``transform_batch``: the batch-corrected data), a
 
 The ``.npz`` is also a data file: the arrays ``train``, ``valid`` and ``test`` hold each
 split's means E_q[z|x] in the order of the split's rows in its source, and ``<split>_labels``
-their labels, so ``pyro-vae train --data FILE.npz`` fits a second model to the codes. This is
+their labels (with stacked layers the vector (z_1, ..., z_L)), so ``pyro-vae train --data
+FILE.npz`` fits a second model to the codes of every split encoded (``train`` needs the
+training split's). This is
 Kingma et al.'s (2014) M1+M2: M2 (``m2_semisupervised``) fitted to the latent features of a
 VAE (M1), where a Gaussian p(z_1 | y, z_2) on the codes separates the classes far better than
 M2 on the pixels (REPRODUCTION.md, row 5).
