@@ -46,7 +46,7 @@ def main(argv=None) -> list:
     if args.row == 5:
         model, sets, data = "m2_semisupervised", list(M2), prepare_data("mnist_semi", root, out / "data", args.tiny)
     else:
-        model, sets = "gmvae", [*VADE, f"model.discrete.pretrain_epochs={args.pretrain_epochs}"]
+        model, sets = "gmvae_vade", [*VADE, f"model.discrete.pretrain_epochs={args.pretrain_epochs}"]
         data = prepare_data("mnist_all", root, out / "data", args.tiny)
     spec = load_spec(model=model, inference="trace_enum", data=str(data),
                      overrides=[*sets, *args.set, f"inference.schedule.epochs={args.epochs}",

@@ -60,6 +60,7 @@ import torch
 
 from pyro_vae import cli
 from pyro_vae.data import read_source
+from pyro_vae.spec import load_spec
 
 DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -88,19 +89,11 @@ M1 = [  # Kingma et al. (2014), M1: a VAE whose posterior means are M2's data (M
     "model.latent_dim=50", "model.encoder.hidden=[600,600]", "model.decoder.hidden=[600,600]",
     "data.binarize=dynamic", "inference.schedule.batch_size=100",
 ]
-M2_ON_CODES = [  # M2 on M1's codes: a Gaussian p(z_1 | y, z_2) (the shipped likelihood), the sizes of M2 above
-    "model.latent_dim=50", "model.encoder.hidden=[500]", "model.decoder.hidden=[500]",
-    "model.discrete.classifier.hidden=[500]", "inference.schedule.batch_size=100", "data.labelled=100",
+M2_ON_CODES = [  # the shipped m2_on_codes (M2 with Kingma et al.'s sizes, Gaussian) on M1's codes
+    "inference.schedule.batch_size=100", "data.labelled=100",
 ]
-VADE = [  # Jiang et al. (2017): 784-500-500-2000-10, ReLU, pretrained autoencoder + GMM start
-    "model.latent_dim=10", "model.likelihood.kind=bernoulli", "data.binarize=dynamic",
-    "model.encoder.hidden=[500,500,2000]", "model.encoder.activation=relu",
-    "model.decoder.hidden=[2000,500,500]", "model.decoder.activation=relu",
-    "model.discrete.classifier.hidden=[500]", "model.discrete.init=vade",
-    # a full-covariance p(z|y), started from the likeliest of 10 full mixtures on the codes (docs/gmvae-findings.md:
-    # 71.0-85.2%, mean 80.1%, after 10 pretraining epochs and 8 epochs, seeds 0-4, against 59.3-68.3% diagonal)
-    "model.discrete.covariance=full", "model.discrete.mixture_fits=10",
-    "inference.optimizer.lr=2e-3", "inference.schedule.batch_size=100",
+VADE = [  # the shipped gmvae_vade (Jiang et al., 2017: networks, full-covariance p(z|y), VaDE's start)
+    "data.binarize=dynamic", "inference.optimizer.lr=2e-3", "inference.schedule.batch_size=100",
 ]
 EIGHT_BIT = [  # row 8: the discretized logistic over 0..255 (one component per pixel), row 1's networks
     "model.likelihood.kind=discretized_logistic", "model.likelihood.components=1", "data.normalize=false",
@@ -162,7 +155,7 @@ ROWS = {
            "z2 (40) above z1 (40), top-down guide, decoder reading both, gated 300-300 everywhere; row 1's schedule"),
     5: Row("M2, 100 labels, MNIST", "mnist_semi",
            {"m2": Cell("m2_semisupervised", M2, "trace_enum", published=0.880),
-            "m1_m2": Cell("m2_semisupervised", M2_ON_CODES, "trace_enum", published=0.9667,
+            "m1_m2": Cell("m2_on_codes", M2_ON_CODES, "trace_enum", published=0.9667,
                           features=Cell("bernoulli_mlp", M1))},
            200, "accuracy", "test", 10, None,
            "Kingma et al. (2014), table 1 (M2 88.0%, M1+M2 96.7%; 93.2% in Pyro's SS-VAE tutorial with an "
@@ -170,13 +163,13 @@ ROWS = {
            "m2: the shipped m2_semisupervised (alpha as shipped), Bernoulli on dynamically binarized images, MLPs "
            "of 500, latent 50, trace_enum (y summed), Adam 1e-3, batch 100, 100 balanced labels, 50,000 / 10,000 / "
            "official 10,000 test images; m1_m2: M1 (bernoulli_mlp, MLPs 600-600, latent 50, --features-epochs) "
-           "trained on the same images, then the same M2 (its shipped Gaussian likelihood) on M1's posterior means "
-           "(pyro-vae encode)"),
+           "trained on the same images, then the shipped m2_on_codes (M2's sizes, a Gaussian likelihood) on M1's "
+           "posterior means (pyro-vae encode)"),
     6: Row("GMVAE with VaDE's initialization, MNIST clustering", "mnist_all",
-           {"gmvae_vade": Cell("gmvae", VADE, "trace_enum", published=0.823)},
+           {"gmvae_vade": Cell("gmvae_vade", VADE, "trace_enum", published=0.823)},
            300, "cluster_accuracy", "test", 10, None,
            "Dilokthanakul et al. (2016): 82.3 +- 3.8% (GMVAE); Jiang et al. (2017): 94.5% (VaDE)",
-           "the shipped gmvae with VaDE's networks (784-500-500-2000-10, ReLU), Bernoulli on dynamically binarized "
+           "the shipped gmvae_vade: VaDE's networks (784-500-500-2000-10, ReLU), Bernoulli on dynamically binarized "
            "images, model.discrete.init = vade (autoencoder pretrained, the likeliest of 10 full-covariance GMMs on its "
            "codes), p(z|y) with a full covariance, trace_enum, Adam 2e-3, "
            "batch 100, 60,000 training images, no early stopping"),
@@ -264,6 +257,12 @@ def _json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def pretrains(cell: Cell) -> bool:
+    """Whether the cell's model starts as VaDE does (``model.discrete.init = "vade"``)."""
+    discrete = load_spec(model=cell.model, overrides=[s for s in cell.sets if s.startswith("model.")]).model.discrete
+    return discrete is not None and discrete.init == "vade"
+
+
 def features(cell: Cell, data: Path, run: Path, args) -> tuple[Path, list]:
     """M1+M2: train ``cell`` (M1) on ``data`` unless a finished run is there, encode the data
     with it; the codes file (an .npz data file) and the commands run."""
@@ -294,8 +293,8 @@ def run_cell(name: str, cell: Cell, row: Row, data: Path, run: Path, args) -> di
     sets = [*cell.sets, *row.extra, *args.set, f"inference.schedule.epochs={epochs}",
             f"inference.schedule.seed={args.seed}"]
     if args.tiny:
-        sets += ["model.discrete.pretrain_epochs=1"] if "model.discrete.init=vade" in sets else []
-    elif "model.discrete.init=vade" in sets:
+        sets += ["model.discrete.pretrain_epochs=1"] if pretrains(cell) else []
+    elif pretrains(cell):
         sets.append(f"model.discrete.pretrain_epochs={args.pretrain_epochs}")
     train = ["train", "--model", cell.model, *(["--inference", cell.inference] if cell.inference else []),
              "--data", str(data), *[a for s in sets for a in ("--set", s)], "--out", str(run), "--quiet"]

@@ -116,6 +116,25 @@ def test_m1_m2_resumes_an_interrupted_m1_and_writes_its_codes_anew(data_root, tm
     assert np.load(codes)["train"].shape[1] == 50
 
 
+def test_the_shipped_specs_are_the_configurations_measured():
+    """gmvae_vade and m2_on_codes are exactly the shipped gmvae and m2_semisupervised with the
+    overrides REPRODUCTION.md rows 6 and 5 were measured with (2026-12-07)."""
+    from pyro_vae.spec import load_spec
+
+    measured = {
+        "gmvae_vade": ("gmvae", ["model.latent_dim=10", "model.likelihood.kind=bernoulli",
+                                 "model.encoder.hidden=[500,500,2000]", "model.encoder.activation=relu",
+                                 "model.decoder.hidden=[2000,500,500]", "model.decoder.activation=relu",
+                                 "model.discrete.classifier.hidden=[500]", "model.discrete.init=vade",
+                                 "model.discrete.covariance=full", "model.discrete.mixture_fits=10"]),
+        "m2_on_codes": ("m2_semisupervised", ["model.latent_dim=50", "model.encoder.hidden=[500]",
+                                              "model.decoder.hidden=[500]", "model.discrete.classifier.hidden=[500]"]),
+    }
+    for shipped, (base, overrides) in measured.items():
+        assert load_spec(model=shipped).model == load_spec(model=base, overrides=overrides).model, shipped
+    assert load_spec(model="gmvae_vade").model != load_spec(model="gmvae").model
+
+
 def test_the_splits_follow_each_protocol(data_root, tmp_path):
     """Row 5: the first 5/6 of the training files for training, the rest for validation, the
     official test files as the test split; row 6: every training image; row 8: a seeded
