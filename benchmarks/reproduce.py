@@ -292,10 +292,8 @@ def run_cell(name: str, cell: Cell, row: Row, data: Path, run: Path, args) -> di
     epochs = args.epochs or row.epochs
     sets = [*cell.sets, *row.extra, *args.set, f"inference.schedule.epochs={epochs}",
             f"inference.schedule.seed={args.seed}"]
-    if args.tiny:
-        sets += ["model.discrete.pretrain_epochs=1"] if pretrains(cell) else []
-    elif pretrains(cell):
-        sets.append(f"model.discrete.pretrain_epochs={args.pretrain_epochs}")
+    if pretrains(cell):
+        sets.append(f"model.discrete.pretrain_epochs={1 if args.tiny else args.pretrain_epochs}")
     train = ["train", "--model", cell.model, *(["--inference", cell.inference] if cell.inference else []),
              "--data", str(data), *[a for s in sets for a in ("--set", s)], "--out", str(run), "--quiet"]
     commands, started = [], time.perf_counter()

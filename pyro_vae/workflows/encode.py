@@ -15,9 +15,8 @@ The ``.npz`` is also a data file: the arrays ``train``, ``valid`` and ``test`` h
 split's means E_q[z|x] in the order of the split's rows in its source, and ``<split>_labels``
 their labels (with stacked layers the vector (z_1, ..., z_L)), so ``pyro-vae train --data
 FILE.npz`` fits a second model to the codes of every split encoded (``train`` needs the
-training split's). This is
-Kingma et al.'s (2014) M1+M2: M2 (``m2_semisupervised``) fitted to the latent features of a
-VAE (M1), where a Gaussian p(z_1 | y, z_2) on the codes separates the classes far better than
+training split's). This is Kingma et al.'s (2014) M1+M2: M2 (the shipped ``m2_on_codes``)
+fitted to the latent features of a VAE (M1), where a Gaussian p(z_1 | y, z_2) on the codes separates the classes far better than
 M2 on the pixels (REPRODUCTION.md, row 5).
 
 Every file is written to a temporary name and renamed, so an interrupted encode leaves
