@@ -52,7 +52,8 @@ SLOT_KEYS = {
     "model.encoder": "network", "model.decoder": "network", "model.discrete.classifier": "network",
     "model.upper_layers.posterior": "posterior", "model.upper_layers.encoder": "network",
     "model.upper_layers.prior_network": "network", "model.condition.prior_network": "network",
-    "inference.estimator": "estimator", "inference.optimizer": "optimizer", "tracking": "tracker",
+    "inference.estimator": "estimator", "inference.optimizer": "optimizer", "inference.lr_schedule": "lr_schedule",
+    "tracking": "tracker",
 }
 
 # what the code does not say: the meaning of each key ("table.key") and each kind's parameter
@@ -129,6 +130,8 @@ MEANINGS = {
     # [inference]
     "inference.estimator": "the ELBO estimator, a `pyro.infer.ELBO` that `SVI` steps",
     "inference.optimizer": "the optimizer; one fused optimizer steps all parameters at once",
+    "inference.lr_schedule": "the learning rate's factor after e completed epochs: lr(e) = `optimizer.lr` * f(e), "
+                             "changed at epoch boundaries (a resumed run continues it)",
     "inference.schedule": "how long and in what order (`[inference.schedule]`, below)",
     # [inference.schedule]
     "inference.schedule.epochs": "passes over the training set (full batches only: the remainder of each random order "
@@ -235,8 +238,13 @@ MEANINGS = {
     "optimizer.beta1": "decay of the first-moment average",
     "optimizer.beta2": "decay of the second-moment average",
     "optimizer.weight_decay": "weight decay (decoupled for `adamw`)",
+    "optimizer.eps": "added to the root of the second-moment average in the step's denominator",
     "optimizer.momentum": "momentum",
     "optimizer.nesterov": "Nesterov momentum",
+    "lr_schedule.every": "epochs between two decays",
+    "lr_schedule.factor": "the rate's factor at each decay (`stages`: from one stage to the next)",
+    "lr_schedule.growth": "each stage lasts `growth` times the previous one's epochs (the first: 1)",
+    "lr_schedule.stages": "the number of stages; the last one's rate stays",
     "tracker.log_dir": "the folder of the event files (unset: `RUN/tensorboard`)",
     "tracker.uri": "any MLflow tracking URI (unset: a SQLite store in the run directory, `sqlite:///RUN/mlflow.db`, "
                    "artifacts in `RUN/mlartifacts`)",

@@ -50,6 +50,7 @@ METRIC_COLUMNS = [
     "kl",
     "reconstruction",
     "beta",
+    "lr",
     "seconds",
     "examples_per_second",
 ]

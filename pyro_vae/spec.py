@@ -25,6 +25,7 @@ from .registry import Registry, SlotError, as_spec_error, check_code_trusted, ki
 from .data import DATASETS
 from .infer.estimators import ESTIMATORS
 from .infer.optim import OPTIMIZERS
+from .infer.schedules import LR_SCHEDULES
 from .model.likelihoods import LIKELIHOODS
 from .model.networks import NETWORKS
 from .model.posteriors import POSTERIORS
@@ -41,7 +42,8 @@ class _Strict(BaseModel):
 
 # every swappable slot's registry, by slot name (an encoder and a decoder are networks)
 SLOTS = {"prior": PRIORS, "likelihood": LIKELIHOODS, "posterior": POSTERIORS, "network": NETWORKS,
-         "estimator": ESTIMATORS, "optimizer": OPTIMIZERS, "data": DATASETS, "tracker": TRACKERS}
+         "estimator": ESTIMATORS, "optimizer": OPTIMIZERS, "lr_schedule": LR_SCHEDULES, "data": DATASETS,
+         "tracker": TRACKERS}
 
 
 class DiscreteSpec(_Strict):
@@ -196,16 +198,20 @@ class Schedule(_Strict):
 
 
 class InferenceSpec(_Strict):
-    """How it is fit: the ELBO estimator, the optimizer and the schedule."""
+    """How it is fit: the ELBO estimator, the optimizer, its learning rate's schedule and the
+    schedule of the epochs."""
 
     estimator: dict[str, Any] = {"kind": "trace_elbo"}
     optimizer: dict[str, Any] = {"kind": "adam"}
+    lr_schedule: dict[str, Any] = {"kind": "constant"}
     schedule: Schedule = Field(default_factory=Schedule)
 
     @model_validator(mode="after")
     def _resolve_slots(self):
         self.estimator = _in_slot("estimator", ESTIMATORS, self.estimator, _default_kind(InferenceSpec, "estimator"))
         self.optimizer = _in_slot("optimizer", OPTIMIZERS, self.optimizer, _default_kind(InferenceSpec, "optimizer"))
+        self.lr_schedule = _in_slot("lr_schedule", LR_SCHEDULES, self.lr_schedule,
+                                    _default_kind(InferenceSpec, "lr_schedule"))
         return self
 
     @model_validator(mode="after")

@@ -17,7 +17,7 @@ from pyro_vae.data import Dataset
 from pyro_vae.devices import resolve_device
 from pyro_vae.infer.estimators import ESTIMATORS
 from pyro_vae.infer.loop import CheckpointClock, Progress, StopVote
-from pyro_vae.infer.schedules import kl_weight, temperature
+from pyro_vae.infer.schedules import LR_SCHEDULES, kl_weight, temperature
 from pyro_vae.spec import load_spec
 from pyro_vae.runs import CHECKPOINT_FORMAT, METRIC_COLUMNS
 from pyro_vae.spec import Schedule, Spec
@@ -158,6 +158,66 @@ def test_warmup_reaches_the_metrics(tmp_path):
     assert betas == pytest.approx([0.25, 0.5])
 
 
+def torch_rates(scheduler, epochs: int) -> list[float]:
+    """torch's own scheduler stepped once an epoch: the rate during each of ``epochs`` epochs."""
+    rates = []
+    for _ in range(epochs):
+        rates.append(scheduler.optimizer.param_groups[0]["lr"])
+        scheduler.optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def test_learning_rate_schedules_equal_torchs_schedulers_and_burdas_table():
+    """f(e) of each kind against an independent computation: torch's StepLR and
+    ExponentialLR stepped epoch by epoch, and Burda et al.'s (2016) schedule written out
+    by hand (3^i epochs at 1e-3 * 10^(-i/7), i = 0..7: 3280 epochs ending at 1e-4)."""
+    def adam():
+        return torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=2e-3)
+
+    step = LR_SCHEDULES.build({"kind": "step", "every": 10, "factor": 0.9})  # VaDE's
+    expected = torch_rates(torch.optim.lr_scheduler.StepLR(adam(), step_size=10, gamma=0.9), 45)
+    assert [2e-3 * step(e) for e in range(45)] == pytest.approx(expected, rel=1e-12)
+    exponential = LR_SCHEDULES.build({"kind": "exponential", "factor": 0.95})
+    expected = torch_rates(torch.optim.lr_scheduler.ExponentialLR(adam(), gamma=0.95), 30)
+    assert [2e-3 * exponential(e) for e in range(30)] == pytest.approx(expected, rel=1e-12)
+    burda = [1e-3 * 10 ** (-i / 7) for i in range(8) for _ in range(3 ** i)]
+    assert len(burda) == 3280
+    stages = LR_SCHEDULES.build({"kind": "stages"})
+    assert [1e-3 * stages(e) for e in range(3280)] == pytest.approx(burda, rel=1e-12)
+    assert 1e-3 * stages(3279) == pytest.approx(1e-4) and stages(10 ** 6) == stages(3279)  # the last rate stays
+    two = LR_SCHEDULES.build({"kind": "stages", "growth": 2, "factor": 0.5, "stages": 3})
+    assert [two(e) for e in range(9)] == [1, 0.5, 0.5, 0.25, 0.25, 0.25, 0.25, 0.25, 0.25]
+    assert LR_SCHEDULES.build({"kind": "constant"})(10 ** 6) == 1.0
+
+
+@pytest.mark.integration
+def test_the_learning_rate_schedule_reaches_the_optimizer_and_resumes_exactly(tmp_path):
+    """Halving the rate every epoch: metrics.csv reads lr * 0.5^e for epochs e = 0..3, the
+    checkpointed Adam holds the last epoch's rate, and a run stopped after 2 epochs and
+    resumed to 4 ends with the uninterrupted run's numbers and weights."""
+    schedule = ["--set", 'inference.lr_schedule={kind="step", every=1, factor=0.5}', "--set",
+                "inference.optimizer.lr=0.004", "--quiet"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert main(["train", "--out", str(whole), "--set", "inference.schedule.epochs=4", *schedule]) == 0
+    rows = read_metrics(whole)
+    assert [float(r["lr"]) for r in rows] == pytest.approx([0.004, 0.002, 0.001, 0.0005], rel=1e-12)
+    checkpoint = torch.load(whole / "checkpoint.pt", weights_only=True)
+    assert checkpoint["training"]["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0005, rel=1e-12)
+    assert main(["train", "--out", str(parts), "--set", "inference.schedule.epochs=2", *schedule]) == 0
+    assert main(["train", "--resume", str(parts), "--set", "inference.schedule.epochs=4", "--quiet"]) == 0
+    timing = ("seconds", "examples_per_second")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in read_metrics(parts)] == \
+        [{k: v for k, v in r.items() if k not in timing} for r in rows]
+    a, b = (torch.load(r / "checkpoint.pt", weights_only=True)["weights"] for r in (whole, parts))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    constant = tmp_path / "constant"
+    assert main(["train", "--out", str(constant), "--set", "inference.schedule.epochs=2", "--set",
+                 "inference.optimizer.lr=0.004", "--quiet"]) == 0
+    assert read_metrics(constant)[0]["train_elbo"] == rows[0]["train_elbo"]  # epoch 1 at the full rate either way
+    assert read_metrics(constant)[1]["train_elbo"] != rows[1]["train_elbo"]  # then the rates differ
+
+
 def test_device_choice(monkeypatch):
     from pyro_vae.errors import SpecError
 
@@ -210,6 +270,8 @@ def test_check_validates_without_training(tmp_path, capsys):
         (["--set", "model.latent_dim=-3"], ["model.latent_dim", "greater than 0"]),
         (["--set", "inference.schedule.epochs=lots"], ["inference.schedule.epochs", "integer"]),
         (["--data", "no/such/file.npz"], ["no such data file"]),
+        (["--set", 'inference.lr_schedule={kind="step", factor=1.5}'], ["inference.lr_schedule.factor", "1"]),
+        (["--set", 'inference.lr_schedule={kind="cosine"}'], ["unknown lr_schedule kind 'cosine'", "stages"]),
         (["--model", "nonesuch"], ["unknown models spec 'nonesuch'"]),
         (["--set", "inference.schedule.device=cuda"] if not torch.cuda.is_available() else ["--set", "x=1"],
          ["no CUDA device"] if not torch.cuda.is_available() else ["x"]),

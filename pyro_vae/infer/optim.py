@@ -34,11 +34,16 @@ def _fast_path(params) -> dict:
     return {"fused": True} if devices <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params) else {}
 
 
+Epsilon = Annotated[float, Field(gt=0, le=1)]
+
+
 @OPTIMIZERS.register("adam")
-def adam(params, *, lr: LearningRate = 1e-3, beta1: Beta = 0.9, beta2: Beta = 0.999, weight_decay: Decay = 0.0):
+def adam(params, *, lr: LearningRate = 1e-3, beta1: Beta = 0.9, beta2: Beta = 0.999, weight_decay: Decay = 0.0,
+         eps: Epsilon = 1e-8):
     """Adam (Kingma & Ba, 2015)."""
     params = list(params)
-    return torch.optim.Adam(params, lr=lr, betas=(beta1, beta2), weight_decay=weight_decay, **_fast_path(params))
+    return torch.optim.Adam(params, lr=lr, betas=(beta1, beta2), weight_decay=weight_decay, eps=eps,
+                            **_fast_path(params))
 
 
 @OPTIMIZERS.register("adamw")

@@ -35,7 +35,7 @@ from .evaluate import elbo_terms
 from . import pyro_internals
 from .loop import PROGRESS_EVERY, CheckpointClock, Progress, StopVote
 from .optim import OPTIMIZERS, SingleOptimizer
-from .schedules import kl_weight
+from .schedules import LR_SCHEDULES, kl_weight
 
 VALIDATION_BLOCK = 1024  # validation examples per seeded block (the same blocks whatever the number of ranks)
 
@@ -121,6 +121,9 @@ class Trainer:
             torch.manual_seed(distributed.rank_seed(self.schedule.seed, self.group.rank))
         self.optim = SingleOptimizer(OPTIMIZERS.build(inference.optimizer, list(vae.parameters())), self.schedule.clip_norm,
                                      self.group.average_gradients if self.group.active else None)
+        self.lr_schedule = LR_SCHEDULES.build(inference.lr_schedule)
+        self.base_lrs = [group["lr"] for group in self.optim.optimizer.param_groups]
+        self._lr_factor: Optional[float] = None  # the factor the groups' rates were last set to
         loss = applied_to(self.estimator, vae)  # with labelled examples, part by part (issue 28)
         self.svi = SVI(vae.model, vae.guide, self.optim, loss=loss.loss, loss_and_grads=loss.loss_and_grads)
 
@@ -178,6 +181,7 @@ class Trainer:
         training = checkpoint["training"]
         self.vae.load_state_dict(training["last_weights"])
         self.optim.set_state(training["optimizer"])
+        self._lr_factor = None
         self.state = TrainState(**training["state"])
         rank = self.group.rank
         pyro_internals.set_baselines({name: value.to(self.device) for name, value in training.get("baselines", {}).items()})
@@ -281,11 +285,17 @@ class Trainer:
                 raise Interrupted(requested[0] if requested else signal.SIGTERM, state.epoch + 1, state.step_in_epoch)
 
     def _anneal(self) -> None:
-        """beta and a relaxed y's temperature at the current step (``schedules``)."""
+        """beta, a relaxed y's temperature and the learning rate at the current step
+        (``schedules``)."""
         step, s = self.state.global_step, self.schedule
         self.vae.beta = kl_weight(step, self.steps_per_epoch, s.kl_warmup_epochs, s.beta)
         if self.temperature_schedule is not None:
             self.vae.temperature = self.temperature_schedule(step / self.steps_per_epoch)
+        factor = self.lr_schedule(self.state.epoch)
+        if factor != self._lr_factor:  # also after a restore, which loads the saved groups' rates
+            for group, base in zip(self.optim.optimizer.param_groups, self.base_lrs):
+                group["lr"] = base * factor
+            self._lr_factor = factor
 
     def _step(self, x, index, i: int, requested: Sequence[int]) -> Optional[float]:
         """Step i of the epoch; its loss, or None where a compiled step's loss stays on the
@@ -350,6 +360,7 @@ class Trainer:
             "kl": kl_mean,
             "reconstruction": rec,
             "beta": self.vae.beta,
+            "lr": self.optim.optimizer.param_groups[0]["lr"],
             "seconds": seconds,
             "examples_per_second": self.steps_per_epoch * self.batch_size / seconds if seconds > 0 else math.nan,
         }

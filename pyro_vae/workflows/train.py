@@ -217,7 +217,8 @@ class _RunWriter:
 
     def metrics(self) -> None:
         history = self.trainer.state.history
-        write_csv(self.path / METRICS, history, METRIC_COLUMNS)
+        # a run begun before metrics.csv had an "lr" column (2026-12-07) and resumed since: nan for its epochs
+        write_csv(self.path / METRICS, [{"lr": math.nan, **row} for row in history], METRIC_COLUMNS)
         if self.tracker is not None and len(history) > self.tracked:
             self.tracker.log_rows(history[self.tracked:])
             self.tracked = len(history)
