@@ -73,7 +73,7 @@ class ConstantRate(LearningRateSchedule):
 @LR_SCHEDULES.register("step")
 class StepDecay(LearningRateSchedule):
     """f(e) = factor^floor(e / every) (torch's StepLR). VaDE: lr 2e-3 times 0.9 every 10
-    epochs (Jiang et al., 2017, section 4.1)."""
+    epochs (Jiang et al., 2017)."""
 
     def __init__(self, *, every: count(1_000_000) = 10, factor: Annotated[float, Field(gt=0, le=1)] = 0.9):
         self.every, self.factor = every, factor
@@ -98,7 +98,7 @@ class GeometricStages(LearningRateSchedule):
     """Stages of geometrically growing length, the rate falling by ``factor`` from one to the
     next: stage i (i = 0, 1, ...) lasts growth^i epochs at f = factor^i, so epoch e is in
     stage i where (growth^i - 1) / (growth - 1) <= e < (growth^(i+1) - 1) / (growth - 1).
-    The defaults are Burda et al.'s (2016, section 5): 3^i epochs at 1e-3 * 10^(-i/7) for
+    The defaults are Burda et al.'s (2016): 3^i epochs at 1e-3 * 10^(-i/7) for
     i = 0..7, 3280 epochs in all; after ``stages`` stages the last rate stays."""
 
     def __init__(self, *, growth: count(1_000) = 3, factor: Annotated[float, Field(gt=0, le=1)] = 10 ** (-1 / 7),
