@@ -46,6 +46,29 @@ def adam(params, *, lr: LearningRate = 1e-3, beta1: Beta = 0.9, beta2: Beta = 0.
                             **_fast_path(params))
 
 
+class AdamNormGrad(torch.optim.Adam):
+    """Adam on each parameter tensor's gradient scaled to unit L2 norm, g / (||g||_2 + 1e-7),
+    at every step: the optimizer of Tomczak & Welling's VampPrior code (``AdamNormGrad`` in
+    jmtomczak/vae_vampprior, utils/optimizer.py), with which their table 2 was trained. (Their
+    code adds eps to the root of the uncorrected second moment, torch's Adam to the corrected
+    one: the same step as eps -> 0.)"""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.div_(torch.linalg.vector_norm(p.grad) + 1e-7)
+        return super().step(closure)
+
+
+@OPTIMIZERS.register("adam_normgrad")
+def adam_normgrad(params, *, lr: LearningRate = 1e-3, beta1: Beta = 0.9, beta2: Beta = 0.999, eps: Epsilon = 1e-8):
+    """Adam on gradients scaled to unit norm per tensor (Tomczak & Welling's code, 2018)."""
+    params = list(params)
+    return AdamNormGrad(params, lr=lr, betas=(beta1, beta2), eps=eps, **_fast_path(params))
+
+
 @OPTIMIZERS.register("adamw")
 def adamw(params, *, lr: LearningRate = 1e-3, beta1: Beta = 0.9, beta2: Beta = 0.999, weight_decay: Decay = 0.01):
     """AdamW: Adam with decoupled weight decay (Loshchilov & Hutter, 2019)."""
