@@ -44,7 +44,7 @@ def main(argv=None) -> list:
     args = parser.parse_args(argv)
     out, root = Path(args.out), Path(args.data_root)
     if args.row == 5:
-        model, sets, data = "m2_semisupervised", list(M2), prepare_data("mnist_semi", root, out / "data", args.tiny)
+        model, sets, data = "m2_mnist", list(M2), prepare_data("mnist_semi", root, out / "data", args.tiny)
     else:
         model, sets = "gmvae_vade", [*VADE, f"model.discrete.pretrain_epochs={args.pretrain_epochs}"]
         data = prepare_data("mnist_all", root, out / "data", args.tiny)

@@ -117,8 +117,8 @@ def test_m1_m2_resumes_an_interrupted_m1_and_writes_its_codes_anew(data_root, tm
 
 
 def test_the_shipped_specs_are_the_configurations_measured():
-    """gmvae_vade and m2_on_codes are exactly the shipped gmvae and m2_semisupervised with the
-    overrides REPRODUCTION.md rows 6 and 5 were measured with (2026-12-07)."""
+    """gmvae_vade, m2_on_codes and m2_mnist are exactly the shipped gmvae and m2_semisupervised
+    with the overrides REPRODUCTION.md rows 6 and 5 were measured with (2026-12-07)."""
     from pyro_vae.spec import load_spec
 
     measured = {
@@ -129,6 +129,9 @@ def test_the_shipped_specs_are_the_configurations_measured():
                                  "model.discrete.covariance=full", "model.discrete.mixture_fits=10"]),
         "m2_on_codes": ("m2_semisupervised", ["model.latent_dim=50", "model.encoder.hidden=[500]",
                                               "model.decoder.hidden=[500]", "model.discrete.classifier.hidden=[500]"]),
+        "m2_mnist": ("m2_semisupervised", ["model.latent_dim=50", "model.likelihood.kind=bernoulli",
+                                           "model.encoder.hidden=[500]", "model.decoder.hidden=[500]",
+                                           "model.discrete.classifier.hidden=[500]", "model.discrete.alpha=80000"]),
     }
     for shipped, (base, overrides) in measured.items():
         assert load_spec(model=shipped).model == load_spec(model=base, overrides=overrides).model, shipped
