@@ -97,7 +97,8 @@ class ExponentialDecay(LearningRateSchedule):
 class GeometricStages(LearningRateSchedule):
     """Stages of geometrically growing length, the rate falling by ``factor`` from one to the
     next: stage i (i = 0, 1, ...) lasts growth^i epochs at f = factor^i, so epoch e is in
-    stage i where (growth^i - 1) / (growth - 1) <= e < (growth^(i+1) - 1) / (growth - 1).
+    stage i where (growth^i - 1) / (growth - 1) <= e < (growth^(i+1) - 1) / (growth - 1)
+    (growth = 1: epoch i).
     The defaults are Burda et al.'s (2016): 3^i epochs at 1e-3 * 10^(-i/7) for
     i = 0..7, 3280 epochs in all; after ``stages`` stages the last rate stays."""
 
