@@ -238,7 +238,7 @@ MEANINGS = {
     "optimizer.beta1": "decay of the first-moment average",
     "optimizer.beta2": "decay of the second-moment average",
     "optimizer.weight_decay": "weight decay (decoupled for `adamw`)",
-    "optimizer.eps": "added to the root of the second-moment average in the step's denominator",
+    "optimizer.eps": "added to the root of the bias-corrected second-moment average in the step's denominator",
     "optimizer.momentum": "momentum",
     "optimizer.nesterov": "Nesterov momentum",
     "lr_schedule.every": "epochs between two decays",

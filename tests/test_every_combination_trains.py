@@ -83,19 +83,22 @@ COVERING = [(list(PRIORS)[i % len(PRIORS)], likelihood, posterior)
 NETWORKS = {"mlp": {"hidden": [32]}, "gated_mlp": {"hidden": [32]}, "conv": {"channels": [8, 16]}}
 OPTIMIZERS = {"sgd": {"lr": 1e-5, "momentum": 0.9}, "adam": {"lr": 3e-3}, "adamw": {"lr": 3e-3},  # sgd: the loss is N-scaled
               "adam_normgrad": {"lr": 3e-3}}
+LR_SCHEDULES = {"constant": {}, "step": {"every": 3, "factor": 0.5}, "exponential": {"factor": 0.9},
+                "stages": {"growth": 2, "factor": 0.5}}
 
 
 def test_the_tables_name_every_registered_kind():
     """A kind registered in any slot and missing here (or in test_properties.py, for
     estimators and the property tests) fails: every kind is trained and checked."""
     from pyro_vae.infer.optim import OPTIMIZERS as optimizers
+    from pyro_vae.infer.schedules import LR_SCHEDULES as lr_schedules
     from pyro_vae.model.likelihoods import LIKELIHOODS as likelihoods
     from pyro_vae.model.networks import NETWORKS as networks
     from pyro_vae.model.posteriors import POSTERIORS as posteriors
     from pyro_vae.model.priors import PRIORS as priors
 
     for table, registry in ((PRIORS, priors), (LIKELIHOODS, likelihoods), (POSTERIORS, posteriors),
-                            (NETWORKS, networks), (OPTIMIZERS, optimizers)):
+                            (NETWORKS, networks), (OPTIMIZERS, optimizers), (LR_SCHEDULES, lr_schedules)):
         assert set(table) == set(registry.names()), registry.slot
 
 
@@ -105,6 +108,12 @@ def test_every_network_and_optimizer_trains(network, optimizer, data_files):
     table = {"kind": network, **NETWORKS[network]}
     _trains("standard_normal", "bernoulli", "diagonal_normal", data_files, encoder=table, decoder=table,
             optimizer={"kind": optimizer, **OPTIMIZERS[optimizer]})
+
+
+@pytest.mark.parametrize("schedule", list(LR_SCHEDULES))
+def test_every_learning_rate_schedule_trains(schedule, data_files):
+    _trains("standard_normal", "bernoulli", "diagonal_normal", data_files,
+            lr_schedule={"kind": schedule, **LR_SCHEDULES[schedule]})
 
 
 @pytest.mark.parametrize("prior, likelihood, posterior", COVERING, ids=["-".join(c) for c in COVERING])
@@ -123,7 +132,7 @@ def test_the_covering_set_has_every_kind_and_pair():
     assert {(c[1], c[2]) for c in COVERING} == set(itertools.product(LIKELIHOODS, POSTERIORS))
 
 
-def _trains(prior, likelihood, posterior, data_files, encoder=None, decoder=None, optimizer=None):
+def _trains(prior, likelihood, posterior, data_files, encoder=None, decoder=None, optimizer=None, lr_schedule=None):
     params, data_kind = LIKELIHOODS[likelihood]
     small = {"kind": "mlp", "hidden": [32]}
     spec = Spec.from_dict({
@@ -135,7 +144,8 @@ def _trains(prior, likelihood, posterior, data_files, encoder=None, decoder=None
             "encoder": encoder or small,
             "decoder": decoder or small,
         },
-        "inference": {"optimizer": optimizer or {"kind": "adam", "lr": 3e-3}, "schedule": {"epochs": 10, "batch_size": 60}},
+        "inference": {"optimizer": optimizer or {"kind": "adam", "lr": 3e-3}, "schedule": {"epochs": 10, "batch_size": 60},
+                      "lr_schedule": lr_schedule or {"kind": "constant"}},
         "data": {"path": str(data_files[data_kind])},  # normalize = "auto": levels and counts stay as they are
     })
     torch.manual_seed(0)

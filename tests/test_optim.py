@@ -23,19 +23,25 @@ def normgrad_adam_by_hand(start, gradients, lr, beta1, beta2, eps):
 
 
 @pytest.mark.parametrize("scale", [1e-6, 1.0, 1e4])
-def test_adam_normgrad_equals_the_papers_step_whatever_the_gradients_scale(scale):
-    """Five steps on gradients of very different sizes: the parameters follow the step written
-    out by hand; a gradient 10^10 times larger moves the parameters as far as a small one."""
+def test_adam_normgrad_normalizes_each_tensor_then_takes_adams_step(scale):
+    """Five steps on two tensors whose gradients differ in size by 10^3, at three overall
+    scales: each follows the step written out by hand with its own tensor's norm (a norm
+    taken over both tensors would shrink the small one's steps); a gradient 10^10 times
+    larger moves the parameters as far as a small one."""
     torch.manual_seed(0)
-    start = torch.randn(7, 3)
+    start, other_start = torch.randn(7, 3), torch.randn(4)
     gradients = [scale * (k + 1) * torch.randn(7, 3) for k in range(5)]
-    p = torch.nn.Parameter(start.clone())
-    optimizer = OPTIMIZERS.build({"kind": "adam_normgrad", "lr": 0.01, "beta1": 0.8, "beta2": 0.99, "eps": 1e-3}, [p])
-    for g in gradients:
-        p.grad = g.clone()
+    other_gradients = [1e3 * scale * torch.randn(4) for _ in range(5)]
+    p, other = torch.nn.Parameter(start.clone()), torch.nn.Parameter(other_start.clone())
+    optimizer = OPTIMIZERS.build({"kind": "adam_normgrad", "lr": 0.01, "beta1": 0.8, "beta2": 0.99, "eps": 1e-3},
+                                 [p, other])
+    for g, h in zip(gradients, other_gradients):
+        p.grad, other.grad = g.clone(), h.clone()
         optimizer.step()
     expected = normgrad_adam_by_hand(start, gradients, 0.01, 0.8, 0.99, 1e-3)
     assert torch.allclose(p.detach().double(), expected, rtol=0, atol=2e-6)
+    expected = normgrad_adam_by_hand(other_start, other_gradients, 0.01, 0.8, 0.99, 1e-3)
+    assert torch.allclose(other.detach().double(), expected, rtol=0, atol=2e-6)
     if scale == 1.0:  # the same steps from gradients 1e4 and 1e-6 times these (up to the 1e-7 in the norm)
         for other in (1e4, 1e-6):
             q = torch.nn.Parameter(start.clone())

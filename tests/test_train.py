@@ -4,6 +4,7 @@ early stopping's patience counted from the end of the KL warm-up."""
 import csv
 import json
 import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -218,6 +219,27 @@ def test_the_learning_rate_schedule_reaches_the_optimizer_and_resumes_exactly(tm
     assert read_metrics(constant)[1]["train_elbo"] != rows[1]["train_elbo"]  # then the rates differ
 
 
+@pytest.mark.integration
+def test_a_schedules_bad_factor_stops_training_in_one_line_and_an_optimizer_without_lr_trains(tmp_path):
+    """A schedule of the user's that returns -1 after the first epoch (gradient ascent if
+    applied) stops the run in one line naming the slot and the value, exit 2; an optimizer
+    without a rate 'lr' trains under the default constant schedule, its lr column nan, and
+    under any other schedule is refused in one line."""
+    code, _, err = run_cli("train", "--out", tmp_path / "neg", "--set", "inference.schedule.epochs=2", "--quiet",
+                           "--set", "inference.lr_schedule.kind=user_components:NegativeAfterOneEpoch",
+                           cwd=Path(__file__).parent)  # where user_components.py is
+    assert code == 2 and "Traceback" not in err
+    assert "inference.lr_schedule: NegativeAfterOneEpoch gave the factor -1.0 after 1 epochs" in err
+    assert [float(r["lr"]) for r in read_metrics(tmp_path / "neg")] == [0.001]  # epoch 1 ran, at the full rate
+    sign = ["--set", "inference.optimizer.kind=user_components:SignSGD"]
+    out = tmp_path / "sign"
+    assert run_cli("train", "--out", out, *QUICK, *sign, cwd=Path(__file__).parent)[0] == 0
+    assert all(np.isnan(float(r["lr"])) for r in read_metrics(out))
+    code, _, err = run_cli("train", "--out", tmp_path / "never", *QUICK, *sign, "--set", "inference.lr_schedule.kind=step",
+                           cwd=Path(__file__).parent)
+    assert code == 2 and "SignSGD has no learning rate 'lr' to schedule" in err and len(err.strip().splitlines()) == 1
+
+
 def test_device_choice(monkeypatch):
     from pyro_vae.errors import SpecError
 
@@ -270,7 +292,8 @@ def test_check_validates_without_training(tmp_path, capsys):
         (["--set", "model.latent_dim=-3"], ["model.latent_dim", "greater than 0"]),
         (["--set", "inference.schedule.epochs=lots"], ["inference.schedule.epochs", "integer"]),
         (["--data", "no/such/file.npz"], ["no such data file"]),
-        (["--set", 'inference.lr_schedule={kind="step", factor=1.5}'], ["inference.lr_schedule.factor", "1"]),
+        (["--set", 'inference.lr_schedule={kind="step", factor=1.5}'],
+         ["inference.lr_schedule.factor", "less than or equal to 1"]),
         (["--set", 'inference.lr_schedule={kind="cosine"}'], ["unknown lr_schedule kind 'cosine'", "stages"]),
         (["--model", "nonesuch"], ["unknown models spec 'nonesuch'"]),
         (["--set", "inference.schedule.device=cuda"] if not torch.cuda.is_available() else ["--set", "x=1"],

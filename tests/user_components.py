@@ -7,6 +7,7 @@ import torch
 from pyro.distributions import constraints
 from torch import nn
 
+from pyro_vae.infer.schedules import LearningRateSchedule
 from pyro_vae.model.posteriors import Posterior
 
 
@@ -72,3 +73,24 @@ class PointPosterior(Posterior):
 
     def forward(self, h):
         return dist.Delta(h, event_dim=1)
+
+
+class NegativeAfterOneEpoch(LearningRateSchedule):
+    """A learning-rate schedule with a bug: a negative factor from the second epoch on."""
+
+    def __call__(self, epoch):
+        return -1.0 if epoch >= 1 else 1.0
+
+
+class SignSGD(torch.optim.Optimizer):
+    """An optimizer without a learning rate 'lr': steps of fixed size against the gradient's sign."""
+
+    def __init__(self, params, *, step_size: float = 1e-3):
+        super().__init__(params, {"step_size": step_size})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.add_(p.grad.sign(), alpha=-group["step_size"])

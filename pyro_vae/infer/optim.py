@@ -51,15 +51,22 @@ class AdamNormGrad(torch.optim.Adam):
     at every step: the optimizer of Tomczak & Welling's VampPrior code (``AdamNormGrad`` in
     jmtomczak/vae_vampprior, utils/optimizer.py), with which their table 2 was trained. (Their
     code adds eps to the root of the uncorrected second moment, torch's Adam to the corrected
-    one: the same step as eps -> 0.)"""
+    one: the same step as eps -> 0.) Each tensor's step no longer depends on its gradient's
+    size, so ``inference.schedule.clip_norm``, one factor for all gradients, has no effect but
+    its check that they are finite."""
 
-    @torch.no_grad()
     def step(self, closure=None):
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    p.grad.div_(torch.linalg.vector_norm(p.grad) + 1e-7)
-        return super().step(closure)
+        loss = None
+        if closure is not None:  # as the paper's code: the gradients the closure computes are normalized
+            with torch.enable_grad():
+                loss = closure()
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        p.grad.div_(torch.linalg.vector_norm(p.grad) + 1e-7)
+        super().step()
+        return loss
 
 
 @OPTIMIZERS.register("adam_normgrad")

@@ -27,7 +27,7 @@ import torch
 from pyro.infer import SVI
 
 from .. import distributed
-from ..errors import Interrupted, NotTraceable, TrainingDiverged
+from ..errors import Interrupted, NotTraceable, SpecError, TrainingDiverged
 from ..stops import stop_requests
 from .compiled import CompiledStep, compile_backend, outside_library
 from .estimators import ESTIMATORS, applied_to, check_estimator_fits
@@ -35,7 +35,7 @@ from .evaluate import elbo_terms
 from . import pyro_internals
 from .loop import PROGRESS_EVERY, CheckpointClock, Progress, StopVote
 from .optim import OPTIMIZERS, SingleOptimizer
-from .schedules import LR_SCHEDULES, kl_weight
+from .schedules import LR_SCHEDULES, ConstantRate, kl_weight
 
 VALIDATION_BLOCK = 1024  # validation examples per seeded block (the same blocks whatever the number of ranks)
 
@@ -122,8 +122,12 @@ class Trainer:
         self.optim = SingleOptimizer(OPTIMIZERS.build(inference.optimizer, list(vae.parameters())), self.schedule.clip_norm,
                                      self.group.average_gradients if self.group.active else None)
         self.lr_schedule = LR_SCHEDULES.build(inference.lr_schedule)
-        self.base_lrs = [group["lr"] for group in self.optim.optimizer.param_groups]
-        self._lr_factor: Optional[float] = None  # the factor the groups' rates were last set to
+        groups = self.optim.optimizer.param_groups
+        if not isinstance(self.lr_schedule, ConstantRate) and any("lr" not in group for group in groups):
+            raise SpecError(f"inference.lr_schedule: the optimizer {type(self.optim.optimizer).__name__} has no "
+                            "learning rate 'lr' to schedule; use inference.lr_schedule.kind = \"constant\"")
+        self.base_lrs = [group.get("lr") for group in groups]  # None: an optimizer of the user's without a rate
+        self._lr_epoch: Optional[int] = None  # the epoch the groups' rates were last set for
         loss = applied_to(self.estimator, vae)  # with labelled examples, part by part (issue 28)
         self.svi = SVI(vae.model, vae.guide, self.optim, loss=loss.loss, loss_and_grads=loss.loss_and_grads)
 
@@ -181,7 +185,7 @@ class Trainer:
         training = checkpoint["training"]
         self.vae.load_state_dict(training["last_weights"])
         self.optim.set_state(training["optimizer"])
-        self._lr_factor = None
+        self._lr_epoch = None  # the saved groups' rates are the schedule's; set them again all the same
         self.state = TrainState(**training["state"])
         rank = self.group.rank
         pyro_internals.set_baselines({name: value.to(self.device) for name, value in training.get("baselines", {}).items()})
@@ -291,11 +295,19 @@ class Trainer:
         self.vae.beta = kl_weight(step, self.steps_per_epoch, s.kl_warmup_epochs, s.beta)
         if self.temperature_schedule is not None:
             self.vae.temperature = self.temperature_schedule(step / self.steps_per_epoch)
-        factor = self.lr_schedule(self.state.epoch)
-        if factor != self._lr_factor:  # also after a restore, which loads the saved groups' rates
-            for group, base in zip(self.optim.optimizer.param_groups, self.base_lrs):
+        if self.state.epoch != self._lr_epoch:
+            self._set_learning_rate(self.state.epoch)
+
+    def _set_learning_rate(self, epoch: int) -> None:
+        """Each group's rate at ``epoch`` completed epochs: its base rate times f(epoch)."""
+        factor = self.lr_schedule(epoch)
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < math.inf:
+            raise SpecError(f"inference.lr_schedule: {type(self.lr_schedule).__name__} gave the factor {factor!r} "
+                            f"after {epoch} epochs; a schedule returns a finite number > 0")
+        for group, base in zip(self.optim.optimizer.param_groups, self.base_lrs):
+            if base is not None:
                 group["lr"] = base * factor
-            self._lr_factor = factor
+        self._lr_epoch = epoch
 
     def _step(self, x, index, i: int, requested: Sequence[int]) -> Optional[float]:
         """Step i of the epoch; its loss, or None where a compiled step's loss stays on the
@@ -360,7 +372,7 @@ class Trainer:
             "kl": kl_mean,
             "reconstruction": rec,
             "beta": self.vae.beta,
-            "lr": self.optim.optimizer.param_groups[0]["lr"],
+            "lr": self.optim.optimizer.param_groups[0].get("lr", math.nan),
             "seconds": seconds,
             "examples_per_second": self.steps_per_epoch * self.batch_size / seconds if seconds > 0 else math.nan,
         }
