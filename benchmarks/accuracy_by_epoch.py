@@ -38,6 +38,8 @@ def main(argv=None) -> list:
     parser.add_argument("--pretrain-epochs", type=int, default=10, help="row 6: VaDE's autoencoder epochs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--init", metavar="RUN", help="start from this run's weights with a fresh optimizer (as "
+                        "pyro-vae train --init), e.g. to continue it at another learning rate")
     parser.add_argument("--out", required=True)
     parser.add_argument("--data-root", default=str(DATA), help="the shared data folder (default: ../shared/data)")
     parser.add_argument("--tiny", action="store_true", help="300 training images: checks the script end to end")
@@ -67,7 +69,7 @@ def main(argv=None) -> list:
             f.write(json.dumps(line) + "\n")
         print(json.dumps(line), flush=True)
 
-    train(spec, out / "run", force=True, progress=False, before=measure, on_epoch=measure)
+    train(spec, out / "run", force=True, progress=False, before=measure, on_epoch=measure, init=args.init)
     return measured
 
 

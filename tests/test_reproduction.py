@@ -216,3 +216,8 @@ def test_accuracy_by_epoch_reads_q_y_as_evaluate_does(row, data_root, tmp_path):
     evaluated = json.loads((out / "run" / "evaluation" / "test.json").read_text())
     for key in ("accuracy", "cluster_accuracy", "nmi"):
         assert lines[-1][key] == pytest.approx(evaluated[key], abs=1e-9), key
+    if row == 5:  # --init continues from the run's weights: its first reading is the run's last
+        again = accuracy_by_epoch.main(["--row", "5", "--epochs", "1", "--tiny", "--data-root", str(data_root),
+                                        "--out", str(tmp_path / "continued"), "--init", str(out / "run"),
+                                        "--set", "inference.optimizer.lr=3e-4"])
+        assert again[0]["accuracy"] == lines[-1]["accuracy"] and again[0]["nmi"] == lines[-1]["nmi"]
