@@ -220,6 +220,22 @@ def test_the_learning_rate_schedule_reaches_the_optimizer_and_resumes_exactly(tm
 
 
 @pytest.mark.integration
+def test_a_run_begun_before_the_lr_column_reads_its_optimizers_rate_once_resumed(tmp_path):
+    """A checkpoint whose epochs lack "lr" (written before metrics had the column) resumes,
+    and metrics.csv gives those epochs the optimizer's rate, the only one they ran at."""
+    from pyro_vae.runs import load_checkpoint, save_checkpoint
+
+    out = tmp_path / "old"
+    assert main(["train", "--out", str(out), *QUICK, "--set", "inference.optimizer.lr=0.002"]) == 0
+    checkpoint = load_checkpoint(out / "checkpoint.pt")
+    for row in checkpoint["training"]["state"]["history"]:
+        del row["lr"]
+    save_checkpoint(out / "checkpoint.pt", checkpoint)
+    assert main(["train", "--resume", str(out), "--set", "inference.schedule.epochs=3", "--quiet"]) == 0
+    assert [float(r["lr"]) for r in read_metrics(out)] == [0.002, 0.002, 0.002]
+
+
+@pytest.mark.integration
 def test_a_schedules_bad_factor_stops_training_in_one_line_and_an_optimizer_without_lr_trains(tmp_path):
     """A schedule of the user's that returns -1 after the first epoch (gradient ascent if
     applied) stops the run in one line naming the slot and the value, exit 2; an optimizer

@@ -46,6 +46,7 @@ def temperature(epochs: float, initial: float, final: float, anneal_epochs: floa
 # --- the learning rate --------------------------------------------------------------------
 
 LR_SCHEDULES = Registry("lr_schedule")
+Factor = Annotated[float, Field(gt=0, le=1)]
 
 
 @LR_SCHEDULES.protocol
@@ -75,7 +76,7 @@ class StepDecay(LearningRateSchedule):
     """f(e) = factor^floor(e / every) (torch's StepLR). VaDE: lr 2e-3 times 0.9 every 10
     epochs (Jiang et al., 2017)."""
 
-    def __init__(self, *, every: count(1_000_000) = 10, factor: Annotated[float, Field(gt=0, le=1)] = 0.9):
+    def __init__(self, *, every: count(1_000_000) = 10, factor: Factor = 0.9):
         self.every, self.factor = every, factor
 
     def __call__(self, epoch: int) -> float:
@@ -86,7 +87,7 @@ class StepDecay(LearningRateSchedule):
 class ExponentialDecay(LearningRateSchedule):
     """f(e) = factor^e (torch's ExponentialLR, gamma = factor)."""
 
-    def __init__(self, *, factor: Annotated[float, Field(gt=0, le=1)] = 0.99):
+    def __init__(self, *, factor: Factor = 0.99):
         self.factor = factor
 
     def __call__(self, epoch: int) -> float:
@@ -102,7 +103,7 @@ class GeometricStages(LearningRateSchedule):
     The defaults are Burda et al.'s (2016): 3^i epochs at 1e-3 * 10^(-i/7) for
     i = 0..7, 3280 epochs in all; after ``stages`` stages the last rate stays."""
 
-    def __init__(self, *, growth: count(1_000) = 3, factor: Annotated[float, Field(gt=0, le=1)] = 10 ** (-1 / 7),
+    def __init__(self, *, growth: count(1_000) = 3, factor: Factor = 10 ** (-1 / 7),
                  stages: count(1_000) = 8):
         self.growth, self.factor, self.stages = growth, factor, stages
 

@@ -187,6 +187,9 @@ class Trainer:
         self.optim.set_state(training["optimizer"])
         self._lr_epoch = None  # the saved groups' rates are the schedule's; set them again all the same
         self.state = TrainState(**training["state"])
+        # a run begun before the metrics had an "lr" (2026-12-07) had no schedule: its epochs ran at the optimizer's rate
+        for row in self.state.history:
+            row.setdefault("lr", self.base_lrs[0] if self.base_lrs[0] is not None else math.nan)
         rank = self.group.rank
         pyro_internals.set_baselines({name: value.to(self.device) for name, value in training.get("baselines", {}).items()})
         # (W, ...): each rank takes its own

@@ -217,10 +217,7 @@ class _RunWriter:
 
     def metrics(self) -> None:
         history = self.trainer.state.history
-        # a run begun before metrics.csv had an "lr" column (2026-12-07), and resumed since, had no
-        # schedule: its epochs ran at the optimizer's rate
-        before = self.trainer.base_lrs[0] if self.trainer.base_lrs[0] is not None else math.nan
-        write_csv(self.path / METRICS, [{"lr": before, **row} for row in history], METRIC_COLUMNS)
+        write_csv(self.path / METRICS, history, METRIC_COLUMNS)
         if self.tracker is not None and len(history) > self.tracked:
             self.tracker.log_rows(history[self.tracked:])
             self.tracked = len(history)
