@@ -4,10 +4,12 @@ or the GMVAE's clustering accuracy (the best one-to-one matching of clusters to 
 with NMI, on the official 10,000 MNIST test images; for row 6 also right after VaDE's start,
 before the first epoch. Trains the row's spec exactly as ``benchmarks/reproduce.py`` does
 (the same ``--set`` list), through ``pyro_vae.workflows.train.train``, writing the run to
-``--out`` (resumable with ``pyro-vae train --resume``) and one JSON line per measurement to
-``--out``/accuracy_by_epoch.jsonl:
+``--out``/run and one JSON line per measurement to ``--out``/accuracy_by_epoch.jsonl; the same
+command with ``--resume`` and more ``--epochs`` continues that run exactly where it stopped
+(``pyro-vae train --resume``), appending its readings:
 
     python benchmarks/accuracy_by_epoch.py --row 5 --epochs 5 --out runs/m2_by_epoch
+    python benchmarks/accuracy_by_epoch.py --row 5 --epochs 20 --out runs/m2_by_epoch --resume
     python benchmarks/accuracy_by_epoch.py --row 6 --epochs 10 --pretrain-epochs 50 --seed 1 --out runs/vade_s1
 """
 
@@ -26,7 +28,7 @@ from reproduce import M2, VADE, prepare_data  # noqa: E402
 
 from pyro_vae.infer.metrics import classification_summary  # noqa: E402
 from pyro_vae.spec import load_spec  # noqa: E402
-from pyro_vae.workflows.train import train  # noqa: E402
+from pyro_vae.workflows.train import resume, train  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -40,19 +42,15 @@ def main(argv=None) -> list:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--init", metavar="RUN", help="start from this run's weights with a fresh optimizer (as "
                         "pyro-vae train --init), e.g. to continue it at another learning rate")
+    parser.add_argument("--resume", action="store_true", help="continue --out's run to --epochs, exactly (its "
+                        "spec, seed and data kept; --set and --init are refused)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--data-root", default=str(DATA), help="the shared data folder (default: ../shared/data)")
     parser.add_argument("--tiny", action="store_true", help="300 training images: checks the script end to end")
     args = parser.parse_args(argv)
     out, root = Path(args.out), Path(args.data_root)
-    if args.row == 5:
-        model, sets, data = "m2_mnist", list(M2), prepare_data("mnist_semi", root, out / "data", args.tiny)
-    else:
-        model, sets = "gmvae_vade", [*VADE, f"model.discrete.pretrain_epochs={args.pretrain_epochs}"]
-        data = prepare_data("mnist_all", root, out / "data", args.tiny)
-    spec = load_spec(model=model, inference="trace_enum", data=str(data),
-                     overrides=[*sets, *args.set, f"inference.schedule.epochs={args.epochs}",
-                                f"inference.schedule.seed={args.seed}"])
+    if args.resume and (args.set or args.init):
+        parser.error("--resume continues the run as its spec says: leave out --set and --init")
     started, lines = time.perf_counter(), out / "accuracy_by_epoch.jsonl"
     measured = []
 
@@ -61,14 +59,25 @@ def main(argv=None) -> list:
         with torch.no_grad():
             probs = torch.cat([trainer.vae.q_y_logits(x[i : i + 2000]).softmax(-1) for i in range(0, len(x), 2000)])
         summary = classification_summary(probs, labels)
-        line = {"row": args.row, "seed": args.seed, "epoch": len(measured), "accuracy": summary["accuracy"],
-                "cluster_accuracy": summary["cluster_accuracy"], "nmi": summary["nmi"],
+        line = {"row": args.row, "seed": trainer.inference.schedule.seed, "epoch": trainer.state.epoch,
+                "accuracy": summary["accuracy"], "cluster_accuracy": summary["cluster_accuracy"], "nmi": summary["nmi"],
                 "seconds": round(time.perf_counter() - started, 1)}
         measured.append(line)
         with lines.open("a") as f:
             f.write(json.dumps(line) + "\n")
         print(json.dumps(line), flush=True)
 
+    if args.resume:  # the run's spec and data files, as the first command wrote them
+        resume(out / "run", epochs=args.epochs, progress=False, on_epoch=measure)
+        return measured
+    if args.row == 5:
+        model, sets, data = "m2_mnist", list(M2), prepare_data("mnist_semi", root, out / "data", args.tiny)
+    else:
+        model, sets = "gmvae_vade", [*VADE, f"model.discrete.pretrain_epochs={args.pretrain_epochs}"]
+        data = prepare_data("mnist_all", root, out / "data", args.tiny)
+    spec = load_spec(model=model, inference="trace_enum", data=str(data),
+                     overrides=[*sets, *args.set, f"inference.schedule.epochs={args.epochs}",
+                                f"inference.schedule.seed={args.seed}"])
     train(spec, out / "run", force=True, progress=False, before=measure, on_epoch=measure, init=args.init)
     return measured
 

@@ -221,3 +221,16 @@ def test_accuracy_by_epoch_reads_q_y_as_evaluate_does(row, data_root, tmp_path):
                                         "--out", str(tmp_path / "continued"), "--init", str(out / "run"),
                                         "--set", "inference.optimizer.lr=3e-4"])
         assert again[0]["accuracy"] == lines[-1]["accuracy"] and again[0]["nmi"] == lines[-1]["nmi"]
+        # --resume trains the run on and appends its readings, numbered by the run's epochs; the
+        # resumed run equals one trained to 3 epochs at once
+        more = accuracy_by_epoch.main(["--row", "5", "--epochs", "3", "--resume", "--tiny", "--data-root",
+                                       str(data_root), "--out", str(out)])
+        assert [line["epoch"] for line in more] == [3]
+        written = [json.loads(text) for text in (out / "accuracy_by_epoch.jsonl").read_text().splitlines()]
+        assert written == lines + more
+        at_once = accuracy_by_epoch.main(["--row", "5", "--epochs", "3", "--tiny", "--data-root", str(data_root),
+                                          "--out", str(tmp_path / "at_once")])
+        assert at_once[-1]["accuracy"] == more[-1]["accuracy"] and at_once[-1]["nmi"] == pytest.approx(more[-1]["nmi"])
+        with pytest.raises(SystemExit):
+            accuracy_by_epoch.main(["--row", "5", "--epochs", "4", "--resume", "--set", "inference.optimizer.lr=1",
+                                    "--out", str(out)])
