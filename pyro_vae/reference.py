@@ -207,6 +207,8 @@ MEANINGS = {
                                 "training data's sd, per feature or pooled, floored at 5% of the pooled sd); must "
                                 "exceed `min_scale`",
     "likelihood.min_scale": "scale = softplus(raw) + min_scale",
+    "likelihood.probability_floor": "eps: every probability kept in [eps, 1 - eps] (the logits clamped), each "
+                                    "pixel's term bounded by -log eps; 0: unclamped",
     "likelihood.df": "degrees of freedom",
     "likelihood.initial_dispersion": "the learned dispersion per feature starts here",
     "likelihood.library_size": "`false`: mean softplus(decoder output); `true`: l * softmax(decoder output) with l "

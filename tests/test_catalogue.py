@@ -16,7 +16,8 @@ from helpers import small_gaussian_vae as small
 from pyro_vae.model import build_vae
 from pyro_vae.model.likelihoods import LIKELIHOODS
 from pyro_vae.model.posteriors import POSTERIORS
-from pyro_vae.spec import Spec
+from pyro_vae.errors import SpecError
+from pyro_vae.spec import Spec, load_spec
 
 F_ = 6  # features
 
@@ -44,6 +45,29 @@ def test_bernoulli_binary_and_soft_targets():
     cross_entropy = (soft.numpy() * np.log(p) + (1 - soft.numpy()) * np.log1p(-p)).sum(-1)
     assert np.allclose(lik(out).log_prob(soft).numpy(), cross_entropy)
 
+
+
+@pytest.mark.parametrize("floor", [1e-5, 0.1])
+def test_bernoulli_probability_floor_is_a_clamped_bernoulli(floor):
+    """p = clip(sigmoid(l), eps, 1 - eps) against scipy, at logits inside and far outside the
+    clamp; the mean is that p; no gradient passes a clamped logit, the others' are sigmoid's."""
+    lik = LIKELIHOODS.build({"kind": "bernoulli", "probability_floor": floor}, (F_,)).double()
+    out = torch.tensor([[[-40.0, -3.0, -0.2, 0.0, 2.5, 40.0]]], dtype=torch.float64, requires_grad=True)
+    p = np.clip(special.expit(out[0, 0].detach().numpy()), floor, 1 - floor)
+    for x in (torch.ones(1, F_, dtype=torch.float64), torch.zeros(1, F_, dtype=torch.float64)):
+        assert np.allclose(lik(out).log_prob(x).detach().numpy(), stats.bernoulli.logpmf(x.numpy(), p).sum(-1))
+    assert np.allclose(lik.mean(out).detach().numpy(), p)
+    lik(out).log_prob(torch.ones(1, F_, dtype=torch.float64)).sum().backward()
+    inside = (special.expit(out[0, 0].detach().numpy()) > floor) & (special.expit(out[0, 0].detach().numpy()) < 1 - floor)
+    expected = np.where(inside, 1 - special.expit(out[0, 0].detach().numpy()), 0.0)  # d/dl log sigmoid(l)
+    assert np.allclose(out.grad[0, 0].numpy(), expected)
+    assert not inside.all() and inside.any()
+
+
+@pytest.mark.parametrize("floor", [-1e-3, 0.5, 1.0])
+def test_bernoulli_probability_floor_outside_0_to_half_is_refused(floor):
+    with pytest.raises(SpecError, match="probability_floor"):
+        load_spec(model="bernoulli_mlp", overrides=[f"model.likelihood.probability_floor={floor}"])
 
 def _cb_log_normalizer(lam):
     """log C(lambda), C = 2 artanh(1 - 2 lambda) / (1 - 2 lambda), C(1/2) = 2, in 50-digit arithmetic."""
