@@ -610,3 +610,25 @@ def test_enumerated_m2_traced_part_by_part_says_nothing_about_its_labelled_part(
     value = loss.loss(vae.model, vae.guide, data(), torch.arange(6))
     assert math.isfinite(value) and vae.objective_parts == ("unlabelled", "labelled")
     assert not [w for w in recwarn if "no sample sites configured for enumeration" in str(w.message)]
+
+
+@pytest.mark.parametrize("kind, hidden", [("mlp", [7]), ("mlp", []), ("gated_mlp", [5, 4])])
+def test_an_encoder_reading_y_beside_x_equals_it_reading_the_concatenation(kind, hidden):
+    """M2's q(z|x, y): the split first map W_x x + W_y y (x once, y per class, broadcast) gives
+    the network of [x, y] for every class, values and gradients, at the enumerated shape."""
+    from pyro_vae.model.layers import concatenated
+    from pyro_vae.model.networks import NETWORKS
+
+    torch.manual_seed(0)
+    net = NETWORKS.build({"kind": kind, "hidden": hidden}, (6 + 3,), (4,)).double()
+    x, y = torch.rand(5, 6, dtype=torch.float64), torch.eye(3, dtype=torch.float64).unsqueeze(-2)  # (3, 1, 3)
+    split = net(x, beside=y)
+    joined = net(concatenated(x, y))
+    assert split.shape == joined.shape == (3, 5, 4)
+    assert torch.allclose(split, joined, atol=1e-12)
+    weights = torch.randn_like(split)
+    g_split = torch.autograd.grad((split * weights).sum(), list(net.parameters()))
+    g_joined = torch.autograd.grad((joined * weights).sum(), list(net.parameters()))
+    assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(g_split, g_joined))
+    with pytest.raises(ValueError, match="features beside"):
+        net(x[:, :5], beside=y)

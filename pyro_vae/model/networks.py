@@ -13,6 +13,7 @@ import math
 from typing import Annotated, Literal, Optional
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -66,9 +67,24 @@ class _Stacked(Network):
         layers.append(nn.Linear(width, math.prod(self.out_shape)))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x):
-        batch = x.shape[: x.dim() - len(self.in_shape)]
-        return self.shaped_out(self.net(self.flat_in(x)), batch)
+    def forward(self, x, beside: Optional[Tensor] = None):
+        """The network of x; with ``beside`` (features b read beside a flat x, as the network
+        would read [x, b]: M2's one-hot y), of [x, b] with the first map split,
+        W [x; b] + c = (W_x x + c) + W_b b, each product on its own rows and the sum
+        broadcast: under the enumeration of y's K classes the widest product runs on the
+        batch of x, not on K copies of it (the same weights, the same numbers)."""
+        if beside is None:
+            batch = x.shape[: x.dim() - len(self.in_shape)]
+            return self.shaped_out(self.net(self.flat_in(x)), batch)
+        first = self.net[0]
+        linear = first.linear if isinstance(first, GatedLinear) else first
+        split = x.shape[-1]
+        if split + beside.shape[-1] != linear.in_features:
+            raise ValueError(f"{split} + {beside.shape[-1]} features beside them, but the network reads "
+                             f"{linear.in_features}")
+        h = F.linear(x, linear.weight[:, :split], linear.bias) + F.linear(beside, linear.weight[:, split:])
+        h = self.net[1:](first.gate(h) if isinstance(first, GatedLinear) else h)
+        return self.shaped_out(h, h.shape[:-1])
 
 
 @NETWORKS.register("mlp")
@@ -97,7 +113,12 @@ class GatedLinear(nn.Module):
         self.linear = nn.Linear(width_in, 2 * width_out)
 
     def forward(self, x):
-        h, g = self.linear(x).chunk(2, -1)
+        return self.gate(self.linear(x))
+
+    @staticmethod
+    def gate(hg: Tensor) -> Tensor:
+        """(W x + b) * sigmoid(V x + c) from the linear map's two halves [W x + b, V x + c]."""
+        h, g = hg.chunk(2, -1)
         return h * torch.sigmoid(g)
 
 

@@ -57,6 +57,7 @@ from .categorical import MODES, Baseline, MarginalMixture, RelaxedOneHot, Straig
 from .condition import conditioned
 from .layers import JointLatent, Structure, UpperLayer, concatenated, ladder_merge, stopped_call
 from .likelihoods import Likelihood
+from .networks import _Stacked
 from .posteriors import Posterior
 from .priors import Prior
 from .traits import traits_of
@@ -263,13 +264,17 @@ class VAE(nn.Module):
             batch = u.shape[: u.dim() - len(self.data_shape)]
             # the walk keeps the covariates c of this call: the joint is scored and sampled later
             return JointLatent(self._keeping_condition(lambda draw: self.walk_posterior(u, draw)), self.layer_dims, batch)
-        return self.posterior(self.encoder(self._with_y(u, y)))
+        return self.posterior(self._encoded(u, y))
 
-    def _with_y(self, u: Tensor, y: Optional[Tensor]) -> Tensor:
-        """What the bottom encoder reads: u, or u flattened beside one-hot y (q(z|x, y))."""
+    def _encoded(self, u: Tensor, y: Optional[Tensor]) -> Tensor:
+        """The bottom encoder's output for u, or for u flattened beside one-hot y (q(z|x, y)):
+        an mlp or gated_mlp reads y through its split first map (no copy of x per class),
+        any other network the concatenation [x, y]."""
         if y is None or not self.structure.y.encoder_reads_y:
-            return u
-        return concatenated(self._flat(u), y)
+            return self.encoder(u)
+        if isinstance(self.encoder, _Stacked):
+            return self.encoder(self._flat(u), beside=y)
+        return self.encoder(concatenated(self._flat(u), y))
 
     @conditioned
     def q(self, x: Tensor):
@@ -550,7 +555,7 @@ class VAE(nn.Module):
             self.walk_posterior(u, lambda i, d, stopped: pyro.sample(names[i] + suffix, d,
                                                                      infer={"stopped_log_prob": stopped}))
             return
-        h = self.encoder(self._with_y(u, y))
+        h = self._encoded(u, y)
         pyro.sample("z" + suffix, self.posterior(h), infer={"stopped_log_prob": partial(self.posterior.stopped_log_prob, h)})
 
     @property
