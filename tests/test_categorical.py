@@ -632,3 +632,18 @@ def test_an_encoder_reading_y_beside_x_equals_it_reading_the_concatenation(kind,
     assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(g_split, g_joined))
     with pytest.raises(ValueError, match="features beside"):
         net(x[:, :5], beside=y)
+
+
+def test_the_m2_step_benchmark_runs_and_leaves_the_split_encoder_in_place():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "m2_step.py"
+    spec = importlib.util.spec_from_file_location("m2_step", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from pyro_vae.model.vae import VAE
+
+    before = VAE._encoded
+    result = module.main(["--rounds", "1", "--steps", "2", "--train", "300"])
+    assert VAE._encoded is before
+    assert result["split"] > 0 and result["concatenated"] > 0 and result["ratio"] > 0
