@@ -647,3 +647,24 @@ def test_the_m2_step_benchmark_runs_and_leaves_the_split_encoder_in_place():
     result = module.main(["--rounds", "1", "--steps", "2", "--train", "300"])
     assert VAE._encoded is before
     assert result["split"] > 0 and result["concatenated"] > 0 and result["ratio"] > 0
+
+
+@pytest.mark.parametrize("encoder", [{"kind": "mlp", "hidden": [8]}, {"kind": "gated_mlp", "hidden": [5, 4]},
+                                     {"kind": "user_components:DoubledInputMLP", "hidden": [8]}])
+def test_m2s_q_z_and_marginal_q_are_the_encoders_own_forward_on_x_and_y_concatenated(encoder):
+    """VAE.q_z and the marginal q(z|x) = sum_y q(y|x) q(z|x, y) against the encoder's own
+    forward called on [x, y] by hand: the library's kinds read y through the split first map,
+    a user's subclass of them keeps its forward (a split would skip it)."""
+    torch.manual_seed(0)
+    spec = ModelSpec(latent_dim=D, likelihood={"kind": "gaussian"}, encoder=encoder,
+                     decoder={"kind": "mlp", "hidden": [8]},
+                     discrete={"classes": C, "shape": "m2", "classifier": {"kind": "mlp", "hidden": [8]}})
+    vae = build_vae(spec, (FEATURES,)).double().eval()
+    x, eye = data().double(), torch.eye(C, dtype=torch.float64)
+    joined = torch.cat([x.unsqueeze(-2).expand(-1, C, -1), eye.expand(len(x), -1, -1)], -1)  # (B, C, F + C)
+    by_hand = vae.posterior(vae.encoder.forward(joined))
+    z = torch.randn(len(x), D, dtype=torch.float64)
+    assert torch.allclose(vae.q_z(x, eye.unsqueeze(1)).log_prob(z), by_hand.log_prob(z.unsqueeze(-2)).T, atol=1e-12)
+    log_qy = torch.log_softmax(vae.classifier(x), -1)
+    marginal = torch.logsumexp(log_qy + by_hand.log_prob(z.unsqueeze(-2)), -1)
+    assert torch.allclose(vae.q(x).log_prob(z), marginal, atol=1e-12)

@@ -8,6 +8,7 @@ from pyro.distributions import constraints
 from torch import nn
 
 from pyro_vae.infer.schedules import LearningRateSchedule
+from pyro_vae.model.networks import MLP
 from pyro_vae.model.posteriors import Posterior
 
 
@@ -94,3 +95,11 @@ class SignSGD(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is not None:
                     p.add_(p.grad.sign(), alpha=-group["step_size"])
+
+
+class DoubledInputMLP(MLP):
+    """A user's mlp that reads 2 x where the library's reads x: its own forward, which the
+    library must call (M2's q(z|x, y) then reads it on [x, y] concatenated)."""
+
+    def forward(self, x):
+        return super().forward(2 * x)

@@ -57,7 +57,7 @@ from .categorical import MODES, Baseline, MarginalMixture, RelaxedOneHot, Straig
 from .condition import conditioned
 from .layers import JointLatent, Structure, UpperLayer, concatenated, ladder_merge, stopped_call
 from .likelihoods import Likelihood
-from .networks import _Stacked
+from .networks import GatedMLP, MLP
 from .posteriors import Posterior
 from .priors import Prior
 from .traits import traits_of
@@ -268,11 +268,12 @@ class VAE(nn.Module):
 
     def _encoded(self, u: Tensor, y: Optional[Tensor]) -> Tensor:
         """The bottom encoder's output for u, or for u flattened beside one-hot y (q(z|x, y)):
-        an mlp or gated_mlp reads y through its split first map (no copy of x per class),
-        any other network the concatenation [x, y]."""
+        the library's mlp or gated_mlp reads y through its split first map (no copy of x per
+        class), any other network, a user's subclass of those included (its own forward), the
+        concatenation [x, y]."""
         if y is None or not self.structure.y.encoder_reads_y:
             return self.encoder(u)
-        if isinstance(self.encoder, _Stacked):
+        if type(self.encoder) in (MLP, GatedMLP):
             return self.encoder(self._flat(u), beside=y)
         return self.encoder(concatenated(self._flat(u), y))
 
