@@ -4,9 +4,10 @@ or the GMVAE's clustering accuracy (the best one-to-one matching of clusters to 
 with NMI, on the official 10,000 MNIST test images; for row 6 also right after VaDE's start,
 before the first epoch. Trains the row's spec exactly as ``benchmarks/reproduce.py`` does
 (the same ``--set`` list), through ``pyro_vae.workflows.train.train``, writing the run to
-``--out``/run and one JSON line per measurement to ``--out``/accuracy_by_epoch.jsonl; the same
-command with ``--resume`` and more ``--epochs`` continues that run exactly where it stopped
-(``pyro-vae train --resume``), appending its readings:
+``--out``/run and one JSON line per measurement to ``--out``/accuracy_by_epoch.jsonl (begun
+afresh, as the run is); the same command with ``--resume`` and more ``--epochs`` continues
+that run exactly where it stopped (``pyro-vae train --resume``), appending its readings, first
+the reading of the epoch it resumes from where a kill lost it:
 
     python benchmarks/accuracy_by_epoch.py --row 5 --epochs 5 --out runs/m2_by_epoch
     python benchmarks/accuracy_by_epoch.py --row 5 --epochs 20 --out runs/m2_by_epoch --resume
@@ -26,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reproduce import M2, VADE, prepare_data  # noqa: E402
 
+from pyro_vae.errors import UserError  # noqa: E402
 from pyro_vae.infer.metrics import classification_summary  # noqa: E402
 from pyro_vae.spec import load_spec  # noqa: E402
 from pyro_vae.workflows.train import resume, train  # noqa: E402
@@ -53,6 +55,9 @@ def main(argv=None) -> list:
         parser.error("--resume continues the run as its spec says: leave out --set and --init")
     started, lines = time.perf_counter(), out / "accuracy_by_epoch.jsonl"
     measured = []
+    read = [json.loads(text) for text in lines.read_text().splitlines()] if args.resume and lines.exists() else []
+    if {line["row"] for line in read} - {args.row}:
+        parser.error(f"--row {args.row}: {lines} holds readings of row {read[0]['row']}; give --row {read[0]['row']}")
 
     def measure(trainer) -> None:
         x, labels = trainer.data.scored("test", 0), trainer.data.labels["test"]
@@ -62,14 +67,26 @@ def main(argv=None) -> list:
         line = {"row": args.row, "seed": trainer.inference.schedule.seed, "epoch": trainer.state.epoch,
                 "accuracy": summary["accuracy"], "cluster_accuracy": summary["cluster_accuracy"], "nmi": summary["nmi"],
                 "seconds": round(time.perf_counter() - started, 1)}
-        measured.append(line)
-        with lines.open("a") as f:
+        with lines.open("a" if args.resume or measured else "w") as f:  # a new run, new readings
             f.write(json.dumps(line) + "\n")
+        measured.append(line)
         print(json.dumps(line), flush=True)
 
-    if args.resume:  # the run's spec and data files, as the first command wrote them
-        resume(out / "run", epochs=args.epochs, progress=False, on_epoch=measure)
-        return measured
+    def measure_if_lost(trainer) -> None:  # killed after the checkpoint, before its reading
+        if trainer.state.epoch not in {line["epoch"] for line in read}:
+            measure(trainer)
+
+    try:
+        if args.resume:  # the run's spec and data files, as the first command wrote them
+            resume(out / "run", epochs=args.epochs, progress=False, before=measure_if_lost, on_epoch=measure)
+        else:
+            _train(args, out, root, measure)
+    except UserError as exc:
+        parser.exit(2, f"accuracy_by_epoch: error: {exc.for_command_line()}\n")
+    return measured
+
+
+def _train(args, out: Path, root: Path, measure) -> None:
     if args.row == 5:
         model, sets, data = "m2_mnist", list(M2), prepare_data("mnist_semi", root, out / "data", args.tiny)
     else:
@@ -79,7 +96,6 @@ def main(argv=None) -> list:
                      overrides=[*sets, *args.set, f"inference.schedule.epochs={args.epochs}",
                                 f"inference.schedule.seed={args.seed}"])
     train(spec, out / "run", force=True, progress=False, before=measure, on_epoch=measure, init=args.init)
-    return measured
 
 
 if __name__ == "__main__":

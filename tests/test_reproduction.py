@@ -201,7 +201,7 @@ BY_EPOCH_SPEC.loader.exec_module(accuracy_by_epoch)
 
 @pytest.mark.integration
 @pytest.mark.parametrize("row", [5, 6])
-def test_accuracy_by_epoch_reads_q_y_as_evaluate_does(row, data_root, tmp_path):
+def test_accuracy_by_epoch_reads_q_y_as_evaluate_does(row, data_root, tmp_path, capsys):
     """One line before training and one per epoch; the last equals what `pyro-vae evaluate`
     reports for the run's saved (last) weights on the same test images."""
     from pyro_vae.cli import main
@@ -221,16 +221,33 @@ def test_accuracy_by_epoch_reads_q_y_as_evaluate_does(row, data_root, tmp_path):
                                         "--out", str(tmp_path / "continued"), "--init", str(out / "run"),
                                         "--set", "inference.optimizer.lr=3e-4"])
         assert again[0]["accuracy"] == lines[-1]["accuracy"] and again[0]["nmi"] == lines[-1]["nmi"]
-        # --resume trains the run on and appends its readings, numbered by the run's epochs; the
-        # resumed run equals one trained to 3 epochs at once
+        # --resume trains the run on and appends its readings, numbered by the run's epochs,
+        # first the one a kill after the last checkpoint lost (here: epoch 2's line removed);
+        # the resumed run equals one trained to 3 epochs at once
+        jsonl = out / "accuracy_by_epoch.jsonl"
+        jsonl.write_text("".join(json.dumps(line) + "\n" for line in lines[:-1]))
         more = accuracy_by_epoch.main(["--row", "5", "--epochs", "3", "--resume", "--tiny", "--data-root",
                                        str(data_root), "--out", str(out)])
-        assert [line["epoch"] for line in more] == [3]
-        written = [json.loads(text) for text in (out / "accuracy_by_epoch.jsonl").read_text().splitlines()]
-        assert written == lines + more
+        assert [line["epoch"] for line in more] == [2, 3]
+        assert (more[0]["accuracy"], more[0]["nmi"]) == (lines[-1]["accuracy"], lines[-1]["nmi"])
+        assert [json.loads(text) for text in jsonl.read_text().splitlines()] == lines[:-1] + more
+        stale = tmp_path / "at_once" / "accuracy_by_epoch.jsonl"  # a new run (no --resume) begins its file afresh
+        stale.parent.mkdir()
+        stale.write_text(jsonl.read_text())
         at_once = accuracy_by_epoch.main(["--row", "5", "--epochs", "3", "--tiny", "--data-root", str(data_root),
                                           "--out", str(tmp_path / "at_once")])
+        assert [json.loads(text) for text in stale.read_text().splitlines()] == at_once
         assert at_once[-1]["accuracy"] == more[-1]["accuracy"] and at_once[-1]["nmi"] == pytest.approx(more[-1]["nmi"])
-        with pytest.raises(SystemExit):
-            accuracy_by_epoch.main(["--row", "5", "--epochs", "4", "--resume", "--set", "inference.optimizer.lr=1",
-                                    "--out", str(out)])
+        # refused with exit 2 and one line, the readings kept: --set, another row's readings,
+        # fewer epochs than the run's, no run
+        refused = [["--epochs", "4", "--set", "inference.optimizer.lr=1"], ["--row", "6"], ["--epochs", "2"],
+                   ["--out", str(tmp_path / "absent")]]
+        capsys.readouterr()
+        for extra in refused:
+            with pytest.raises(SystemExit) as stopped:
+                accuracy_by_epoch.main(["--row", "5", "--epochs", "4", "--resume", "--out", str(out), *extra])
+            assert stopped.value.code == 2
+        errors = [text for text in capsys.readouterr().err.splitlines() if "error" in text]
+        assert len(errors) == 4 and "leave out --set" in errors[0] and "readings of row 5" in errors[1]
+        assert "fewer than the run's 3" in errors[2] and "no such run directory" in errors[3]
+        assert [json.loads(text) for text in jsonl.read_text().splitlines()] == lines[:-1] + more
