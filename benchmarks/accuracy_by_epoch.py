@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reproduce import M2, VADE, prepare_data  # noqa: E402
 
-from pyro_vae.errors import UserError  # noqa: E402
+from pyro_vae.errors import Interrupted, UserError  # noqa: E402
 from pyro_vae.infer.metrics import classification_summary  # noqa: E402
 from pyro_vae.spec import load_spec  # noqa: E402
 from pyro_vae.workflows.train import resume, train  # noqa: E402
@@ -83,6 +83,9 @@ def main(argv=None) -> list:
             _train(args, out, root, measure)
     except UserError as exc:
         parser.exit(2, f"accuracy_by_epoch: error: {exc.for_command_line()}\n")
+    except Interrupted as exc:  # SIGINT / SIGTERM: the run wrote a checkpoint, the readings are whole lines
+        parser.exit(128 + exc.signum, f"accuracy_by_epoch: {exc}; checkpoint written. Continue with the same "
+                    f"command and --resume (--epochs as many or more)\n")
     return measured
 
 

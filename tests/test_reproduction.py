@@ -251,3 +251,19 @@ def test_accuracy_by_epoch_reads_q_y_as_evaluate_does(row, data_root, tmp_path, 
         assert len(errors) == 4 and "leave out --set" in errors[0] and "readings of row 5" in errors[1]
         assert "fewer than the run's 3" in errors[2] and "no such run directory" in errors[3]
         assert [json.loads(text) for text in jsonl.read_text().splitlines()] == lines[:-1] + more
+
+
+def test_accuracy_by_epoch_interrupted_says_how_to_resume_in_one_line(tmp_path, monkeypatch, capsys):
+    """SIGINT / SIGTERM during training (the trainer has written its checkpoint): exit 128 +
+    signal and one line naming --resume, not a traceback."""
+    from pyro_vae.errors import Interrupted
+
+    def interrupted(*args, **kwargs):
+        raise Interrupted(2, 3, 7)
+
+    monkeypatch.setattr(accuracy_by_epoch, "resume", interrupted)
+    with pytest.raises(SystemExit) as stopped:
+        accuracy_by_epoch.main(["--row", "5", "--epochs", "4", "--resume", "--out", str(tmp_path)])
+    assert stopped.value.code == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "signal 2 in epoch 3 after step 7" in err[0] and "--resume" in err[0]
