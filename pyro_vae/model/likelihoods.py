@@ -116,8 +116,8 @@ class BernoulliLikelihood(Likelihood):
     beyond it: the decoder stops sharpening pixels it already predicts to within eps, and a
     confidently wrong pixel of a held-out image costs at most -log eps (11.5 nats at 1e-5).
     Tomczak & Welling's VampPrior code clamps at 1e-5 (``utils/distributions.py``,
-    ``log_Bernoulli``). On Caltech 101 Silhouettes it did not change the VampPrior's
-    overfitting (log p(x) -135.15 against -135.14 unclamped; REPRODUCTION.md, row 7)."""
+    ``log_Bernoulli``). On Caltech 101 Silhouettes it left the VampPrior's best epoch and
+    log p(x) as they were (-135.15 against -135.14 unclamped; REPRODUCTION.md, row 7)."""
 
     domain = UNIT
     encoder_input_bounds = (0.0, 1.0)
