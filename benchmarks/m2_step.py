@@ -4,7 +4,7 @@ reading the concatenation [x, y] (the library before 2026-12-07), in the same pr
 Under ``trace_enum`` the guide scores q(z|x, y) for all K classes at once: with the
 concatenation the encoder's widest product (784 + K inputs by 500) runs on K copies of the
 batch; split, W_x x runs once on the batch and W_y y once per class, and the two are
-broadcast (``_Stacked.forward(x, beside=y)``; the same weights and numbers, tested in
+broadcast (``_Stacked.forward(x, beside=y)``; the same weights, the same numbers to float rounding, tested in
 ``tests/test_categorical.py``). The shipped ``m2_mnist`` (Kingma et al.'s sizes: MLPs of
 500, latent 50, 10 classes), batches of 100 with the 100 labelled images in every step, on
 random binary images of MNIST's shape (the time does not depend on the pixels). The two

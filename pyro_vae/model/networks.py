@@ -72,7 +72,7 @@ class _Stacked(Network):
         would read [x, b]: M2's one-hot y), of [x, b] with the first map split,
         W [x; b] + c = (W_x x + c) + W_b b, each product on its own rows and the sum
         broadcast: under the enumeration of y's K classes the widest product runs on the
-        batch of x, not on K copies of it (the same weights, the same numbers)."""
+        batch of x, not on K copies of it (the same weights; the same numbers to float rounding)."""
         if beside is None:
             batch = x.shape[: x.dim() - len(self.in_shape)]
             return self.shaped_out(self.net(self.flat_in(x)), batch)
