@@ -24,6 +24,9 @@ def _digest(weights) -> str:
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_a_one_layer_spec_trains_as_before_layers_bit_for_bit(name, tmp_path):
+    # gmvae-enum's reference was rewritten on 2026-12-07: its encoder reads y through a split
+    # first map (W_x x + W_y y, tests/test_categorical.py checks it against [x, y]), which
+    # moves the float rounding; its ELBOs moved by at most 1.0e-6 nats
     elbos, weights = train_config(name, tmp_path)
     assert elbos == REFERENCE[name]["train_elbo"]
     assert _digest(weights) == REFERENCE[name]["weights_sha256"]
