@@ -213,8 +213,7 @@ class ConditionedNetwork(nn.Module):
             if i not in self.targets:
                 h = m(h)
             elif isinstance(m, GatedLinear):
-                a, g = (m.linear(h) + self.inject[str(i)](f)).chunk(2, -1)
-                h = a * torch.sigmoid(g)
+                h = m.gate(m.linear(h) + self.inject[str(i)](f))
             else:
                 h = m(h) + self.inject[str(i)](f)
         return network.shaped_out(h, h.shape[:-1])
