@@ -29,7 +29,7 @@ from .tracking import TRACKERS
 EXIT_USAGE, EXIT_DIVERGED, EXIT_PEER_FAILED = 2, 3, 4
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """argparse with one-line errors."""
 
     def error(self, message):
@@ -80,7 +80,7 @@ def _trust_argument(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="pyro-vae", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="pyro-vae", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="decode samples from the prior of a trained run",
                        description="Draw z ~ p(z), decode E[x|z], and write RUN/samples/samples.png and samples.npz.")
     p.add_argument("run", metavar="RUN", help="a run directory written by pyro-vae train")
-    p.add_argument("--n", type=_positive, default=64, help="how many samples (default: %(default)s)")
+    p.add_argument("--n", type=positive_count, default=64, help="how many samples (default: %(default)s)")
     p.add_argument("--seed", type=_seed, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--condition", action="append", default=[], metavar="NAME=VALUE",
                    help="a covariate's value for every sample, e.g. label=7 (a model with covariates; repeatable; "
@@ -145,16 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--estimators", metavar="LIST",
                    help="shorthand for --vary inference.estimator=LIST, each kind[:key=value...], "
                    "e.g. trace_elbo,trace_mean_field,iwae:k=5,iwae_dreg:k=5")
-    p.add_argument("--seeds", type=_positive, default=3, help="seeds 0..N-1 per cell (default: %(default)s)")
+    p.add_argument("--seeds", type=positive_count, default=3, help="seeds 0..N-1 per cell (default: %(default)s)")
     p.add_argument("--reference", metavar="LABEL", help="the cell differences are taken against (default: the first)")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="the comparison directory (one run directory per cell and seed inside); the same command "
                    "run again continues the comparison there")
     p.add_argument("--force", action="store_true", help="replace an existing comparison in --out")
     p.add_argument("--split", default="valid", choices=["valid", "test", "train"], help="held-out split (default: %(default)s)")
-    p.add_argument("--samples", type=_positive, default=1000, metavar="K", help="importance samples per example (default: %(default)s)")
-    p.add_argument("--limit", type=_positive, default=2000, metavar="N", help="a random subset of N held-out examples, the same for all (default: %(default)s)")
-    p.add_argument("--snr-repeats", type=_positive, default=50, metavar="M", help="gradient estimates per SNR measurement (default: %(default)s)")
+    p.add_argument("--samples", type=positive_count, default=1000, metavar="K", help="importance samples per example (default: %(default)s)")
+    p.add_argument("--limit", type=positive_count, default=2000, metavar="N", help="a random subset of N held-out examples, the same for all (default: %(default)s)")
+    p.add_argument("--snr-repeats", type=positive_count, default=50, metavar="M", help="gradient estimates per SNR measurement (default: %(default)s)")
     p.add_argument("--snr-k", default="1,5,20", metavar="K,K,...", help="K values for SNR against K, where the estimator varies (default: %(default)s; empty: skip)")
     _trust_argument(p)
     p.set_defaults(handler=cmd_compare)
@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Draw S samples from q(z|x) per example, build ArviZ InferenceData, diagnose q(z|x) "
                        "with PSIS k-hat, and write RUN/analysis/: posterior.nc, diagnostics.json, figures and report.md.")
     _heldout_arguments(p, samples=1000, limit=1000)
-    p.add_argument("--draws", type=_positive, default=200, help="draws per example stored in posterior.nc (default: %(default)s)")
+    p.add_argument("--draws", type=positive_count, default=200, help="draws per example stored in posterior.nc (default: %(default)s)")
     _refine_argument(p)
     _trust_argument(p)
     p.set_defaults(handler=cmd_analyze)
@@ -203,8 +203,8 @@ def _heldout_arguments(p: argparse.ArgumentParser, samples: int, limit: int | No
     p.add_argument("run", metavar="RUN", help="a run directory written by pyro-vae train")
     p.add_argument("--data", metavar="digits|PATH", help="other data, prepared as the run's were (default: the run's own data)")
     p.add_argument("--split", default="valid", choices=["valid", "test", "train"], help="which split (default: %(default)s)")
-    p.add_argument("--samples", type=_positive, default=samples, metavar="K", help="importance samples per example (default: %(default)s)")
-    p.add_argument("--limit", type=_positive, default=limit, metavar="N", help="a random subset of N examples (default: all)" if limit is None else "a random subset of N examples (default: %(default)s)")
+    p.add_argument("--samples", type=positive_count, default=samples, metavar="K", help="importance samples per example (default: %(default)s)")
+    p.add_argument("--limit", type=positive_count, default=limit, metavar="N", help="a random subset of N examples (default: all)" if limit is None else "a random subset of N examples (default: %(default)s)")
     p.add_argument("--seed", type=_seed, default=0, help="random seed for the samples and the subset (default: %(default)s)")
     p.add_argument("--device", default="auto", metavar="DEVICE", help="auto (CUDA when available), cpu, cuda, cuda:N, ... (default: %(default)s)")
 
@@ -222,7 +222,7 @@ def _whole_number(minimum: int, wanted: str, maximum: int | None = None):
     return parse
 
 
-_positive = _whole_number(1, "a positive whole number")
+positive_count = _whole_number(1, "a positive whole number")
 _seed = _whole_number(0, f"a seed 0..{2**63 - 1}", 2**63 - 1)
 _nonnegative = _whole_number(0, "a whole number >= 0")
 

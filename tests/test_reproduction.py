@@ -11,12 +11,13 @@ import json
 import math
 import struct
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from helpers import ROOT, SHARED_DATA
-from pyro_vae.runs import load_run
+from pyro_vae.runs import load_run, read_spec
 
 SPEC = importlib.util.spec_from_file_location("reproduce", ROOT / "benchmarks" / "reproduce.py")
 reproduce = sys.modules["reproduce"] = importlib.util.module_from_spec(SPEC)  # dataclasses look it up
@@ -64,6 +65,7 @@ def _check_row(row: int, out):
         assert cell["published"] == spec.cells[cell["cell"]].published
         assert cell["epochs"] == 1 and cell["status"] == "completed"
         assert cell["seconds_per_epoch"] > 0 and cell["wall_seconds"] > 0
+        _assert_holds(read_spec(Path(cell["run"])), PROTOCOLS[row][1][cell["cell"]], (row, "run"))  # what ran
         commands, features = cell["commands"], spec.cells[cell["cell"]].features
         if features is not None:  # M1+M2: M1 trained and its codes written first; the cell's model trains on them
             m1, encode, *commands = commands
@@ -180,9 +182,23 @@ def test_bad_arguments_are_refused_in_one_line(data_root, tmp_path, capsys):
     assert reproduce.main(["--row", "7", "--out", str(tmp_path), "--variants", "nope", "--data-root", str(data_root)]) == 2
     assert reproduce.main(["--row", "1", "--out", str(tmp_path), "--dynamic", "--data-root", str(data_root)]) == 2
     assert reproduce.main(["--row", "1", "--out", str(tmp_path), "--data-root", str(tmp_path / "absent")]) == 2
+    empty = tmp_path / "empty"  # a data root without the row's files
+    empty.mkdir()
+    assert reproduce.main(["--row", "5", "--out", str(tmp_path), "--data-root", str(empty)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 3 and "row 7 has standard, vamp" in lines[0] and "row 3" in lines[1]
+    assert len(lines) == 4 and "row 7 has standard, vamp" in lines[0] and "row 3" in lines[1]
     assert "absent" in lines[2] and not list(tmp_path.glob("row*.json"))
+    assert f"{empty / 'mnist-idx' / 'train-images-idx3-ubyte.gz'} is absent (row 5 reads it" in lines[3]
+    # a budget of 0 (once read as "the protocol's") and a row that is not there: argparse's
+    # usage block replaced by one line, exit 2, nothing written
+    for bad, says in ((["--epochs", "0"], "argument --epochs: expected a positive whole number, got 0"),
+                      (["--samples", "0"], "--samples: expected a positive"), (["--limit", "-1"], "got -1"),
+                      (["--epochs", "abc"], "got 'abc'"), (["--row", "9"], "--row: invalid choice: 9")):
+        with pytest.raises(SystemExit) as stopped:
+            reproduce.main(["--row", "1", "--out", str(tmp_path), "--data-root", str(data_root), *bad])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert stopped.value.code == 2 and len(err) == 1 and err[0].startswith("reproduce: error: ") and says in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
 
 
 @pytest.mark.slow
@@ -216,6 +232,12 @@ def test_accuracy_by_epoch_reads_q_y_as_evaluate_does(row, data_root, tmp_path, 
     evaluated = json.loads((out / "run" / "evaluation" / "test.json").read_text())
     for key in ("accuracy", "cluster_accuracy", "nmi"):
         assert lines[-1][key] == pytest.approx(evaluated[key], abs=1e-9), key
+    if row == 5:  # and the validation images' accuracy, the reading an epoch is chosen by
+        assert main(["evaluate", str(out / "run"), "--split", "valid", "--samples", "2", "--seed", "0"]) == 0
+        valid = json.loads((out / "run" / "evaluation" / "valid.json").read_text())
+        assert lines[-1]["valid_accuracy"] == pytest.approx(valid["accuracy"], abs=1e-9)
+    else:
+        assert "valid_accuracy" not in lines[-1]
     if row == 5:  # --init continues from the run's weights: its first reading is the run's last
         again = accuracy_by_epoch.main(["--row", "5", "--epochs", "1", "--tiny", "--data-root", str(data_root),
                                         "--out", str(tmp_path / "continued"), "--init", str(out / "run"),
@@ -267,3 +289,101 @@ def test_accuracy_by_epoch_interrupted_says_how_to_resume_in_one_line(tmp_path, 
     assert stopped.value.code == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "signal 2 in epoch 3 after step 7" in err[0] and "--resume" in err[0]
+
+
+@pytest.mark.parametrize("bad, says", [(["--row", "7"], "argument --row: invalid choice: 7"),
+                                       (["--epochs", "0"], "argument --epochs: expected a positive whole number, got 0"),
+                                       (["--pretrain-epochs", "-2"], "--pretrain-epochs: expected a positive")])
+def test_accuracy_by_epoch_bad_arguments_in_one_line(bad, says, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        accuracy_by_epoch.main(["--row", "6", "--epochs", "2", "--out", str(tmp_path / "out"), *bad])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stopped.value.code == 2 and len(err) == 1 and err[0].startswith("accuracy_by_epoch: error: ")
+    assert says in err[0] and not (tmp_path / "out").exists()
+
+
+# Each row's protocol as its paper states it, written out here rather than read from
+# reproduce.py, so that a setting dropped from or changed in a row's override list fails.
+PAPER_NETWORKS = {"model.latent_dim": 40, "model.likelihood.kind": "bernoulli", "model.posterior.kind": "diagonal_normal",
+                  "model.encoder.kind": "gated_mlp", "model.encoder.hidden": [300, 300],
+                  "model.decoder.kind": "gated_mlp", "model.decoder.hidden": [300, 300]}
+PAPER_SCHEDULE = {"inference.estimator.kind": "trace_elbo", "inference.optimizer.kind": "adam",
+                  "inference.optimizer.lr": 5e-4, "inference.schedule.batch_size": 100,
+                  "inference.schedule.kl_warmup_epochs": 100, "inference.schedule.patience": 50}
+STANDARD_PRIOR = {"model.prior.kind": "standard_normal"}
+VAMP_PRIOR = {"model.prior.kind": "vamp", "model.prior.components": 500}
+BURDA = {"model.latent_dim": 50, "model.likelihood.kind": "bernoulli", "model.encoder.kind": "mlp",
+         "model.encoder.hidden": [200, 200], "model.encoder.activation": "tanh", "model.decoder.hidden": [200, 200],
+         "model.decoder.activation": "tanh", "inference.estimator.kind": "iwae", "inference.optimizer.lr": 1e-3,
+         "inference.optimizer.eps": 1e-4, "inference.optimizer.beta1": 0.9, "inference.optimizer.beta2": 0.999,
+         "inference.lr_schedule": {"kind": "stages", "growth": 3, "factor": 10 ** (-1 / 7), "stages": 8},
+         "inference.schedule.batch_size": 20, "inference.schedule.kl_warmup_epochs": 0,
+         "inference.schedule.patience": 0, "data.test_fraction": 0}
+KINGMA = {"model.latent_dim": 50, "model.discrete.shape": "m2", "model.discrete.classes": 10,
+          "model.discrete.classifier.hidden": [500], "model.encoder.hidden": [500], "model.decoder.hidden": [500],
+          "inference.estimator.kind": "trace_enum", "inference.optimizer.lr": 1e-3,
+          "inference.schedule.batch_size": 100, "data.labelled": 100}
+EIGHT_BIT = {**PAPER_NETWORKS, **PAPER_SCHEDULE, "model.likelihood.kind": "discretized_logistic",
+             "model.likelihood.components": 1, "data.normalize": False}
+PROTOCOLS = {  # row: (the protocol's epochs, {cell: {dotted key: value}})
+    1: (2000, {"standard": {**PAPER_NETWORKS, **PAPER_SCHEDULE, **STANDARD_PRIOR, "data.test_fraction": 0}}),
+    2: (2000, {"vamp": {**PAPER_NETWORKS, **PAPER_SCHEDULE, **VAMP_PRIOR, "data.test_fraction": 0}}),
+    3: (3280, {"iwae_k5": {**BURDA, "inference.estimator.k": 5}, "iwae_k50": {**BURDA, "inference.estimator.k": 50}}),
+    4: (2000, {"hvae_vamp": {**PAPER_SCHEDULE, **VAMP_PRIOR, "model.latent_dim": 40, "data.test_fraction": 0,
+                             "model.inference_network": "top_down", "model.decoder_reads": "all"}}),
+    5: (200, {"m2": {**KINGMA, "model.likelihood.kind": "bernoulli", "model.encoder.activation": "softplus",
+                     "model.discrete.alpha": 80000, "data.binarize": "dynamic"},
+              "m1_m2": {**KINGMA, "model.likelihood.kind": "gaussian"}}),
+    6: (300, {"gmvae_vade": {"model.latent_dim": 10, "model.discrete.shape": "mixture", "model.discrete.init": "vade",
+                             "model.discrete.covariance": "full", "model.discrete.mixture_fits": 10,
+                             "model.encoder.hidden": [500, 500, 2000], "model.encoder.activation": "relu",
+                             "model.decoder.hidden": [2000, 500, 500], "inference.estimator.kind": "trace_enum",
+                             "inference.optimizer.lr": 2e-3, "inference.schedule.batch_size": 100,
+                             "data.binarize": "dynamic", "data.labelled": None}}),
+    7: (2000, {"standard": {**PAPER_NETWORKS, **PAPER_SCHEDULE, **STANDARD_PRIOR},
+               "vamp": {**PAPER_NETWORKS, **PAPER_SCHEDULE, **VAMP_PRIOR}}),
+    8: (2000, {"standard": {**EIGHT_BIT, **STANDARD_PRIOR}, "vamp": {**EIGHT_BIT, **VAMP_PRIOR}}),
+}
+
+
+def _dotted(spec, key: str):
+    value = spec
+    for part in key.split("."):
+        value = value[part] if isinstance(value, dict) else getattr(value, part)
+    return value
+
+
+def _assert_holds(spec, expected: dict, where) -> None:
+    for key, value in expected.items():
+        got = _dotted(spec, key)
+        assert got == (pytest.approx(value) if isinstance(value, float) else value), (where, key, got)
+
+
+def test_each_row_runs_its_papers_protocol():
+    from pyro_vae.spec import load_spec
+
+    assert sorted(PROTOCOLS) == ROWS
+    for number, (epochs, cells) in PROTOCOLS.items():
+        row = reproduce.ROWS[number]
+        assert row.epochs == epochs and sorted(row.cells) == sorted(cells), number
+        for name, expected in cells.items():
+            cell = row.cells[name]
+            spec = load_spec(model=cell.model, inference=cell.inference, overrides=[*cell.sets, *row.extra])
+            _assert_holds(spec, expected, (number, name))
+    hvae = reproduce.ROWS[4].cells["hvae_vamp"]  # the paper's HVAE: z2 (40) above z1 (40), gated MLPs of 300
+    upper = load_spec(model=hvae.model, overrides=hvae.sets).model.upper_layers
+    assert len(upper) == 1 and upper[0].latent_dim == 40 and upper[0].encoder["hidden"] == [300, 300]
+
+
+def test_rows_1_2_and_4_are_the_paper_protocol_benchmarks_specs():
+    """REPRODUCTION.md: rows 1, 2 and 4 at 100 epochs are BENCHMARKS.md's paper_protocol.py runs."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import paper_protocol
+    from pyro_vae.spec import load_spec
+
+    for number, variant in ((1, "standard"), (2, "vamp"), (4, "hvae_vamp")):
+        cell = reproduce.ROWS[number].cells[variant]
+        ours = load_spec(model=cell.model, inference=cell.inference, overrides=cell.sets)
+        theirs = paper_protocol.variant_spec(variant, epochs=200, device="auto")
+        assert ours.model == theirs.model and ours.inference == theirs.inference, number
+        assert ours.data.test_fraction == theirs.data.test_fraction == 0
