@@ -24,7 +24,7 @@ import math
 import os
 import pickle
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -382,7 +382,8 @@ class Run:
     @property
     def units(self) -> str:
         """The units of this run's ELBO and log p(x), in words (see Preprocessing.units)."""
-        return (self.preprocessing or Preprocessing()).units(self.vae.data_shape, self.vae.likelihood.density)
+        preprocessing = replace(self.preprocessing or Preprocessing(), binarized=self.spec.data.binarize != "none")
+        return preprocessing.units(self.vae.data_shape, self.vae.likelihood.density)
 
     @property
     def preprocessing(self):

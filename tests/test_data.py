@@ -3,6 +3,7 @@ normalization rule (integer levels of any dtype, binary bytes in every format, b
 likelihood unless data.normalize says), and dynamic binarization when a split is scored."""
 
 import gzip
+import json
 import struct
 
 import numpy as np
@@ -279,5 +280,12 @@ def test_scoring_a_dynamically_binarized_train_split_draws_binary_data(tmp_path)
     assert x.unique().tolist() == [0.0, 1.0]
     again = heldout(run, split="train").x
     assert torch.equal(x, again)  # seeded: every command scores the same draw
+    # its nats are those of the binary draws, not of the levels / 16 (the run and its summary say so)
+    binary = "nats per example of the binary draws (data.binarize: each value / 16 the probability of a 1)"
+    assert run.units == json.loads((out / "summary.json").read_text())["units"] == binary
+    levels = tmp_path / "levels"
+    assert main(["train", "--model", "bernoulli_mlp", "--out", str(levels), "--set", "model.likelihood.kind=binomial",
+                 "--set", "inference.schedule.epochs=1", "--quiet"]) == 0
+    assert load_run(levels, "cpu").units == "nats per example"
     data = Dataset({"train": torch.full((200, 3), 0.3)}, {}, (3,), "t", dynamic=True)
     assert abs(data.scored("train", 0).mean().item() - 0.3) < 0.06

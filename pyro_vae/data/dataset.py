@@ -64,6 +64,7 @@ class Preprocessing:
     sd: Optional[Tensor] = None
     low: Optional[float] = None  # the prepared training data's range, which new data are held to
     high: Optional[float] = None
+    binarized: bool = False  # data.binarize: the model sees Bernoulli draws of these intensities (not kept)
 
     def apply(self, x: Tensor) -> Tensor:
         x = x.to(torch.float32)
@@ -84,6 +85,9 @@ class Preprocessing:
     def units(self, data_shape: tuple[int, ...], density: bool = True) -> str:
         """The units the ELBO and log p(x) of these data are reported in, in words."""
         if not density:
+            if self.binarized:
+                scaled = f" / {self.divide:g}" if self.divide else ""
+                return f"nats per example of the binary draws (data.binarize: each value{scaled} the probability of a 1)"
             divided = f" of the levels divided by {self.divide:g} (data.normalize)" if self.divide else ""
             return f"nats per example{divided}"
         if self.divide:

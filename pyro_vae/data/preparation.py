@@ -143,6 +143,7 @@ def prepare(raw: RawData, spec, seed: int, likelihood=None, device=None, preproc
         if standardize and "train" in raw.splits:
             preprocessing.mean, preprocessing.sd = _standardization(raw.splits["train"], preprocessing.divide, standardize)
     if spec.binarize != "none":
+        preprocessing = replace(preprocessing, binarized=True)
         if standardize:
             raise DataError(f"{raw.source}: data.binarize and data.standardize exclude each other (binarizing needs "
                             "intensities in [0, 1]); turn one off")
