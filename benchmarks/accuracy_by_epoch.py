@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reproduce import M2, VADE, prepare_data  # noqa: E402
 
 from pyro_vae.cli import OneLineParser, positive_count  # noqa: E402
+from pyro_vae.devices import denormals_flushed  # noqa: E402
 from pyro_vae.errors import Interrupted, UserError  # noqa: E402
 from pyro_vae.infer.metrics import classification_summary  # noqa: E402
 from pyro_vae.spec import load_spec  # noqa: E402
@@ -77,16 +78,21 @@ def main(argv=None) -> list:
             measure(trainer)
 
     try:
-        if args.resume:  # the run's spec and data files, as the first command wrote them
-            resume(out / "run", epochs=args.epochs, progress=False, before=measure_if_lost, on_epoch=measure)
-        else:
-            _train(args, out, root, measure)
+        with denormals_flushed():  # before torch's threads start, so that each flushes (pyro_vae.devices)
+            _run(args, out, root, measure, measure_if_lost)
     except UserError as exc:
         parser.exit(2, f"accuracy_by_epoch: error: {exc.for_command_line()}\n")
     except Interrupted as exc:  # SIGINT / SIGTERM: the run wrote a checkpoint, the readings are whole lines
         parser.exit(128 + exc.signum, f"accuracy_by_epoch: {exc}; checkpoint written. Continue with the same "
                     f"command and --resume (--epochs as many or more)\n")
     return measured
+
+
+def _run(args, out: Path, root: Path, measure, measure_if_lost) -> None:
+    if args.resume:  # the run's spec and data files, as the first command wrote them
+        resume(out / "run", epochs=args.epochs, progress=False, before=measure_if_lost, on_epoch=measure)
+    else:
+        _train(args, out, root, measure)
 
 
 def _read(trainer, split: str) -> dict:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__, distributed, stops
+from .devices import denormals_flushed
 from .errors import Interrupted, Stopped, TrainingDiverged, UserError
 from .spec import DEFAULT_DATA, DEFAULT_INFERENCE, DEFAULT_MODEL, SLOTS, Spec, load_spec, parse_override, shipped, spec_summary
 from .registry import trusting_code
@@ -427,7 +428,8 @@ def raise_usage(message: str):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    with stops.command_scope(), trusting_code(getattr(args, "trust_code", False)):
+    # denormals flushed before torch starts its threads, so that each of them flushes too
+    with stops.command_scope(), trusting_code(getattr(args, "trust_code", False)), denormals_flushed():
         # a SIGTERM stops the command at once, and a repeated one cuts nothing short
         return _run_command(args)
 

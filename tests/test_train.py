@@ -2,6 +2,9 @@
 early stopping's patience counted from the end of the KL warm-up."""
 
 import csv
+import os
+import subprocess
+import sys
 import json
 import tomllib
 from pathlib import Path
@@ -385,3 +388,76 @@ def test_patience_counts_from_the_end_of_the_warmup():
         if trainer.state.stopped_early:
             break
     assert trainer.state.best_epoch == 1
+
+
+FLUSHES = torch.set_flush_denormal(False)  # True where the CPU has the flags (x86 SSE3's FTZ/DAZ); off, as by default
+needs_flush = pytest.mark.skipif(not FLUSHES, reason="this CPU cannot flush denormals (torch.set_flush_denormal)")
+
+
+@needs_flush
+@pytest.mark.parametrize("before", [False, True])
+def test_denormals_are_flushed_for_the_duration_and_the_mode_restored(before):
+    from pyro_vae.devices import denormals_flushed, flushes_denormals
+
+    torch.set_flush_denormal(before)
+    try:
+        assert flushes_denormals() == before
+        with denormals_flushed():
+            assert flushes_denormals() and (torch.tensor([3e-39]) * 1.0).item() == 0.0
+            assert (torch.tensor([3e-38]) * 1.0).item() == pytest.approx(3e-38)  # a normal float is kept
+        assert flushes_denormals() == before
+    finally:
+        torch.set_flush_denormal(False)
+
+
+@needs_flush
+def test_training_and_the_command_line_flush_denormals(monkeypatch):
+    """Trainer.fit computes with denormals flushed (a trained decoder's gradients are
+    denormal, and x86 slows down on them) and restores the mode; `pyro-vae` flushes for the
+    whole command."""
+    from pyro_vae import cli
+    from pyro_vae.devices import flushes_denormals
+    from pyro_vae.infer.train import Trainer
+
+    x = torch.randn(20, 6)
+    data = Dataset({"train": x, "valid": x[:5]}, {}, (6,), "t")
+    spec = Spec.from_dict({"inference": {"schedule": {"epochs": 2, "batch_size": 10}}})
+    seen = []
+    trainer = Trainer(small(latent_dim=2), data, spec.inference, progress=False,
+                      on_epoch=lambda t: seen.append(flushes_denormals()))
+    assert not flushes_denormals()
+    trainer.fit()
+    assert seen == [True, True] and not flushes_denormals()
+    monkeypatch.setattr(cli, "_run_command", lambda args: 10 + flushes_denormals())
+    assert cli.main(["specs"]) == 11 and not flushes_denormals()
+
+
+@needs_flush
+def test_threads_started_inside_flush_too():
+    """torch's intra-op threads copy the flags from the thread that starts them: entered
+    before the first parallel operation, every thread flushes (a later entry would leave
+    the other threads' half of a parallel product denormal)."""
+    code = ("import numpy as np, torch\n"
+            "from pyro_vae.devices import denormals_flushed\n"
+            "torch.set_num_threads(2)\n"
+            "a = torch.from_numpy(np.full(4_000_000, 1e-39, dtype=np.float32))\n"
+            "with denormals_flushed():\n"
+            "    print(int(((a * 1.0) != 0).sum()))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert result.returncode == 0 and result.stdout.strip() == "0", result.stderr
+
+
+def test_the_denormals_benchmark_runs_and_restores_the_mode():
+    import importlib.util
+
+    from pyro_vae.devices import flushes_denormals
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "denormals.py"
+    spec = importlib.util.spec_from_file_location("denormals_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    before = flushes_denormals()
+    result = module.main(["--rounds", "1", "--steps", "2", "--train", "300"])
+    assert flushes_denormals() == before
+    assert result["flushed"] > 0 and result["computed"] > 0 and result["ratio"] > 0

@@ -27,6 +27,7 @@ import torch
 from pyro.infer import SVI
 
 from .. import distributed
+from ..devices import denormals_flushed
 from ..errors import Interrupted, NotTraceable, SpecError, TrainingDiverged
 from ..stops import stop_requests
 from .compiled import CompiledStep, compile_backend, outside_library
@@ -212,7 +213,7 @@ class Trainer:
     def fit(self) -> TrainState:
         s, state = self.schedule, self.state
         progress = Progress(s.epochs * self.steps_per_epoch, state.global_step, self.progress, self.log)
-        with progress, stop_requests() as requested, warnings.catch_warnings():
+        with progress, stop_requests() as requested, warnings.catch_warnings(), denormals_flushed():
             # a non-finite loss stops training with our own one-line message; Pyro's warning would repeat it
             warnings.filterwarnings("ignore", message=r"Encountered (NaN|[+-]?inf)", category=UserWarning)
             while state.epoch < s.epochs and not state.stopped_early:
