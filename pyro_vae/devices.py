@@ -51,9 +51,9 @@ def denormals_flushed() -> Iterator[None]:
     Why: a trained network produces denormals, which x86 computes through slow microcode
     assists. A Bernoulli decoder confident about MNIST's background gives logits below -87,
     so sigmoid(logit), the gradient of log p(x|z), is below 2^-126, and every product that
-    reads it slows down. M2 (``m2_mnist``) after 84 epochs took 127 ms a step, against 55 ms
-    with denormals flushed and 55 ms at its random start (one thread, the 2-core VM,
-    2026-12-07; ``benchmarks/denormals.py``). Flushing changes no number above 1.2e-38 in
+    reads it slows down. M2 (``m2_mnist``) after 84 epochs took 130 ms a step, against 58 ms
+    with denormals flushed, the pace of a step without denormals (one thread, the 2-core VM,
+    2026-12-07; ``benchmarks/denormals.py --weights``). Flushing changes no number above 1.2e-38 in
     magnitude, and the library reads probabilities through logits and log-sum-exp, where
     such terms vanish beside the largest anyway.
 
