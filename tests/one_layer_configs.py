@@ -1,10 +1,13 @@
-"""One-layer configurations trained in process, for the bit-identity test against runs of
-the code before stacked layers existed (tests/data/one_layer_reference.json, recorded at
-commit 939f783 with the same functions).
+"""One-layer configurations trained in process, for the test against runs of the code before
+stacked layers existed (tests/data/one_layer_reference.json: the per-epoch ELBOs recorded at
+commit 939f783 with the same functions, and each weight tensor's sum and sum of squares).
 
-The reference was recorded with torch's intra-op threads at 2 (the 2-core CI machine): a
-reduction split over another number of threads rounds differently, so training here pins the
-thread count, and the test holds on any machine and under pytest-xdist's workers."""
+The reference was recorded with torch's intra-op threads at 2 (the 2-core CI machine), and
+training here pins the thread count. It was a bit-for-bit check until 2026-12-07, when a
+machine of the same kind with another CPU rounded the same code differently (ELBOs 0.8e-6 to
+3.1e-6 nats off at the base commit), as do whether torch's threads flush denormal floats
+(pyro_vae.devices) and MKL's choice of kernels: the test now holds the ELBOs to 2e-5 nats and
+the weights' moments to 1e-4 of their size, far below what a change of the computation moves."""
 
 from pathlib import Path
 
@@ -57,3 +60,8 @@ def train_config(name: str, folder) -> tuple[list[float], dict]:
     finally:
         torch.set_num_threads(threads)
     return [row["train_elbo"] for row in state.history], vae.state_dict()
+
+
+def weight_moments(weights) -> dict[str, list[float]]:
+    """Each tensor's sum and sum of squares, in float64."""
+    return {key: [float(w.double().sum()), float((w.double() ** 2).sum())] for key, w in sorted(weights.items())}
