@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,9 @@ from pyro_vae.infer.train import Trainer
 from pyro_vae.runs import read_spec
 from pyro_vae.spec import load_spec
 from pyro_vae.workflows.train import prepare_training
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from m2_step import alternate, medians  # noqa: E402
 
 BORDER = 4  # MNIST's outer 4 pixels are 0 in (almost) every image
 
@@ -67,13 +69,11 @@ def main(argv=None) -> dict:
         checkpoint = torch.load(Path(args.weights) / "checkpoint.pt", map_location="cpu", weights_only=True)
         vae.load_state_dict(checkpoint["weights"])
     trainer = Trainer(vae, data, spec.inference, progress=False)
-    trainer.steps_per_epoch = args.steps
     output = vae.decoder.net[-1]  # the last linear map gives the logits
     hidden = [net.net[0] for net in (vae.encoder, vae.decoder, vae.classifier)]
-    seconds: dict[str, list[float]] = {"flushed": [], "computed": []}
 
     @torch.no_grad()
-    def reset() -> None:
+    def reset() -> None:  # the optimizer moved the weights: as confident and as dead again
         if args.weights:
             vae.load_state_dict(checkpoint["weights"])
             return
@@ -81,23 +81,17 @@ def main(argv=None) -> dict:
         for layer in hidden:
             layer.bias[: int(args.dead * len(layer.bias))] = args.background
 
+    def variant(flushed: bool):
+        return lambda: (reset(), torch.set_flush_denormal(flushed))
+
     before = flushes_denormals()
     try:
-        for r in range(args.rounds + 1):
-            for name in seconds:
-                reset()  # the optimizer moved the weights: as confident and as dead again
-                torch.set_flush_denormal(name == "flushed")
-                started = time.perf_counter()
-                trainer.run_epoch()
-                if r:  # round 0 warms up
-                    seconds[name].append((time.perf_counter() - started) / args.steps)
-                trainer.state.epoch, trainer.state.step_in_epoch = trainer.state.epoch + 1, 0
+        seconds = alternate(trainer, {"flushed": variant(True), "computed": variant(False)}, args.rounds, args.steps)
     finally:
         torch.set_flush_denormal(before)
-    result = {name: round(statistics.median(v) * 1000, 1) for name, v in seconds.items()}
+    result = medians(seconds, "flushed", "computed")
     setting = (f"the weights of {args.weights}" if args.weights
                else f"background logit {args.background:g}, {args.dead:g} of the hidden units dead")
-    result["ratio"] = round(statistics.median(a / b for a, b in zip(seconds["flushed"], seconds["computed"])), 3)
     print(f"ms a step (median of {args.rounds} rounds of {args.steps}), {platform.machine()} CPU, 1 thread, "
           f"{setting}: flushed {result['flushed']}, computed {result['computed']}; "
           f"flushed / computed {result['ratio']}")

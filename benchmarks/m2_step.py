@@ -40,6 +40,30 @@ def concatenated_encoded(vae, u, y):
     return vae.encoder(concatenated(vae._flat(u), y))
 
 
+def alternate(trainer, setups: dict, rounds: int, steps: int) -> dict[str, list[float]]:
+    """Seconds a step of each variant over ``rounds`` rounds of ``steps`` training steps, the
+    variants alternating within each round (``setups[name]()`` puts one in place), after a
+    round 0 that warms up."""
+    trainer.steps_per_epoch = steps
+    seconds: dict[str, list[float]] = {name: [] for name in setups}
+    for r in range(rounds + 1):
+        for name, setup in setups.items():
+            setup()
+            started = time.perf_counter()
+            trainer.run_epoch()
+            if r:
+                seconds[name].append((time.perf_counter() - started) / steps)
+            trainer.state.epoch, trainer.state.step_in_epoch = trainer.state.epoch + 1, 0
+    return seconds
+
+
+def medians(seconds: dict[str, list[float]], first: str, second: str) -> dict:
+    """Each variant's median milliseconds a step, and the median over rounds of first / second."""
+    result = {name: round(statistics.median(v) * 1000, 1) for name, v in seconds.items()}
+    result["ratio"] = round(statistics.median(a / b for a, b in zip(seconds[first], seconds[second])), 3)
+    return result
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=6)
@@ -58,23 +82,14 @@ def main(argv=None) -> dict:
                                     f"inference.schedule.epochs={2 * args.rounds + 2}"])
         vae, data = prepare_training(spec)
     trainer = Trainer(vae, data, spec.inference, progress=False)
-    trainer.steps_per_epoch = args.steps
     split = vae_module.VAE._encoded
     variants = {"split": split, "concatenated": concatenated_encoded}
-    seconds: dict[str, list[float]] = {name: [] for name in variants}
     try:
-        for r in range(args.rounds + 1):
-            for name, encoded in variants.items():
-                vae_module.VAE._encoded = encoded
-                started = time.perf_counter()
-                trainer.run_epoch()
-                if r:  # round 0 warms up
-                    seconds[name].append((time.perf_counter() - started) / args.steps)
-                trainer.state.epoch, trainer.state.step_in_epoch = trainer.state.epoch + 1, 0
+        seconds = alternate(trainer, {name: (lambda e=encoded: setattr(vae_module.VAE, "_encoded", e))
+                                      for name, encoded in variants.items()}, args.rounds, args.steps)
     finally:
         vae_module.VAE._encoded = split
-    result = {name: round(statistics.median(v) * 1000, 1) for name, v in seconds.items()}
-    result["ratio"] = round(statistics.median(a / b for a, b in zip(seconds["split"], seconds["concatenated"])), 3)
+    result = medians(seconds, "split", "concatenated")
     print(f"ms a step (median of {args.rounds} rounds of {args.steps}), {platform.machine()} CPU, {args.threads} "
           f"thread(s): split {result['split']}, concatenated {result['concatenated']}; split / concatenated "
           f"{result['ratio']}")
