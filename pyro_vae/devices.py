@@ -53,14 +53,19 @@ def denormals_flushed() -> Iterator[None]:
     so sigmoid(logit), the gradient of log p(x|z), is below 2^-126, and every product that
     reads it slows down. M2 (``m2_mnist``) after 84 epochs took 130 ms a step, against 58 ms
     with denormals flushed, the pace of a step without denormals (one thread, the 2-core VM,
-    2026-12-07; ``benchmarks/denormals.py --weights``). Flushing changes no number above 1.2e-38 in
-    magnitude, and the library reads probabilities through logits and log-sum-exp, where
-    such terms vanish beside the largest anyway.
+    2026-12-07; ``benchmarks/denormals.py --weights``). Flushing changes no value above
+    1.2e-38 in magnitude, and the library reads probabilities through logits and
+    log-sum-exp, where such terms vanish beside the largest anyway; a statistic that tells
+    zeros from tiny values counts differently: the gradient SNR (``infer/gradients.py``)
+    averages over the coordinates whose gradient varies, and a dead unit's denormal gradients
+    no longer do.
 
     The flags are per thread, and torch's intra-op threads copy them from the thread that
     starts them: entered before torch's first parallel operation (as ``pyro-vae`` does),
-    every thread flushes; entered later, this thread does. Does nothing on a CPU that lacks
-    the flags (``set_flush_denormal`` returns False)."""
+    every thread flushes; entered later, this thread does. On exit only this thread's mode
+    is restored: threads torch started inside keep flushing for the life of the process
+    (Python cannot reach them), which a ``pyro-vae`` process does not outlive. Does nothing
+    on a CPU that lacks the flags (``set_flush_denormal`` returns False)."""
     before = flushes_denormals()
     torch.set_flush_denormal(True)
     try:

@@ -67,6 +67,13 @@ def test_static_and_dynamic_binarization():
     # mean of many draws approaches the intensities
     draws = torch.stack([dynamic.batch(index, g) for _ in range(400)]).mean(0)
     assert torch.allclose(draws, dynamic.splits["train"][index], atol=0.15)  # 6 SE of a mean of 400 draws
+    # the units of either: of binary draws, for a probability and for a density alike
+    for data in (static, dynamic):
+        assert data.preprocessing.binarized and not load_data(spec(), seed=0).preprocessing.binarized
+        probability = data.preprocessing.units(data.data_shape, density=False)
+        assert probability == "nats per example of the binary draws (data.binarize: each value / 16 the probability of a 1)"
+        density = data.preprocessing.units(data.data_shape, density=True)
+        assert density.startswith("nats per example, a density at the binary draws") and "subtract" not in density
 
 
 def test_binarize_needs_intensities(tmp_path):

@@ -1,5 +1,5 @@
 """Stacked stochastic layers (model/layers.py): a one-layer spec is the VAE from before
-layers existed, bit for bit; a two-layer linear-Gaussian model, whose log p(x) and exact
+layers existed, to float rounding; a two-layer linear-Gaussian model, whose log p(x) and exact
 posterior are closed forms, checks evaluation and the path-derivative estimators; every
 estimator's loss on two layers against an independent computation at its own draws."""
 

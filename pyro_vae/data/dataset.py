@@ -90,6 +90,8 @@ class Preprocessing:
                 return f"nats per example of the binary draws (data.binarize: each value{scaled} the probability of a 1)"
             divided = f" of the levels divided by {self.divide:g} (data.normalize)" if self.divide else ""
             return f"nats per example{divided}"
+        if self.binarized:
+            return "nats per example, a density at the binary draws (data.binarize), not comparable with a probability"
         if self.divide:
             shift = math.prod(data_shape) * math.log(self.divide)
             standardized = ", the standardization's log-Jacobian included" if self.sd is not None else ""
