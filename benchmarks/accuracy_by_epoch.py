@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reproduce import M2, VADE, prepare_data  # noqa: E402
+from reproduce import M2, VADE, absent_source, prepare_data  # noqa: E402
 
 from pyro_vae.cli import OneLineParser, positive_count  # noqa: E402
 from pyro_vae.devices import denormals_flushed  # noqa: E402
@@ -77,6 +77,10 @@ def main(argv=None) -> list:
         if trainer.state.epoch not in {line["epoch"] for line in read}:
             measure(trainer)
 
+    absent = None if args.resume else absent_source("mnist_semi" if args.row == 5 else "mnist_all", root)
+    if absent:
+        parser.exit(2, f"accuracy_by_epoch: error: {absent} is absent (row {args.row} reads it from the shared "
+                    "data); give --data-root\n")
     try:
         with denormals_flushed():  # before torch's threads start, so that each flushes (pyro_vae.devices)
             _run(args, out, root, measure, measure_if_lost)

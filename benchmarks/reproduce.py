@@ -219,6 +219,11 @@ SOURCES = {"static": ["binarized_mnist.npz"], "caltech": ["caltech101_silhouette
            "fashion": _idx_pair("fashion-mnist", "train")}
 
 
+def absent_source(name: str, root: Path) -> Path | None:
+    """The first file of ``root`` that data ``name`` is built from and that is not there."""
+    return next((root / f for f in SOURCES[name] if not (root / f).is_file()), None)
+
+
 def prepare_data(name: str, root: Path, folder: Path, tiny: bool) -> Path:
     """The row's data file: the shared file itself, or an .npz built from the IDX files
     under ``folder`` (the splits of the row's protocol)."""
@@ -416,10 +421,9 @@ def main(argv=None) -> int:
                          {"iwae_k50": -84.78}.get(k)) for k, c in cells.items()}
     if args.tiny:  # a check of the script: 1 epoch unless given, K = 5 on 50 held-out examples
         args.epochs, args.samples, args.limit = args.epochs or 1, 5, 50
-    absent = [name for name in SOURCES[data_name] if not (root / name).is_file()]
-    if absent:
-        print(f"reproduce: {root / absent[0]} is absent (row {args.row} reads it from the shared data); "
-              "give --data-root", file=sys.stderr)
+    if absent := absent_source(data_name, root):
+        print(f"reproduce: {absent} is absent (row {args.row} reads it from the shared data); give --data-root",
+              file=sys.stderr)
         return 2
     data = prepare_data(data_name, root, out / "data", args.tiny)
     started = time.perf_counter()

@@ -292,6 +292,8 @@ def test_accuracy_by_epoch_interrupted_says_how_to_resume_in_one_line(tmp_path, 
 
 
 @pytest.mark.parametrize("bad, says", [(["--row", "7"], "argument --row: invalid choice: 7"),
+                                       (["--data-root", "/nonexistent"], "/nonexistent/mnist-idx/train-images-idx3-ubyte.gz "
+                                        "is absent (row 6 reads it from the shared data); give --data-root"),
                                        (["--epochs", "0"], "argument --epochs: expected a positive whole number, got 0"),
                                        (["--pretrain-epochs", "-2"], "--pretrain-epochs: expected a positive")])
 def test_accuracy_by_epoch_bad_arguments_in_one_line(bad, says, tmp_path, capsys):
