@@ -35,6 +35,7 @@ from pyro_vae.spec import load_spec  # noqa: E402
 from pyro_vae.workflows.train import resume, train  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ROW_DATA = {5: "mnist_semi", 6: "mnist_all"}  # reproduce.py's splits of each row
 
 
 def main(argv=None) -> list:
@@ -77,10 +78,9 @@ def main(argv=None) -> list:
         if trainer.state.epoch not in {line["epoch"] for line in read}:
             measure(trainer)
 
-    absent = None if args.resume else absent_source("mnist_semi" if args.row == 5 else "mnist_all", root)
+    absent = None if args.resume else absent_source(ROW_DATA[args.row], root, args.row)
     if absent:
-        parser.exit(2, f"accuracy_by_epoch: error: {absent} is absent (row {args.row} reads it from the shared "
-                    "data); give --data-root\n")
+        parser.exit(2, f"accuracy_by_epoch: error: {absent}\n")
     try:
         with denormals_flushed():  # before torch's threads start, so that each flushes (pyro_vae.devices)
             _run(args, out, root, measure, measure_if_lost)
@@ -109,10 +109,10 @@ def _read(trainer, split: str) -> dict:
 
 def _train(args, out: Path, root: Path, measure) -> None:
     if args.row == 5:
-        model, sets, data = "m2_mnist", list(M2), prepare_data("mnist_semi", root, out / "data", args.tiny)
+        model, sets = "m2_mnist", list(M2)
     else:
         model, sets = "gmvae_vade", [*VADE, f"model.discrete.pretrain_epochs={args.pretrain_epochs}"]
-        data = prepare_data("mnist_all", root, out / "data", args.tiny)
+    data = prepare_data(ROW_DATA[args.row], root, out / "data", args.tiny)
     spec = load_spec(model=model, inference="trace_enum", data=str(data),
                      overrides=[*sets, *args.set, f"inference.schedule.epochs={args.epochs}",
                                 f"inference.schedule.seed={args.seed}"])

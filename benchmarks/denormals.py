@@ -13,7 +13,8 @@ images in every step, ``trace_enum``) on random binary images whose border pixel
 one thread (the flags are per thread); the ratio is the median over rounds of
 flushed / computed.
 
-    python benchmarks/denormals.py [--background -100] [--rounds 6] [--steps 20]
+    python benchmarks/denormals.py [--background -100] [--dead 0.02] [--rounds 6] [--steps 20]
+    python benchmarks/denormals.py --weights RUN   # a trained m2_mnist run, on its own data
 """
 
 from __future__ import annotations
@@ -51,16 +52,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--train", type=int, default=5000, help="random training images")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    rng = np.random.default_rng(0)
-    images = (rng.random((args.train, 28, 28)) < 0.2).astype(np.float32)
     border = np.ones((28, 28), bool)
     border[BORDER:-BORDER, BORDER:-BORDER] = False
-    images[:, border] = 0
     overrides = ["inference.schedule.batch_size=100", "data.labelled=100", f"inference.schedule.epochs={2 * args.rounds + 2}"]
     with tempfile.TemporaryDirectory() as folder:
         if args.weights:  # on the run's own data (its prepared MNIST, binarized at every step)
             path, overrides = read_spec(Path(args.weights)).data.path, [*overrides, "data.binarize=dynamic"]
         else:
+            rng = np.random.default_rng(0)
+            images = (rng.random((args.train, 28, 28)) < 0.2).astype(np.float32)
+            images[:, border] = 0
             path = Path(folder) / "digits.npz"
             np.savez(path, train=images.reshape(args.train, 784), train_labels=rng.integers(0, 10, args.train))
         spec = load_spec(model="m2_mnist", inference="trace_enum", data=str(path), overrides=overrides)

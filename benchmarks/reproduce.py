@@ -213,15 +213,16 @@ def _idx_pair(folder: str, stem: str) -> list:
 
 
 # the files of ../shared/data each row's data is built from
+MNIST_FILES = _idx_pair("mnist-idx", "train") + _idx_pair("mnist-idx", "t10k")
 SOURCES = {"static": ["binarized_mnist.npz"], "caltech": ["caltech101_silhouettes.npz"],
-           "mnist_semi": _idx_pair("mnist-idx", "train") + _idx_pair("mnist-idx", "t10k"),
-           "mnist_all": _idx_pair("mnist-idx", "train") + _idx_pair("mnist-idx", "t10k"),
-           "fashion": _idx_pair("fashion-mnist", "train")}
+           "mnist_semi": MNIST_FILES, "mnist_all": MNIST_FILES, "fashion": _idx_pair("fashion-mnist", "train")}
 
 
-def absent_source(name: str, root: Path) -> Path | None:
-    """The first file of ``root`` that data ``name`` is built from and that is not there."""
-    return next((root / f for f in SOURCES[name] if not (root / f).is_file()), None)
+def absent_source(name: str, root: Path, row: int) -> str | None:
+    """Where ``root`` lacks a file that data ``name`` is built from: the one-line problem and
+    fix; else None."""
+    absent = next((root / f for f in SOURCES[name] if not (root / f).is_file()), None)
+    return None if absent is None else f"{absent} is absent (row {row} reads it from the shared data); give --data-root"
 
 
 def prepare_data(name: str, root: Path, folder: Path, tiny: bool) -> Path:
@@ -421,9 +422,8 @@ def main(argv=None) -> int:
                          {"iwae_k50": -84.78}.get(k)) for k, c in cells.items()}
     if args.tiny:  # a check of the script: 1 epoch unless given, K = 5 on 50 held-out examples
         args.epochs, args.samples, args.limit = args.epochs or 1, 5, 50
-    if absent := absent_source(data_name, root):
-        print(f"reproduce: {absent} is absent (row {args.row} reads it from the shared data); give --data-root",
-              file=sys.stderr)
+    if absent := absent_source(data_name, root, args.row):
+        print(f"reproduce: {absent}", file=sys.stderr)
         return 2
     data = prepare_data(data_name, root, out / "data", args.tiny)
     started = time.perf_counter()
